@@ -1,0 +1,474 @@
+"""The Kafka bus: one producer and one consumer loop that every service uses.
+
+Producer: ``acks=all`` and idempotence on; every publish opens a PRODUCER span and writes its
+W3C trace context into the record headers.
+
+Consumer loop (at-least-once):
+
+- poll a batch; decode each record into the topic's event type;
+- a record that does not decode (not JSON, wrong schema, too large) goes straight to the
+  dead-letter topic: retrying a deterministic failure is pointless;
+- the handler runs inside a CONSUMER span whose parent is the producer's span; a handler
+  that raises is retried ``max_attempts`` times with backoff, then the record is
+  dead-lettered and the loop moves on;
+- offsets are committed only after the handler returned (or the record was dead-lettered)
+  and after everything the handler published was acknowledged by Kafka;
+- ``stop()`` (wired to SIGTERM/SIGINT by ``stop_on_signals``) lets the record in hand finish,
+  flushes, commits and closes.
+
+A batch handler (serving) receives every decodable record of one poll at once; when the
+batch keeps failing, its records are retried one by one so a single poison record cannot
+block the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any, Generic, TypeVar
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.producer.future import FutureRecordMetadata
+from kafka.structs import OffsetAndMetadata
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from shared.events import DecodeError, Event, decode, encode
+from shared.metrics import BUS_METRICS
+from shared.settings import KafkaSettings
+from shared.telemetry import Headers, extract_context, inject_headers
+from shared.topics import dlq_for
+
+__all__ = [
+    "BatchHandler",
+    "ConsumerLoop",
+    "DlqHeaders",
+    "EventProducer",
+    "Handler",
+    "Message",
+    "RetryPolicy",
+    "stop_on_signals",
+]
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Event)
+
+DEFAULT_MAX_MESSAGE_BYTES = 1_500_000
+"""Largest payload a consumer accepts (a 1 MB image grows by a third in base64)."""
+
+
+class DlqHeaders:
+    """Header names added to every dead-lettered record (the original headers are kept)."""
+
+    SOURCE_TOPIC = "dlq.source_topic"
+    SOURCE_PARTITION = "dlq.source_partition"
+    SOURCE_OFFSET = "dlq.source_offset"
+    ERROR = "dlq.error"
+    """Stable reason code, e.g. ``not_json``, ``schema``, ``too_large``, ``handler_error``."""
+    ERROR_MESSAGE = "dlq.error_message"
+    ATTEMPTS = "dlq.attempts"
+    GROUP = "dlq.group"
+    FAILED_AT = "dlq.failed_at"
+
+
+@dataclass(frozen=True)
+class Message(Generic[E]):
+    """One decoded record as handlers see it."""
+
+    event: E
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    headers: Headers
+    timestamp_ms: int
+
+
+Handler = Callable[[Message[E]], None]
+BatchHandler = Callable[[list[Message[E]]], None]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a failing handler is tried before its record is dead-lettered."""
+
+    max_attempts: int = 3
+    backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return float(min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
+
+
+def _tracer(tracer: trace.Tracer | None) -> trace.Tracer:
+    return tracer or trace.get_tracer("streamloop.bus")
+
+
+# --- producer --------------------------------------------------------------------------
+
+
+class EventProducer:
+    """Publishes events (and raw records, for dead letters) with trace context in headers."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        client_id: str = "streamloop",
+        tracer: trace.Tracer | None = None,
+        **overrides: Any,
+    ) -> None:
+        config: dict[str, Any] = {
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": 5,
+            "batch_size": 256 * 1024,
+            "max_request_size": 2 * 1024 * 1024,
+            "client_id": client_id,
+            **settings.client_kwargs(),
+        }
+        config.update(overrides)
+        self._producer = KafkaProducer(**config)
+        self._tracer = _tracer(tracer)
+
+    def publish(
+        self,
+        topic: str,
+        event: Event,
+        *,
+        key: str | None = None,
+        headers: Headers | None = None,
+    ) -> FutureRecordMetadata:
+        """Send ``event`` to ``topic``; the future resolves when Kafka acknowledged it."""
+        with self._tracer.start_as_current_span(
+            f"{topic} publish",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "publish",
+                "messaging.destination.name": topic,
+                "messaging.message.id": event.event_id,
+                "streamloop.event_type": event.event_type,
+            },
+        ):
+            return self._producer.send(
+                topic,
+                value=encode(event),
+                key=key.encode() if key is not None else None,
+                headers=inject_headers(headers),
+            )
+
+    def publish_raw(
+        self, topic: str, value: bytes | None, *, key: bytes | None, headers: Headers
+    ) -> FutureRecordMetadata:
+        """Send bytes as they are (dead letters keep the original payload)."""
+        return self._producer.send(topic, value=value, key=key, headers=inject_headers(headers))
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Block until every record sent so far is acknowledged (or raise)."""
+        self._producer.flush(timeout=timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._producer.close(timeout=timeout_s)
+
+
+# --- consumer loop ---------------------------------------------------------------------
+
+
+class ConsumerLoop(Generic[E]):
+    """Consumes ``topics`` as consumer group ``group_id`` and calls one handler per record
+    (``handler``) or per polled batch (``batch_handler``). See the module docstring."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        group_id: str,
+        topics: Sequence[str],
+        event_type: type[E],
+        producer: EventProducer,
+        handler: Handler[E] | None = None,
+        batch_handler: BatchHandler[E] | None = None,
+        retry: RetryPolicy | None = None,
+        tracer: trace.Tracer | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_poll_records: int = 500,
+        poll_timeout_ms: int = 200,
+        auto_offset_reset: str = "earliest",
+        dlq_topic_for: Callable[[str], str] = dlq_for,
+        client_id: str | None = None,
+        **consumer_overrides: Any,
+    ) -> None:
+        if (handler is None) == (batch_handler is None):
+            raise ValueError("give exactly one of handler or batch_handler")
+        self.group_id = group_id
+        self.topics = list(topics)
+        self._event_type = event_type
+        self._handler = handler
+        self._batch_handler = batch_handler
+        self._producer = producer
+        self._retry = retry or RetryPolicy()
+        self._tracer = _tracer(tracer)
+        self._max_bytes = max_message_bytes
+        self._max_poll_records = max_poll_records
+        self._poll_timeout_ms = poll_timeout_ms
+        self._dlq_topic_for = dlq_topic_for
+        self._stop = threading.Event()
+        config: dict[str, Any] = {
+            "group_id": group_id,
+            "client_id": client_id or group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": auto_offset_reset,
+            "max_poll_records": max_poll_records,
+            "fetch_max_bytes": 32 * 1024 * 1024,
+            "max_partition_fetch_bytes": 4 * 1024 * 1024,
+            **settings.client_kwargs(),
+        }
+        config.update(consumer_overrides)
+        self._consumer_config = config
+        self._consumer: KafkaConsumer | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish the record in hand, commit and return (thread-safe)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self, *, max_idle_s: float | None = None) -> None:
+        """Consume until ``stop()``. ``max_idle_s`` also returns after that long without records."""
+        consumer = KafkaConsumer(**self._consumer_config)
+        self._consumer = consumer
+        consumer.subscribe(self.topics)
+        log.info("consumer started", extra={"group": self.group_id, "topics": self.topics})
+        idle_since = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                polled = consumer.poll(
+                    timeout_ms=self._poll_timeout_ms, max_records=self._max_poll_records
+                )
+                records = [r for batch in polled.values() for r in batch]
+                if not records:
+                    if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                        break
+                    continue
+                idle_since = time.monotonic()
+                done = self._process(records)
+                self._commit(consumer, done)
+        finally:
+            try:
+                self._producer.flush(timeout_s=30)
+            except KafkaError:
+                log.exception("flush on shutdown failed", extra={"group": self.group_id})
+            consumer.close(autocommit=False)
+            self._consumer = None
+            log.info("consumer stopped", extra={"group": self.group_id})
+
+    # -- processing --------------------------------------------------------------------
+
+    def _process(self, records: list[Any]) -> list[Any]:
+        """Handle ``records``; return those fully dealt with (a prefix, when stopping)."""
+        done: list[Any] = []
+        try:
+            if self._batch_handler is not None:
+                self._process_batch(records)
+                return records
+            for rec in records:
+                self._process_one(rec)
+                done.append(rec)
+                if self._stop.is_set():
+                    break
+        except _Interrupted:
+            log.info("stopped during a retry; the record stays uncommitted",
+                     extra={"group": self.group_id})
+        return done
+
+    def _decode(self, rec: Any) -> Message[E] | None:
+        """Decode a record, dead-lettering it when it does not decode."""
+        try:
+            event = decode(rec.value, self._event_type, max_bytes=self._max_bytes)
+        except DecodeError as exc:
+            span = trace.get_current_span()
+            span.set_status(Status(StatusCode.ERROR, exc.reason))
+            self._dead_letter(rec, exc.reason, exc.message, attempts=1)
+            return None
+        key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
+        return Message(
+            event=event,
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            key=key,
+            headers=list(rec.headers or []),
+            timestamp_ms=rec.timestamp,
+        )
+
+    def _span_attrs(self, rec: Any) -> dict[str, Any]:
+        return {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": rec.topic,
+            "messaging.consumer.group.name": self.group_id,
+            "messaging.kafka.offset": rec.offset,
+            "messaging.destination.partition.id": str(rec.partition),
+        }
+
+    def _process_one(self, rec: Any) -> None:
+        assert self._handler is not None
+        BUS_METRICS.consumed.labels(rec.topic).inc()
+        with self._tracer.start_as_current_span(
+            f"{rec.topic} process",
+            context=extract_context(rec.headers),
+            kind=SpanKind.CONSUMER,
+            attributes=self._span_attrs(rec),
+        ) as span:
+            msg = self._decode(rec)
+            if msg is None:
+                return
+            span.set_attribute("messaging.message.id", msg.event.event_id)
+            self._with_retries([rec], lambda: self._handler(msg))  # type: ignore[misc]
+
+    def _process_batch(self, records: list[Any]) -> None:
+        assert self._batch_handler is not None
+        links = []
+        for rec in records:
+            BUS_METRICS.consumed.labels(rec.topic).inc()
+            parent = trace.get_current_span(extract_context(rec.headers)).get_span_context()
+            if parent.is_valid:
+                links.append(Link(parent))
+        with self._tracer.start_as_current_span(
+            f"{records[0].topic} process batch",
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "process",
+                "messaging.consumer.group.name": self.group_id,
+                "messaging.batch.message_count": len(records),
+            },
+        ):
+            decoded = [(rec, self._decode(rec)) for rec in records]
+            good = [(rec, msg) for rec, msg in decoded if msg is not None]
+            if not good:
+                return
+            batch = [msg for _, msg in good]
+            handler = self._batch_handler
+            if self._with_retries([], lambda: handler(batch), dead_letter=False):
+                return
+            # The batch keeps failing: isolate the poison record(s).
+            log.warning(
+                "batch failed after retries; retrying its records one by one",
+                extra={"group": self.group_id, "size": len(batch)},
+            )
+            for rec, msg in good:
+                self._with_retries([rec], lambda m=msg: handler([m]))  # type: ignore[misc]
+
+    def _with_retries(
+        self, recs: list[Any], call: Callable[[], None], *, dead_letter: bool = True
+    ) -> bool:
+        """Run ``call`` under the retry policy. True on success; on exhaustion dead-letter
+        ``recs`` (when asked) and return False."""
+        attempts = self._retry.max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                call()
+                return True
+            except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
+                where = {
+                    "group": self.group_id,
+                    "attempt": attempt,
+                    "error": f"{type(exc).__name__}: {exc}",
+                }
+                if recs:
+                    where.update(
+                        topic=recs[0].topic, partition=recs[0].partition, offset=recs[0].offset
+                    )
+                trace.get_current_span().record_exception(exc)
+                if attempt < attempts:
+                    BUS_METRICS.retries.labels(recs[0].topic if recs else "batch").inc()
+                    log.warning("handler failed; retrying", extra=where)
+                    if self._stop.wait(self._retry.delay(attempt)):
+                        # Stopping: give up on retries but keep at-least-once (not committed).
+                        raise _Interrupted() from exc
+                    continue
+                log.error("handler failed; giving up", extra=where)
+                if dead_letter:
+                    for rec in recs:
+                        self._dead_letter(rec, "handler_error", where["error"], attempts=attempt)
+                return False
+        return False
+
+    def _dead_letter(self, rec: Any, reason: str, message: str, *, attempts: int) -> None:
+        topic = self._dlq_topic_for(rec.topic)
+        headers: Headers = [
+            (k, v) for k, v in (rec.headers or []) if k not in ("traceparent", "tracestate")
+        ]
+        headers += [
+            (DlqHeaders.SOURCE_TOPIC, rec.topic.encode()),
+            (DlqHeaders.SOURCE_PARTITION, str(rec.partition).encode()),
+            (DlqHeaders.SOURCE_OFFSET, str(rec.offset).encode()),
+            (DlqHeaders.ERROR, reason.encode()),
+            (DlqHeaders.ERROR_MESSAGE, message[:2000].encode()),
+            (DlqHeaders.ATTEMPTS, str(attempts).encode()),
+            (DlqHeaders.GROUP, self.group_id.encode()),
+            (DlqHeaders.FAILED_AT, datetime.now(UTC).isoformat().encode()),
+        ]
+        log.warning(
+            "dead-lettered",
+            extra={
+                "topic": rec.topic,
+                "partition": rec.partition,
+                "offset": rec.offset,
+                "reason": reason,
+                "detail": message[:300],
+                "dlq": topic,
+            },
+        )
+        BUS_METRICS.dead_lettered.labels(rec.topic, reason).inc()
+        self._producer.publish_raw(topic, rec.value, key=rec.key, headers=headers)
+
+    def _commit(self, consumer: KafkaConsumer, records: Iterable[Any]) -> None:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for rec in records:
+            tp = TopicPartition(rec.topic, rec.partition)
+            nxt = rec.offset + 1
+            if tp not in offsets or offsets[tp].offset < nxt:
+                offsets[tp] = OffsetAndMetadata(nxt, "", -1)
+        if not offsets:
+            return
+        # Outputs (and dead letters) first: a crash after this point redelivers, never loses.
+        self._producer.flush()
+        try:
+            consumer.commit(offsets)
+        except CommitFailedError:
+            # The group rebalanced; the new owner re-reads from the last commit.
+            log.warning("commit failed after a rebalance; records will be redelivered",
+                        extra={"group": self.group_id})
+
+
+class _Interrupted(Exception):
+    """Raised out of a retry backoff when the loop is stopping."""
+
+
+def stop_on_signals(*stoppables: Any) -> None:
+    """Call ``stop()`` on each object at SIGTERM or SIGINT (main thread only)."""
+
+    def _handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal received; stopping", extra={"signal": signal.Signals(signum).name})
+        for s in stoppables:
+            s.stop()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)

@@ -1,0 +1,428 @@
+"""Every event StreamLoop puts on Kafka, and the JSON codec that reads and writes them.
+
+Each event is a frozen pydantic model with the envelope fields ``event_id``, ``event_type``,
+``schema_version``, ``produced_at`` and ``source``. On the wire an event is one UTF-8 JSON
+object, so any Kafka client in any language can read and write it. Trace context never
+travels in the payload: it rides in Kafka headers (see ``shared.telemetry``).
+
+Readers are tolerant: unknown fields are ignored, so a newer producer may add fields without
+breaking older consumers. A breaking change bumps ``schema_version``.
+
+``decode`` never lets a bad payload escape as anything but a ``DecodeError`` subclass whose
+``reason`` is a stable, machine-readable code (the DLQ's ``error`` header).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "Alert",
+    "ClassMetrics",
+    "DatasetSnapshot",
+    "DecodeError",
+    "Event",
+    "EVENT_TYPES",
+    "Example",
+    "FrameRaw",
+    "FrameValid",
+    "Label",
+    "LabelRequest",
+    "ModelEvaluated",
+    "ModelLifecycle",
+    "ModelTrained",
+    "NotJsonError",
+    "Prediction",
+    "RetrainRequest",
+    "SchemaError",
+    "TooLargeError",
+    "TrainingProgress",
+    "UnknownEventTypeError",
+    "WindowMetrics",
+    "decode",
+    "encode",
+    "new_id",
+    "utcnow",
+]
+
+E = TypeVar("E", bound="Event")
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, in UTC."""
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A fresh random identifier (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+class Event(BaseModel):
+    """The envelope every event carries."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", ser_json_timedelta="float")
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    event_id: str = Field(default_factory=new_id, min_length=1, max_length=128)
+    """Unique per event; consumers use it to drop redeliveries."""
+
+    event_type: str
+    """Discriminator; each subclass pins it to a literal."""
+
+    schema_version: int = 1
+    """Version of this event type's schema."""
+
+    produced_at: datetime = Field(default_factory=utcnow)
+    """When the producer created the event (UTC)."""
+
+    source: str = "unknown"
+    """Which service or client produced it."""
+
+
+# --- data in ---------------------------------------------------------------------------
+
+
+class FrameRaw(Event):
+    """A camera frame as published to ``frames.raw`` (the public wire format)."""
+
+    event_type: Literal["frame.raw"] = "frame.raw"
+    frame_id: str = Field(min_length=1, max_length=128)
+    camera_id: str = Field(min_length=1, max_length=64)
+    captured_at: datetime
+    content_type: Literal["image/png", "image/jpeg"]
+    image_b64: str
+    """The encoded image (PNG or JPEG), base64 (standard alphabet, padded)."""
+    condition: str | None = None
+    """Known capture condition (day, night, fog, rain), when the source knows it."""
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+
+class FrameValid(Event):
+    """A validated frame, normalised to what the model needs so nobody decodes it again."""
+
+    event_type: Literal["frame.valid"] = "frame.valid"
+    frame_id: str
+    camera_id: str
+    captured_at: datetime
+    ingested_at: datetime
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    channels: int = Field(default=3, gt=0)
+    pixels_b64: str
+    """Raw uint8 pixels, row-major height × width × channels, base64."""
+    content_sha256: str
+    condition: str | None = None
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+
+class Label(Event):
+    """Ground truth for one frame, published to ``labels``."""
+
+    event_type: Literal["label"] = "label"
+    frame_id: str = Field(min_length=1, max_length=128)
+    label: str = Field(min_length=1, max_length=64)
+    camera_id: str | None = None
+    annotator: str = "unknown"
+    labelled_at: datetime = Field(default_factory=utcnow)
+
+
+class LabelRequest(Event):
+    """Active learning: please label this frame."""
+
+    event_type: Literal["label.request"] = "label.request"
+    frame_id: str
+    camera_id: str
+    reason: str
+    confidence: float | None = None
+    """The model's confidence on the frame; the least confident are asked for first."""
+
+
+class Example(Event):
+    """A labelled frame: one record of the training data log (``examples``, compacted)."""
+
+    event_type: Literal["example"] = "example"
+    frame_id: str
+    camera_id: str
+    label: str
+    captured_at: datetime
+    labelled_at: datetime
+    condition: str | None = None
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    channels: int = Field(default=3, gt=0)
+    pixels_b64: str
+
+
+# --- serving ---------------------------------------------------------------------------
+
+
+class Prediction(Event):
+    """One frame classified by one model version (``predictions`` or ``predictions.shadow``)."""
+
+    event_type: Literal["prediction"] = "prediction"
+    frame_id: str
+    camera_id: str
+    captured_at: datetime
+    model_name: str
+    model_version: str
+    predicted_class: str
+    probabilities: dict[str, float]
+    confidence: float = Field(ge=0.0, le=1.0)
+    served_at: datetime
+    latency_from_capture_ms: float
+    latency_from_ingest_ms: float
+    shadow: bool = False
+    condition: str | None = None
+
+
+# --- monitoring ------------------------------------------------------------------------
+
+
+class ClassMetrics(BaseModel):
+    """Precision, recall and F1 of one class in one window."""
+
+    model_config = ConfigDict(frozen=True)
+
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class WindowMetrics(Event):
+    """One closed monitoring window of one model version (``metrics``)."""
+
+    event_type: Literal["metrics.window"] = "metrics.window"
+    model_name: str
+    model_version: str
+    window_id: str
+    window_kind: Literal["count", "time"]
+    window_start: datetime
+    window_end: datetime
+    shadow: bool = False
+    sample_count: int
+    labelled_count: int
+    label_coverage: float
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    per_class: dict[str, ClassMetrics] = Field(default_factory=dict)
+    per_slice_accuracy: dict[str, float] = Field(default_factory=dict)
+    mean_confidence: float | None = None
+    class_mix: dict[str, float] = Field(default_factory=dict)
+    psi: float | None = None
+
+
+class RetrainRequest(Event):
+    """Ask for a new model (``retrain.requests``). The idempotency key trains once."""
+
+    event_type: Literal["retrain.request"] = "retrain.request"
+    model_name: str
+    idempotency_key: str = Field(min_length=1)
+    reason: str
+    trigger: Literal["monitor", "operator", "bootstrap"]
+    window_ids: list[str] = Field(default_factory=list)
+
+
+class Alert(Event):
+    """Something ops should know about (``alerts``)."""
+
+    event_type: Literal["alert"] = "alert"
+    severity: Literal["info", "warning", "critical"]
+    kind: str
+    message: str
+    model_version: str | None = None
+    camera_id: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- model lifecycle -------------------------------------------------------------------
+
+
+class TrainingProgress(Event):
+    """One epoch of a training run (``training.progress``)."""
+
+    event_type: Literal["training.progress"] = "training.progress"
+    model_name: str
+    idempotency_key: str
+    epoch: int
+    epochs: int
+    loss: float
+    accuracy: float
+    elapsed_s: float
+
+
+class DatasetSnapshot(BaseModel):
+    """The immutable dataset a model was trained on: what exactly went in."""
+
+    model_config = ConfigDict(frozen=True)
+
+    snapshot_id: str
+    frame_ids_sha256: str
+    size: int
+    per_class: dict[str, int]
+    per_condition: dict[str, int]
+    topic_offsets: dict[str, int]
+    """``"examples:<partition>" -> end offset`` read when the snapshot was taken."""
+    holdout_size: int
+
+
+class ModelTrained(Event):
+    """A candidate model with its lineage (``models.trained``)."""
+
+    event_type: Literal["model.trained"] = "model.trained"
+    model_name: str
+    model_version: str
+    idempotency_key: str
+    artifact_uri: str
+    sha256: str
+    dataset: DatasetSnapshot
+    hyperparameters: dict[str, Any]
+    metrics: dict[str, float]
+    parent_version: str | None = None
+    code_version: str
+    seed: int
+    duration_s: float
+
+
+class ModelEvaluated(Event):
+    """The evaluation gate's verdict on a candidate (``models.evaluated``)."""
+
+    event_type: Literal["model.evaluated"] = "model.evaluated"
+    model_name: str
+    model_version: str
+    champion_version: str | None
+    verdict: Literal["blessed", "rejected"]
+    reasons: list[str]
+    metrics: dict[str, Any]
+
+
+class ModelLifecycle(Event):
+    """A change to the registry: its source of truth (``models.lifecycle``, compacted)."""
+
+    event_type: Literal["model.lifecycle"] = "model.lifecycle"
+    model_name: str
+    action: Literal[
+        "registered",
+        "evaluated",
+        "alias_set",
+        "rolled_back",
+        "promote_requested",
+        "rollback_requested",
+    ]
+    model_version: str | None = None
+    alias: Literal["champion", "challenger"] | None = None
+    previous_version: str | None = None
+    actor: str = "system"
+    reason: str = ""
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.model_fields["event_type"].default: cls
+    for cls in (
+        FrameRaw,
+        FrameValid,
+        Label,
+        LabelRequest,
+        Example,
+        Prediction,
+        WindowMetrics,
+        RetrainRequest,
+        Alert,
+        TrainingProgress,
+        ModelTrained,
+        ModelEvaluated,
+        ModelLifecycle,
+    )
+}
+
+
+# --- codec -----------------------------------------------------------------------------
+
+
+class DecodeError(ValueError):
+    """A payload that is not a valid event. ``reason`` is a stable code for DLQ headers."""
+
+    reason: ClassVar[str] = "decode_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotJsonError(DecodeError):
+    reason = "not_json"
+
+
+class SchemaError(DecodeError):
+    reason = "schema"
+
+
+class UnknownEventTypeError(DecodeError):
+    reason = "unknown_event_type"
+
+
+class TooLargeError(DecodeError):
+    reason = "too_large"
+
+
+def encode(event: Event) -> bytes:
+    """Serialise an event to its UTF-8 JSON wire form."""
+    return event.model_dump_json().encode()
+
+
+def _summarise(exc: ValidationError, limit: int = 5) -> str:
+    parts = []
+    for err in exc.errors()[:limit]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def decode(data: bytes | None, model: type[E], *, max_bytes: int | None = None) -> E:
+    """Parse ``data`` as one event of type ``model``.
+
+    ``model=Event`` accepts any known event type, chosen by its ``event_type`` field.
+
+    Raises:
+        TooLargeError: the payload exceeds ``max_bytes``.
+        NotJsonError: the payload is empty, not UTF-8 or not a JSON object.
+        UnknownEventTypeError: ``model`` is ``Event`` and ``event_type`` names no known event.
+        SchemaError: the JSON does not match the model (including a different event_type).
+    """
+    if data is None or len(data) == 0:
+        raise NotJsonError("empty payload")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise TooLargeError(f"payload of {len(data)} bytes exceeds the limit of {max_bytes}")
+    target: type[Event] = model
+    if model is Event:
+        import json
+
+        try:
+            obj = json.loads(data)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise NotJsonError(f"not JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise NotJsonError("JSON payload is not an object")
+        etype = obj.get("event_type")
+        if etype not in EVENT_TYPES:
+            raise UnknownEventTypeError(f"unknown event_type {etype!r}")
+        target = EVENT_TYPES[etype]
+        try:
+            return target.model_validate(obj)  # type: ignore[return-value]
+        except ValidationError as exc:
+            raise SchemaError(f"{target.__name__}: {_summarise(exc)}") from None
+    try:
+        return target.model_validate_json(data)  # type: ignore[return-value]
+    except ValidationError as exc:
+        first = exc.errors()[0]["type"] if exc.error_count() else ""
+        if first in ("json_invalid", "json_type", "model_type") and exc.error_count() == 1:
+            raise NotJsonError(f"not a JSON object: {exc.errors()[0]['msg']}") from None
+        raise SchemaError(f"{target.__name__}: {_summarise(exc)}") from None

@@ -1,0 +1,196 @@
+"""Typed, frozen settings for every StreamLoop process.
+
+Connection settings are shared by all services and read from one prefix each
+(``STREAMLOOP_KAFKA_…``, ``STREAMLOOP_REDIS_…``, ``STREAMLOOP_TELEMETRY_…``). Each service
+has its own settings class with its own prefix (``STREAMLOOP_INGEST_…``) and may override a
+connection setting for itself with a nested variable, for example
+``STREAMLOOP_INGEST_KAFKA__BOOTSTRAP_SERVERS``.
+
+Settings are built once, in a service's ``__main__``, and passed down. Nothing else in the
+code base reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "DEFAULT_SECRET_MARKERS",
+    "KafkaSettings",
+    "RedisSettings",
+    "ServiceSettings",
+    "TelemetrySettings",
+    "default_var_dir",
+]
+
+DEFAULT_SECRET_MARKERS = ("", "changeme", "streamloop-dev", "secret", "password")
+
+
+def default_var_dir() -> Path:
+    """Where a run writes its state: ``$STREAMLOOP_VAR`` or ``<repo>/var``."""
+    env = os.environ.get("STREAMLOOP_VAR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "var"
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach the Kafka cluster. Security settings are passed through to the clients."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMLOOP_KAFKA_", frozen=True, extra="ignore")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    """Comma-separated host:port list of brokers to bootstrap from."""
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """Protocol on the client listener."""
+
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """SASL mechanism when the protocol is SASL_*."""
+
+    sasl_username: str | None = None
+    """SASL user name."""
+
+    sasl_password: SecretStr | None = None
+    """SASL password; never logged."""
+
+    ssl_cafile: str | None = None
+    """CA bundle that signed the brokers' certificates."""
+
+    ssl_certfile: str | None = None
+    """Client certificate for mutual TLS."""
+
+    ssl_keyfile: str | None = None
+    """Private key of the client certificate."""
+
+    replication_factor: int = Field(default=1, ge=1)
+    """Replication factor used when StreamLoop creates its topics."""
+
+    min_insync_replicas: int = Field(default=1, ge=1)
+    """min.insync.replicas set on StreamLoop's topics (2 on a 3-broker cluster)."""
+
+    default_partitions: int = Field(default=3, ge=1)
+    """Partitions of a topic whose spec does not name a count."""
+
+    request_timeout_ms: int = Field(default=30_000, ge=1_000)
+    """Client request timeout."""
+
+    @model_validator(mode="after")
+    def _check_sasl(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
+            raise ValueError("security_protocol SASL_* needs sasl_mechanism")
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError("min_insync_replicas cannot exceed replication_factor")
+        return self
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments shared by kafka-python's producer, consumer and admin client."""
+        kw: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.sasl_mechanism:
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_username
+            kw["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(self, name)
+            if value:
+                kw[name] = value
+        return kw
+
+
+class RedisSettings(BaseSettings):
+    """How to reach Redis."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMLOOP_REDIS_", frozen=True, extra="ignore")
+
+    url: str = "redis://127.0.0.1:6379/0"
+    """Redis URL (``redis://`` or ``rediss://`` for TLS); a password in it is also honoured."""
+
+    username: str | None = None
+    """ACL user name; None uses the default user."""
+
+    password: SecretStr | None = None
+    """Password of the ACL user; never logged."""
+
+    socket_timeout_s: float = Field(default=5.0, gt=0)
+    """Socket timeout of every Redis call."""
+
+
+class TelemetrySettings(BaseSettings):
+    """Traces and logs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMLOOP_TELEMETRY_", frozen=True, extra="ignore", populate_by_name=True
+    )
+
+    exporter: Literal["auto", "otlp", "jsonl", "memory", "none"] = "auto"
+    """Span exporter. ``auto``: OTLP when an OTLP endpoint is set, else JSONL files."""
+
+    otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    """OTLP/HTTP endpoint (the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` variable)."""
+
+    traces_dir: Path = Field(default_factory=lambda: default_var_dir() / "traces")
+    """Folder of the local JSONL trace files, one file per service."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Root log level."""
+
+    log_format: Literal["json", "text"] = "json"
+    """Structured JSON lines (default) or human-readable text."""
+
+    def resolved_exporter(self) -> Literal["otlp", "jsonl", "memory", "none"]:
+        """The exporter that ``auto`` stands for under the current settings."""
+        if self.exporter != "auto":
+            return self.exporter
+        return "otlp" if self.otlp_endpoint else "jsonl"
+
+
+class ServiceSettings(BaseSettings):
+    """Base of every service's settings. Subclasses set ``env_prefix`` and add their own fields."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMLOOP_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    environment: Literal["development", "production"] = "development"
+    """Outside development, a service refuses to start with a default or empty secret."""
+
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Port of the Prometheus ``/metrics`` endpoint; 0 picks a free port."""
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    """Kafka connection (shared ``STREAMLOOP_KAFKA_*``; per-service ``…_KAFKA__*`` overrides)."""
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    """Redis connection (shared ``STREAMLOOP_REDIS_*``)."""
+
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    """Tracing and logging."""
+
+    var_dir: Path = Field(default_factory=default_var_dir)
+    """Root of everything a run writes (artifacts, traces, local state)."""
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> ServiceSettings:
+        if self.environment != "production":
+            return self
+        secrets = {
+            "redis.password": self.redis.password,
+        }
+        if self.kafka.sasl_mechanism:
+            secrets["kafka.sasl_password"] = self.kafka.sasl_password
+        for name, value in secrets.items():
+            plain = value.get_secret_value() if value is not None else ""
+            if plain.strip().lower() in DEFAULT_SECRET_MARKERS:
+                raise ValueError(f"{name} is empty or a default value; refusing to start in production")
+        return self

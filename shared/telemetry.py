@@ -1,0 +1,269 @@
+"""Tracing and structured logging.
+
+- ``setup_telemetry`` builds a tracer provider named after the service and its version, with
+  one exporter: OTLP/HTTP when an endpoint is configured, JSONL files under ``var/traces`` by
+  default (read back by ``streamloop trace``), or in memory for tests.
+- ``inject_headers`` / ``extract_context`` carry W3C trace context in Kafka headers, never
+  in payloads.
+- ``configure_logging`` emits one JSON object per line carrying the current trace and span ids.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from shared.settings import TelemetrySettings
+
+__all__ = [
+    "Headers",
+    "JsonlSpanExporter",
+    "Telemetry",
+    "configure_logging",
+    "extract_context",
+    "inject_headers",
+    "read_spans",
+    "setup_telemetry",
+    "streamloop_version",
+]
+
+Headers = list[tuple[str, bytes]]
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+_GLOBAL_LOCK = threading.Lock()
+_global_set = False
+
+
+def streamloop_version() -> str:
+    try:
+        return metadata.version("streamloop")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+# --- Kafka header propagation -----------------------------------------------------------
+
+
+def inject_headers(headers: Headers | None = None, context: Context | None = None) -> Headers:
+    """Return ``headers`` plus the W3C ``traceparent``/``tracestate`` of ``context``.
+
+    Existing trace headers are replaced, so re-publishing a record never carries two parents.
+    """
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=context)
+    keep = [(k, v) for k, v in (headers or []) if k not in ("traceparent", "tracestate")]
+    return keep + [(k, v.encode()) for k, v in carrier.items()]
+
+
+def extract_context(headers: Sequence[tuple[str, bytes | None]] | None) -> Context:
+    """The trace context carried by Kafka record headers (empty context when none)."""
+    carrier: dict[str, str] = {}
+    for key, value in headers or ():
+        if key in ("traceparent", "tracestate") and value is not None:
+            try:
+                carrier[key] = value.decode("ascii")
+            except UnicodeDecodeError:
+                continue
+    return _PROPAGATOR.extract(carrier)
+
+
+# --- JSONL exporter --------------------------------------------------------------------
+
+
+def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
+    ctx = span.get_span_context()
+    parent = span.parent
+    start = span.start_time or 0
+    end = span.end_time or start
+    return {
+        "trace_id": format(ctx.trace_id, "032x"),
+        "span_id": format(ctx.span_id, "016x"),
+        "parent_span_id": format(parent.span_id, "016x") if parent else None,
+        "name": span.name,
+        "kind": span.kind.name,
+        "service": span.resource.attributes.get("service.name"),
+        "start_ns": start,
+        "end_ns": end,
+        "duration_ms": round((end - start) / 1e6, 3),
+        "status": span.status.status_code.name,
+        "attributes": dict(span.attributes or {}),
+        "links": [
+            {
+                "trace_id": format(link.context.trace_id, "032x"),
+                "span_id": format(link.context.span_id, "016x"),
+            }
+            for link in span.links
+        ],
+        "events": [
+            {"name": e.name, "attributes": dict(e.attributes or {})} for e in span.events
+        ],
+    }
+
+
+class JsonlSpanExporter(SpanExporter):
+    """Appends finished spans to ``<dir>/<service>.jsonl``, one JSON object per line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._fh = path.open("a", encoding="utf-8")
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = "".join(json.dumps(span_to_dict(s), default=str) + "\n" for s in spans)
+        with self._lock:
+            if self._fh.closed:
+                return SpanExportResult.FAILURE
+            self._fh.write(lines)
+            self._fh.flush()
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._fh.close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def read_spans(traces_dir: Path) -> list[dict[str, Any]]:
+    """Every span in the JSONL files of ``traces_dir`` (lines that do not parse are skipped)."""
+    spans: list[dict[str, Any]] = []
+    for f in sorted(traces_dir.glob("*.jsonl")):
+        with f.open(encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    spans.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return spans
+
+
+# --- provider --------------------------------------------------------------------------
+
+
+@dataclass
+class Telemetry:
+    """What ``setup_telemetry`` built. ``memory`` is set only for the in-memory exporter."""
+
+    service_name: str
+    provider: TracerProvider
+    tracer: trace.Tracer
+    memory: InMemorySpanExporter | None = None
+
+    def shutdown(self) -> None:
+        """Flush and close the exporters (call once, on the way out)."""
+        self.provider.shutdown()
+
+
+def setup_telemetry(
+    service_name: str,
+    settings: TelemetrySettings,
+    *,
+    set_global: bool = True,
+) -> Telemetry:
+    """Build the tracer provider of one process.
+
+    The global provider can be set only once per process; later calls with
+    ``set_global=True`` return a working provider but leave the global one as it was.
+    """
+    global _global_set
+    resource = Resource.create(
+        {
+            "service.name": service_name,
+            "service.version": streamloop_version(),
+            "service.namespace": "streamloop",
+        }
+    )
+    provider = TracerProvider(resource=resource)
+    memory: InMemorySpanExporter | None = None
+    kind = settings.resolved_exporter()
+    if kind == "memory":
+        memory = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(memory))
+    elif kind == "jsonl":
+        exporter = JsonlSpanExporter(settings.traces_dir / f"{service_name}.jsonl")
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
+    elif kind == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        endpoint = (settings.otlp_endpoint or "").rstrip("/") + "/v1/traces"
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    if set_global:
+        with _GLOBAL_LOCK:
+            if not _global_set:
+                trace.set_tracer_provider(provider)
+                _global_set = True
+    return Telemetry(service_name, provider, provider.get_tracer("streamloop"), memory)
+
+
+# --- logging ---------------------------------------------------------------------------
+
+_STANDARD_ATTRS = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime", "taskName"}
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, with the active trace and span ids and any ``extra``."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "service": self.service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            out["trace_id"] = format(ctx.trace_id, "032x")
+            out["span_id"] = format(ctx.span_id, "016x")
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_logging(service: str, settings: TelemetrySettings) -> None:
+    """Route the root logger to stderr in the configured format (replacing its handlers)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter(service))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Timestamps are UTC, like every timestamp StreamLoop writes.
+    handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    # Client libraries are chatty at INFO about every connection attempt.
+    for noisy in ("kafka", "aiokafka", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,90 @@
+"""Helpers for tests against the real broker: bare clients, deadline polling, subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kafka import KafkaConsumer, KafkaProducer
+
+from shared.settings import KafkaSettings
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_for(pred: Callable[[], T], timeout_s: float = 30.0, interval_s: float = 0.2, what: str = "") -> T:
+    """Poll ``pred`` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what or pred}; last={last!r}")
+
+
+def bare_producer(settings: KafkaSettings) -> KafkaProducer:
+    return KafkaProducer(max_request_size=2 * 1024 * 1024, **settings.client_kwargs())
+
+
+def read_all(settings: KafkaSettings, topic: str, expect: int, timeout_s: float = 30.0) -> list[Any]:
+    """Read ``topic`` from the beginning (no group) until ``expect`` records or the deadline."""
+    consumer = KafkaConsumer(
+        topic, auto_offset_reset="earliest", enable_auto_commit=False, **settings.client_kwargs()
+    )
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < expect and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                out.extend(batch)
+    finally:
+        consumer.close()
+    return out
+
+
+class Proc:
+    """A child Python process whose stdout lines are collected in the background."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.lines: list[str] = []
+        self.p = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self._t = threading.Thread(target=self._pump, daemon=True)
+        self._t.start()
+
+    def _pump(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def saw(self, prefix: str) -> list[str]:
+        return [ln for ln in self.lines if ln.startswith(prefix)]
+
+    def wait_line(self, prefix: str, timeout_s: float = 60.0, count: int = 1) -> list[str]:
+        def ready() -> list[str] | None:
+            if self.p.poll() is not None and len(self.saw(prefix)) < count:
+                raise AssertionError(f"process exited ({self.p.returncode}):\n" + "\n".join(self.lines[-40:]))
+            got = self.saw(prefix)
+            return got if len(got) >= count else None
+
+        return wait_for(ready, timeout_s, what=f"{count}x {prefix!r}")
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait(10)
