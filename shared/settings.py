@@ -26,6 +26,7 @@ __all__ = [
     "ServiceSettings",
     "TelemetrySettings",
     "default_var_dir",
+    "service_config",
 ]
 
 DEFAULT_SECRET_MARKERS = ("", "changeme", "streamloop-dev", "secret", "password")
@@ -155,12 +156,22 @@ class TelemetrySettings(BaseSettings):
         return "otlp" if self.otlp_endpoint else "jsonl"
 
 
-class ServiceSettings(BaseSettings):
-    """Base of every service's settings. Subclasses set ``env_prefix`` and add their own fields."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="STREAMLOOP_", env_nested_delimiter="__", frozen=True, extra="ignore"
+def service_config(service: str) -> SettingsConfigDict:
+    """``model_config`` of a service's settings: prefix ``STREAMLOOP_<SERVICE>_``, nested
+    overrides with ``__``, frozen."""
+    return SettingsConfigDict(
+        env_prefix=f"STREAMLOOP_{service.upper()}_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="ignore",
     )
+
+
+class ServiceSettings(BaseSettings):
+    """Base of every service's settings. Subclasses set ``model_config = service_config(NAME)``
+    and add their own fields."""
+
+    model_config = service_config("service")
 
     environment: Literal["development", "production"] = "development"
     """Outside development, a service refuses to start with a default or empty secret."""

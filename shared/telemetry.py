@@ -252,13 +252,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """Human-readable lines that still show the ``extra`` fields (topic, offset, reason...)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = {
+            k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS and not k.startswith("_")
+        }
+        if extras:
+            line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+        return line
+
+
 def configure_logging(service: str, settings: TelemetrySettings) -> None:
     """Route the root logger to stderr in the configured format (replacing its handlers)."""
     handler = logging.StreamHandler(sys.stderr)
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter(service))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # Timestamps are UTC, like every timestamp StreamLoop writes.
     handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
     root = logging.getLogger()

@@ -1,0 +1,1 @@
+"""StreamLoop's command line: ``streamloop --help``."""

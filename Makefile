@@ -1,0 +1,82 @@
+# StreamLoop: `make help` lists the targets. `make demo` and `make test` do all set-up.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+UV := $(PYTHON) -m uv
+VENV := .venv
+BIN := $(VENV)/bin
+KAFKA := infra/kafka/kafka.sh
+REDIS := infra/redis/redis.sh
+WITH_INFRA := infra/with-infra.sh
+
+.PHONY: help setup up down status up-cluster down-cluster test test-unit test-integration \
+        test-e2e lint fmt bench demo compose-check clean
+
+help: ## Show this help
+	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: ## Install everything (idempotent): uv, Python deps (locked), Kafka jars, redis-server
+	@$(PYTHON) -c "import uv" 2>/dev/null || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
+	@# torch and its CUDA wheels come from uv's cache after the first install.
+	@$(UV) sync --frozen --extra dev --quiet
+	@$(KAFKA) jars
+	@$(REDIS) install
+	@command -v docker-compose >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null; } \
+	  || echo "note: docker-compose not installed; 'make compose-check' needs it (apt-get install docker-compose)"
+	@echo "setup: done"
+
+up: setup ## Start local Kafka (KRaft, 127.0.0.1:9092) and Redis (127.0.0.1:6379); create topics
+	@$(KAFKA) start single
+	@$(REDIS) start
+	@$(BIN)/streamloop topics create
+
+down: ## Stop everything StreamLoop started locally (Kafka single + cluster, Redis)
+	@$(KAFKA) stop single
+	@$(KAFKA) stop cluster
+	@$(REDIS) stop
+
+status: ## Show local infrastructure: processes, ports, resident memory
+	@$(KAFKA) status
+	@$(REDIS) status
+
+up-cluster: setup ## Start a 3-broker KRaft cluster on 127.0.0.1:9192/9194/9196 (RF 3, min ISR 2)
+	@$(KAFKA) start cluster
+
+down-cluster: ## Stop the 3-broker cluster
+	@$(KAFKA) stop cluster
+
+test: setup ## Run every test tier against real Kafka and Redis (starts and stops them as needed)
+	@$(WITH_INFRA) $(BIN)/pytest tests/unit tests/integration tests/e2e
+
+test-unit: setup ## Unit tests only (no infrastructure)
+	@$(BIN)/pytest tests/unit
+
+test-integration: setup ## Integration tests (real Kafka and Redis)
+	@$(WITH_INFRA) $(BIN)/pytest tests/integration
+
+test-e2e: setup ## End-to-end tests (real Kafka and Redis, whole commands)
+	@$(WITH_INFRA) $(BIN)/pytest tests/e2e
+
+lint: setup ## ruff (lint + format check) and mypy on shared/, services/, streamloop/
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+	@$(BIN)/mypy
+
+fmt: setup ## Format and auto-fix with ruff
+	@$(BIN)/ruff format .
+	@$(BIN)/ruff check --fix .
+
+bench: setup ## Benchmarks: the bus against a bare kafka-python loop (see README)
+	@$(WITH_INFRA) $(BIN)/python -m tests.bench.bench_bus
+
+demo: up ## Start the infrastructure and run a traced round trip through the bus
+	@$(BIN)/streamloop demo
+
+compose-check: ## Validate docker-compose.yml without a Docker engine
+	@docker-compose config -q && echo "docker-compose.yml: valid"
+
+clean: down ## Stop everything and delete var/ (Kafka logs, Redis data, traces, artifacts)
+	@rm -rf var

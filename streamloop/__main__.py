@@ -1,0 +1,5 @@
+import sys
+
+from streamloop.cli import main
+
+sys.exit(main())

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from shared.settings import (
+    KafkaSettings,
+    RedisSettings,
+    ServiceSettings,
+    TelemetrySettings,
+    service_config,
+)
+
+
+class IngestLike(ServiceSettings):
+    model_config = service_config("testsvc")
+
+    batch_size: int = 10
+
+
+def test_shared_prefixes_reach_every_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMLOOP_KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2:9092")
+    monkeypatch.setenv("STREAMLOOP_REDIS_URL", "redis://r:6379/2")
+    monkeypatch.setenv("STREAMLOOP_TESTSVC_BATCH_SIZE", "64")
+    s = IngestLike()
+    assert s.kafka.client_kwargs()["bootstrap_servers"] == ["k1:9092", "k2:9092"]
+    assert s.redis.url == "redis://r:6379/2"
+    assert s.batch_size == 64
+
+
+def test_service_prefix_overrides_a_connection_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMLOOP_TESTSVC_KAFKA__BOOTSTRAP_SERVERS", "only-me:9092")
+    assert IngestLike().kafka.bootstrap_servers == "only-me:9092"
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(ValidationError):
+        IngestLike().batch_size = 3  # type: ignore[misc]
+
+
+def test_sasl_and_ssl_are_passed_through() -> None:
+    k = KafkaSettings(
+        security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="svc",
+        sasl_password=SecretStr("s3cret"), ssl_cafile="/ca.pem",
+    )
+    kw = k.client_kwargs()
+    assert kw["security_protocol"] == "SASL_SSL"
+    assert kw["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert kw["sasl_plain_username"] == "svc" and kw["sasl_plain_password"] == "s3cret"
+    assert kw["ssl_cafile"] == "/ca.pem"
+    assert "s3cret" not in repr(k)
+
+
+def test_sasl_without_mechanism_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        KafkaSettings(security_protocol="SASL_PLAINTEXT")
+
+
+def test_production_refuses_default_or_empty_secrets() -> None:
+    with pytest.raises(ValidationError, match="redis.password"):
+        IngestLike(environment="production")
+    with pytest.raises(ValidationError, match="redis.password"):
+        IngestLike(environment="production", redis=RedisSettings(password=SecretStr("streamloop-dev")))
+    ok = IngestLike(environment="production", redis=RedisSettings(password=SecretStr("a-real-one")))
+    assert ok.environment == "production"
+
+
+def test_exporter_auto_follows_the_otlp_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    assert TelemetrySettings().resolved_exporter() == "jsonl"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4318")
+    assert TelemetrySettings().resolved_exporter() == "otlp"
+    assert TelemetrySettings(exporter="memory").resolved_exporter() == "memory"

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.trace import SpanKind
+
+from shared.settings import TelemetrySettings
+from shared.telemetry import (
+    JsonFormatter,
+    JsonlSpanExporter,
+    extract_context,
+    inject_headers,
+    read_spans,
+    setup_telemetry,
+)
+
+
+def test_trace_context_round_trips_through_kafka_headers() -> None:
+    tel = setup_telemetry("t", TelemetrySettings(exporter="memory"), set_global=False)
+    with tel.tracer.start_as_current_span("producer") as span:
+        headers = inject_headers([("other", b"keep")])
+    assert ("other", b"keep") in headers
+    assert dict(headers)["traceparent"].startswith(b"00-")
+    with tel.tracer.start_as_current_span("consumer", context=extract_context(headers)) as child:
+        pass
+    assert child.parent is not None
+    assert child.parent.span_id == span.get_span_context().span_id
+    assert child.get_span_context().trace_id == span.get_span_context().trace_id
+
+
+def test_injecting_twice_replaces_the_old_parent() -> None:
+    tel = setup_telemetry("t", TelemetrySettings(exporter="memory"), set_global=False)
+    with tel.tracer.start_as_current_span("a"):
+        first = inject_headers()
+    with tel.tracer.start_as_current_span("b"):
+        second = inject_headers(first)
+    assert [k for k, _ in second].count("traceparent") == 1
+    assert second != first
+
+
+def test_garbage_headers_give_an_empty_context() -> None:
+    ctx = extract_context([("traceparent", b"\xff\xfe"), ("x", None)])
+    tel = setup_telemetry("t", TelemetrySettings(exporter="memory"), set_global=False)
+    with tel.tracer.start_as_current_span("root", context=ctx) as span:
+        pass
+    assert span.parent is None
+
+
+def test_jsonl_exporter_writes_parent_links_that_read_spans_returns(tmp_path: Path) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(JsonlSpanExporter(tmp_path / "svc.jsonl")))
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("outer", kind=SpanKind.PRODUCER) as outer:
+        with tracer.start_as_current_span("inner", attributes={"k": "v"}):
+            pass
+    provider.shutdown()
+    (tmp_path / "svc.jsonl").open("a").write("not json\n")
+    spans = {s["name"]: s for s in read_spans(tmp_path)}
+    assert set(spans) == {"outer", "inner"}
+    assert spans["inner"]["parent_span_id"] == format(outer.get_span_context().span_id, "016x")
+    assert spans["inner"]["attributes"] == {"k": "v"}
+    assert spans["outer"]["kind"] == "PRODUCER"
+    assert spans["outer"]["duration_ms"] >= spans["inner"]["duration_ms"]
+
+
+def test_json_logs_carry_the_trace_id_and_extras() -> None:
+    tel = setup_telemetry("t", TelemetrySettings(exporter="memory"), set_global=False)
+    fmt = JsonFormatter("ingest")
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "bad frame", None, None)
+    record.topic, record.offset = "frames.raw", 42
+    with tel.tracer.start_as_current_span("s") as span:
+        line = json.loads(fmt.format(record))
+    assert line["trace_id"] == format(span.get_span_context().trace_id, "032x")
+    assert line["service"] == "ingest" and line["msg"] == "bad frame"
+    assert line["topic"] == "frames.raw" and line["offset"] == 42
