@@ -291,8 +291,10 @@ class ConsumerLoop(Generic[E]):
                 if self._stop.is_set():
                     break
         except _Interrupted:
-            log.info("stopped during a retry; the record stays uncommitted",
-                     extra={"group": self.group_id})
+            log.info(
+                "stopped during a retry; the record stays uncommitted",
+                extra={"group": self.group_id},
+            )
         return done
 
     def _decode(self, rec: Any) -> Message[E] | None:
@@ -385,11 +387,12 @@ class ConsumerLoop(Generic[E]):
             try:
                 call()
                 return True
-            except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
-                where = {
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                where: dict[str, object] = {
                     "group": self.group_id,
                     "attempt": attempt,
-                    "error": f"{type(exc).__name__}: {exc}",
+                    "error": error,
                 }
                 if recs:
                     where.update(
@@ -406,7 +409,7 @@ class ConsumerLoop(Generic[E]):
                 log.error("handler failed; giving up", extra=where)
                 if dead_letter:
                     for rec in recs:
-                        self._dead_letter(rec, "handler_error", where["error"], attempts=attempt)
+                        self._dead_letter(rec, "handler_error", error, attempts=attempt)
                 return False
         return False
 
@@ -454,8 +457,10 @@ class ConsumerLoop(Generic[E]):
             consumer.commit(offsets)
         except CommitFailedError:
             # The group rebalanced; the new owner re-reads from the last commit.
-            log.warning("commit failed after a rebalance; records will be redelivered",
-                        extra={"group": self.group_id})
+            log.warning(
+                "commit failed after a rebalance; records will be redelivered",
+                extra={"group": self.group_id},
+            )
 
 
 class _Interrupted(Exception):

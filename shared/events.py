@@ -21,12 +21,12 @@ from typing import Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
+    "EVENT_TYPES",
     "Alert",
     "ClassMetrics",
     "DatasetSnapshot",
     "DecodeError",
     "Event",
-    "EVENT_TYPES",
     "Example",
     "FrameRaw",
     "FrameValid",
@@ -115,7 +115,7 @@ class FrameValid(Event):
     height: int = Field(gt=0)
     channels: int = Field(default=3, gt=0)
     pixels_b64: str
-    """Raw uint8 pixels, row-major height × width × channels, base64."""
+    """Raw uint8 pixels, row-major height x width x channels, base64."""
     content_sha256: str
     condition: str | None = None
     attributes: dict[str, str] = Field(default_factory=dict)

@@ -44,7 +44,9 @@ def wait_for_kafka(settings: KafkaSettings, timeout_s: float = 60.0) -> None:
             last = exc
         time.sleep(delay)
         delay = min(delay * 2, 2.0)
-    raise TimeoutError(f"Kafka at {settings.bootstrap_servers} did not answer in {timeout_s}s: {last}")
+    raise TimeoutError(
+        f"Kafka at {settings.bootstrap_servers} did not answer in {timeout_s}s: {last}"
+    )
 
 
 class KafkaAdmin:
@@ -85,7 +87,10 @@ class KafkaAdmin:
         return {t["name"]: len(t["partitions"]) for t in self._admin.describe_topics(names)}
 
     def create_topics(
-        self, topics: list[tuple[str, int, dict[str, str]]], replication_factor: int, timeout_s: float
+        self,
+        topics: list[tuple[str, int, dict[str, str]]],
+        replication_factor: int,
+        timeout_s: float,
     ) -> None:
         """Create ``(name, partitions, configs)`` topics and wait until they have leaders."""
         new = [NewTopic(n, p, replication_factor, topic_configs=c) for n, p, c in topics]
@@ -108,7 +113,8 @@ class KafkaAdmin:
         resources = [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics]
         raw = self._admin.describe_configs(resources, config_filter="all")
         return {
-            name: {k: v["value"] for k, v in cfg.items()} for name, cfg in raw.get("topic", {}).items()
+            name: {k: v["value"] for k, v in cfg.items()}
+            for name, cfg in raw.get("topic", {}).items()
         }
 
     def alter_topic_configs(self, topic: str, configs: dict[str, str]) -> None:
@@ -130,11 +136,14 @@ class KafkaAdmin:
     def committed_offsets(self, group_id: str, topic: str) -> dict[int, int]:
         """partition -> committed offset of ``group_id`` (partitions never committed are absent)."""
         res = self._admin.list_group_offsets({group_id: None}).get(group_id, {})
-        return {tp.partition: om.offset for tp, om in res.items() if tp.topic == topic and om.offset >= 0}
+        return {
+            tp.partition: om.offset
+            for tp, om in res.items()
+            if tp.topic == topic and om.offset >= 0
+        }
 
     def lag(self, group_id: str, topic: str) -> int:
         """Records of ``topic`` not yet committed by ``group_id`` (summed over partitions)."""
         ends = self.end_offsets(topic)
         committed = self.committed_offsets(group_id, topic)
         return sum(max(0, end - committed.get(p, 0)) for p, end in ends.items())
-

@@ -21,4 +21,4 @@ def connect(settings: RedisSettings) -> redis.Redis:
         kwargs["username"] = settings.username
     if settings.password is not None:
         kwargs["password"] = settings.password.get_secret_value()
-    return redis.Redis.from_url(settings.url, **kwargs)  # type: ignore[arg-type]
+    return redis.Redis.from_url(settings.url, **kwargs)

@@ -92,7 +92,9 @@ class KafkaSettings(BaseSettings):
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments shared by kafka-python's producer, consumer and admin client."""
         kw: dict[str, Any] = {
-            "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
+            "bootstrap_servers": [
+                s.strip() for s in self.bootstrap_servers.split(",") if s.strip()
+            ],
             "security_protocol": self.security_protocol,
             "request_timeout_ms": self.request_timeout_ms,
         }
@@ -203,5 +205,7 @@ class ServiceSettings(BaseSettings):
         for name, value in secrets.items():
             plain = value.get_secret_value() if value is not None else ""
             if plain.strip().lower() in DEFAULT_SECRET_MARKERS:
-                raise ValueError(f"{name} is empty or a default value; refusing to start in production")
+                raise ValueError(
+                    f"{name} is empty or a default value; refusing to start in production"
+                )
         return self

@@ -92,7 +92,8 @@ def extract_context(headers: Sequence[tuple[str, bytes | None]] | None) -> Conte
 
 
 def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
-    ctx = span.get_span_context()
+    ctx = span.context
+    assert ctx is not None  # a finished SDK span always has its context
     parent = span.parent
     start = span.start_time or 0
     end = span.end_time or start
@@ -115,9 +116,7 @@ def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
             }
             for link in span.links
         ],
-        "events": [
-            {"name": e.name, "attributes": dict(e.attributes or {})} for e in span.events
-        ],
+        "events": [{"name": e.name, "attributes": dict(e.attributes or {})} for e in span.events],
     }
 
 
@@ -221,7 +220,8 @@ def setup_telemetry(
 # --- logging ---------------------------------------------------------------------------
 
 _STANDARD_ATTRS = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime", "taskName"}
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
+    | {"message", "asctime", "taskName"}
 )
 
 
@@ -258,7 +258,9 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extras = {
-            k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS and not k.startswith("_")
+            k: v
+            for k, v in record.__dict__.items()
+            if k not in _STANDARD_ATTRS and not k.startswith("_")
         }
         if extras:
             line += " " + " ".join(f"{k}={v}" for k, v in extras.items())

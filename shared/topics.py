@@ -15,8 +15,8 @@ from shared import events as ev
 from shared.settings import KafkaSettings
 
 __all__ = [
-    "ProvisionReport",
     "TOPICS",
+    "ProvisionReport",
     "TopicSpec",
     "Topics",
     "dlq_for",
@@ -91,7 +91,9 @@ TOPICS: dict[str, TopicSpec] = {
     s.name: s
     for s in (
         _spec(Topics.FRAMES_RAW, "camera_id", "delete", DAY_MS, ev.FrameRaw, dlq=Topics.FRAMES_DLQ),
-        _spec(Topics.FRAMES_VALID, "camera_id", "delete", DAY_MS, ev.FrameValid, dlq=Topics.FRAMES_DLQ),
+        _spec(
+            Topics.FRAMES_VALID, "camera_id", "delete", DAY_MS, ev.FrameValid, dlq=Topics.FRAMES_DLQ
+        ),
         _spec(Topics.FRAMES_DLQ, "source key", "delete", 7 * DAY_MS, None, dlq=None),
         _spec(Topics.PREDICTIONS, "camera_id", "delete", 7 * DAY_MS, ev.Prediction),
         _spec(Topics.PREDICTIONS_SHADOW, "camera_id", "delete", 7 * DAY_MS, ev.Prediction),

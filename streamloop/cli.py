@@ -123,11 +123,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     done = threading.Event()
 
     def handle(msg: Message[Alert]) -> None:
-        if msg.event.event_id in sent:
-            got[msg.event.event_id] = time.perf_counter()
+        eid = msg.event.event_id
+        if eid in sent:
+            got[eid] = time.perf_counter()
             console.print(
                 f"  handled [bold]{msg.event.message}[/] from partition {msg.partition} "
-                f"offset {msg.offset} after {1000 * (got[msg.event.event_id] - sent[msg.event.event_id]):.0f} ms"
+                f"offset {msg.offset} after {1000 * (got[eid] - sent[eid]):.0f} ms"
             )
             if len(got) == len(sent):
                 done.set()
@@ -222,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         from shared.settings import TelemetrySettings
         from shared.telemetry import configure_logging
 
-        configure_logging("streamloop-cli", TelemetrySettings(log_format="text", log_level="WARNING"))
+        configure_logging(
+            "streamloop-cli", TelemetrySettings(log_format="text", log_level="WARNING")
+        )
     try:
         rc: int = args.func(args)
     except KeyboardInterrupt:

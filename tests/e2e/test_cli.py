@@ -16,7 +16,11 @@ CLI = [sys.executable, "-m", "streamloop"]
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*CLI, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        [*CLI, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
     )
 
@@ -69,6 +73,17 @@ def test_docker_compose_file_is_valid() -> None:
     services = subprocess.run(
         [exe, "config", "--services"], cwd=ROOT, capture_output=True, text=True
     ).stdout.split()
-    for name in ("kafka", "redis", "jaeger", "ingest", "serving", "labelling", "monitoring",
-                 "training", "evaluation", "registry", "simulator"):
+    for name in (
+        "kafka",
+        "redis",
+        "jaeger",
+        "ingest",
+        "serving",
+        "labelling",
+        "monitoring",
+        "training",
+        "evaluation",
+        "registry",
+        "simulator",
+    ):
         assert name in services

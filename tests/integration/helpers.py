@@ -19,7 +19,9 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def wait_for(pred: Callable[[], T], timeout_s: float = 30.0, interval_s: float = 0.2, what: str = "") -> T:
+def wait_for(
+    pred: Callable[[], T], timeout_s: float = 30.0, interval_s: float = 0.2, what: str = ""
+) -> T:
     """Poll ``pred`` until it returns something truthy; fail the test at the deadline."""
     deadline = time.monotonic() + timeout_s
     last: T | None = None
@@ -35,7 +37,9 @@ def bare_producer(settings: KafkaSettings) -> KafkaProducer:
     return KafkaProducer(max_request_size=2 * 1024 * 1024, **settings.client_kwargs())
 
 
-def read_all(settings: KafkaSettings, topic: str, expect: int, timeout_s: float = 30.0) -> list[Any]:
+def read_all(
+    settings: KafkaSettings, topic: str, expect: int, timeout_s: float = 30.0
+) -> list[Any]:
     """Read ``topic`` from the beginning (no group) until ``expect`` records or the deadline."""
     consumer = KafkaConsumer(
         topic, auto_offset_reset="earliest", enable_auto_commit=False, **settings.client_kwargs()
@@ -78,7 +82,9 @@ class Proc:
     def wait_line(self, prefix: str, timeout_s: float = 60.0, count: int = 1) -> list[str]:
         def ready() -> list[str] | None:
             if self.p.poll() is not None and len(self.saw(prefix)) < count:
-                raise AssertionError(f"process exited ({self.p.returncode}):\n" + "\n".join(self.lines[-40:]))
+                raise AssertionError(
+                    f"process exited ({self.p.returncode}):\n" + "\n".join(self.lines[-40:])
+                )
             got = self.saw(prefix)
             return got if len(got) >= count else None
 

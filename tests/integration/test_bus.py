@@ -14,9 +14,8 @@ import pytest
 from shared.bus import ConsumerLoop, DlqHeaders, EventProducer, Message, RetryPolicy
 from shared.events import Alert, encode
 from shared.kafka_admin import KafkaAdmin
-from shared.settings import KafkaSettings
+from shared.settings import KafkaSettings, TelemetrySettings
 from shared.telemetry import read_spans, setup_telemetry
-from shared.settings import TelemetrySettings
 from shared.topics import Topics
 from tests.conftest import provision_prefixed
 from tests.integration.helpers import Proc, bare_producer, read_all, wait_for
@@ -37,9 +36,19 @@ def topics(kafka_settings: KafkaSettings, prefix: str) -> tuple[str, str]:
 def worker(topic: str, dlq: str, group: str, tmp: Path, key: str, *extra: str) -> Proc:
     return Proc(
         [
-            "-m", "tests.integration.bus_worker",
-            "--topic", topic, "--dlq", dlq, "--group", group,
-            "--traces-dir", str(tmp), "--redis-key", key, *extra,
+            "-m",
+            "tests.integration.bus_worker",
+            "--topic",
+            topic,
+            "--dlq",
+            dlq,
+            "--group",
+            group,
+            "--traces-dir",
+            str(tmp),
+            "--redis-key",
+            key,
+            *extra,
         ]
     )
 
@@ -49,14 +58,20 @@ def headers_of(rec) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 
 def test_event_is_handled_in_another_process_inside_a_child_span_of_the_producer(
-    kafka_settings: KafkaSettings, topics: tuple[str, str], tmp_path: Path, redis_client, prefix: str
+    kafka_settings: KafkaSettings,
+    topics: tuple[str, str],
+    tmp_path: Path,
+    redis_client,
+    prefix: str,
 ) -> None:
     topic, dlq = topics
     key = f"test:{uuid.uuid4().hex}"
     proc = worker(topic, dlq, prefix + "g", tmp_path, key)
     try:
         proc.wait_line("READY")
-        tel = setup_telemetry("test-producer", TelemetrySettings(exporter="memory"), set_global=False)
+        tel = setup_telemetry(
+            "test-producer", TelemetrySettings(exporter="memory"), set_global=False
+        )
         producer = EventProducer(kafka_settings, tracer=tel.tracer)
         event = alert("hello")
         producer.publish(topic, event, key="k").get(timeout=10)
@@ -86,7 +101,12 @@ def test_malformed_records_go_to_the_dlq_and_the_consumer_keeps_going(
     wrong_schema = json.dumps({"event_type": "alert", "severity": "loud"}).encode()
     too_big = encode(alert("x" * 1_600_000))
     payloads = [
-        encode(good[0]), b"{not json", encode(good[1]), wrong_schema, too_big, encode(good[2])
+        encode(good[0]),
+        b"{not json",
+        encode(good[1]),
+        wrong_schema,
+        too_big,
+        encode(good[2]),
     ]
     for p in payloads:
         raw.send(topic, value=p, key=b"same-partition")
@@ -97,8 +117,13 @@ def test_malformed_records_go_to_the_dlq_and_the_consumer_keeps_going(
     producer = EventProducer(kafka_settings)
     group = prefix + "dlq-group"
     loop = ConsumerLoop(
-        kafka_settings, group_id=group, topics=[topic], event_type=Alert, producer=producer,
-        handler=lambda m: handled.append(m.event.message), dlq_topic_for=lambda _t: dlq,
+        kafka_settings,
+        group_id=group,
+        topics=[topic],
+        event_type=Alert,
+        producer=producer,
+        handler=lambda m: handled.append(m.event.message),
+        dlq_topic_for=lambda _t: dlq,
     )
     t = threading.Thread(target=loop.run, daemon=True)
     t.start()
@@ -151,8 +176,13 @@ def test_a_failing_handler_is_retried_then_dead_lettered_and_the_next_record_is_
         handled.append(m.event.message)
 
     loop = ConsumerLoop(
-        kafka_settings, group_id=prefix + "g", topics=[topic], event_type=Alert, producer=producer,
-        handler=handle, retry=RetryPolicy(max_attempts=3, backoff_s=0.01),
+        kafka_settings,
+        group_id=prefix + "g",
+        topics=[topic],
+        event_type=Alert,
+        producer=producer,
+        handler=handle,
+        retry=RetryPolicy(max_attempts=3, backoff_s=0.01),
         dlq_topic_for=lambda _t: dlq,
     )
     t = threading.Thread(target=loop.run, daemon=True)
@@ -173,7 +203,11 @@ def test_a_failing_handler_is_retried_then_dead_lettered_and_the_next_record_is_
 
 
 def test_sigkill_after_handling_before_commit_redelivers_and_the_effect_stays_single(
-    kafka_settings: KafkaSettings, topics: tuple[str, str], tmp_path: Path, redis_client, prefix: str
+    kafka_settings: KafkaSettings,
+    topics: tuple[str, str],
+    tmp_path: Path,
+    redis_client,
+    prefix: str,
 ) -> None:
     topic, dlq = topics
     key = f"test:{uuid.uuid4().hex}"
@@ -203,7 +237,11 @@ def test_sigkill_after_handling_before_commit_redelivers_and_the_effect_stays_si
 
 
 def test_sigterm_finishes_the_record_in_hand_commits_and_exits_cleanly(
-    kafka_settings: KafkaSettings, topics: tuple[str, str], tmp_path: Path, redis_client, prefix: str
+    kafka_settings: KafkaSettings,
+    topics: tuple[str, str],
+    tmp_path: Path,
+    redis_client,
+    prefix: str,
 ) -> None:
     topic, dlq = topics
     key = f"test:{uuid.uuid4().hex}"
@@ -244,8 +282,13 @@ def test_batch_handler_gets_whole_polls_and_a_poison_record_is_isolated(
         handled.extend(m.event.message for m in batch)
 
     loop = ConsumerLoop(
-        kafka_settings, group_id=prefix + "batch", topics=[topic], event_type=Alert,
-        producer=producer, batch_handler=handle, retry=RetryPolicy(max_attempts=2, backoff_s=0.01),
+        kafka_settings,
+        group_id=prefix + "batch",
+        topics=[topic],
+        event_type=Alert,
+        producer=producer,
+        batch_handler=handle,
+        retry=RetryPolicy(max_attempts=2, backoff_s=0.01),
         dlq_topic_for=lambda _t: dlq,
     )
     t = threading.Thread(target=loop.run, daemon=True)

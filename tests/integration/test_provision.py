@@ -23,7 +23,9 @@ def test_provisioning_twice_changes_nothing_the_second_time(
 
     with KafkaAdmin(kafka_settings) as admin:
         counts = admin.describe_partition_counts([prefix + n for n in NAMES])
-        configs = admin.describe_topic_configs([prefix + Topics.EXAMPLES, prefix + Topics.FRAMES_RAW])
+        configs = admin.describe_topic_configs(
+            [prefix + Topics.EXAMPLES, prefix + Topics.FRAMES_RAW]
+        )
     assert counts[prefix + Topics.MODELS_LIFECYCLE] == 1
     assert counts[prefix + Topics.FRAMES_RAW] == kafka_settings.default_partitions
     assert configs[prefix + Topics.EXAMPLES]["cleanup.policy"] == "compact"
@@ -44,5 +46,7 @@ def test_drifted_config_and_partitions_are_brought_back_in_line(
     assert report.partitions_added == {name: kafka_settings.default_partitions + 2}
     with KafkaAdmin(kafka_settings) as admin:
         assert admin.describe_topic_configs([name])[name]["retention.ms"] == str(spec.retention_ms)
-        assert admin.describe_partition_counts([name])[name] == kafka_settings.default_partitions + 2
+        assert (
+            admin.describe_partition_counts([name])[name] == kafka_settings.default_partitions + 2
+        )
     assert not provision(kafka_settings, [grown], name_prefix=prefix).changed

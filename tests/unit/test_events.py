@@ -22,8 +22,11 @@ from shared.events import (
 
 def frame(**kw: object) -> FrameRaw:
     base: dict[str, object] = dict(
-        frame_id="f1", camera_id="cam-01", captured_at=datetime(2026, 1, 1, tzinfo=UTC),
-        content_type="image/png", image_b64="aGVsbG8=",
+        frame_id="f1",
+        camera_id="cam-01",
+        captured_at=datetime(2026, 1, 1, tzinfo=UTC),
+        content_type="image/png",
+        image_b64="aGVsbG8=",
     )
     base.update(kw)
     return FrameRaw(**base)  # type: ignore[arg-type]
@@ -38,7 +41,10 @@ def test_round_trip_keeps_every_field() -> None:
 
 
 def test_envelope_defaults_are_filled() -> None:
-    a, b = Alert(severity="info", kind="k", message="m"), Alert(severity="info", kind="k", message="m")
+    a, b = (
+        Alert(severity="info", kind="k", message="m"),
+        Alert(severity="info", kind="k", message="m"),
+    )
     assert a.event_id != b.event_id and len(a.event_id) == 32
     assert a.produced_at.tzinfo is not None
 

@@ -11,9 +11,16 @@ def test_backoff_doubles_up_to_the_cap() -> None:
 
 def span(tid: str, sid: str, parent: str | None, start: int, **attrs: str) -> dict[str, object]:
     return {
-        "trace_id": tid, "span_id": sid, "parent_span_id": parent, "name": f"n{sid}",
-        "service": "s", "start_ns": start, "end_ns": start + 1_000_000, "duration_ms": 1.0,
-        "status": "UNSET", "attributes": attrs,
+        "trace_id": tid,
+        "span_id": sid,
+        "parent_span_id": parent,
+        "name": f"n{sid}",
+        "service": "s",
+        "start_ns": start,
+        "end_ns": start + 1_000_000,
+        "duration_ms": 1.0,
+        "status": "UNSET",
+        "attributes": attrs,
     }
 
 

@@ -40,8 +40,11 @@ def test_settings_are_frozen() -> None:
 
 def test_sasl_and_ssl_are_passed_through() -> None:
     k = KafkaSettings(
-        security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="svc",
-        sasl_password=SecretStr("s3cret"), ssl_cafile="/ca.pem",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="svc",
+        sasl_password=SecretStr("s3cret"),
+        ssl_cafile="/ca.pem",
     )
     kw = k.client_kwargs()
     assert kw["security_protocol"] == "SASL_SSL"
@@ -57,10 +60,12 @@ def test_sasl_without_mechanism_is_refused() -> None:
 
 
 def test_production_refuses_default_or_empty_secrets() -> None:
-    with pytest.raises(ValidationError, match="redis.password"):
+    with pytest.raises(ValidationError, match=r"redis\.password"):
         IngestLike(environment="production")
-    with pytest.raises(ValidationError, match="redis.password"):
-        IngestLike(environment="production", redis=RedisSettings(password=SecretStr("streamloop-dev")))
+    with pytest.raises(ValidationError, match=r"redis\.password"):
+        IngestLike(
+            environment="production", redis=RedisSettings(password=SecretStr("streamloop-dev"))
+        )
     ok = IngestLike(environment="production", redis=RedisSettings(password=SecretStr("a-real-one")))
     assert ok.environment == "production"
 

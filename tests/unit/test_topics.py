@@ -27,7 +27,9 @@ def test_frames_dead_letter_to_frames_dlq_and_the_rest_to_events_dlq() -> None:
 
 
 def test_configs_carry_cleanup_retention_and_min_isr() -> None:
-    cfg = TOPICS[Topics.EXAMPLES].configs(KafkaSettings(replication_factor=3, min_insync_replicas=2))
+    cfg = TOPICS[Topics.EXAMPLES].configs(
+        KafkaSettings(replication_factor=3, min_insync_replicas=2)
+    )
     assert cfg["cleanup.policy"] == "compact"
     assert cfg["retention.ms"] == "-1"
     assert cfg["min.insync.replicas"] == "2"
