@@ -145,6 +145,10 @@ class TelemetrySettings(BaseSettings):
     traces_dir: Path = Field(default_factory=lambda: default_var_dir() / "traces")
     """Folder of the local JSONL trace files, one file per service."""
 
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Share of new traces recorded (parent-based: a trace is kept or dropped whole).
+    1.0 traces every frame; lower it on busy systems, where each span costs CPU."""
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Root log level."""
 

@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from shared.settings import TelemetrySettings
@@ -176,6 +177,13 @@ class Telemetry:
         self.provider.shutdown()
 
 
+def _batch(exporter: SpanExporter) -> BatchSpanProcessor:
+    # The default queue (2048) overflows at a few thousand records per second and drops spans.
+    return BatchSpanProcessor(
+        exporter, max_queue_size=65_536, max_export_batch_size=4096, schedule_delay_millis=1000
+    )
+
+
 def setup_telemetry(
     service_name: str,
     settings: TelemetrySettings,
@@ -195,7 +203,10 @@ def setup_telemetry(
             "service.namespace": "streamloop",
         }
     )
-    provider = TracerProvider(resource=resource)
+    # Parent-based: the service that starts a trace (the camera, the monitor) decides once,
+    # and every downstream span of that trace follows, so sampled traces stay whole.
+    sampler = ParentBased(TraceIdRatioBased(settings.sample_ratio))
+    provider = TracerProvider(resource=resource, sampler=sampler)
     memory: InMemorySpanExporter | None = None
     kind = settings.resolved_exporter()
     if kind == "memory":
@@ -203,12 +214,12 @@ def setup_telemetry(
         provider.add_span_processor(SimpleSpanProcessor(memory))
     elif kind == "jsonl":
         exporter = JsonlSpanExporter(settings.traces_dir / f"{service_name}.jsonl")
-        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
+        provider.add_span_processor(_batch(exporter))
     elif kind == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         endpoint = (settings.otlp_endpoint or "").rstrip("/") + "/v1/traces"
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        provider.add_span_processor(_batch(OTLPSpanExporter(endpoint=endpoint)))
     if set_global:
         with _GLOBAL_LOCK:
             if not _global_set:
