@@ -47,6 +47,7 @@ from shared.telemetry import Headers, extract_context, inject_headers
 from shared.topics import dlq_for
 
 __all__ = [
+    "PRODUCER_DEFAULTS",
     "BatchHandler",
     "ConsumerLoop",
     "DlqHeaders",
@@ -60,6 +61,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=Event)
+
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "acks": "all",
+    "enable_idempotence": True,
+    # A few ms of linger lets records of one poll share a request; frames are a few KB.
+    "linger_ms": 5,
+    "batch_size": 256 * 1024,
+    "max_request_size": 2 * 1024 * 1024,
+}
+"""kafka-python producer settings of ``EventProducer`` (overridable per producer)."""
 
 DEFAULT_MAX_MESSAGE_BYTES = 1_500_000
 """Largest payload a consumer accepts (a 1 MB image grows by a third in base64)."""
@@ -128,11 +139,7 @@ class EventProducer:
         **overrides: Any,
     ) -> None:
         config: dict[str, Any] = {
-            "acks": "all",
-            "enable_idempotence": True,
-            "linger_ms": 5,
-            "batch_size": 256 * 1024,
-            "max_request_size": 2 * 1024 * 1024,
+            **PRODUCER_DEFAULTS,
             "client_id": client_id,
             **settings.client_kwargs(),
         }

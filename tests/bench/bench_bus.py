@@ -53,7 +53,7 @@ from opentelemetry import trace
 from rich.console import Console
 from rich.table import Table
 
-from shared.bus import ConsumerLoop, EventProducer, Message
+from shared.bus import PRODUCER_DEFAULTS, ConsumerLoop, EventProducer, Message
 from shared.events import Alert, decode, encode
 from shared.kafka_admin import KafkaAdmin
 from shared.settings import KafkaSettings, TelemetrySettings, default_var_dir
@@ -73,13 +73,7 @@ STALL_TIMEOUT_S = 60.0
 # The producer settings of EventProducer (shared/bus.py) and the consumer settings of
 # ConsumerLoop: the bare side copies them so the ratio measures the bus's own work, not
 # different client tuning.
-PRODUCER_CONFIG: dict[str, Any] = {
-    "acks": "all",
-    "enable_idempotence": True,
-    "linger_ms": 5,
-    "batch_size": 256 * 1024,
-    "max_request_size": 2 * 1024 * 1024,
-}
+PRODUCER_CONFIG: dict[str, Any] = PRODUCER_DEFAULTS
 CONSUMER_CONFIG: dict[str, Any] = {
     "enable_auto_commit": False,
     "auto_offset_reset": "earliest",

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from streamloop.cli import SERVICES
+
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "streamloop"]
 
@@ -73,17 +75,5 @@ def test_docker_compose_file_is_valid() -> None:
     services = subprocess.run(
         [exe, "config", "--services"], cwd=ROOT, capture_output=True, text=True
     ).stdout.split()
-    for name in (
-        "kafka",
-        "redis",
-        "jaeger",
-        "ingest",
-        "serving",
-        "labelling",
-        "monitoring",
-        "training",
-        "evaluation",
-        "registry",
-        "simulator",
-    ):
+    for name in ("kafka", "redis", "jaeger", "topics", *SERVICES):
         assert name in services
