@@ -244,7 +244,6 @@ class ConsumerLoop(Generic[E]):
         }
         config.update(consumer_overrides)
         self._consumer_config = config
-        self._consumer: KafkaConsumer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -252,14 +251,9 @@ class ConsumerLoop(Generic[E]):
         """Ask the loop to finish the record in hand, commit and return (thread-safe)."""
         self._stop.set()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     def run(self, *, max_idle_s: float | None = None) -> None:
         """Consume until ``stop()``. ``max_idle_s`` also returns after that long without records."""
         consumer = KafkaConsumer(**self._consumer_config)
-        self._consumer = consumer
         consumer.subscribe(self.topics)
         log.info("consumer started", extra={"group": self.group_id, "topics": self.topics})
         idle_since = time.monotonic()
@@ -285,7 +279,6 @@ class ConsumerLoop(Generic[E]):
             except KafkaError:
                 log.exception("flush on shutdown failed", extra={"group": self.group_id})
             consumer.close(autocommit=False)
-            self._consumer = None
             log.info("consumer stopped", extra={"group": self.group_id})
 
     # -- processing --------------------------------------------------------------------
