@@ -7,7 +7,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +32,18 @@ def wait_for(
             return last
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what or pred}; last={last!r}")
+
+
+@contextmanager
+def running(loop: Any) -> Iterator[None]:
+    """Run a ConsumerLoop in a thread for the duration of the block; stop and join it after."""
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        loop.stop()
+        thread.join(30)
 
 
 def bare_producer(settings: KafkaSettings) -> KafkaProducer:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import uuid
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from shared.settings import KafkaSettings, TelemetrySettings
 from shared.telemetry import read_spans, setup_telemetry
 from shared.topics import Topics
 from tests.conftest import provision_prefixed
-from tests.integration.helpers import Proc, bare_producer, read_all, wait_for
+from tests.integration.helpers import Proc, bare_producer, read_all, running, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -125,16 +124,11 @@ def test_malformed_records_go_to_the_dlq_and_the_consumer_keeps_going(
         handler=lambda m: handled.append(m.event.message),
         dlq_topic_for=lambda _t: dlq,
     )
-    t = threading.Thread(target=loop.run, daemon=True)
-    t.start()
-    try:
+    with running(loop):
         wait_for(lambda: len(handled) == 3, what="three good events")
         with KafkaAdmin(kafka_settings) as admin:
             wait_for(lambda: admin.lag(group, topic) == 0, what="lag 0")
-    finally:
-        loop.stop()
-        t.join(30)
-        producer.close()
+    producer.close()
     assert handled == ["good-0", "good-1", "good-2"]
 
     dead = read_all(kafka_settings, dlq, expect=3)
@@ -185,14 +179,9 @@ def test_a_failing_handler_is_retried_then_dead_lettered_and_the_next_record_is_
         retry=RetryPolicy(max_attempts=3, backoff_s=0.01),
         dlq_topic_for=lambda _t: dlq,
     )
-    t = threading.Thread(target=loop.run, daemon=True)
-    t.start()
-    try:
+    with running(loop):
         wait_for(lambda: handled == ["fine"], what="the record after the poison one")
-    finally:
-        loop.stop()
-        t.join(30)
-        producer.close()
+    producer.close()
     assert calls == ["poison", "poison", "poison", "fine"]
     [dead] = read_all(kafka_settings, dlq, expect=1)
     h = headers_of(dead)
@@ -291,14 +280,9 @@ def test_batch_handler_gets_whole_polls_and_a_poison_record_is_isolated(
         retry=RetryPolicy(max_attempts=2, backoff_s=0.01),
         dlq_topic_for=lambda _t: dlq,
     )
-    t = threading.Thread(target=loop.run, daemon=True)
-    t.start()
-    try:
+    with running(loop):
         wait_for(lambda: len(handled) == 19, what="19 good records")
-    finally:
-        loop.stop()
-        t.join(30)
-        producer.close()
+    producer.close()
     assert sorted(handled) == sorted(f"ok-{i}" for i in range(20) if i != 7)
     [dead] = read_all(kafka_settings, dlq, expect=1)
     assert headers_of(dead)[DlqHeaders.ERROR] == "handler_error"
