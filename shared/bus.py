@@ -7,7 +7,8 @@ Consumer loop (at-least-once):
 
 - poll a batch; decode each record into the topic's event type;
 - a record that does not decode (not JSON, wrong schema, too large) goes straight to the
-  dead-letter topic: retrying a deterministic failure is pointless;
+  dead-letter topic: retrying a deterministic failure is pointless; so does one whose handler
+  raises ``Rejected`` (or that a batch handler returns as a ``Rejection``);
 - the handler runs inside a CONSUMER span whose parent is the producer's span; a handler
   that raises is retried ``max_attempts`` times with backoff, then the record is
   dead-lettered and the loop moves on;
@@ -27,7 +28,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
@@ -38,6 +39,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from shared.events import DecodeError, Event, decode, encode
@@ -54,6 +56,8 @@ __all__ = [
     "EventProducer",
     "Handler",
     "Message",
+    "Rejected",
+    "Rejection",
     "RetryPolicy",
     "stop_on_signals",
 ]
@@ -96,6 +100,7 @@ class Message(Generic[E]):
 
     event: E
     topic: str
+    """StreamLoop's name of the topic (without ``KafkaSettings.topic_prefix``)."""
     partition: int
     offset: int
     key: str | None
@@ -103,8 +108,29 @@ class Message(Generic[E]):
     timestamp_ms: int
 
 
+class Rejected(Exception):
+    """Raised by a handler for input that can never succeed: the record goes to the DLQ at
+    once, without retries, with ``reason`` as its ``dlq.error`` header."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Rejection(Generic[E]):
+    """A batch handler's verdict that one message of its batch is refused (see ``Rejected``)."""
+
+    message: Message[E]
+    reason: str
+    detail: str
+
+
 Handler = Callable[[Message[E]], None]
-BatchHandler = Callable[[list[Message[E]]], None]
+BatchHandler = Callable[[list[Message[E]]], Sequence[Rejection[E]] | None]
+"""Handles one poll's decodable messages; returns those it refuses (dead-lettered by the loop
+after it returns) or None."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +172,7 @@ class EventProducer:
         config.update(overrides)
         self._producer = KafkaProducer(**config)
         self._tracer = _tracer(tracer)
+        self.topic_prefix = settings.topic_prefix
 
     def publish(
         self,
@@ -154,17 +181,25 @@ class EventProducer:
         *,
         key: str | None = None,
         headers: Headers | None = None,
+        context: Context | None = None,
+        attributes: Mapping[str, str] | None = None,
     ) -> FutureRecordMetadata:
-        """Send ``event`` to ``topic``; the future resolves when Kafka acknowledged it."""
+        """Send ``event`` to ``topic``; the future resolves when Kafka acknowledged it.
+
+        ``context`` parents the PRODUCER span (default: the current span), so a batch
+        handler can continue each input record's own trace; ``attributes`` are added to it.
+        """
+        topic = self.topic_prefix + topic
+        attrs: dict[str, str] = {
+            "messaging.system": "kafka",
+            "messaging.destination.name": topic,
+            "messaging.message.id": event.event_id,
+        }
+        if attributes:
+            attrs.update(attributes)
         # start_span + an explicit context (no attach/detach): this runs once per record.
         span = self._tracer.start_span(
-            f"{topic} publish",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.destination.name": topic,
-                "messaging.message.id": event.event_id,
-            },
+            f"{topic} publish", context=context, kind=SpanKind.PRODUCER, attributes=attrs
         )
         try:
             return self._producer.send(
@@ -180,7 +215,9 @@ class EventProducer:
         self, topic: str, value: bytes | None, *, key: bytes | None, headers: Headers
     ) -> FutureRecordMetadata:
         """Send bytes as they are (dead letters keep the original payload)."""
-        return self._producer.send(topic, value=value, key=key, headers=inject_headers(headers))
+        return self._producer.send(
+            self.topic_prefix + topic, value=value, key=key, headers=inject_headers(headers)
+        )
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Block until every record sent so far is acknowledged (or raise)."""
@@ -221,6 +258,7 @@ class ConsumerLoop(Generic[E]):
             raise ValueError("give exactly one of handler or batch_handler")
         self.group_id = group_id
         self.topics = list(topics)
+        self._prefix = settings.topic_prefix
         self._event_type = event_type
         self._handler = handler
         self._batch_handler = batch_handler
@@ -254,7 +292,7 @@ class ConsumerLoop(Generic[E]):
     def run(self, *, max_idle_s: float | None = None) -> None:
         """Consume until ``stop()``. ``max_idle_s`` also returns after that long without records."""
         consumer = KafkaConsumer(**self._consumer_config)
-        consumer.subscribe(self.topics)
+        consumer.subscribe([self._prefix + t for t in self.topics])
         log.info("consumer started", extra={"group": self.group_id, "topics": self.topics})
         idle_since = time.monotonic()
         try:
@@ -314,12 +352,18 @@ class ConsumerLoop(Generic[E]):
         key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
         return Message(
             event=event,
-            topic=rec.topic,
+            topic=self._logical(rec.topic),
             partition=rec.partition,
             offset=rec.offset,
             key=key,
             headers=list(rec.headers or []),
             timestamp_ms=rec.timestamp,
+        )
+
+    def _logical(self, topic: str) -> str:
+        """The topic's StreamLoop name, without the deployment's prefix."""
+        return (
+            topic[len(self._prefix) :] if self._prefix and topic.startswith(self._prefix) else topic
         )
 
     def _span_attrs(self, rec: Any) -> dict[str, Any]:
@@ -368,16 +412,27 @@ class ConsumerLoop(Generic[E]):
             if not good:
                 return
             batch = [msg for _, msg in good]
+            record_of = {id(msg): rec for rec, msg in good}
             handler = self._batch_handler
-            if self._with_retries([], lambda: handler(batch), dead_letter=False):
-                return
-            # The batch keeps failing: isolate the poison record(s).
-            log.warning(
-                "batch failed after retries; retrying its records one by one",
-                extra={"group": self.group_id, "size": len(batch)},
-            )
-            for rec, msg in good:
-                self._with_retries([rec], lambda m=msg: handler([m]))  # type: ignore[misc]
+            refused: list[Rejection[E]] = []
+
+            def call(msgs: list[Message[E]]) -> None:
+                refused.extend(handler(msgs) or ())
+
+            if not self._with_retries([], lambda: call(batch), dead_letter=False):
+                # The batch keeps failing: isolate the poison record(s).
+                log.warning(
+                    "batch failed after retries; retrying its records one by one",
+                    extra={"group": self.group_id, "size": len(batch)},
+                )
+                refused.clear()
+                for rec, msg in good:
+                    self._with_retries([rec], lambda m=msg: call([m]))  # type: ignore[misc]
+            for r in refused:
+                rec = record_of.get(id(r.message))
+                if rec is None:
+                    raise ValueError("a batch handler refused a message not in its batch")
+                self._dead_letter(rec, r.reason, r.detail, attempts=1)
 
     def _with_retries(
         self, recs: list[Any], call: Callable[[], None], *, dead_letter: bool = True
@@ -390,6 +445,12 @@ class ConsumerLoop(Generic[E]):
                 call()
                 return True
             except Exception as exc:
+                if isinstance(exc, Rejected) and recs:
+                    # Permanent: no retry. (For a whole batch it is retried record by record.)
+                    trace.get_current_span().set_status(Status(StatusCode.ERROR, exc.reason))
+                    for rec in recs:
+                        self._dead_letter(rec, exc.reason, exc.message, attempts=attempt)
+                    return True
                 error = f"{type(exc).__name__}: {exc}"
                 where: dict[str, object] = {
                     "group": self.group_id,
@@ -416,7 +477,7 @@ class ConsumerLoop(Generic[E]):
         return False
 
     def _dead_letter(self, rec: Any, reason: str, message: str, *, attempts: int) -> None:
-        topic = self._dlq_topic_for(rec.topic)
+        topic = self._dlq_topic_for(self._logical(rec.topic))
         headers: Headers = [
             (k, v) for k, v in (rec.headers or []) if k not in ("traceparent", "tracestate")
         ]

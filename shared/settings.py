@@ -78,6 +78,10 @@ class KafkaSettings(BaseSettings):
     default_partitions: int = Field(default=3, ge=1)
     """Partitions of a topic whose spec does not name a count."""
 
+    topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
+    """Prepended to every StreamLoop topic name (``staging.`` gives ``staging.frames.raw``), so
+    several deployments or test runs can share one cluster."""
+
     request_timeout_ms: int = Field(default=30_000, ge=1_000)
     """Client request timeout."""
 
@@ -196,6 +200,13 @@ class ServiceSettings(BaseSettings):
 
     var_dir: Path = Field(default_factory=default_var_dir)
     """Root of everything a run writes (artifacts, traces, local state)."""
+
+    provision_topics: bool = True
+    """Create or align StreamLoop's topics at start-up (idempotent); turn off where topics
+    are managed by other means."""
+
+    kafka_wait_s: float = Field(default=120.0, gt=0)
+    """How long start-up waits for Kafka to answer before giving up."""
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> ServiceSettings:

@@ -141,14 +141,16 @@ def provision(
     settings: KafkaSettings,
     specs: Iterable[TopicSpec] | None = None,
     *,
-    name_prefix: str = "",
+    name_prefix: str | None = None,
     timeout_s: float = 30.0,
 ) -> ProvisionReport:
     """Create missing topics and align the configuration of existing ones.
 
     Partitions are only ever added (Kafka cannot remove them). ``name_prefix`` namespaces
-    the topics, for tests that must not share topics with a running system.
+    the topics (default: ``settings.topic_prefix``).
     """
+    if name_prefix is None:
+        name_prefix = settings.topic_prefix
     from shared.kafka_admin import KafkaAdmin
 
     wanted = list(TOPICS.values() if specs is None else specs)
