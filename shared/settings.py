@@ -24,6 +24,7 @@ __all__ = [
     "KafkaSettings",
     "RedisSettings",
     "ServiceSettings",
+    "TaskSettings",
     "TelemetrySettings",
     "default_var_dir",
     "service_config",
@@ -166,6 +167,27 @@ class TelemetrySettings(BaseSettings):
         return "otlp" if self.otlp_endpoint else "jsonl"
 
 
+class TaskSettings(BaseSettings):
+    """What is classified: shared by every service (``STREAMLOOP_TASK_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMLOOP_TASK_", frozen=True, extra="ignore")
+
+    classes: tuple[str, ...] = ("car", "truck", "bus", "motorcycle")
+    """Class names, in the order of the model's outputs (a JSON list in the environment)."""
+
+    image_width: int = Field(default=64, gt=0, le=4096)
+    """Width in pixels of the model's input."""
+
+    image_height: int = Field(default=64, gt=0, le=4096)
+    """Height in pixels of the model's input."""
+
+    @model_validator(mode="after")
+    def _check_classes(self) -> TaskSettings:
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes must name at least two distinct classes")
+        return self
+
+
 def service_config(service: str) -> SettingsConfigDict:
     """``model_config`` of a service's settings: prefix ``STREAMLOOP_<SERVICE>_``, nested
     overrides with ``__``, frozen."""
@@ -197,6 +219,9 @@ class ServiceSettings(BaseSettings):
 
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     """Tracing and logging."""
+
+    task: TaskSettings = Field(default_factory=TaskSettings)
+    """Classes and image size (shared ``STREAMLOOP_TASK_*``)."""
 
     var_dir: Path = Field(default_factory=default_var_dir)
     """Root of everything a run writes (artifacts, traces, local state)."""

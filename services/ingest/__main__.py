@@ -64,8 +64,8 @@ def make_handler(
 def main() -> int:
     settings = IngestSettings()
     policy = Policy(
-        width=settings.image_width,
-        height=settings.image_height,
+        width=settings.task.image_width,
+        height=settings.task.image_height,
         resize=settings.resize,
         max_image_bytes=settings.max_image_bytes,
         camera_id_pattern=settings.camera_id_pattern,

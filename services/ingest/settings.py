@@ -15,14 +15,9 @@ class IngestSettings(ServiceSettings):
     group_id: str = "streamloop-ingest"
     """Consumer group; run more processes with the same group to share the partitions."""
 
-    image_width: int = Field(default=64, gt=0, le=4096)
-    """Width in pixels the model takes."""
-
-    image_height: int = Field(default=64, gt=0, le=4096)
-    """Height in pixels the model takes."""
-
     resize: bool = False
-    """Resize frames of another size to the model's size instead of refusing them."""
+    """Resize frames of another size to the model's (``STREAMLOOP_TASK_IMAGE_*``) instead of
+    refusing them."""
 
     max_image_bytes: int = Field(default=1_000_000, gt=0)
     """Largest encoded image accepted (after base64 decoding)."""

@@ -51,9 +51,14 @@ def bare_producer(settings: KafkaSettings) -> KafkaProducer:
 
 
 def read_all(
-    settings: KafkaSettings, topic: str, expect: int, timeout_s: float = 30.0
+    settings: KafkaSettings,
+    topic: str,
+    expect: int,
+    timeout_s: float = 30.0,
+    alive: Callable[[], bool] | None = None,
 ) -> list[Any]:
-    """Read ``topic`` from the beginning (no group) until ``expect`` records or the deadline."""
+    """Read ``topic`` from the beginning (no group) until ``expect`` records or the deadline;
+    stop early (failing the test) when ``alive`` says the process under test died."""
     consumer = KafkaConsumer(
         topic, auto_offset_reset="earliest", enable_auto_commit=False, **settings.client_kwargs()
     )
@@ -63,6 +68,8 @@ def read_all(
         while len(out) < expect and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=200).values():
                 out.extend(batch)
+            if alive is not None and not alive():
+                raise AssertionError(f"the process under test died while reading {topic}")
     finally:
         consumer.close()
     return out
@@ -102,6 +109,12 @@ class Proc:
             return got if len(got) >= count else None
 
         return wait_for(ready, timeout_s, what=f"{count}x {prefix!r}")
+
+    def alive(self) -> bool:
+        if self.p.poll() is None:
+            return True
+        print("\n".join(self.lines[-60:]))
+        return False
 
     def kill(self) -> None:
         if self.p.poll() is None:

@@ -1,0 +1,1 @@
+"""Labelling: joins validated frames with their (late) ground truth into training examples."""

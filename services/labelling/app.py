@@ -1,0 +1,263 @@
+"""The faust application of the labelling service.
+
+Topology::
+
+    frames.valid ─┐                         ┌─> examples (key frame_id, compacted)
+                  ├─ route ─> <app>-join ─ join ─┤
+    labels ───────┘   (re-key by frame_id)  └─> events.dlq / frames.dlq (refusals)
+                                  │
+                          table <app>-pending (changelog <app>-pending-changelog)
+
+``frames.valid`` is keyed by camera and ``labels`` by frame, so ``route`` re-keys both by
+frame_id onto one internal topic; every entry for a frame then lives in one partition of the
+``pending`` table, whichever worker owns it. The table uses the producer's partitioner
+(the same as the join topic's), which also lets the periodic sweep delete expired entries
+outside of stream iteration.
+
+At-least-once: faust flushes its producer before it commits an offset, and every output is
+handed to the producer before its input event is acknowledged. No exception escapes an
+agent: a record that cannot be handled goes to the dead-letter topic with the standard
+``dlq.*`` headers and the stream moves on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from prometheus_client import Counter, Gauge
+
+from services.labelling.join import Joiner, UnknownClassError
+from services.labelling.settings import LabellingSettings
+from shared.bus import DlqHeaders
+from shared.events import DecodeError, Event, FrameValid, Label, decode, encode
+from shared.settings import KafkaSettings
+from shared.topics import Topics, dlq_for
+
+__all__ = ["build_app"]
+
+log = logging.getLogger("streamloop.labelling")
+
+RECORDS = Counter(
+    "streamloop_labelling_records",
+    "Records handled by labelling, by kind (frame, label) and outcome.",
+    ["kind", "outcome"],
+)
+EXAMPLES = Counter("streamloop_labelling_examples", "Examples published.")
+EXPIRED = Counter(
+    "streamloop_labelling_expired",
+    "Pending entries removed at expiry, by kind (unlabelled_frame, orphan_label, labelled).",
+    ["kind"],
+)
+PENDING = Gauge("streamloop_labelling_pending", "Entries held in this worker's join table.")
+
+MAX_BYTES = 1_500_000
+
+
+def broker_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """faust's broker URL and credentials from StreamLoop's Kafka settings."""
+    urls = ";".join(f"kafka://{h.strip()}" for h in kafka.bootstrap_servers.split(","))
+    opts: dict[str, Any] = {"broker": urls}
+    if kafka.security_protocol != "PLAINTEXT":
+        ssl_context = None
+        if kafka.security_protocol in ("SSL", "SASL_SSL"):
+            from ssl import create_default_context
+
+            ssl_context = create_default_context(cafile=kafka.ssl_cafile)
+            if kafka.ssl_certfile:
+                ssl_context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile)
+        if kafka.sasl_mechanism:
+            opts["broker_credentials"] = faust.SASLCredentials(
+                username=kafka.sasl_username,
+                password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+                mechanism=kafka.sasl_mechanism,
+                ssl_context=ssl_context,
+            )
+        elif ssl_context is not None:
+            opts["broker_credentials"] = faust.SSLCredentials(ssl_context)
+    return opts
+
+
+class BytesKeyed(MutableMapping[str, dict[str, Any]]):
+    """A str-keyed view of a table whose keys are UTF-8 bytes."""
+
+    def __init__(self, table: MutableMapping[bytes, dict[str, Any]]) -> None:
+        self._t = table
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        value = self._t[key.encode()]
+        if value is None:  # the table's default
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: dict[str, Any]) -> None:
+        self._t[key.encode()] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._t[key.encode()]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k.decode() for k in list(self._t.keys()))
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+
+def _dlq_headers(event: Any, reason: str, message: str, group: str) -> list[tuple[str, bytes]]:
+    msg = event.message
+    kept = [(k, v) for k, v in (msg.headers or []) if k not in ("traceparent", "tracestate")]
+    return [
+        *kept,
+        (DlqHeaders.SOURCE_TOPIC, msg.topic.encode()),
+        (DlqHeaders.SOURCE_PARTITION, str(msg.partition).encode()),
+        (DlqHeaders.SOURCE_OFFSET, str(msg.offset).encode()),
+        (DlqHeaders.ERROR, reason.encode()),
+        (DlqHeaders.ERROR_MESSAGE, message[:2000].encode()),
+        (DlqHeaders.ATTEMPTS, b"1"),
+        (DlqHeaders.GROUP, group.encode()),
+        (DlqHeaders.FAILED_AT, datetime.now(UTC).isoformat().encode()),
+    ]
+
+
+def build_app(settings: LabellingSettings) -> faust.App:
+    """The configured faust app (not started)."""
+    kafka = settings.kafka
+    prefix = kafka.topic_prefix
+    app_id = prefix + settings.app_id
+    app = faust.App(
+        app_id,
+        **broker_options(kafka),
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=kafka.replication_factor,
+        key_serializer="raw",
+        value_serializer="raw",
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        topic_allow_declare=True,
+        topic_disable_leader=True,
+    )
+    joiner = Joiner(
+        settings.task.classes,
+        frame_ttl_s=settings.frame_ttl_s,
+        label_ttl_s=settings.label_ttl_s,
+    )
+    frames_valid, labels = prefix + Topics.FRAMES_VALID, prefix + Topics.LABELS
+    sources = app.topic(frames_valid, labels, key_type=bytes, value_type=bytes)
+    join_topic = app.topic(
+        f"{app_id}-join",
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.partitions,
+        internal=True,
+    )
+    examples = app.topic(prefix + Topics.EXAMPLES, key_type=bytes, value_type=bytes)
+    pending = app.Table(
+        "pending",
+        default=None,
+        partitions=settings.partitions,
+        use_partitioner=True,
+        key_type=bytes,
+        value_type=dict,
+        help="frame_id -> frame and/or label waiting for the other half",
+    )
+    # Raw frame_id bytes as keys: the same bytes, so the same partition, as the join topic's.
+    state = BytesKeyed(pending)
+
+    async def dead_letter(event: Any, reason: str, message: str) -> None:
+        logical = event.message.topic[len(prefix) :]
+        await app.topic(prefix + dlq_for(logical)).send(
+            key=event.key,
+            value=event.value,
+            headers=_dlq_headers(event, reason, message, app_id),
+        )
+        log.warning(
+            "dead-lettered",
+            extra={
+                "topic": event.message.topic,
+                "partition": event.message.partition,
+                "offset": event.message.offset,
+                "reason": reason,
+                "detail": message[:300],
+            },
+        )
+
+    @app.agent(sources)
+    async def route(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        async for event in stream.events():
+            try:
+                parsed = decode(event.value, Event, max_bytes=MAX_BYTES)
+            except DecodeError as exc:
+                RECORDS.labels("unknown", exc.reason).inc()
+                await dead_letter(event, exc.reason, exc.message)
+                continue
+            if not isinstance(parsed, FrameValid | Label):
+                RECORDS.labels("unknown", "wrong_event_type").inc()
+                await dead_letter(
+                    event, "wrong_event_type", f"{parsed.event_type} does not belong here"
+                )
+                continue
+            await join_topic.send(
+                key=parsed.frame_id.encode(),
+                value=event.value,
+                headers=list(event.message.headers or []),
+            )
+            yield None
+
+    @app.agent(join_topic)
+    async def join(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        async for event in stream.events():
+            kind = "unknown"
+            try:
+                parsed = decode(event.value, Event, max_bytes=MAX_BYTES)
+                if isinstance(parsed, FrameValid):
+                    kind = "frame"
+                    example = joiner.on_frame(state, parsed)
+                elif isinstance(parsed, Label):
+                    kind = "label"
+                    example = joiner.on_label(state, parsed)
+                else:
+                    raise DecodeError(f"{parsed.event_type} does not belong here")
+            except UnknownClassError as exc:
+                RECORDS.labels(kind, exc.reason).inc()
+                await dead_letter(event, exc.reason, str(exc))
+                continue
+            except DecodeError as exc:
+                RECORDS.labels(kind, exc.reason).inc()
+                await dead_letter(event, exc.reason, exc.message)
+                continue
+            except Exception as exc:  # a bug must not stop the stream: park the record
+                log.exception("join failed", extra={"offset": event.message.offset})
+                RECORDS.labels(kind, "handler_error").inc()
+                await dead_letter(event, "handler_error", f"{type(exc).__name__}: {exc}")
+                continue
+            RECORDS.labels(kind, "held" if example is None else "joined").inc()
+            if example is not None:
+                await examples.send(
+                    key=example.frame_id.encode(),
+                    value=encode(example),
+                    headers=list(event.message.headers or []),
+                )
+                EXAMPLES.inc()
+            yield None
+
+    @app.timer(interval=settings.sweep_interval_s)  # type: ignore[untyped-decorator]
+    async def sweep() -> None:
+        gone = joiner.expire(state)
+        for kind, n in (
+            ("unlabelled_frame", gone.unlabelled_frames),
+            ("orphan_label", gone.orphan_labels),
+            ("labelled", gone.labelled),
+        ):
+            if n:
+                EXPIRED.labels(kind).inc(n)
+        if gone.orphan_labels:
+            log.info("labels expired without their frame", extra={"count": gone.orphan_labels})
+        PENDING.set(len(pending))
+
+    return app

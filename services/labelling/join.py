@@ -1,0 +1,140 @@
+"""The frame/label join, without faust: what happens when a frame or a label arrives, and
+when pending entries expire.
+
+State is a mutable mapping ``frame_id -> entry`` (a faust table in the service, a dict in
+tests); entries are plain JSON-able dicts so the table's changelog stays readable.
+
+Rules:
+
+- whichever of frame and label comes first waits in the table;
+- when both are there, one ``Example`` is emitted; the frame stays until its expiry so that a
+  corrected label (a second label for the same frame) emits a new example, which replaces the
+  first on the compacted ``examples`` topic;
+- the same label event delivered twice (at-least-once) emits once;
+- a label naming a class outside the configured list is refused (``unknown_class``);
+- an entry expires ``frame_ttl_s`` after its frame arrived, or ``label_ttl_s`` after a label
+  that never met its frame arrived, whichever is later.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, MutableMapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shared.events import Example, FrameValid, Label
+
+__all__ = ["Expired", "Joiner", "UnknownClassError"]
+
+Entry = dict[str, Any]
+SOURCE = "labelling"
+
+
+class UnknownClassError(ValueError):
+    """A label names a class that is not configured."""
+
+    reason = "unknown_class"
+
+
+@dataclass(frozen=True)
+class Expired:
+    """What one sweep removed."""
+
+    unlabelled_frames: int = 0
+    orphan_labels: int = 0
+    labelled: int = 0
+
+
+class Joiner:
+    def __init__(
+        self,
+        classes: Iterable[str],
+        *,
+        frame_ttl_s: float = 900.0,
+        label_ttl_s: float = 900.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.classes = tuple(classes)
+        self._known = frozenset(self.classes)
+        self.frame_ttl_s = frame_ttl_s
+        self.label_ttl_s = label_ttl_s
+        self._clock = clock
+
+    def on_frame(self, table: MutableMapping[str, Entry], frame: FrameValid) -> Example | None:
+        """Hold ``frame``; return the example when its label is already there."""
+        entry = dict(table.get(frame.frame_id) or {})
+        entry["frame"] = {
+            "camera_id": frame.camera_id,
+            "captured_at": frame.captured_at.isoformat(),
+            "condition": frame.condition,
+            "width": frame.width,
+            "height": frame.height,
+            "channels": frame.channels,
+            "pixels_b64": frame.pixels_b64,
+        }
+        entry["expires_at"] = max(
+            float(entry.get("expires_at", 0.0)), self._clock() + self.frame_ttl_s
+        )
+        example = self._maybe_emit(frame.frame_id, entry)
+        table[frame.frame_id] = entry
+        return example
+
+    def on_label(self, table: MutableMapping[str, Entry], label: Label) -> Example | None:
+        """Hold ``label`` (replacing an earlier one); return the example when the frame is
+        there. Raises ``UnknownClassError`` for a class outside the configured list."""
+        if label.label not in self._known:
+            raise UnknownClassError(
+                f"label {label.label!r} is not one of the classes {list(self.classes)}"
+            )
+        entry = dict(table.get(label.frame_id) or {})
+        if entry.get("label", {}).get("event_id") == label.event_id:
+            return None  # the same label event again
+        entry["label"] = {
+            "event_id": label.event_id,
+            "label": label.label,
+            "labelled_at": label.labelled_at.isoformat(),
+            "camera_id": label.camera_id,
+        }
+        if "frame" not in entry:
+            entry["expires_at"] = max(
+                float(entry.get("expires_at", 0.0)), self._clock() + self.label_ttl_s
+            )
+        example = self._maybe_emit(label.frame_id, entry)
+        table[label.frame_id] = entry
+        return example
+
+    def expire(self, table: MutableMapping[str, Entry]) -> Expired:
+        """Delete every entry past its expiry; say what kinds were removed."""
+        now = self._clock()
+        gone = [k for k, e in list(table.items()) if float(e.get("expires_at", 0.0)) <= now]
+        unlabelled = orphans = labelled = 0
+        for key in gone:
+            entry = table.pop(key)
+            if "frame" not in entry:
+                orphans += 1
+            elif "label" not in entry:
+                unlabelled += 1
+            else:
+                labelled += 1
+        return Expired(unlabelled, orphans, labelled)
+
+    def _maybe_emit(self, frame_id: str, entry: Entry) -> Example | None:
+        frame, label = entry.get("frame"), entry.get("label")
+        if frame is None or label is None or entry.get("emitted") == label["event_id"]:
+            return None
+        entry["emitted"] = label["event_id"]
+        return Example(
+            frame_id=frame_id,
+            camera_id=frame["camera_id"],
+            label=label["label"],
+            captured_at=datetime.fromisoformat(frame["captured_at"]),
+            labelled_at=datetime.fromisoformat(label["labelled_at"]),
+            condition=frame["condition"],
+            width=frame["width"],
+            height=frame["height"],
+            channels=frame["channels"],
+            pixels_b64=frame["pixels_b64"],
+            source=SOURCE,
+        )

@@ -1,0 +1,164 @@
+"""The labelling service (faust) against the real broker: the join in every order."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from shared.bus import DlqHeaders, EventProducer
+from shared.events import FrameValid, Label
+from shared.images import pixels_to_b64
+from shared.settings import KafkaSettings
+from shared.topics import Topics
+from tests.conftest import provision_prefixed
+from tests.integration.helpers import Proc, read_all, wait_for
+
+pytestmark = pytest.mark.timeout(240)
+
+TTL_S = 8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def labelling(kafka_settings: KafkaSettings, prefix: str, tmp_path) -> Iterator[Proc]:  # type: ignore[no-untyped-def]
+    provision_prefixed(
+        kafka_settings,
+        prefix,
+        [Topics.FRAMES_VALID, Topics.LABELS, Topics.EXAMPLES, Topics.EVENTS_DLQ],
+    )
+    port = free_port()
+    proc = Proc(
+        ["-m", "services.labelling"],
+        env={
+            "STREAMLOOP_KAFKA_TOPIC_PREFIX": prefix,
+            "STREAMLOOP_LABELLING_PROVISION_TOPICS": "false",
+            "STREAMLOOP_LABELLING_METRICS_PORT": str(port),
+            "STREAMLOOP_LABELLING_FRAME_TTL_S": str(TTL_S),
+            "STREAMLOOP_LABELLING_LABEL_TTL_S": str(TTL_S),
+            "STREAMLOOP_LABELLING_SWEEP_INTERVAL_S": "1",
+            "STREAMLOOP_TELEMETRY_TRACES_DIR": str(tmp_path),
+        },
+    )
+    proc.port = port  # type: ignore[attr-defined]
+    yield proc
+    proc.kill()
+    if proc.p.returncode not in (0, -9):
+        print("\n".join(proc.lines[-40:]))
+
+
+def frame(frame_id: str, camera: str = "cam-1", condition: str = "night") -> FrameValid:
+    px = np.full((64, 64, 3), 7, dtype=np.uint8)
+    now = datetime.now(UTC)
+    return FrameValid(
+        frame_id=frame_id,
+        camera_id=camera,
+        captured_at=now,
+        ingested_at=now,
+        width=64,
+        height=64,
+        pixels_b64=pixels_to_b64(px),
+        content_sha256="0" * 64,
+        condition=condition,
+    )
+
+
+def metric(port: int, name: str) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+def test_frames_and_labels_join_in_any_order_and_unmatched_entries_expire(
+    labelling: Proc, kafka_settings: KafkaSettings, prefix: str
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    ids = {k: f"{run}-{k}" for k in ("before", "after", "twice", "dup", "never", "late", "bad")}
+    producer = EventProducer(KafkaSettings(topic_prefix=prefix))
+
+    def send_frame(fid: str) -> None:
+        producer.publish(Topics.FRAMES_VALID, frame(fid), key="cam-1")
+
+    def send_label(fid: str, cls: str, event_id: str | None = None) -> Label:
+        lab = Label(
+            frame_id=fid,
+            label=cls,
+            annotator="test",
+            **({"event_id": event_id} if event_id else {}),
+        )
+        producer.publish(Topics.LABELS, lab, key=fid)
+        return lab
+
+    send_label(ids["before"], "car")  # label first, frame later
+    for k in ("before", "after", "twice", "dup", "never", "late", "bad"):
+        send_frame(ids[k])
+    send_label(ids["twice"], "bus")
+    send_label(ids["dup"], "truck", event_id=f"{run}-same-event")
+    send_label(ids["dup"], "truck", event_id=f"{run}-same-event")  # redelivered: one example
+    send_label(ids["bad"], "spaceship")  # not a configured class
+    producer.flush()
+    time.sleep(3)
+    send_label(ids["after"], "motorcycle")  # arrives well after its frame
+    send_label(ids["twice"], "truck")  # a correction replaces "bus"
+    producer.flush()
+
+    examples = read_all(
+        kafka_settings, prefix + Topics.EXAMPLES, 5, timeout_s=120, alive=labelling.alive
+    )
+    got = [json.loads(r.value) for r in examples]
+    by_id: dict[str, list[str]] = {}
+    for e in got:
+        by_id.setdefault(e["frame_id"], []).append(e["label"])
+    assert by_id == {
+        ids["before"]: ["car"],
+        ids["after"]: ["motorcycle"],
+        ids["twice"]: ["bus", "truck"],
+        ids["dup"]: ["truck"],
+    }
+    one = next(e for e in got if e["frame_id"] == ids["after"])
+    assert one["camera_id"] == "cam-1" and one["condition"] == "night" and one["width"] == 64
+    assert all(r.key.decode() == e["frame_id"] for r, e in zip(examples, got, strict=True))
+
+    dlq = read_all(kafka_settings, prefix + Topics.EVENTS_DLQ, 1, timeout_s=30)
+    headers = {k: v.decode() for k, v in dlq[0].headers}
+    assert (
+        headers[DlqHeaders.ERROR] == "unknown_class"
+        and "spaceship" in headers[DlqHeaders.ERROR_MESSAGE]
+    )
+    assert json.loads(dlq[0].value)["frame_id"] == ids["bad"]
+
+    # The unlabelled frames ("never", "late", "bad") expire; a label after that finds nothing.
+    wait_for(
+        lambda: (
+            metric(labelling.port, 'streamloop_labelling_expired_total{kind="unlabelled_frame"}')
+            >= 3
+        ),
+        TTL_S + 30,
+        what="unlabelled frames to expire",
+    )
+    send_label(ids["late"], "car")
+    producer.flush()
+    wait_for(
+        lambda: (
+            metric(labelling.port, 'streamloop_labelling_expired_total{kind="orphan_label"}') >= 1
+        ),
+        TTL_S + 30,
+        what="the late label to expire unmatched",
+    )
+    assert len(read_all(kafka_settings, prefix + Topics.EXAMPLES, 6, timeout_s=3)) == 5
+    producer.close()
