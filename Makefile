@@ -12,7 +12,7 @@ REDIS := infra/redis/redis.sh
 WITH_INFRA := infra/with-infra.sh
 
 .PHONY: help setup up down status up-cluster down-cluster test test-unit test-integration \
-        test-e2e lint fmt bench demo compose-check clean
+        test-e2e lint fmt bench drift demo compose-check clean
 
 help: ## Show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -69,8 +69,11 @@ fmt: setup ## Format and auto-fix with ruff
 	@$(BIN)/ruff format .
 	@$(BIN)/ruff check --fix .
 
-bench: setup ## Benchmarks: the bus against a bare kafka-python loop (see README)
-	@$(WITH_INFRA) $(BIN)/python -m tests.bench.bench_bus
+bench: setup ## Benchmarks: bus and ingest against bare kafka-python loops (see README)
+	@$(WITH_INFRA) sh -c '$(BIN)/python -m tests.bench.bench_bus && $(BIN)/python -m tests.bench.bench_ingest'
+
+drift: setup ## Measure how a CNN trained on day frames fares at night and in fog
+	@$(BIN)/python infra/measure_drift.py
 
 demo: up ## Start the infrastructure and run a traced round trip through the bus
 	@$(BIN)/streamloop demo

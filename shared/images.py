@@ -15,6 +15,7 @@ import io
 from typing import ClassVar, Literal
 
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
@@ -119,6 +120,10 @@ def decode_image(
         raise ContentTypeMismatchError(
             f"content_type says {content_type} but the bytes are {sniffed}"
         )
+    if sniffed == "image/jpeg":
+        pixels = _fast_jpeg(data, size, resize)
+        if pixels is not None:
+            return pixels
     try:
         img: Image.Image = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
@@ -134,6 +139,25 @@ def decode_image(
     if size is not None and img.size != size:
         img = img.resize(size, Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
+
+
+def _fast_jpeg(data: bytes, size: tuple[int, int] | None, resize: bool) -> np.ndarray | None:
+    """libjpeg-turbo straight to an RGB array (about a third of Pillow's cost on small crops).
+    None hands over to Pillow: for resizing, and for anything libjpeg-turbo will not decode
+    strictly (CMYK, a damaged file), so that Pillow gives the verdict and the error."""
+    try:
+        width, height, _, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    if size is not None and (width, height) != size:
+        if not resize:
+            raise WrongSizeError(f"image is {width}x{height}, expected {size[0]}x{size[1]}")
+        return None
+    try:
+        pixels: np.ndarray = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except ValueError:
+        return None
+    return pixels
 
 
 def to_rgb_array(image: np.ndarray | Image.Image) -> np.ndarray:

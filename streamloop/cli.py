@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import subprocess
 import sys
 import threading
@@ -163,6 +164,199 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def _image_files(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files += sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"no such file or directory: {raw}")
+    return files
+
+
+def _read_labels(csv_path: str) -> dict[str, str]:
+    """``file,label`` rows (a header row is optional); keys are file names and paths."""
+    import csv
+
+    out: dict[str, str] = {}
+    with open(csv_path, newline="") as f:
+        for row in csv.reader(f):
+            if len(row) < 2 or not row[0].strip() or row[0].strip().lower() in ("file", "path"):
+                continue
+            out[row[0].strip()] = row[1].strip()
+    return out
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from shared.sdk import FramePublisher, LabelPublisher
+    from shared.settings import KafkaSettings, TaskSettings
+
+    files = _image_files(args.paths)
+    if not files:
+        console.print("[red]no image files found[/]")
+        return 1
+    labels = _read_labels(args.labels) if args.labels else {}
+    classes = set(TaskSettings().classes)
+    unknown = sorted({c for c in labels.values() if c not in classes})
+    if unknown:
+        console.print(f"[red]labels name unknown classes {unknown}; configured: {sorted(classes)}")
+        return 2
+    kafka = KafkaSettings()
+    published: list[tuple[str, str, str | None]] = []
+    failed: list[tuple[str, str]] = []
+    with (
+        FramePublisher(kafka, camera_id=args.camera, source="cli") as frames,
+        LabelPublisher(kafka, annotator="cli") as labeller,
+        Progress(
+            TextColumn("publishing"), BarColumn(), MofNCompleteColumn(), console=console
+        ) as progress,
+    ):
+        task = progress.add_task("frames", total=len(files))
+        for path in files:
+            try:
+                frame_id = frames.publish(path)
+            except (OSError, ValueError) as exc:
+                failed.append((str(path), str(exc)))
+            else:
+                label = labels.get(str(path)) or labels.get(path.name)
+                if label:
+                    labeller.publish(frame_id, label, camera_id=args.camera)
+                published.append((str(path), frame_id, label))
+            progress.advance(task)
+    if args.map:
+        import csv
+
+        with open(args.map, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "frame_id", "label"])
+            writer.writerows(published)
+    n_labels = sum(1 for *_, lab in published if lab)
+    console.print(
+        f"published [bold]{len(published)}[/] frames from camera [bold]{args.camera}[/] "
+        f"and {n_labels} labels" + (f"; frame ids in {args.map}" if args.map else "")
+    )
+    for name, error in failed:
+        console.print(f"[red]skipped {name}: {error}")
+    return 1 if failed else 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from rich.live import Live
+    from rich.text import Text
+
+    from services.simulator.__main__ import run
+    from services.simulator.runner import Stats
+    from services.simulator.settings import SimulatorSettings
+
+    overrides = {
+        k: v
+        for k, v in {
+            "scenario": args.scenario,
+            "rate": args.rate,
+            "duration_s": args.duration,
+            "cameras": args.cameras,
+            "seed": args.seed,
+            "run_id": args.run_id,
+            "summary_path": args.summary,
+        }.items()
+        if v is not None
+    }
+    from shared.settings import TelemetrySettings
+
+    # The live line is the output; the service's own log keeps to warnings.
+    quiet = TelemetrySettings(log_format="text", log_level="WARNING")
+    settings = SimulatorSettings(telemetry=quiet, **overrides)
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+
+    def line(stats: Stats) -> Text:
+        conditions = " ".join(
+            f"{k} {v}"
+            for k, v in stats.summary()["frames_by_condition"].items()  # type: ignore[attr-defined]
+        )
+        return Text.from_markup(
+            f"[bold]{stats.frames}[/] frames ({stats.rate():.1f}/s)  "
+            f"[bold]{stats.labels}[/] labels ({stats.requested_labels} requested)  "
+            f"conditions: {conditions or '-'}"
+        )
+
+    console.print(f"simulating [bold]{settings.scenario}[/] (Ctrl-C stops)")
+    with Live(Text("starting…"), console=console, refresh_per_second=4) as live:
+        stats = run(settings, on_progress=lambda s: live.update(line(s)))
+    summary = stats.summary()
+    table = Table(title="sent", show_edge=False)
+    table.add_column("")
+    table.add_column("frames", justify="right")
+    table.add_column("labels", justify="right")
+    for group in ("class", "condition"):
+        frames_by: dict[str, int] = summary[f"frames_by_{group}"]  # type: ignore[assignment]
+        labels_by: dict[str, int] = summary[f"labels_by_{group}"]  # type: ignore[assignment]
+        for name, n in frames_by.items():
+            table.add_row(f"{group} {name}", str(n), str(labels_by.get(name, 0)))
+    console.print(table)
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from shared.sdk import LabelPublisher
+    from shared.settings import TaskSettings
+
+    classes = TaskSettings().classes
+    if args.label not in classes:
+        console.print(f"[red]{args.label!r} is not a class; configured: {', '.join(classes)}")
+        return 2
+    with LabelPublisher(annotator=args.annotator) as labels:
+        event_id = labels.publish(args.frame_id, args.label, camera_id=args.camera)
+    console.print(f"labelled [bold]{args.frame_id}[/] as [bold]{args.label}[/] (event {event_id})")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from rich.live import Live
+
+    from shared.settings import KafkaSettings
+    from streamloop.tail import DLQ_TOPICS, dlq_record, dumps, follow
+
+    kafka = KafkaSettings()
+    records = follow(
+        kafka, DLQ_TOPICS, last=args.last, max_records=args.max, idle_timeout_s=args.idle_exit
+    )
+    if args.json:
+        for rec in records:
+            print(dumps(dlq_record(rec, kafka.topic_prefix)), flush=True)
+        return 0
+
+    def table(rows: list[dict[str, object]]) -> Table:
+        t = Table(title="dead letters (Ctrl-C stops)", expand=True)
+        for col in ("failed_at", "source", "reason", "message", "key"):
+            t.add_column(col, overflow="fold")
+        for r in rows[-30:]:
+            t.add_row(
+                str(r["failed_at"])[:19],
+                str(r["source"]),
+                f"[bold]{r['reason']}[/]",
+                str(r["message"])[:120],
+                str(r["key"] or ""),
+            )
+        return t
+
+    rows: list[dict[str, object]] = []
+    with Live(table(rows), console=console, refresh_per_second=4) as live:
+        for rec in records:
+            rows.append(dlq_record(rec, kafka.topic_prefix))
+            live.update(table(rows))
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from shared.settings import TelemetrySettings
     from shared.telemetry import read_spans
@@ -206,6 +400,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="a traced round trip through the bus")
     p.add_argument("--events", type=int, default=5)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("simulate", help="run a camera-fleet scenario into frames.raw and labels")
+    p.add_argument("--scenario", default="day-to-night", help="built-in name or TOML path")
+    p.add_argument("--rate", type=float, help="frames per second (0: as fast as possible)")
+    p.add_argument("--duration", type=float, help="seconds to run (0: until Ctrl-C)")
+    p.add_argument("--cameras", type=int, help="number of cameras")
+    p.add_argument("--seed", type=int, help="override the scenario's seed")
+    p.add_argument("--run-id", help="frame_id prefix (default random)")
+    p.add_argument("--summary", help="write a JSON summary of what was sent here")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("publish", help="publish image files to frames.raw")
+    p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+    p.add_argument("--camera", required=True, help="camera id of these frames")
+    p.add_argument("--labels", help="CSV of file,label rows: also publish ground truth")
+    p.add_argument("--map", help="write a CSV of file,frame_id,label here")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("label", help="publish the ground-truth class of one frame")
+    p.add_argument("frame_id")
+    p.add_argument("label", metavar="CLASS")
+    p.add_argument("--camera", help="camera id (optional)")
+    p.add_argument("--annotator", default="cli")
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("tail", help="follow a topic: dlq")
+    p.add_argument("what", choices=["dlq"])
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--max", type=int, help="stop after this many records")
+    p.add_argument("--last", type=int, default=10, help="start with the last N per partition")
+    p.add_argument("--idle-exit", type=float, help="stop after this many seconds without records")
+    p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("trace", help="print a trace from the local trace files")
     p.add_argument("id", help="trace id, span id, or event / frame / request id")
