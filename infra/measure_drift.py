@@ -58,7 +58,7 @@ class Config:
     torch_seed: int = 0
 
 
-FULL = Config(train_frames=4000, eval_frames=500, epochs=8)
+FULL = Config(train_frames=6000, eval_frames=500, epochs=8)
 QUICK = Config(train_frames=1200, eval_frames=150, epochs=4)
 
 TARGETS = {

@@ -110,7 +110,6 @@ def run(settings: SimulatorSettings, on_progress: Callable[[Stats], None] | None
             producer=rt.producer,
             handler=on_request,
             tracer=rt.tracer,
-            auto_offset_reset="latest",
             client_id="simulator",
         )
         thread = threading.Thread(target=requests.run, name="label-requests", daemon=True)

@@ -18,7 +18,7 @@ import pytest
 from shared.images import encode_image
 from shared.settings import KafkaSettings
 from shared.topics import Topics, provision
-from tests.integration.helpers import Proc, read_all
+from tests.integration.helpers import Proc, read_all, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(400)
@@ -137,3 +137,54 @@ def test_publish_label_and_tail_dlq_from_the_command_line(
     assert json.loads(letter["payload"])["frame_id"] == ids["big.png"]
     out = cli(stack, "tail", "dlq", "--max", "1", "--idle-exit", "30")
     assert out.returncode == 0 and "wrong_size" in out.stdout, out.stdout + out.stderr
+
+
+def test_the_simulator_labels_every_frame_asked_for_on_labels_requests(
+    prefix: str, tmp_path: Path
+) -> None:
+    scenario = tmp_path / "unlabelled.toml"
+    scenario.write_text(
+        'name = "unlabelled"\nseed = 4\nrate = 10.0\ncameras = 2\n'
+        "[labels]\ncoverage = 0.0\ndelay_s = 0.5\n"
+        '[[schedule]]\nat_s = 0\ncondition = "fog"\n'
+    )
+    kafka = KafkaSettings(topic_prefix=prefix)
+    provision(kafka)
+    sim = Proc(
+        ["-m", "services.simulator"],
+        {
+            "STREAMLOOP_KAFKA_TOPIC_PREFIX": prefix,
+            "STREAMLOOP_SIMULATOR_SCENARIO": str(scenario),
+            "STREAMLOOP_SIMULATOR_GROUP_ID": f"{prefix}simulator",
+            "STREAMLOOP_SIMULATOR_DURATION_S": "0",
+            "STREAMLOOP_TELEMETRY_EXPORTER": "none",
+        },
+    )
+    try:
+        frames = read_all(KafkaSettings(), prefix + Topics.FRAMES_RAW, 20, 60, alive=sim.alive)
+        wanted = [json.loads(r.value)["frame_id"] for r in frames[-3:]]
+        from shared.bus import EventProducer
+        from shared.events import LabelRequest
+
+        producer = EventProducer(kafka)
+
+        # Ask until the simulator has joined the group and answers.
+        def asked_and_labelled() -> list[dict[str, str]] | None:
+            for fid in wanted:
+                producer.publish(
+                    Topics.LABELS_REQUESTS,
+                    LabelRequest(frame_id=fid, camera_id="cam-1", reason="test"),
+                    key=fid,
+                )
+            producer.flush()
+            got = [
+                json.loads(r.value) for r in read_all(KafkaSettings(), prefix + Topics.LABELS, 3, 3)
+            ]
+            return got if len(got) >= 3 else None
+
+        labels = wait_for(asked_and_labelled, 90, interval_s=1, what="requested labels")
+        assert sorted(lab["frame_id"] for lab in labels) == sorted(wanted)
+        assert all(lab["annotator"] == "simulator" for lab in labels)
+        producer.close()
+    finally:
+        sim.kill()
