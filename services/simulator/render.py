@@ -16,11 +16,12 @@ Contracts:
 - Any non-empty class name renders. The four ``DEFAULT_CLASSES`` have hand-made silhouettes;
   any other name gets one derived from a stable hash of the name (same on every process and
   machine), so the class list can come from configuration.
-- Pure numpy, vectorised; about a tenth of a millisecond per 64 x 64 frame.
+- Pure numpy, vectorised: well under a millisecond per 64 x 64 frame on one core.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable
@@ -107,8 +108,8 @@ class CameraStyle:
             raise ValueError(f"camera_index and seed must be >= 0, got {camera_index} and {seed}")
         g = np.random.default_rng([seed, camera_index, 0x5CA1])
 
-        def jitter(base: _RGB, spread: float) -> _RGB:
-            r, gg, b = (_clamp(c + float(g.uniform(-spread, spread)), 0.0, 1.0) for c in base)
+        def jitter(base: _RGB, spread: float, hi: float = 1.0) -> _RGB:
+            r, gg, b = (_clamp(c + float(g.uniform(-spread, spread)), 0.0, hi) for c in base)
             return (r, gg, b)
 
         horizon = float(g.uniform(0.15, 0.40))
@@ -126,7 +127,7 @@ class CameraStyle:
             shoulder_line=bool(g.random() < 0.6),
             scale=float(g.uniform(0.85, 1.05)),
             noise=float(g.uniform(0.008, 0.025)),
-            gains=jitter((1.0, 1.0, 1.0), 0.06),
+            gains=jitter((1.0, 1.0, 1.0), 0.06, hi=2.0),
             lamp_x=float(g.uniform(0.1, 0.9)),
             sodium_lamps=bool(g.random() < 0.5),
         )
@@ -338,34 +339,29 @@ class _Blueprint(NamedTuple):
     lit_windows: bool
 
 
-_BLUEPRINTS: dict[str, _Blueprint] = {}
-
-
+@functools.lru_cache(maxsize=256)
 def _blueprint(name: str) -> _Blueprint:
-    bp = _BLUEPRINTS.get(name)
-    if bp is None:
-        digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
-        g = np.random.default_rng(int.from_bytes(digest, "big"))
-        length = float(g.uniform(2.5, 14.0))
-        height = float(g.uniform(1.2, 4.0))
-        lo = float(g.uniform(0.35, 0.6))
-        bp = _Blueprint(
-            length=length,
-            height=height,
-            clearance=float(g.uniform(0.15, 0.6)),
-            wheels=int(g.integers(2, 6)),
-            wheel_r=float(g.uniform(0.25, 0.6)),
-            panes=int(g.integers(0, 8)),
-            window_lo=lo,
-            window_hi=float(g.uniform(lo + 0.15, 0.92)),
-            cab_frac=float(g.uniform(0.0, 0.35)) if g.random() < 0.5 else 0.0,
-            corner=float(g.uniform(0.0, 0.4)),
-            light_h=float(g.uniform(0.1, 0.6)),
-            markers=bool(g.random() < 0.5),
-            lit_windows=bool(g.random() < 0.5),
-        )
-        _BLUEPRINTS[name] = bp
-    return bp
+    # blake2b rather than hash(): str hashes are salted per process.
+    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
+    g = np.random.default_rng(int.from_bytes(digest, "big"))
+    height = float(g.uniform(1.3, 3.8))
+    length = _clamp(height * float(g.uniform(1.3, 4.2)), 2.0, 14.0)
+    lo = float(g.uniform(0.35, 0.6))
+    return _Blueprint(
+        length=length,
+        height=height,
+        clearance=float(g.uniform(0.15, 0.6)),
+        wheels=int(g.integers(2, 6)),
+        wheel_r=float(g.uniform(0.25, 0.6)),
+        panes=int(g.integers(0, 8)),
+        window_lo=lo,
+        window_hi=float(g.uniform(lo + 0.15, 0.92)),
+        cab_frac=float(g.uniform(0.15, 0.35)) if g.random() < 0.5 else 0.0,
+        corner=float(g.uniform(0.0, 0.4)),
+        light_h=float(g.uniform(0.1, 0.6)),
+        markers=bool(g.random() < 0.5),
+        lit_windows=bool(g.random() < 0.5),
+    )
 
 
 def _from_blueprint(bp: _Blueprint, rng: np.random.Generator) -> _Vehicle:
@@ -488,20 +484,23 @@ def _distance(p: _Part, u: _F32, v: _F32) -> _F32:
             (u - np.float32(p.x0 + rx)) / np.float32(rx),
             (v - np.float32(p.y0 + ry)) / np.float32(ry),
         )
-        return (1 - q) * np.float32(min(rx, ry))
+        inside: _F32 = (1 - q) * np.float32(min(rx, ry))
+        return inside
     if p.kind == "rbox":
         hw, hh = (p.x1 - p.x0) / 2, (p.y1 - p.y0) / 2
         rad = min(p.a, hw, hh)
         qx = np.abs(u - np.float32(p.x0 + hw)) - np.float32(hw - rad)
         qy = np.abs(v - np.float32(p.y0 + hh)) - np.float32(hh - rad)
         outside = np.hypot(np.maximum(qx, 0), np.maximum(qy, 0)) + np.minimum(np.maximum(qx, qy), 0)
-        return np.float32(rad) - outside
-    d = np.minimum(v - np.float32(p.y0), np.float32(p.y1) - v)
+        rounded: _F32 = np.float32(rad) - outside
+        return rounded
+    d: _F32 = np.minimum(v - np.float32(p.y0), np.float32(p.y1) - v)
     if p.kind == "trap":
         t = (v - np.float32(p.y0)) * np.float32(1.0 / (p.y1 - p.y0))
         left = u - np.float32(p.x0) - t * np.float32(p.a)
         right = np.float32(p.x1) - u - t * np.float32(p.b)
-        return np.minimum(d, np.minimum(left, right))
+        trap: _F32 = np.minimum(d, np.minimum(left, right))
+        return trap
     d = np.minimum(d, np.minimum(u - np.float32(p.x0), np.float32(p.x1) - u))
     if p.kind == "row":
         pitch = (p.x1 - p.x0) / p.a
@@ -521,7 +520,8 @@ def _gauss(size: int, x: float, y: float, sigma_x: float, sigma_y: float) -> _F3
 def _blur3(img: _F32) -> _F32:
     p = np.pad(img, ((1, 1), (1, 1), (0, 0)), mode="edge")
     rows = p[:-2] + p[1:-1] + p[2:]
-    return (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) * np.float32(1.0 / 9.0)
+    out: _F32 = (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) * np.float32(1.0 / 9.0)
+    return out
 
 
 def _pick(rng: np.random.Generator, palette: tuple[_RGB, ...], spread: float) -> _F32:
@@ -554,7 +554,7 @@ def _background(rng: np.random.Generator, cam: CameraStyle, size: int) -> _F32:
     xs = np.arange(size, dtype=np.float32)
     if cam.shoulder_line and r1 + 1 < size:
         img[r1 + 1] += (np.float32(0.85) - img[r1 + 1]) * np.float32(0.6)
-    lane = int(round((cam.ground + cam.lane_offset + rng.uniform(-0.01, 0.01)) * size))
+    lane = round((cam.ground + cam.lane_offset + float(rng.uniform(-0.01, 0.01))) * size)
     if 0 <= lane < size:
         period = size * 0.5
         dash = np.mod(xs + np.float32(rng.uniform(0, period)), np.float32(period)) < period * 0.5
@@ -710,9 +710,7 @@ def _rain(scene: _Scene, rng: np.random.Generator, cam: CameraStyle, size: int) 
     ys = (y0[:, None] + steps).astype(np.int64) % size
     xs = (x0[:, None] + np.float32(slope) * steps).astype(np.int64) % size
     streaks = np.zeros((size, size), dtype=np.float32)
-    streaks[ys, xs] = np.repeat(rng.uniform(0.2, 0.45, n).astype(np.float32), length).reshape(
-        n, length
-    )
+    streaks[ys, xs] = rng.uniform(0.2, 0.45, (n, 1)).astype(np.float32)
     img += streaks[:, :, None] * (np.float32(0.85) - img)
     img = _blur3(img)
     img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(cam.noise + 0.025)

@@ -17,7 +17,9 @@ import pytest
 
 from shared.images import encode_image
 from shared.settings import KafkaSettings
+from shared.telemetry import read_spans
 from shared.topics import Topics, provision
+from streamloop.trace_view import select_trace
 from tests.integration.helpers import Proc, read_all, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,6 +86,15 @@ def test_a_day_to_night_run_yields_examples_that_match_what_the_simulator_sent(
     assert {e["camera_id"] for e in got} == {"cam-1", "cam-2", "cam-3", "cam-4"}
     valid = read_all(kafka, prefix + Topics.FRAMES_VALID, sent["frames"] + 1, timeout_s=5)
     assert len(valid) == sent["frames"], "every simulated frame passed ingest once"
+
+    # A sampled frame's trace runs from the camera's publish into ingest's publish.
+    spans = read_spans(tmp_path / "traces")
+    camera = [s for s in spans if s["attributes"].get("streamloop.frame_id", "").startswith(run_id)]
+    assert camera, "the simulator traced some frames (sample ratio 0.05)"
+    services = {
+        s["service"] for s in select_trace(spans, camera[0]["attributes"]["streamloop.frame_id"])
+    }
+    assert {"simulator", "ingest"} <= services, services
 
 
 def test_publish_label_and_tail_dlq_from_the_command_line(

@@ -37,7 +37,8 @@ def mean_silhouette(label: str, seed: int, n: int = 40) -> np.ndarray:
     for _ in range(n):
         f = render_frame(label, "day", rng, KEY).astype(np.int32)
         masks.append((f[..., 0] + f[..., 2]) > 24)
-    return np.mean(masks, axis=0)
+    mean: np.ndarray = np.mean(masks, axis=0)
+    return mean
 
 
 @pytest.mark.parametrize("condition", CONDITIONS)
