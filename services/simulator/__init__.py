@@ -1,0 +1,1 @@
+"""Simulator: the camera fleet and the annotation team (synthetic frames, late labels)."""
