@@ -71,7 +71,9 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable_idempotence": True,
     # A few ms of linger lets records of one poll share a request; frames are a few KB.
     "linger_ms": 5,
-    "batch_size": 256 * 1024,
+    # Frames on frames.valid are ~16 KB: 1 MB batches cut the sender thread's per-record cost
+    # (measured: 82 us against 136 us per 16.5 KB record with 256 KB batches).
+    "batch_size": 1024 * 1024,
     "max_request_size": 2 * 1024 * 1024,
 }
 """kafka-python producer settings of ``EventProducer`` (overridable per producer)."""
