@@ -6,6 +6,7 @@ plain Python values, so provisioning, lag checks and the CLI share one place tha
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
 from types import TracebackType
@@ -19,7 +20,7 @@ from kafka.admin import (
     NewTopic,
     OffsetSpec,
 )
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from shared.settings import KafkaSettings
 
@@ -94,7 +95,10 @@ class KafkaAdmin:
     ) -> None:
         """Create ``(name, partitions, configs)`` topics and wait until they have leaders."""
         new = [NewTopic(n, p, replication_factor, topic_configs=c) for n, p, c in topics]
-        self._admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
+        # Another process (a service starting at the same time) may have created some of
+        # them; the broker still creates the rest of the request.
+        with contextlib.suppress(TopicAlreadyExistsError):
+            self._admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
         self._admin.wait_for_topics([n for n, _, _ in topics], timeout_ms=int(timeout_s * 1000))
 
     def delete_topics(self, topics: list[str]) -> None:

@@ -38,9 +38,17 @@ def stack(prefix: str, tmp_path: Path) -> Iterator[dict[str, str]]:
     }
     provision(KafkaSettings(topic_prefix=prefix))
     procs = [Proc(["-m", "services.ingest"], env), Proc(["-m", "services.labelling"], env)]
+    for proc, ready in zip(procs, ('"consumer started"', "Worker ready"), strict=True):
+        wait_for(
+            lambda p=proc, r=ready: p.alive() and any(r in line for line in p.lines),
+            120,
+            what=f"{proc.p.args[-1]} to be ready",
+        )
     yield env
     for p in procs:
         p.kill()
+        # Shown by pytest only when the test failed.
+        print(f"--- {p.p.args[-1]} (exit {p.p.returncode}) ---", *p.lines[-40:], sep="\n")
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -75,6 +83,7 @@ def test_a_day_to_night_run_yields_examples_that_match_what_the_simulator_sent(
 
     kafka = KafkaSettings()
     examples = read_all(kafka, prefix + Topics.EXAMPLES, sent["labels"], timeout_s=240)
+    assert examples, "no examples at all: see the services' logs below"
     got = [json.loads(r.value) for r in examples]
     assert all(e["frame_id"].startswith(run_id) for e in got)
     assert len({e["frame_id"] for e in got}) == len(got) == sent["labels"]

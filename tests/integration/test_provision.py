@@ -50,3 +50,27 @@ def test_drifted_config_and_partitions_are_brought_back_in_line(
             admin.describe_partition_counts([name])[name] == kafka_settings.default_partitions + 2
         )
     assert not provision(kafka_settings, [grown], name_prefix=prefix).changed
+
+
+def test_services_provisioning_at_the_same_time_do_not_trip_over_each_other(
+    kafka_settings: KafkaSettings, prefix: str
+) -> None:
+    import threading
+
+    errors: list[Exception] = []
+
+    def go() -> None:
+        try:
+            provision(kafka_settings, list(TOPICS.values()), name_prefix=prefix)
+        except Exception as exc:  # noqa: BLE001  (collected for the assertion below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    with KafkaAdmin(kafka_settings) as admin:
+        names = set(admin.list_topics())
+    assert {prefix + name for name in TOPICS} <= names
