@@ -59,6 +59,7 @@ __all__ = [
     "Rejected",
     "Rejection",
     "RetryPolicy",
+    "member_lost",
     "stop_on_signals",
 ]
 
@@ -254,6 +255,7 @@ class ConsumerLoop(Generic[E]):
         auto_offset_reset: str = "earliest",
         dlq_topic_for: Callable[[str], str] = dlq_for,
         client_id: str | None = None,
+        member_lost_after_s: float = 90.0,
         **consumer_overrides: Any,
     ) -> None:
         if (handler is None) == (batch_handler is None):
@@ -271,6 +273,7 @@ class ConsumerLoop(Generic[E]):
         self._max_poll_records = max_poll_records
         self._poll_timeout_ms = poll_timeout_ms
         self._dlq_topic_for = dlq_topic_for
+        self._member_lost_after_s = member_lost_after_s
         self._stop = threading.Event()
         config: dict[str, Any] = {
             "group_id": group_id,
@@ -293,10 +296,9 @@ class ConsumerLoop(Generic[E]):
 
     def run(self, *, max_idle_s: float | None = None) -> None:
         """Consume until ``stop()``. ``max_idle_s`` also returns after that long without records."""
-        consumer = KafkaConsumer(**self._consumer_config)
-        consumer.subscribe([self._prefix + t for t in self.topics])
+        consumer = self._new_consumer()
         log.info("consumer started", extra={"group": self.group_id, "topics": self.topics})
-        idle_since = time.monotonic()
+        idle_since = created = checked = time.monotonic()
         try:
             while not self._stop.is_set():
                 polled = consumer.poll(
@@ -307,8 +309,23 @@ class ConsumerLoop(Generic[E]):
                     BUS_METRICS.consumed.labels(tp.topic).inc(len(batch))
                     records.extend(batch)
                 if not records:
-                    if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                    now = time.monotonic()
+                    if max_idle_s is not None and now - idle_since > max_idle_s:
                         break
+                    if now - checked > 10 and now - created > self._member_lost_after_s:
+                        checked = now
+                        if member_lost(consumer.metrics(), self._member_lost_after_s):
+                            # The client lost its group membership and is not finding its way
+                            # back (seen with kafka-python 3.0 under CPU starvation): start a
+                            # fresh client. Uncommitted records are simply redelivered.
+                            log.warning(
+                                "consumer lost its group membership; reconnecting",
+                                extra={"group": self.group_id},
+                            )
+                            BUS_METRICS.reconnects.labels(self.group_id).inc()
+                            consumer.close(autocommit=False)
+                            consumer = self._new_consumer()
+                            created = time.monotonic()
                     continue
                 idle_since = time.monotonic()
                 done = self._process(records)
@@ -320,6 +337,11 @@ class ConsumerLoop(Generic[E]):
                 log.exception("flush on shutdown failed", extra={"group": self.group_id})
             consumer.close(autocommit=False)
             log.info("consumer stopped", extra={"group": self.group_id})
+
+    def _new_consumer(self) -> KafkaConsumer:
+        consumer = KafkaConsumer(**self._consumer_config)
+        consumer.subscribe([self._prefix + t for t in self.topics])
+        return consumer
 
     # -- processing --------------------------------------------------------------------
 
@@ -526,6 +548,13 @@ class ConsumerLoop(Generic[E]):
                 "commit failed after a rebalance; records will be redelivered",
                 extra={"group": self.group_id},
             )
+
+
+def member_lost(metrics: Mapping[str, Mapping[str, Any]], after_s: float) -> bool:
+    """True when a group member's client reports no successful heartbeat for ``after_s``
+    seconds (its session is long gone; the broker has removed it from the group)."""
+    ago = metrics.get("consumer-coordinator-metrics", {}).get("last-heartbeat-seconds-ago")
+    return isinstance(ago, int | float) and ago > after_s
 
 
 class _Interrupted(Exception):

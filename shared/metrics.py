@@ -14,6 +14,7 @@ class BusMetrics:
     consumed: Counter
     retries: Counter
     dead_lettered: Counter
+    reconnects: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry = REGISTRY) -> BusMetrics:
@@ -34,6 +35,12 @@ class BusMetrics:
                 "streamloop_bus_dead_lettered_records",
                 "Records sent to a dead-letter topic, by source topic and reason.",
                 ["topic", "reason"],
+                registry=registry,
+            ),
+            reconnects=Counter(
+                "streamloop_bus_consumer_reconnects",
+                "Consumers rebuilt after losing their group membership for good.",
+                ["group"],
                 registry=registry,
             ),
         )
