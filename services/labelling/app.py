@@ -9,10 +9,11 @@ Topology::
                           table <app>-pending (changelog <app>-pending-changelog)
 
 ``frames.valid`` is keyed by camera and ``labels`` by frame, so ``route`` re-keys both by
-frame_id onto one internal topic; every entry for a frame then lives in one partition of the
-``pending`` table, whichever worker owns it. The table uses the producer's partitioner
-(the same as the join topic's), which also lets the periodic sweep delete expired entries
-outside of stream iteration.
+frame_id onto one internal topic; every entry for a frame then lives in the same partition
+of the ``pending`` table as of the join topic, whichever worker owns it (faust's
+co-partitioning: a table change goes to the changelog partition of the event being handled).
+Expiry runs inside the stream too: a timer sends a tick to every partition of the join topic,
+and the tick sweeps the expired entries of its own partition.
 
 At-least-once: faust flushes its producer before it commits an offset, and every output is
 handed to the producer before its input event is acknowledged. No exception escapes an
@@ -55,6 +56,8 @@ EXPIRED = Counter(
 PENDING = Gauge("streamloop_labelling_pending", "Entries held in this worker's join table.")
 
 MAX_BYTES = 1_500_000
+TICK = b'{"event_type":"labelling.tick"}'
+"""Sent by the timer to each join partition: sweep your expired entries."""
 
 
 def broker_options(kafka: KafkaSettings) -> dict[str, Any]:
@@ -161,12 +164,10 @@ def build_app(settings: LabellingSettings) -> faust.App:
         "pending",
         default=None,
         partitions=settings.partitions,
-        use_partitioner=True,
         key_type=bytes,
         value_type=dict,
         help="frame_id -> frame and/or label waiting for the other half",
     )
-    # Raw frame_id bytes as keys: the same bytes, so the same partition, as the join topic's.
     state = BytesKeyed(pending)
 
     async def dead_letter(event: Any, reason: str, message: str) -> None:
@@ -213,14 +214,19 @@ def build_app(settings: LabellingSettings) -> faust.App:
     async def join(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for event in stream.events():
             kind = "unknown"
+            partition = event.message.partition
+            if event.value == TICK:
+                sweep(partition)
+                yield None
+                continue
             try:
                 parsed = decode(event.value, Event, max_bytes=MAX_BYTES)
                 if isinstance(parsed, FrameValid):
                     kind = "frame"
-                    example = joiner.on_frame(state, parsed)
+                    example = joiner.on_frame(state, parsed, partition)
                 elif isinstance(parsed, Label):
                     kind = "label"
-                    example = joiner.on_label(state, parsed)
+                    example = joiner.on_label(state, parsed, partition)
                 else:
                     raise DecodeError(f"{parsed.event_type} does not belong here")
             except UnknownClassError as exc:
@@ -246,9 +252,8 @@ def build_app(settings: LabellingSettings) -> faust.App:
                 EXAMPLES.inc()
             yield None
 
-    @app.timer(interval=settings.sweep_interval_s)  # type: ignore[untyped-decorator]
-    async def sweep() -> None:
-        gone = joiner.expire(state)
+    def sweep(partition: int) -> None:
+        gone = joiner.expire(state, partition)
         for kind, n in (
             ("unlabelled_frame", gone.unlabelled_frames),
             ("orphan_label", gone.orphan_labels),
@@ -259,5 +264,10 @@ def build_app(settings: LabellingSettings) -> faust.App:
         if gone.orphan_labels:
             log.info("labels expired without their frame", extra={"count": gone.orphan_labels})
         PENDING.set(len(pending))
+
+    @app.timer(interval=settings.sweep_interval_s)  # type: ignore[untyped-decorator]
+    async def tick() -> None:
+        for partition in range(settings.partitions):
+            await join_topic.send(value=TICK, partition=partition)
 
     return app

@@ -62,9 +62,13 @@ class Joiner:
         self.label_ttl_s = label_ttl_s
         self._clock = clock
 
-    def on_frame(self, table: MutableMapping[str, Entry], frame: FrameValid) -> Example | None:
-        """Hold ``frame``; return the example when its label is already there."""
+    def on_frame(
+        self, table: MutableMapping[str, Entry], frame: FrameValid, partition: int = 0
+    ) -> Example | None:
+        """Hold ``frame``; return the example when its label is already there. ``partition``
+        is the table partition the entry lives in (see ``expire``)."""
         entry = dict(table.get(frame.frame_id) or {})
+        entry["p"] = partition
         entry["frame"] = {
             "camera_id": frame.camera_id,
             "captured_at": frame.captured_at.isoformat(),
@@ -81,7 +85,9 @@ class Joiner:
         table[frame.frame_id] = entry
         return example
 
-    def on_label(self, table: MutableMapping[str, Entry], label: Label) -> Example | None:
+    def on_label(
+        self, table: MutableMapping[str, Entry], label: Label, partition: int = 0
+    ) -> Example | None:
         """Hold ``label`` (replacing an earlier one); return the example when the frame is
         there. Raises ``UnknownClassError`` for a class outside the configured list."""
         if label.label not in self._known:
@@ -89,6 +95,7 @@ class Joiner:
                 f"label {label.label!r} is not one of the classes {list(self.classes)}"
             )
         entry = dict(table.get(label.frame_id) or {})
+        entry["p"] = partition
         if entry.get("label", {}).get("event_id") == label.event_id:
             return None  # the same label event again
         entry["label"] = {
@@ -105,10 +112,16 @@ class Joiner:
         table[label.frame_id] = entry
         return example
 
-    def expire(self, table: MutableMapping[str, Entry]) -> Expired:
-        """Delete every entry past its expiry; say what kinds were removed."""
+    def expire(self, table: MutableMapping[str, Entry], partition: int | None = None) -> Expired:
+        """Delete every entry past its expiry (only those of ``partition`` when given); say
+        what kinds were removed."""
         now = self._clock()
-        gone = [k for k, e in list(table.items()) if float(e.get("expires_at", 0.0)) <= now]
+        gone = [
+            k
+            for k, e in list(table.items())
+            if float(e.get("expires_at", 0.0)) <= now
+            and (partition is None or e.get("p", 0) == partition)
+        ]
         unlabelled = orphans = labelled = 0
         for key in gone:
             entry = table.pop(key)
