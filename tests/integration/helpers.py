@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -44,6 +45,13 @@ def running(loop: Any) -> Iterator[None]:
     finally:
         loop.stop()
         thread.join(30)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for a service's /metrics)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def bare_producer(settings: KafkaSettings) -> KafkaProducer:

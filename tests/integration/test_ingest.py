@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -19,15 +18,9 @@ from shared.sdk import FramePublisher
 from shared.settings import KafkaSettings
 from shared.topics import Topics
 from tests.conftest import provision_prefixed
-from tests.integration.helpers import Proc, bare_producer, read_all, wait_for
+from tests.integration.helpers import Proc, bare_producer, free_port, read_all, wait_for
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.request
 import uuid
@@ -19,17 +18,11 @@ from shared.images import pixels_to_b64
 from shared.settings import KafkaSettings
 from shared.topics import Topics
 from tests.conftest import provision_prefixed
-from tests.integration.helpers import Proc, read_all, wait_for
+from tests.integration.helpers import Proc, free_port, read_all, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
 TTL_S = 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
