@@ -59,6 +59,7 @@ __all__ = [
     "Rejected",
     "Rejection",
     "RetryPolicy",
+    "dead_letter_headers",
     "member_lost",
     "stop_on_signals",
 ]
@@ -502,19 +503,16 @@ class ConsumerLoop(Generic[E]):
 
     def _dead_letter(self, rec: Any, reason: str, message: str, *, attempts: int) -> None:
         topic = self._dlq_topic_for(self._logical(rec.topic))
-        headers: Headers = [
-            (k, v) for k, v in (rec.headers or []) if k not in ("traceparent", "tracestate")
-        ]
-        headers += [
-            (DlqHeaders.SOURCE_TOPIC, rec.topic.encode()),
-            (DlqHeaders.SOURCE_PARTITION, str(rec.partition).encode()),
-            (DlqHeaders.SOURCE_OFFSET, str(rec.offset).encode()),
-            (DlqHeaders.ERROR, reason.encode()),
-            (DlqHeaders.ERROR_MESSAGE, message[:2000].encode()),
-            (DlqHeaders.ATTEMPTS, str(attempts).encode()),
-            (DlqHeaders.GROUP, self.group_id.encode()),
-            (DlqHeaders.FAILED_AT, datetime.now(UTC).isoformat().encode()),
-        ]
+        headers = dead_letter_headers(
+            rec.headers,
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            reason=reason,
+            message=message,
+            attempts=attempts,
+            group=self.group_id,
+        )
         log.warning(
             "dead-lettered",
             extra={
@@ -548,6 +546,33 @@ class ConsumerLoop(Generic[E]):
                 "commit failed after a rebalance; records will be redelivered",
                 extra={"group": self.group_id},
             )
+
+
+def dead_letter_headers(
+    original: Headers | None,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    reason: str,
+    message: str,
+    attempts: int,
+    group: str,
+) -> Headers:
+    """The headers of a dead letter: the record's own (minus its trace context, which
+    belongs to the failed delivery) plus the ``DlqHeaders`` describing the failure."""
+    kept = [(k, v) for k, v in (original or []) if k not in ("traceparent", "tracestate")]
+    return [
+        *kept,
+        (DlqHeaders.SOURCE_TOPIC, topic.encode()),
+        (DlqHeaders.SOURCE_PARTITION, str(partition).encode()),
+        (DlqHeaders.SOURCE_OFFSET, str(offset).encode()),
+        (DlqHeaders.ERROR, reason.encode()),
+        (DlqHeaders.ERROR_MESSAGE, message[:2000].encode()),
+        (DlqHeaders.ATTEMPTS, str(attempts).encode()),
+        (DlqHeaders.GROUP, group.encode()),
+        (DlqHeaders.FAILED_AT, datetime.now(UTC).isoformat().encode()),
+    ]
 
 
 def member_lost(metrics: Mapping[str, Mapping[str, Any]], after_s: float) -> bool:

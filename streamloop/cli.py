@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
+import json
 import subprocess
 import sys
 import threading
@@ -276,7 +276,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     # The live line is the output; the service's own log keeps to warnings.
     quiet = TelemetrySettings(log_format="text", log_level="WARNING")
     settings = SimulatorSettings(telemetry=quiet, **overrides)
-    logging.getLogger("kafka").setLevel(logging.ERROR)
 
     def line(stats: Stats) -> Text:
         conditions = " ".join(
@@ -324,7 +323,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from rich.live import Live
 
     from shared.settings import KafkaSettings
-    from streamloop.tail import DLQ_TOPICS, dlq_record, dumps, follow
+    from streamloop.tail import DLQ_TOPICS, dlq_record, follow
 
     kafka = KafkaSettings()
     records = follow(
@@ -332,7 +331,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     )
     if args.json:
         for rec in records:
-            print(dumps(dlq_record(rec, kafka.topic_prefix)), flush=True)
+            print(json.dumps(dlq_record(rec, kafka.topic_prefix), ensure_ascii=False), flush=True)
         return 0
 
     def table(rows: list[dict[str, object]]) -> Table:

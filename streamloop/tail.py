@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -96,7 +95,3 @@ def dlq_record(rec: Any, prefix: str = "") -> dict[str, Any]:
 
 
 DLQ_TOPICS = [Topics.FRAMES_DLQ, Topics.EVENTS_DLQ]
-
-
-def dumps(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False)

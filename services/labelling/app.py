@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator, MutableMapping
-from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -33,8 +32,9 @@ from prometheus_client import Counter, Gauge
 
 from services.labelling.join import Joiner, UnknownClassError
 from services.labelling.settings import LabellingSettings
-from shared.bus import DlqHeaders
+from shared.bus import dead_letter_headers
 from shared.events import DecodeError, Event, FrameValid, Label, decode, encode
+from shared.metrics import BUS_METRICS
 from shared.settings import KafkaSettings
 from shared.topics import Topics, dlq_for
 
@@ -56,6 +56,9 @@ EXPIRED = Counter(
 PENDING = Gauge("streamloop_labelling_pending", "Entries held in this worker's join table.")
 
 MAX_BYTES = 1_500_000
+# Where a record of the join topic came from, by what it turned out to be (for its DLQ);
+# anything else falls back to events.dlq.
+SOURCE_OF = {"frame": Topics.FRAMES_VALID, "label": Topics.LABELS, "unknown": Topics.EVENTS_DLQ}
 TICK = b'{"event_type":"labelling.tick"}'
 """Sent by the timer to each join partition: sweep your expired entries."""
 
@@ -109,22 +112,6 @@ class BytesKeyed(MutableMapping[str, dict[str, Any]]):
         return len(self._t)
 
 
-def _dlq_headers(event: Any, reason: str, message: str, group: str) -> list[tuple[str, bytes]]:
-    msg = event.message
-    kept = [(k, v) for k, v in (msg.headers or []) if k not in ("traceparent", "tracestate")]
-    return [
-        *kept,
-        (DlqHeaders.SOURCE_TOPIC, msg.topic.encode()),
-        (DlqHeaders.SOURCE_PARTITION, str(msg.partition).encode()),
-        (DlqHeaders.SOURCE_OFFSET, str(msg.offset).encode()),
-        (DlqHeaders.ERROR, reason.encode()),
-        (DlqHeaders.ERROR_MESSAGE, message[:2000].encode()),
-        (DlqHeaders.ATTEMPTS, b"1"),
-        (DlqHeaders.GROUP, group.encode()),
-        (DlqHeaders.FAILED_AT, datetime.now(UTC).isoformat().encode()),
-    ]
-
-
 def build_app(settings: LabellingSettings) -> faust.App:
     """The configured faust app (not started)."""
     kafka = settings.kafka
@@ -170,19 +157,38 @@ def build_app(settings: LabellingSettings) -> faust.App:
     )
     state = BytesKeyed(pending)
 
-    async def dead_letter(event: Any, reason: str, message: str) -> None:
-        logical = event.message.topic[len(prefix) :]
-        await app.topic(prefix + dlq_for(logical)).send(
+    dlq_topics: dict[str, Any] = {}
+
+    def logical(event: Any) -> str:
+        return str(event.message.topic)[len(prefix) :]
+
+    async def dead_letter(event: Any, reason: str, message: str, source: str) -> None:
+        """Park ``event`` in the dead-letter topic of ``source`` (a StreamLoop topic name)."""
+        msg = event.message
+        dlq = dlq_for(source)
+        if dlq not in dlq_topics:
+            dlq_topics[dlq] = app.topic(prefix + dlq, key_type=bytes, value_type=bytes)
+        await dlq_topics[dlq].send(
             key=event.key,
             value=event.value,
-            headers=_dlq_headers(event, reason, message, app_id),
+            headers=dead_letter_headers(
+                msg.headers,
+                topic=msg.topic,
+                partition=msg.partition,
+                offset=msg.offset,
+                reason=reason,
+                message=message,
+                attempts=1,
+                group=app_id,
+            ),
         )
+        BUS_METRICS.dead_lettered.labels(msg.topic, reason).inc()
         log.warning(
             "dead-lettered",
             extra={
-                "topic": event.message.topic,
-                "partition": event.message.partition,
-                "offset": event.message.offset,
+                "topic": msg.topic,
+                "partition": msg.partition,
+                "offset": msg.offset,
                 "reason": reason,
                 "detail": message[:300],
             },
@@ -195,12 +201,15 @@ def build_app(settings: LabellingSettings) -> faust.App:
                 parsed = decode(event.value, Event, max_bytes=MAX_BYTES)
             except DecodeError as exc:
                 RECORDS.labels("unknown", exc.reason).inc()
-                await dead_letter(event, exc.reason, exc.message)
+                await dead_letter(event, exc.reason, exc.message, logical(event))
                 continue
             if not isinstance(parsed, FrameValid | Label):
                 RECORDS.labels("unknown", "wrong_event_type").inc()
                 await dead_letter(
-                    event, "wrong_event_type", f"{parsed.event_type} does not belong here"
+                    event,
+                    "wrong_event_type",
+                    f"{parsed.event_type} does not belong here",
+                    logical(event),
                 )
                 continue
             await join_topic.send(
@@ -231,16 +240,18 @@ def build_app(settings: LabellingSettings) -> faust.App:
                     raise DecodeError(f"{parsed.event_type} does not belong here")
             except UnknownClassError as exc:
                 RECORDS.labels(kind, exc.reason).inc()
-                await dead_letter(event, exc.reason, str(exc))
+                await dead_letter(event, exc.reason, str(exc), SOURCE_OF[kind])
                 continue
             except DecodeError as exc:
                 RECORDS.labels(kind, exc.reason).inc()
-                await dead_letter(event, exc.reason, exc.message)
+                await dead_letter(event, exc.reason, exc.message, SOURCE_OF[kind])
                 continue
             except Exception as exc:  # a bug must not stop the stream: park the record
                 log.exception("join failed", extra={"offset": event.message.offset})
                 RECORDS.labels(kind, "handler_error").inc()
-                await dead_letter(event, "handler_error", f"{type(exc).__name__}: {exc}")
+                await dead_letter(
+                    event, "handler_error", f"{type(exc).__name__}: {exc}", SOURCE_OF[kind]
+                )
                 continue
             RECORDS.labels(kind, "held" if example is None else "joined").inc()
             if example is not None:

@@ -65,9 +65,11 @@ class KafkaSink:
         self._producer.flush()
 
 
-def resolve(settings: SimulatorSettings) -> Scenario:
-    """The scenario with the settings' overrides applied."""
+def resolve(settings: SimulatorSettings) -> tuple[Scenario, float]:
+    """The scenario with the settings' overrides applied, and the frame rate of its file
+    (which maps frame numbers to scenario time, whatever rate the run publishes at)."""
     scenario = load(settings.scenario)
+    file_rate = scenario.rate or 20.0
     updates: dict[str, object] = {}
     if settings.rate is not None:
         updates["rate"] = settings.rate
@@ -77,16 +79,15 @@ def resolve(settings: SimulatorSettings) -> Scenario:
         updates["duration_s"] = settings.duration_s
     if settings.seed is not None:
         updates["seed"] = settings.seed
-    return scenario.model_copy(update=updates)
+    return scenario.model_copy(update=updates), file_rate
 
 
 def run(settings: SimulatorSettings, on_progress: Callable[[Stats], None] | None = None) -> Stats:
     """Run the configured scenario against Kafka until its duration or SIGTERM/SIGINT."""
-    scenario = resolve(settings)
+    scenario, file_rate = resolve(settings)
     run_id = settings.run_id or new_id()[:8]
     classes = settings.task.classes
     with service_runtime("simulator", settings) as rt:
-        file_rate = load(settings.scenario).rate
         fleet = Fleet(
             scenario, classes, run_id=run_id, size=settings.task.image_width, rate=file_rate
         )

@@ -55,17 +55,12 @@ from shared.redis_store import RedisClaims, connect
 from shared.settings import KafkaSettings, RedisSettings, TelemetrySettings, default_var_dir
 from shared.telemetry import setup_telemetry
 from shared.topics import TOPICS, Topics, provision
+from tests.bench.bench_bus import CONSUMER_CONFIG as BUS_CONSUMER_CONFIG
 
 TARGET_RATIO = 0.7
 CLASSES = ("car", "truck", "bus", "motorcycle")
 MAX_POLL_RECORDS = 256
-CONSUMER_CONFIG: dict[str, Any] = {
-    "enable_auto_commit": False,
-    "auto_offset_reset": "earliest",
-    "max_poll_records": MAX_POLL_RECORDS,
-    "fetch_max_bytes": 32 * 1024 * 1024,
-    "max_partition_fetch_bytes": 4 * 1024 * 1024,
-}
+CONSUMER_CONFIG: dict[str, Any] = {**BUS_CONSUMER_CONFIG, "max_poll_records": MAX_POLL_RECORDS}
 
 
 def frames_for(content_type: str, count: int, pool: int = 256) -> list[bytes]:
