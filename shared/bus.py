@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
@@ -56,6 +56,7 @@ __all__ = [
     "EventProducer",
     "Handler",
     "Message",
+    "Publisher",
     "Rejected",
     "Rejection",
     "RetryPolicy",
@@ -155,6 +156,14 @@ def _tracer(tracer: trace.Tracer | None) -> trace.Tracer:
 
 
 # --- producer --------------------------------------------------------------------------
+
+
+class Publisher(Protocol):
+    """The part of ``EventProducer`` that service logic needs (fakes implement it in tests)."""
+
+    def publish(self, topic: str, event: Event, *, key: str | None = None) -> object: ...
+
+    def flush(self, timeout_s: float | None = None) -> None: ...
 
 
 class EventProducer:

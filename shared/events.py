@@ -14,6 +14,7 @@ breaking older consumers. A breaking change bumps ``schema_version``.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, TypeVar
@@ -44,6 +45,7 @@ __all__ = [
     "UnknownEventTypeError",
     "WindowMetrics",
     "decode",
+    "derived_id",
     "encode",
     "new_id",
     "utcnow",
@@ -60,6 +62,12 @@ def utcnow() -> datetime:
 def new_id() -> str:
     """A fresh random identifier (32 hex characters)."""
     return uuid.uuid4().hex
+
+
+def derived_id(*parts: str) -> str:
+    """A deterministic identifier (32 hex characters) from ``parts``: an event re-published
+    after a crash gets the same ``event_id``, so consumers recognise it as a duplicate."""
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
 class Event(BaseModel):
@@ -270,6 +278,15 @@ class DatasetSnapshot(BaseModel):
     topic_offsets: dict[str, int]
     """``"examples:<partition>" -> end offset`` read when the snapshot was taken."""
     holdout_size: int
+    """Recent examples kept out of training (the fresh holdout evaluation scores on)."""
+    manifest_uri: str = ""
+    """Artifact-store reference of the manifest: every frame id used, with its offset, split
+    and slice (the exact examples behind the model)."""
+    manifest_sha256: str = ""
+    recent_size: int = 0
+    """Examples inside the recency window (all trained on, except the holdout)."""
+    policy: dict[str, Any] = Field(default_factory=dict)
+    """The sampling policy and split rule that chose the examples."""
 
 
 class ModelTrained(Event):
@@ -314,12 +331,18 @@ class ModelLifecycle(Event):
         "rolled_back",
         "promote_requested",
         "rollback_requested",
+        "command_rejected",
     ]
     model_version: str | None = None
+    """The version the change is about; for ``alias_set``, the alias's new target (None
+    clears the alias)."""
     alias: Literal["champion", "challenger"] | None = None
     previous_version: str | None = None
     actor: str = "system"
     reason: str = ""
+    cause_id: str | None = None
+    """``event_id`` of the lifecycle event this one answers (an alias move answers a blessed
+    evaluation or an operator command; ``command_rejected`` answers a command)."""
     details: dict[str, Any] = Field(default_factory=dict)
 
 

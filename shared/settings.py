@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "DEFAULT_SECRET_MARKERS",
+    "ArtifactSettings",
     "KafkaSettings",
     "RedisSettings",
     "ServiceSettings",
@@ -167,6 +168,18 @@ class TelemetrySettings(BaseSettings):
         return "otlp" if self.otlp_endpoint else "jsonl"
 
 
+class ArtifactSettings(BaseSettings):
+    """Where model weights and dataset manifests live (``STREAMLOOP_ARTIFACTS_*``), shared by
+    every service."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMLOOP_ARTIFACTS_", frozen=True, extra="ignore"
+    )
+
+    root: Path = Field(default_factory=lambda: default_var_dir() / "artifacts")
+    """Store root: a local folder, or a volume mounted at the same path in every container."""
+
+
 class TaskSettings(BaseSettings):
     """What is classified: shared by every service (``STREAMLOOP_TASK_*``)."""
 
@@ -222,6 +235,9 @@ class ServiceSettings(BaseSettings):
 
     task: TaskSettings = Field(default_factory=TaskSettings)
     """Classes and image size (shared ``STREAMLOOP_TASK_*``)."""
+
+    artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
+    """The artifact store (shared ``STREAMLOOP_ARTIFACTS_*``)."""
 
     var_dir: Path = Field(default_factory=default_var_dir)
     """Root of everything a run writes (artifacts, traces, local state)."""

@@ -105,7 +105,14 @@ TOPICS: dict[str, TopicSpec] = {
         _spec(Topics.MODELS_TRAINED, "model version", "delete", 90 * DAY_MS, ev.ModelTrained),
         _spec(Topics.MODELS_EVALUATED, "model version", "delete", 90 * DAY_MS, ev.ModelEvaluated),
         _spec(
-            Topics.MODELS_LIFECYCLE, "model name", "compact", None, ev.ModelLifecycle, partitions=1
+            # One partition: the registry folds the log in order. Keys name a fact, not the
+            # model, so compaction drops only re-published facts and the history survives.
+            Topics.MODELS_LIFECYCLE,
+            "model/version/fact (shared.registry.lifecycle_key)",
+            "compact",
+            None,
+            ev.ModelLifecycle,
+            partitions=1,
         ),
         _spec(Topics.ALERTS, "none", "delete", 7 * DAY_MS, ev.Alert),
         _spec(Topics.TRAINING_PROGRESS, "none", "delete", 7 * DAY_MS, ev.TrainingProgress),

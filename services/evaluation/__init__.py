@@ -1,0 +1,1 @@
+"""Evaluation: scores a candidate model on holdouts and decides whether it may be blessed."""

@@ -1,0 +1,1 @@
+"""Registry: folds the model lifecycle log into the registry read model and answers its causes."""

@@ -1,0 +1,1 @@
+"""Training: turns retrain requests into candidate models with their lineage."""

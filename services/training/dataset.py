@@ -1,0 +1,110 @@
+"""Dataset snapshots: which examples a run trains on and which it holds out, written down.
+
+``build_snapshot`` is a pure function of the example table, the policy and the seed, so the
+same cut of the log and seed always choose the same examples. The manifest names every frame
+id used (with partition, offset, split, label, camera and condition); its sha256 is the
+snapshot's identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from services.training.settings import SamplingPolicy
+from shared.datasets import ExampleRecord, ExampleTable, split_of
+
+__all__ = ["Snapshot", "build_snapshot", "frame_ids_sha256"]
+
+
+def frame_ids_sha256(frame_ids: list[str]) -> str:
+    """Hash of a set of frame ids (order-independent)."""
+    h = hashlib.sha256()
+    for fid in sorted(frame_ids):
+        h.update(fid.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The examples of one run: ``train`` (fitted on) and ``holdout`` (the fresh holdout)."""
+
+    train: list[ExampleRecord]
+    holdout: list[ExampleRecord]
+    recent_size: int
+    end_offsets: dict[int, int]
+    policy: SamplingPolicy
+    seed: int
+
+    def labels(self, classes: tuple[str, ...]) -> npt.NDArray[np.int64]:
+        index = {c: i for i, c in enumerate(classes)}
+        return np.asarray([index[r.label] for r in self.train], dtype=np.int64)
+
+    def per_class(self) -> dict[str, int]:
+        return dict(sorted(Counter(r.label for r in self.train).items()))
+
+    def per_condition(self) -> dict[str, int]:
+        return dict(sorted(Counter(r.condition or "unknown" for r in self.train).items()))
+
+    def manifest(self) -> dict[str, Any]:
+        """The JSON document stored next to the weights: every example, exactly."""
+
+        def rows(records: list[ExampleRecord]) -> list[list[Any]]:
+            return [
+                [r.frame_id, r.partition, r.offset, r.label, r.camera_id, r.condition]
+                for r in records
+            ]
+
+        return {
+            "columns": ["frame_id", "partition", "offset", "label", "camera_id", "condition"],
+            "train": rows(self.train),
+            "holdout": rows(self.holdout),
+            "topic_offsets": {str(p): o for p, o in sorted(self.end_offsets.items())},
+            "policy": self.policy.model_dump(),
+            "seed": self.seed,
+        }
+
+
+def build_snapshot(table: ExampleTable, policy: SamplingPolicy, seed: int) -> Snapshot:
+    """Choose the run's examples from ``table`` (see ``SamplingPolicy``).
+
+    Newest first by capture time (ties by frame id, so the order is total); the older train
+    split is sampled per class with ``seed``. The result lists examples in a canonical order
+    (capture time, frame id) so that it does not depend on partition layout."""
+    ordered = sorted(table.records, key=lambda r: (r.captured_at, r.frame_id))
+    cut = max(len(ordered) - policy.recent_examples, 0)
+    older, recent = ordered[:cut], ordered[cut:]
+
+    def split(r: ExampleRecord) -> str:
+        return split_of(r.frame_id, policy.holdout_share, policy.reference_share)
+
+    train = [r for r in recent if split(r) == "train"]
+    holdout = [r for r in recent if split(r) == "holdout"]
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[ExampleRecord]] = {}
+    for r in older:
+        if split(r) == "train":
+            by_class.setdefault(r.label, []).append(r)
+    sampled: list[ExampleRecord] = []
+    for label in sorted(by_class):
+        pool = by_class[label]
+        if len(pool) <= policy.older_per_class:
+            sampled.extend(pool)
+        else:
+            picks = rng.choice(len(pool), size=policy.older_per_class, replace=False)
+            sampled.extend(pool[i] for i in sorted(picks.tolist()))
+    chosen = sorted(sampled + train, key=lambda r: (r.captured_at, r.frame_id))
+    return Snapshot(
+        train=chosen,
+        holdout=holdout,
+        recent_size=len(recent),
+        end_offsets=dict(table.end_offsets),
+        policy=policy,
+        seed=seed,
+    )

@@ -1,0 +1,293 @@
+"""The training handler: one retrain request in, at most one candidate model out.
+
+Order of effects, chosen so a crash never leaves half a version behind:
+
+1. acquire the request's idempotency key (a lease in Redis; ``done`` keys are never rerun);
+2. read the examples, build the snapshot, store its manifest;
+3. fit, publishing ``training.progress`` and renewing the lease after every epoch;
+4. store the weights (atomic, content-addressed);
+5. publish ``models.trained`` and wait for Kafka's acknowledgement;
+6. mark the key done.
+
+A crash before 5 leaves at most orphan artifacts, which nothing references; the request's
+offset is not committed, so it is redelivered and, once the lease has run out, trained again.
+A crash between 5 and 6 retrains on redelivery and publishes a ``models.trained`` with the
+same event id (derived from the key), which the registry drops as a duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from services.training.dataset import build_snapshot, frame_ids_sha256
+from services.training.settings import TrainingSettings
+from services.training.trainer import EpochStats, fit
+from shared.artifacts import ArtifactStore
+from shared.bus import Publisher
+from shared.datasets import ExampleTable
+from shared.events import (
+    Alert,
+    DatasetSnapshot,
+    ModelTrained,
+    RetrainRequest,
+    TrainingProgress,
+    derived_id,
+)
+from shared.model import ModelSpec, build_model, predict_proba
+from shared.redis_store import Leases
+from shared.registry import RegistryReader
+from shared.topics import Topics
+
+__all__ = [
+    "LeaseLostError",
+    "Outcome",
+    "RequestBusyError",
+    "Trainer",
+    "code_version",
+]
+
+log = logging.getLogger("streamloop.training")
+
+
+class RequestBusyError(RuntimeError):
+    """Another live worker holds the request's lease; retry later."""
+
+
+class LeaseLostError(RuntimeError):
+    """The lease ran out during the run (another worker may have taken over): abandon it."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Literal["trained", "duplicate", "skipped", "ignored"]
+    version: str | None = None
+    detail: str = ""
+    event: ModelTrained | None = None
+
+
+def code_version(package_version: str, files: list[Path]) -> str:
+    """``<package version>+<hash of the training code>``: changes whenever the model
+    definition or the training code does, even between releases."""
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return f"{package_version}+{h.hexdigest()[:10]}"
+
+
+class Trainer:
+    """Handles retrain requests for ``settings.model_name`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: TrainingSettings,
+        *,
+        load_examples: Callable[[], ExampleTable],
+        store: ArtifactStore,
+        leases: Leases,
+        registry: RegistryReader,
+        publisher: Publisher,
+        owner: str,
+        code_version: str,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.spec = ModelSpec(
+            classes=settings.task.classes,
+            image_height=settings.task.image_height,
+            image_width=settings.task.image_width,
+        )
+        self._load_examples = load_examples
+        self._store = store
+        self._leases = leases
+        self._registry = registry
+        self._publisher = publisher
+        self._owner = owner
+        self._code_version = code_version
+        self._sleep = sleep
+        self._clock = clock
+
+    def handle(self, request: RetrainRequest) -> Outcome:
+        """Train for ``request`` unless its key already trained.
+
+        Raises RequestBusyError when another worker holds the key for longer than a lease,
+        LeaseLostError when this run lost its lease, and whatever reading or storing raised
+        (the request is then redelivered)."""
+        s = self.settings
+        if request.model_name != s.model_name:
+            return Outcome("ignored", detail=f"this service trains {s.model_name}")
+        key = request.idempotency_key
+        deadline = self._clock() + s.lease_s + 5
+        while True:
+            lease = self._leases.acquire(key, self._owner, s.lease_s)
+            if lease.state == "done":
+                log.info(
+                    "retrain request already trained", extra={"key": key, "version": lease.value}
+                )
+                return Outcome("duplicate", version=lease.value or None)
+            if lease.state == "acquired":
+                break
+            if self._clock() > deadline:
+                raise RequestBusyError(f"request {key} is held by {lease.value}")
+            self._sleep(1.0)
+        try:
+            outcome = self._train(request)
+        except BaseException:
+            self._leases.release(key, self._owner)
+            raise
+        if outcome.status == "trained":
+            self._leases.finish(key, self._owner, outcome.version or "", s.done_ttl_s)
+        else:
+            self._leases.release(key, self._owner)
+        return outcome
+
+    def _train(self, request: RetrainRequest) -> Outcome:
+        s = self.settings
+        key = request.idempotency_key
+        started = time.perf_counter()
+        table = self._load_examples()
+        snap = build_snapshot(table, s.policy, s.seed)
+        log.info(
+            "dataset snapshot",
+            extra={
+                "key": key,
+                "examples": len(table),
+                "train": len(snap.train),
+                "holdout": len(snap.holdout),
+                "recent": snap.recent_size,
+            },
+        )
+        if len(snap.train) < s.policy.min_train_examples:
+            detail = (
+                f"{len(snap.train)} training examples, fewer than "
+                f"{s.policy.min_train_examples}; not training"
+            )
+            self._publisher.publish(
+                Topics.ALERTS,
+                Alert(
+                    source="training",
+                    severity="warning",
+                    kind="training_skipped",
+                    message=detail,
+                    details={"idempotency_key": key, "examples": len(table)},
+                ),
+            )
+            self._publisher.flush()
+            log.warning("training skipped", extra={"key": key, "detail": detail})
+            return Outcome("skipped", detail=detail)
+        manifest = self._store.put_json(snap.manifest(), "datasets")
+        train_ids = [r.frame_id for r in snap.train]
+        dataset = DatasetSnapshot(
+            snapshot_id=manifest.sha256[:16],
+            frame_ids_sha256=frame_ids_sha256(train_ids),
+            size=len(snap.train),
+            per_class=snap.per_class(),
+            per_condition=snap.per_condition(),
+            topic_offsets={
+                f"{Topics.EXAMPLES}:{p}": o for p, o in sorted(snap.end_offsets.items())
+            },
+            holdout_size=len(snap.holdout),
+            manifest_uri=manifest.uri,
+            manifest_sha256=manifest.sha256,
+            recent_size=snap.recent_size,
+            policy={
+                **s.policy.model_dump(),
+                "split": "sha256(frame_id) bucket: reference < reference_share <= holdout "
+                "< reference_share + holdout_share <= train",
+            },
+        )
+
+        def progress(stats: EpochStats) -> None:
+            self._publisher.publish(
+                Topics.TRAINING_PROGRESS,
+                TrainingProgress(
+                    source="training",
+                    model_name=s.model_name,
+                    idempotency_key=key,
+                    epoch=stats.epoch,
+                    epochs=stats.epochs,
+                    loss=stats.loss,
+                    accuracy=stats.accuracy,
+                    elapsed_s=stats.elapsed_s,
+                ),
+                key=key,
+            )
+            if not self._leases.renew(key, self._owner, s.lease_s):
+                raise LeaseLostError(f"lost the lease on {key} during epoch {stats.epoch}")
+            log.info(
+                "epoch",
+                extra={
+                    "key": key,
+                    "epoch": stats.epoch,
+                    "loss": round(stats.loss, 4),
+                    "accuracy": round(stats.accuracy, 4),
+                },
+            )
+
+        result = fit(
+            self.spec,
+            table.select(snap.train),
+            snap.labels(self.spec.classes),
+            s.hyperparameters,
+            seed=s.seed,
+            time_budget_s=s.time_budget_s,
+            threads=s.torch_threads,
+            on_epoch=progress,
+        )
+        metrics = {
+            "train_loss": result.final.loss,
+            "train_accuracy": result.final.accuracy,
+            "epochs_completed": float(len(result.history)),
+            "fit_seconds": result.duration_s,
+        }
+        if snap.holdout:
+            model = build_model(self.spec)
+            model.load_state_dict(result.state_dict)
+            probs = predict_proba(model, table.select(snap.holdout))
+            truth = np.asarray([self.spec.classes.index(r.label) for r in snap.holdout])
+            metrics["holdout_accuracy"] = float((probs.argmax(axis=1) == truth).mean())
+        weights = self._store.put_weights(
+            result.state_dict,
+            {
+                **self.spec.to_metadata(),
+                "streamloop.snapshot": dataset.snapshot_id,
+                "streamloop.seed": str(s.seed),
+            },
+        )
+        version = weights.sha256[:12]
+        champion = self._registry.champion(s.model_name)
+        event = ModelTrained(
+            event_id=derived_id("model.trained", s.model_name, key),
+            source="training",
+            model_name=s.model_name,
+            model_version=version,
+            idempotency_key=key,
+            artifact_uri=weights.uri,
+            sha256=weights.sha256,
+            dataset=dataset,
+            hyperparameters={
+                **s.hyperparameters.model_dump(),
+                "time_budget_s": s.time_budget_s,
+                "stopped_by_budget": result.stopped_by_budget,
+                "trigger": request.trigger,
+                "reason": request.reason,
+            },
+            metrics=metrics,
+            parent_version=champion.version if champion else None,
+            code_version=self._code_version,
+            seed=s.seed,
+            duration_s=time.perf_counter() - started,
+        )
+        self._publisher.publish(Topics.MODELS_TRAINED, event, key=version)
+        self._publisher.flush()
+        log.info("model trained", extra={"key": key, "version": version, **metrics})
+        return Outcome("trained", version=version, event=event)

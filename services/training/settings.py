@@ -1,0 +1,91 @@
+"""Settings of the training service (``STREAMLOOP_TRAINING_*``)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.registry import DEFAULT_MODEL_NAME
+from shared.settings import ServiceSettings, service_config
+
+__all__ = ["Hyperparameters", "SamplingPolicy", "TrainingSettings"]
+
+
+class SamplingPolicy(BaseModel):
+    """Which examples a training run uses, so that a drift is learned without forgetting.
+
+    Every frame id is assigned once, by hash, to train, the fresh holdout or the reference
+    holdout (``shared.datasets.split_of``). A run trains on all train-split examples among the
+    ``recent_examples`` newest (by capture time) plus a class-balanced random sample of at most
+    ``older_per_class`` older ones per class; the holdout-split frames among the newest form
+    the fresh holdout that evaluation scores on."""
+
+    model_config = ConfigDict(frozen=True)
+
+    recent_examples: int = Field(default=3000, gt=0)
+    """Size of the recency window (newest examples by capture time)."""
+
+    older_per_class: int = Field(default=400, ge=0)
+    """Older examples sampled per class, so earlier conditions are not forgotten."""
+
+    holdout_share: float = Field(default=0.15, ge=0.0, lt=1.0)
+    """Share of frame ids in the fresh-holdout split."""
+
+    reference_share: float = Field(default=0.10, ge=0.0, lt=1.0)
+    """Share of frame ids in the fixed reference split (never trained on)."""
+
+    min_train_examples: int = Field(default=200, gt=0)
+    """Fewer training examples than this and the run is skipped with an alert."""
+
+
+class Hyperparameters(BaseModel):
+    """How the network is fitted."""
+
+    model_config = ConfigDict(frozen=True)
+
+    epochs: int = Field(default=8, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    learning_rate: float = Field(default=2e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+
+class TrainingSettings(ServiceSettings):
+    model_config = service_config("training")
+
+    group_id: str = "streamloop-training"
+    """Consumer group of ``retrain.requests``."""
+
+    model_name: str = DEFAULT_MODEL_NAME
+    """The model this service trains (requests for other names are ignored)."""
+
+    policy: SamplingPolicy = Field(default_factory=SamplingPolicy)
+    """Dataset snapshot policy (``STREAMLOOP_TRAINING_POLICY__RECENT_EXAMPLES`` ...)."""
+
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    """Training hyperparameters (``STREAMLOOP_TRAINING_HYPERPARAMETERS__EPOCHS`` ...)."""
+
+    seed: int = 0
+    """Seed of sampling, initialisation and batch order: the same snapshot and seed give the
+    same weights."""
+
+    time_budget_s: float = Field(default=110.0, gt=0)
+    """Wall-clock budget of the fitting; no epoch starts that is not expected to finish in
+    time (the run then records ``stopped_by_budget``)."""
+
+    torch_threads: int = Field(default=2, gt=0)
+    """Threads torch may use."""
+
+    lease_s: int = Field(default=120, ge=2)
+    """How long a run holds its idempotency key without renewing it; after a crash the key is
+    free again after at most this long and a redelivered request retrains."""
+
+    done_ttl_s: int = Field(default=30 * 86_400, gt=0)
+    """How long a finished key is remembered (the retention of ``retrain.requests``)."""
+
+    bootstrap: bool = True
+    """When the registry has no champion, request a first training once enough examples exist."""
+
+    bootstrap_min_examples: int = Field(default=1000, gt=0)
+    """Examples on the topic before the bootstrap request is sent."""
+
+    bootstrap_interval_s: float = Field(default=10.0, gt=0)
+    """How often the bootstrap condition is checked."""

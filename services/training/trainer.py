@@ -1,0 +1,107 @@
+"""Fitting the shared network on CPU: seeded, time-boxed, reporting every epoch.
+
+Everything random (initialisation, batch order) comes from ``seed``, and the fit runs with a
+fixed number of torch threads, so the same pixels, labels, hyperparameters and seed give
+bit-identical weights. The time budget is checked between epochs only (an epoch is either
+run whole or not started), which keeps that guarantee whenever the budget is not binding.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from services.training.settings import Hyperparameters
+from shared.model import ModelSpec, build_model, preprocess
+
+__all__ = ["EpochStats", "FitResult", "fit"]
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int
+    epochs: int
+    loss: float
+    accuracy: float
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class FitResult:
+    state_dict: dict[str, torch.Tensor]
+    history: list[EpochStats]
+    duration_s: float
+    stopped_by_budget: bool
+
+    @property
+    def final(self) -> EpochStats:
+        return self.history[-1]
+
+
+def fit(
+    spec: ModelSpec,
+    pixels: npt.NDArray[np.uint8],
+    labels: npt.NDArray[np.int64],
+    hp: Hyperparameters,
+    *,
+    seed: int,
+    time_budget_s: float,
+    threads: int,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> FitResult:
+    """Train a fresh ``build_model(spec)`` on ``(pixels, labels)``.
+
+    ``on_epoch`` is called after every epoch (progress events, lease renewal); an exception
+    it raises aborts the fit. At least one epoch always runs. Raises ValueError on empty or
+    mismatched inputs."""
+    if len(pixels) == 0 or len(pixels) != len(labels):
+        raise ValueError(f"need as many labels as images, and some: {len(pixels)}/{len(labels)}")
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = build_model(spec)
+    optimiser = torch.optim.Adam(
+        model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    x = preprocess(pixels)
+    y = torch.from_numpy(np.ascontiguousarray(labels))
+    order = torch.Generator().manual_seed(seed)
+    history: list[EpochStats] = []
+    start = time.perf_counter()
+    stopped = False
+    model.train()
+    for epoch in range(1, hp.epochs + 1):
+        elapsed = time.perf_counter() - start
+        if history and elapsed + elapsed / len(history) > time_budget_s:
+            stopped = True
+            break
+        perm = torch.randperm(len(y), generator=order)
+        total_loss, correct = 0.0, 0
+        for i in range(0, len(perm), hp.batch_size):
+            idx = perm[i : i + hp.batch_size]
+            optimiser.zero_grad()
+            logits = model(x[idx])
+            loss = loss_fn(logits, y[idx])
+            loss.backward()
+            optimiser.step()
+            total_loss += float(loss.detach()) * len(idx)
+            correct += int((logits.detach().argmax(dim=1) == y[idx]).sum())
+        stats = EpochStats(
+            epoch=epoch,
+            epochs=hp.epochs,
+            loss=total_loss / len(y),
+            accuracy=correct / len(y),
+            elapsed_s=time.perf_counter() - start,
+        )
+        history.append(stats)
+        if on_epoch is not None:
+            on_epoch(stats)
+    model.eval()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return FitResult(state, history, time.perf_counter() - start, stopped)
