@@ -239,6 +239,12 @@ class EventProducer:
     def close(self, timeout_s: float = 10.0) -> None:
         self._producer.close(timeout=timeout_s)
 
+    def __enter__(self) -> EventProducer:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
 
 # --- consumer loop ---------------------------------------------------------------------
 

@@ -49,17 +49,23 @@ class ModelSpec(BaseModel):
     image_width: int = Field(gt=0)
     channels: int = Field(default=3, gt=0)
 
-    def to_metadata(self) -> dict[str, str]:
-        """safetensors metadata (string to string)."""
-        return {"streamloop.spec": self.model_dump_json()}
+    def to_metadata(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """safetensors metadata: one entry holding canonical JSON of the spec and ``extra``.
+        One entry because safetensors writes several in no fixed order, and the artifact's
+        bytes (hence its sha256 and version) must depend only on its content."""
+        doc = {"spec": self.model_dump(mode="json"), **(extra or {})}
+        return {"streamloop": json.dumps(doc, sort_keys=True, separators=(",", ":"))}
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str]) -> ModelSpec:
         """Inverse of ``to_metadata``. Raises ValueError when the spec is missing."""
-        raw = metadata.get("streamloop.spec")
+        raw = metadata.get("streamloop")
         if raw is None:
-            raise ValueError("artifact metadata has no streamloop.spec")
-        return cls.model_validate(json.loads(raw))
+            raise ValueError("artifact metadata has no streamloop entry")
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or "spec" not in doc:
+            raise ValueError("artifact metadata has no model spec")
+        return cls.model_validate(doc["spec"])
 
 
 def _block(cin: int, cout: int) -> list[nn.Module]:
@@ -103,7 +109,7 @@ def preprocess(pixels: Pixels) -> torch.Tensor:
 
 def example_pixels(pixels_b64: str, width: int, height: int, channels: int) -> Pixels:
     """The ``(H, W, C)`` pixel array carried by a ``FrameValid`` or ``Example``."""
-    return pixels_from_b64(pixels_b64, width, height, channels)
+    return pixels_from_b64(pixels_b64, height, width, channels)
 
 
 def predict_proba(

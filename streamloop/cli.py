@@ -436,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", help="trace id, span id, or event / frame / request id")
     p.set_defaults(func=cmd_trace)
 
+    from streamloop.models_cli import add_commands
+
+    add_commands(sub)
+
     p = sub.add_parser("serve", help="run one service in the foreground")
     p.add_argument("service", choices=SERVICES)
     p.set_defaults(func=cmd_serve)

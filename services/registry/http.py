@@ -152,9 +152,10 @@ class RegistryApi:
 
     def __init__(self, server: _Server) -> None:
         self._server = server
+        # close() waits up to one poll interval for serve_forever to notice the shutdown.
         self._thread = threading.Thread(
             target=server.serve_forever,
-            kwargs={"poll_interval": 0.2},
+            kwargs={"poll_interval": 0.05},
             name="registry-http",
             daemon=True,
         )

@@ -84,7 +84,8 @@ class RegistryState:
     """The registry of one model, folded from its lifecycle events.
 
     ``promotion`` is the policy for blessed versions when a champion exists (see
-    ``Promotion``); ``clock`` stamps ``updated_at``.
+    ``Promotion``); ``clock`` stamps ``updated_at``. Not thread-safe: one consumer loop
+    owns it.
     """
 
     def __init__(
@@ -259,6 +260,8 @@ class RegistryState:
             # record must not stop the registry from folding the rest of the log.
             return
         version = event.model_version or trained.model_version
+        if version in self._versions:
+            return
         self._versions[version] = _Version(
             trained=trained,
             number=len(self._versions) + 1,

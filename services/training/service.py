@@ -257,11 +257,7 @@ class Trainer:
             metrics["holdout_accuracy"] = float((probs.argmax(axis=1) == truth).mean())
         weights = self._store.put_weights(
             result.state_dict,
-            {
-                **self.spec.to_metadata(),
-                "streamloop.snapshot": dataset.snapshot_id,
-                "streamloop.seed": str(s.seed),
-            },
+            self.spec.to_metadata({"snapshot": dataset.snapshot_id, "seed": str(s.seed)}),
         )
         version = weights.sha256[:12]
         champion = self._registry.champion(s.model_name)

@@ -57,7 +57,7 @@ def evaluated(version: str, verdict: str = "blessed", **kw: Any) -> ModelEvaluat
 def command(action: str, version: str | None = None, **kw: Any) -> ModelLifecycle:
     return ModelLifecycle(
         model_name=MODEL,
-        action=action,  # type: ignore[arg-type]
+        action=action,
         model_version=version,
         actor=kw.pop("actor", "alice"),
         reason=kw.pop("reason", "operator says so"),
@@ -534,13 +534,14 @@ def test_holdout_accuracies_are_read_defensively() -> None:
     }
     v = version_with(good)
     assert v.fresh_accuracy == 0.8 and v.reference_accuracy == 1.0
-    for broken in (
+    broken_metrics: list[dict[str, Any]] = [
         {},
         {"holdouts": []},
         {"holdouts": {"fresh": {"candidate": None}}},
         {"holdouts": {"fresh": {"candidate": {"accuracy": "high"}}}},
         {"holdouts": {"fresh": {"candidate": {"accuracy": True}}}},
-    ):
+    ]
+    for broken in broken_metrics:
         assert version_with(broken).fresh_accuracy is None
     assert version_with(None).fresh_accuracy is None
     assert version_with(good).reference_accuracy == 1.0

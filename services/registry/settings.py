@@ -1,0 +1,32 @@
+"""Settings of the registry service (``STREAMLOOP_REGISTRY_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from services.registry.state import Promotion
+from shared.registry import DEFAULT_MODEL_NAME
+from shared.settings import ServiceSettings, service_config
+
+__all__ = ["RegistrySettings"]
+
+
+class RegistrySettings(ServiceSettings):
+    model_config = service_config("registry")
+
+    group_id: str = "streamloop-registry"
+    """Consumer group of ``models.trained``, ``models.evaluated`` and ``models.lifecycle``.
+    Run one registry per model: it is the single writer of the model's lifecycle."""
+
+    model_name: str = DEFAULT_MODEL_NAME
+    """The model whose lifecycle this registry keeps."""
+
+    promotion: Promotion = "shadow"
+    """What a blessed version becomes when a champion exists: ``shadow`` (challenger, served
+    in shadow until promoted) or ``direct`` (champion at once)."""
+
+    api_host: str = "127.0.0.1"
+    """Interface of the read API (``0.0.0.0`` in a container)."""
+
+    api_port: int = Field(default=8710, ge=0, le=65535)
+    """Port of the read API (``/models``, ``/models/{version}``, ``/aliases``); 0 picks one."""

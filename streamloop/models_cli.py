@@ -1,0 +1,384 @@
+"""``streamloop retrain`` and ``streamloop models …``: the model lifecycle from the terminal.
+
+Reads come from the registry's read model (Redis); changes are events: ``retrain`` publishes a
+retrain request and follows its progress on the topics, ``promote`` and ``rollback`` publish
+operator commands on ``models.lifecycle`` and wait for the registry's answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.tree import Tree
+
+from shared.bus import EventProducer
+from shared.events import (
+    Event,
+    ModelEvaluated,
+    ModelLifecycle,
+    ModelTrained,
+    RetrainRequest,
+    TrainingProgress,
+    decode,
+    new_id,
+)
+from shared.redis_store import connect
+from shared.registry import (
+    DEFAULT_MODEL_NAME,
+    RedisRegistry,
+    RegistryView,
+    VersionView,
+    lifecycle_key,
+    valid_name,
+)
+from shared.settings import KafkaSettings, RedisSettings
+from shared.topics import Topics
+
+__all__ = ["add_commands"]
+
+console = Console()
+
+
+class _Watch:
+    """Events on ``topics`` published after the watch was opened (no consumer group)."""
+
+    def __init__(self, settings: KafkaSettings, topics: list[str]) -> None:
+        self._prefix = settings.topic_prefix
+        self._consumer = KafkaConsumer(enable_auto_commit=False, **settings.client_kwargs())
+        tps = [
+            TopicPartition(self._prefix + t, p)
+            for t in topics
+            for p in sorted(self._consumer.partitions_for_topic(self._prefix + t) or ())
+        ]
+        self._consumer.assign(tps)
+        self._consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the positions now, before anything is published
+            self._consumer.position(tp)
+
+    def events(self, timeout_s: float) -> Iterator[tuple[str, Event]]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for tp, batch in self._consumer.poll(timeout_ms=300).items():
+                for rec in batch:
+                    try:
+                        yield tp.topic[len(self._prefix) :], decode(rec.value, Event)
+                    except ValueError:
+                        continue
+        raise TimeoutError(f"no answer within {timeout_s:.0f}s")
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def _registry() -> RedisRegistry:
+    return RedisRegistry(connect(RedisSettings()))
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+# --- retrain ---------------------------------------------------------------------------
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    kafka = KafkaSettings()
+    key = args.key or f"operator:{new_id()}"
+    request = RetrainRequest(
+        source="cli",
+        model_name=args.model,
+        idempotency_key=key,
+        reason=args.reason,
+        trigger="operator",
+    )
+    watch = (
+        _Watch(
+            kafka,
+            [
+                Topics.TRAINING_PROGRESS,
+                Topics.MODELS_TRAINED,
+                Topics.MODELS_EVALUATED,
+                Topics.ALERTS,
+                Topics.MODELS_LIFECYCLE,
+            ],
+        )
+        if not args.no_wait
+        else None
+    )
+    with EventProducer(kafka, client_id="streamloop-cli") as producer:
+        producer.publish(Topics.RETRAIN_REQUESTS, request, key=args.model)
+        producer.flush()
+    console.print(f"retrain requested for [bold]{args.model}[/] (key {key})")
+    if watch is None:
+        return 0
+    try:
+        return _follow_retrain(watch, key, args.model, args.timeout)
+    finally:
+        watch.close()
+
+
+def _follow_retrain(watch: _Watch, key: str, model: str, timeout_s: float) -> int:
+    version: str | None = None
+    verdict: ModelEvaluated | None = None
+    with Progress(
+        TextColumn("[bold]training[/]"),
+        BarColumn(),
+        TextColumn("epoch {task.completed}/{task.total}"),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("train", total=None, stats="waiting for the training service…")
+        for topic, ev in watch.events(timeout_s):
+            if isinstance(ev, TrainingProgress) and ev.idempotency_key == key:
+                bar.update(
+                    task,
+                    completed=ev.epoch,
+                    total=ev.epochs,
+                    stats=f"loss {ev.loss:.3f}  accuracy {100 * ev.accuracy:.1f}%",
+                )
+            elif isinstance(ev, ModelTrained) and ev.idempotency_key == key:
+                version = ev.model_version
+                bar.update(task, stats=f"trained {version}; evaluating…")
+            elif isinstance(ev, ModelEvaluated) and ev.model_version == version:
+                verdict = ev
+                if ev.verdict == "rejected":
+                    break
+                bar.update(task, stats=f"{ev.verdict}; waiting for the registry…")
+            elif (
+                isinstance(ev, ModelLifecycle)
+                and verdict is not None
+                and ev.action == "alias_set"
+                and ev.model_version == version
+            ):
+                console.print(f"[green]{version} is now {ev.alias}[/] ({ev.reason})")
+                break
+            elif (
+                topic == Topics.ALERTS and getattr(ev, "details", {}).get("idempotency_key") == key
+            ):
+                console.print(f"[yellow]{getattr(ev, 'message', '')}[/]")
+                return 1
+    if verdict is not None and verdict.verdict == "rejected":
+        console.print(f"[red]{version} rejected by the gate:[/]")
+        for reason in verdict.reasons:
+            console.print(f"  • {reason}")
+        return 1
+    return 0
+
+
+# --- models ----------------------------------------------------------------------------
+
+
+def _aliases(v: VersionView) -> str:
+    return ", ".join(v.aliases) or ("rolled back" if v.rolled_back else "")
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    view = _registry().view(args.model)
+    if not view.versions:
+        console.print(f"no versions of {args.model} registered yet")
+        return 0
+    table = Table(title=f"{args.model}: {len(view.versions)} versions", expand=False)
+    for col in (
+        "#",
+        "version",
+        "alias",
+        "created",
+        "dataset",
+        "fresh acc",
+        "reference acc",
+        "verdict",
+    ):
+        table.add_column(col, justify="right" if col in ("#", "dataset") else "left")
+    for v in reversed(view.versions):
+        colour = {"blessed": "green", "rejected": "red"}.get(v.status, "yellow")
+        table.add_row(
+            str(v.number),
+            v.version,
+            f"[bold]{_aliases(v)}[/]",
+            v.registered_at.strftime("%Y-%m-%d %H:%M:%S"),
+            str(v.dataset.size),
+            _pct(v.fresh_accuracy),
+            _pct(v.reference_accuracy),
+            f"[{colour}]{v.verdict or 'pending'}[/]",
+        )
+    console.print(table)
+    return 0
+
+
+def _metrics_table(title: str, holdout: dict[str, Any], classes: list[str]) -> Table:
+    table = Table(title=title)
+    table.add_column("class")
+    for col in ("precision", "recall", "F1", "support"):
+        table.add_column(col, justify="right")
+    cand = holdout.get("candidate") or {}
+    for c in classes:
+        m = (cand.get("per_class") or {}).get(c) or {}
+        table.add_row(
+            c,
+            _pct(m.get("precision")),
+            _pct(m.get("recall")),
+            _pct(m.get("f1")),
+            str(m.get("support", "")),
+        )
+    return table
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    if not valid_name(args.version):
+        console.print(f"[red]{args.version!r} is not a version id[/]")
+        return 2
+    view = _registry().view(args.model)
+    v = view.version(args.version)
+    if v is None:
+        console.print(f"[red]no version {args.version} of {args.model}[/]")
+        return 1
+    _show_version(view, v)
+    return 0
+
+
+def _show_version(view: RegistryView, v: VersionView) -> None:
+    tree = Tree(f"[bold]{v.model_name} {v.version}[/] (#{v.number}) {_aliases(v)}")
+    lineage = tree.add("lineage")
+    lineage.add(f"parent: {v.parent_version or '—'}")
+    lineage.add(
+        f"request: {v.idempotency_key} ({v.hyperparameters.get('trigger', '?')}: "
+        f"{v.hyperparameters.get('reason', '')})"
+    )
+    d = v.dataset
+    ds = lineage.add(f"dataset {d.snapshot_id}: {d.size} train, {d.holdout_size} fresh holdout")
+    ds.add(f"manifest: {d.manifest_uri} (sha256 {d.manifest_sha256[:16]}…)")
+    ds.add(f"frame ids sha256: {d.frame_ids_sha256[:16]}…")
+    ds.add(f"offsets: {d.topic_offsets}")
+    ds.add(f"per class: {d.per_class}")
+    ds.add(f"per condition: {d.per_condition}")
+    lineage.add(f"artifact: {v.artifact_uri}")
+    lineage.add(f"code {v.code_version}, seed {v.seed}, trained in {v.duration_s:.1f}s")
+    hp = {k: val for k, val in v.hyperparameters.items() if k not in ("trigger", "reason")}
+    lineage.add(f"hyperparameters: {hp}")
+    lineage.add(f"training metrics: { {k: round(x, 4) for k, x in v.training_metrics.items()} }")
+    if v.evaluation is None:
+        tree.add("[yellow]not evaluated yet[/]")
+        console.print(tree)
+        return
+    ev = v.evaluation
+    colour = "green" if ev.verdict == "blessed" else "red"
+    verdict = tree.add(f"[{colour}]{ev.verdict}[/] vs champion {ev.champion_version or '—'}")
+    for reason in ev.reasons:
+        verdict.add(reason)
+    console.print(tree)
+    classes = list(ev.metrics.get("classes") or [])
+    for name, holdout in (ev.metrics.get("holdouts") or {}).items():
+        cand = holdout.get("candidate")
+        if not cand:
+            console.print(f"{name} holdout: empty")
+            continue
+        champ = holdout.get("champion") or {}
+        console.print(
+            f"\n[bold]{name} holdout[/] ({holdout.get('n')} examples): accuracy "
+            f"{_pct(cand.get('accuracy'))} (champion {_pct(champ.get('accuracy'))}), macro-F1 "
+            f"{_pct(cand.get('macro_f1'))}, ECE {cand.get('ece', 0):.3f}"
+        )
+        console.print(_metrics_table(f"{name}: per class", holdout, classes))
+        slices = Table(title=f"{name}: per slice")
+        for col in ("slice", "n", "accuracy", "champion"):
+            slices.add_column(col, justify="left" if col == "slice" else "right")
+        champ_slices = champ.get("per_slice") or {}
+        for key, m in sorted((cand.get("per_slice") or {}).items()):
+            slices.add_row(
+                key,
+                str(m.get("n")),
+                _pct(m.get("accuracy")),
+                _pct((champ_slices.get(key) or {}).get("accuracy")),
+            )
+        console.print(slices)
+    lat = ev.metrics.get("latency")
+    if lat:
+        console.print(
+            f"CPU latency: {lat['median_ms']:.1f} ms per batch of {lat['batch_size']} "
+            f"({lat['per_item_ms']:.3f} ms per image)"
+        )
+
+
+def _command(args: argparse.Namespace, action: str, version: str | None) -> int:
+    kafka = KafkaSettings()
+    command = ModelLifecycle(
+        source="cli",
+        model_name=args.model,
+        action=action,
+        model_version=version,
+        actor=f"{getpass.getuser()}@cli",
+        reason=args.reason,
+        details={"force": True} if getattr(args, "force", False) else {},
+    )
+    watch = _Watch(kafka, [Topics.MODELS_LIFECYCLE])
+    try:
+        with EventProducer(kafka, client_id="streamloop-cli") as producer:
+            producer.publish(Topics.MODELS_LIFECYCLE, command, key=lifecycle_key(command))
+            producer.flush()
+        for _, ev in watch.events(args.timeout):
+            if isinstance(ev, ModelLifecycle) and ev.cause_id == command.event_id:
+                if ev.action == "command_rejected":
+                    console.print(f"[red]refused:[/] {ev.reason}")
+                    return 1
+                console.print(
+                    f"[green]{ev.alias} is now {ev.model_version}[/] "
+                    f"(was {ev.previous_version or '—'}; {ev.action})"
+                )
+                return 0
+    except TimeoutError:
+        console.print("[red]the registry did not answer; is it running?[/]")
+        return 1
+    finally:
+        watch.close()
+    return 1
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    if not valid_name(args.version):
+        console.print(f"[red]{args.version!r} is not a version id[/]")
+        return 2
+    return _command(args, "promote_requested", args.version)
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    return _command(args, "rollback_requested", None)
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``retrain`` and ``models`` to the CLI's sub-parsers."""
+    p = sub.add_parser("retrain", help="request a training run and follow it to its verdict")
+    p.add_argument("--reason", default="operator request")
+    p.add_argument("--model", default=DEFAULT_MODEL_NAME)
+    p.add_argument("--key", help="idempotency key (default: a new one)")
+    p.add_argument("--no-wait", action="store_true", help="publish the request and return")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds to follow the run")
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("models", help="list, show, promote and roll back model versions")
+    msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    for name, func, helptext in (
+        ("list", cmd_models_list, "versions with aliases, data size, accuracy and verdict"),
+        ("show", cmd_models_show, "lineage and metrics per class and slice of one version"),
+        ("promote", cmd_models_promote, "make VERSION the champion"),
+        ("rollback", cmd_models_rollback, "give the champion alias back to the previous one"),
+    ):
+        q = msub.add_parser(name, help=helptext)
+        if name in ("show", "promote"):
+            q.add_argument("version")
+        q.add_argument("--model", default=DEFAULT_MODEL_NAME)
+        if name in ("promote", "rollback"):
+            q.add_argument("--reason", default="operator request")
+            q.add_argument("--timeout", type=float, default=30.0)
+        if name == "promote":
+            q.add_argument("--force", action="store_true", help="even a version the gate rejected")
+        q.set_defaults(func=func)

@@ -1,0 +1,179 @@
+"""Training logic on in-memory ports: snapshots, determinism, idempotency, crash safety."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.training.dataset import build_snapshot
+from services.training.service import LeaseLostError, RequestBusyError, Trainer
+from services.training.settings import Hyperparameters, SamplingPolicy, TrainingSettings
+from shared.artifacts import ArtifactStore
+from shared.datasets import ExampleTable, split_of
+from shared.events import Alert, Event, ModelTrained, RetrainRequest, TrainingProgress
+from shared.model import load_model
+from shared.redis_store import MemoryLeases
+from shared.registry import MemoryRegistry
+from shared.topics import Topics
+from tests.synthetic import render_examples, table_of
+
+POLICY = SamplingPolicy(recent_examples=300, older_per_class=25, min_train_examples=50)
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Event, str | None]] = []
+        self.flushes = 0
+
+    def publish(self, topic: str, event: Event, *, key: str | None = None) -> object:
+        self.sent.append((topic, event, key))
+        return None
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        self.flushes += 1
+
+    def of(self, topic: str) -> list[Any]:
+        return [e for t, e, _ in self.sent if t == topic]
+
+
+@pytest.fixture(scope="module")
+def table() -> ExampleTable:
+    # 200 older day frames, then 300 recent night frames.
+    return table_of(render_examples(500, seed=3, condition=lambda i: "day" if i < 200 else "night"))
+
+
+def settings(tmp_path: Path, **kw: Any) -> TrainingSettings:
+    return TrainingSettings(
+        policy=POLICY,
+        hyperparameters=Hyperparameters(epochs=2, batch_size=32),
+        var_dir=tmp_path,
+        lease_s=30,
+        **kw,
+    )
+
+
+def make_trainer(
+    tmp_path: Path, table: ExampleTable, leases: MemoryLeases | None = None, **kw: Any
+) -> tuple[Trainer, FakePublisher, ArtifactStore]:
+    pub = FakePublisher()
+    store = ArtifactStore(tmp_path / "artifacts")
+    trainer = Trainer(
+        settings(tmp_path, **kw),
+        load_examples=lambda: table,
+        store=store,
+        leases=leases or MemoryLeases(),
+        registry=MemoryRegistry(),
+        publisher=pub,
+        owner="w1",
+        code_version="test",
+        sleep=lambda s: None,
+    )
+    return trainer, pub, store
+
+
+def request(key: str = "k1") -> RetrainRequest:
+    return RetrainRequest(
+        model_name="vehicle-classifier", idempotency_key=key, reason="test", trigger="operator"
+    )
+
+
+def test_snapshot_keeps_recent_samples_older_and_never_trains_on_holdouts(
+    table: ExampleTable,
+) -> None:
+    snap = build_snapshot(table, POLICY, seed=0)
+    recent = {r.frame_id for r in sorted(table.records, key=lambda r: r.captured_at)[-300:]}
+    train_ids = {r.frame_id for r in snap.train}
+    assert all(
+        split_of(f, POLICY.holdout_share, POLICY.reference_share) == "train" for f in train_ids
+    )
+    assert {r.frame_id for r in snap.holdout} <= recent
+    assert not train_ids & {r.frame_id for r in snap.holdout}
+    older = [r for r in snap.train if r.frame_id not in recent]
+    assert 0 < len(older) <= 4 * POLICY.older_per_class
+    assert snap.per_condition()["night"] > snap.per_condition()["day"]
+    again = build_snapshot(table, POLICY, seed=0)
+    assert [r.frame_id for r in again.train] == [r.frame_id for r in snap.train]
+    other = build_snapshot(table, POLICY, seed=1)
+    assert {r.frame_id for r in other.train} != train_ids
+
+
+def test_a_request_trains_once_with_progress_and_full_lineage(
+    tmp_path: Path, table: ExampleTable
+) -> None:
+    trainer, pub, store = make_trainer(tmp_path, table)
+    outcome = trainer.handle(request())
+    assert outcome.status == "trained"
+    progress = pub.of(Topics.TRAINING_PROGRESS)
+    assert [p.epoch for p in progress] == [1, 2]
+    assert all(isinstance(p, TrainingProgress) and p.idempotency_key == "k1" for p in progress)
+    (trained,) = pub.of(Topics.MODELS_TRAINED)
+    assert isinstance(trained, ModelTrained)
+    assert trained.model_version == trained.sha256[:12] == outcome.version
+    assert trained.seed == 0 and trained.code_version == "test"
+    manifest = store.load_json(trained.dataset.manifest_uri, trained.dataset.manifest_sha256)
+    assert len(manifest["train"]) == trained.dataset.size
+    assert len(manifest["holdout"]) == trained.dataset.holdout_size > 0
+    assert sum(trained.dataset.per_class.values()) == trained.dataset.size
+    assert trained.dataset.topic_offsets == {"examples:0": 500}
+    assert "holdout_accuracy" in trained.metrics
+    _model, spec = load_model(store, trained.artifact_uri, trained.sha256)
+    assert spec.classes == ("car", "truck", "bus", "motorcycle")
+
+    assert trainer.handle(request()).status == "duplicate"
+    assert len(pub.of(Topics.MODELS_TRAINED)) == 1
+
+
+def test_same_snapshot_and_seed_give_the_same_weights(tmp_path: Path, table: ExampleTable) -> None:
+    a, _pub_a, _ = make_trainer(tmp_path / "a", table)
+    b, _pub_b, _ = make_trainer(tmp_path / "b", table)
+    va = a.handle(request("x")).version
+    vb = b.handle(request("y")).version
+    assert va is not None and va == vb
+    c, _, _ = make_trainer(tmp_path / "c", table, seed=5)
+    assert c.handle(request("z")).version != va
+
+
+def test_a_key_held_by_a_live_worker_is_not_trained_twice(
+    tmp_path: Path, table: ExampleTable
+) -> None:
+    leases = MemoryLeases()
+    assert leases.acquire("k1", "other", 600).state == "acquired"
+    trainer, pub, _ = make_trainer(tmp_path, table, leases=leases)
+    with pytest.raises(RequestBusyError):
+        trainer.handle(request())
+    assert pub.of(Topics.MODELS_TRAINED) == []
+
+
+def test_a_run_that_loses_its_lease_publishes_no_model(tmp_path: Path, table: ExampleTable) -> None:
+    class Losing(MemoryLeases):
+        def renew(self, key: str, owner: str, lease_s: int) -> bool:
+            return False
+
+    leases = Losing()
+    trainer, pub, _ = make_trainer(tmp_path, table, leases=leases)
+    with pytest.raises(LeaseLostError):
+        trainer.handle(request())
+    assert pub.of(Topics.MODELS_TRAINED) == []
+    # Released, not done: a redelivery may train.
+    assert leases.acquire("k1", "w2", 30).state == "acquired"
+
+
+def test_too_few_examples_skips_with_an_alert_and_frees_the_key(tmp_path: Path) -> None:
+    small = table_of(render_examples(40, seed=4))
+    leases = MemoryLeases()
+    trainer, pub, _ = make_trainer(tmp_path, small, leases=leases)
+    outcome = trainer.handle(request())
+    assert outcome.status == "skipped"
+    (alert,) = pub.of(Topics.ALERTS)
+    assert isinstance(alert, Alert) and alert.kind == "training_skipped"
+    assert pub.of(Topics.MODELS_TRAINED) == []
+    assert leases.acquire("k1", "w2", 30).state == "acquired"
+
+
+def test_requests_for_another_model_are_ignored(tmp_path: Path, table: ExampleTable) -> None:
+    trainer, pub, _ = make_trainer(tmp_path, table)
+    other = request().model_copy(update={"model_name": "other"})
+    assert trainer.handle(other).status == "ignored"
+    assert pub.sent == []
