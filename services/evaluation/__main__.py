@@ -1,4 +1,4 @@
-"""Run the evaluation service: ``streamloop serve evaluation`` or ``python -m services.evaluation``."""
+"""Run the evaluation service: ``streamloop serve evaluation`` (or ``python -m ...``)."""
 
 from __future__ import annotations
 

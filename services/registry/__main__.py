@@ -15,8 +15,8 @@ from shared.bus import ConsumerLoop, Message, stop_on_signals
 from shared.events import DecodeError, Event, ModelLifecycle, decode
 from shared.redis_store import connect
 from shared.registry import RedisRegistry
-from shared.settings import KafkaSettings
 from shared.service import service_runtime
+from shared.settings import KafkaSettings
 from shared.topics import Topics
 
 log = logging.getLogger("streamloop.registry")

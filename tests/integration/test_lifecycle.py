@@ -1,0 +1,280 @@
+"""The model lifecycle against real Kafka, Redis and torch: training, evaluation and registry
+as processes, fed examples rendered by the simulator's renderer.
+
+One module-scoped deployment runs the whole story in order: bootstrap to a champion, a
+corrupted candidate refused, idempotent requests, a training killed mid-run, and the read
+model rebuilt from the topic after Redis loses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.bus import EventProducer
+from shared.datasets import split_of
+from shared.events import (
+    Example,
+    ModelEvaluated,
+    ModelTrained,
+    RetrainRequest,
+    decode,
+)
+from shared.redis_store import connect
+from shared.registry import RedisRegistry, RegistryView
+from shared.settings import KafkaSettings, RedisSettings
+from shared.topics import Topics
+from tests.conftest import provision_prefixed
+from tests.integration.helpers import Proc, read_all, wait_for
+from tests.synthetic import render_examples
+
+pytestmark = pytest.mark.timeout(600)
+
+TOPICS = [
+    Topics.EXAMPLES,
+    Topics.RETRAIN_REQUESTS,
+    Topics.TRAINING_PROGRESS,
+    Topics.MODELS_TRAINED,
+    Topics.MODELS_EVALUATED,
+    Topics.MODELS_LIFECYCLE,
+    Topics.ALERTS,
+    Topics.EVENTS_DLQ,
+]
+
+
+class Deployment:
+    def __init__(self, kafka: KafkaSettings, prefix: str, root: Path) -> None:
+        self.kafka = kafka.model_copy(update={"topic_prefix": prefix})
+        self.prefix = prefix
+        self.model = f"m-{uuid.uuid4().hex[:8]}"
+        self.root = root
+        self.procs: dict[str, Proc] = {}
+        self.producer = EventProducer(self.kafka, client_id="test")
+        self.registry = RedisRegistry(connect(RedisSettings()))
+        self.published: list[Example] = []
+
+    def env(self, service: str, **extra: str) -> dict[str, str]:
+        up = service.upper()
+        return {
+            "STREAMLOOP_KAFKA_TOPIC_PREFIX": self.prefix,
+            "STREAMLOOP_ARTIFACTS_ROOT": str(self.root / "artifacts"),
+            "STREAMLOOP_TELEMETRY_TRACES_DIR": str(self.root / "traces"),
+            f"STREAMLOOP_{up}_PROVISION_TOPICS": "false",
+            f"STREAMLOOP_{up}_MODEL_NAME": self.model,
+            **extra,
+        }
+
+    def start(self, service: str, **extra: str) -> Proc:
+        proc = Proc(["-m", f"services.{service}"], env=self.env(service, **extra))
+        self.procs[service] = proc
+        wait_for(
+            lambda: any('"consumer started"' in ln for ln in proc.lines) or not proc.alive(),
+            90,
+            what=f"{service} ready",
+        )
+        assert proc.alive(), f"{service} died at start-up"
+        return proc
+
+    def start_training(self, **extra: str) -> Proc:
+        return self.start(
+            "training",
+            STREAMLOOP_TRAINING_HYPERPARAMETERS__EPOCHS="4",
+            STREAMLOOP_TRAINING_POLICY__RECENT_EXAMPLES="700",
+            STREAMLOOP_TRAINING_POLICY__OLDER_PER_CLASS="40",
+            STREAMLOOP_TRAINING_POLICY__MIN_TRAIN_EXAMPLES="100",
+            STREAMLOOP_TRAINING_BOOTSTRAP_MIN_EXAMPLES="600",
+            STREAMLOOP_TRAINING_BOOTSTRAP_INTERVAL_S="1",
+            STREAMLOOP_TRAINING_LEASE_S="6",
+            **extra,
+        )
+
+    def start_registry(self) -> Proc:
+        return self.start("registry", STREAMLOOP_REGISTRY_API_PORT="0")
+
+    def publish_examples(self, examples: list[Example]) -> None:
+        for ex in examples:
+            self.producer.publish(Topics.EXAMPLES, ex, key=ex.frame_id)
+        self.producer.flush()
+        self.published.extend(examples)
+
+    def retrain(self, key: str, reason: str = "test") -> None:
+        self.producer.publish(
+            Topics.RETRAIN_REQUESTS,
+            RetrainRequest(
+                model_name=self.model, idempotency_key=key, reason=reason, trigger="operator"
+            ),
+            key=self.model,
+        )
+        self.producer.flush()
+
+    def events(
+        self, topic: str, cls: type[Any], expect: int = 10**6, timeout_s: float = 2
+    ) -> list[Any]:
+        recs = read_all(self.kafka, self.prefix + topic, expect, timeout_s=timeout_s)
+        return [decode(r.value, cls) for r in recs if r.value is not None]
+
+    def view(self) -> RegistryView:
+        return self.registry.view(self.model)
+
+    def api(self, path: str) -> Any:
+        line = next(ln for ln in self.procs["registry"].lines if "registry api listening" in ln)
+        url = json.loads(line)["url"]
+        with urllib.request.urlopen(url + path, timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            proc.kill()
+        self.producer.close()
+        for key in self.registry_keys():
+            self.registry._redis.delete(key)
+
+    def registry_keys(self) -> list[bytes]:
+        return list(self.registry._redis.scan_iter(f"streamloop:registry:{self.model}:*"))
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    kafka = KafkaSettings()
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    provision_prefixed(kafka, prefix, TOPICS)
+    d = Deployment(kafka, prefix, tmp_path_factory.mktemp("lifecycle"))
+    try:
+        yield d
+    finally:
+        for name, proc in d.procs.items():
+            if proc.p.returncode not in (None, 0, -9):
+                print(f"--- {name}\n" + "\n".join(proc.lines[-40:]))
+        d.close()
+
+
+def test_a_day_stream_bootstraps_a_champion_with_exact_lineage(deployment: Deployment) -> None:
+    d = deployment
+    d.publish_examples(render_examples(900, seed=11, prefix=d.model))
+    d.start_registry()
+    d.start("evaluation")
+    d.start_training()
+
+    champion = wait_for(lambda: d.view().champion(), 240, what="a champion")
+    assert champion.status == "blessed" and champion.number == 1
+    assert champion.hyperparameters["trigger"] == "bootstrap"
+    assert champion.parent_version is None and champion.seed == 0
+    assert champion.code_version and champion.evaluation is not None
+    assert champion.evaluation.champion_version is None  # floor only
+    assert champion.fresh_accuracy is not None and champion.fresh_accuracy > 0.6
+
+    # The manifest names exactly the examples used, all from this stream, none held out.
+    manifest = json.loads((d.root / "artifacts" / champion.dataset.manifest_uri).read_bytes())
+    ids = {row[0] for row in manifest["train"]}
+    assert len(ids) == champion.dataset.size
+    assert ids <= {e.frame_id for e in d.published}
+    policy = champion.dataset.policy
+    assert all(
+        split_of(f, policy["holdout_share"], policy["reference_share"]) == "train" for f in ids
+    )
+    assert sum(champion.dataset.per_class.values()) == champion.dataset.size
+    assert champion.dataset.topic_offsets and sum(champion.dataset.topic_offsets.values()) == 900
+
+    assert d.api("/aliases") == {"champion": champion.version}
+    assert d.api(f"/models/{champion.version}")["sha256"] == champion.sha256
+
+
+def test_a_candidate_trained_on_corrupted_labels_is_rejected_and_the_champion_stays(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    before = d.view().champion()
+    assert before is not None
+    d.publish_examples(render_examples(900, seed=12, start=10_000, noise=0.9, prefix=d.model))
+    d.retrain("corrupt")
+    d.retrain("corrupt")  # the same key again: one training
+
+    def verdict() -> ModelEvaluated | None:
+        trained = [
+            e
+            for e in d.events(Topics.MODELS_TRAINED, ModelTrained)
+            if e.idempotency_key == "corrupt"
+        ]
+        if not trained:
+            return None
+        evals = [
+            e
+            for e in d.events(Topics.MODELS_EVALUATED, ModelEvaluated)
+            if e.model_version == trained[0].model_version
+        ]
+        return evals[0] if evals else None
+
+    evaluated = wait_for(verdict, 240, what="the corrupted candidate's verdict")
+    assert evaluated.verdict == "rejected"
+    assert evaluated.champion_version == before.version
+    assert any("reference" in r for r in evaluated.reasons), evaluated.reasons
+    wait_for(
+        lambda: (v := d.view().version(evaluated.model_version)) and v.status == "rejected", 30
+    )
+    assert d.view().champion() == before or d.view().champion().version == before.version  # type: ignore[union-attr]
+    trained = [
+        e for e in d.events(Topics.MODELS_TRAINED, ModelTrained) if e.idempotency_key == "corrupt"
+    ]
+    assert len(trained) == 1
+
+
+def test_a_training_killed_mid_run_leaves_no_version_and_retrains_after_restart(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    versions_before = len(d.view().versions)
+    # New examples, so this run's snapshot (and hence its weights and version) is new.
+    d.publish_examples(render_examples(60, seed=13, start=20_000, prefix=d.model))
+    d.retrain("killed")
+    proc = d.procs["training"]
+    wait_for(
+        lambda: any('"epoch"' in ln and "killed" in ln for ln in proc.lines),
+        120,
+        interval_s=0.05,
+        what="the first epoch",
+    )
+    os.kill(proc.p.pid, signal.SIGKILL)
+    proc.p.wait(10)
+    assert [
+        e for e in d.events(Topics.MODELS_TRAINED, ModelTrained) if e.idempotency_key == "killed"
+    ] == []
+    assert len(d.view().versions) == versions_before
+
+    d.start_training()
+    trained = wait_for(
+        lambda: [
+            e
+            for e in d.events(Topics.MODELS_TRAINED, ModelTrained)
+            if e.idempotency_key == "killed"
+        ],
+        240,
+        what="the retrained model",
+    )
+    assert len(trained) == 1
+    wait_for(lambda: d.view().version(trained[0].model_version), 60, what="its registration")
+    assert len(d.view().versions) == versions_before + 1
+
+
+def test_the_read_model_is_rebuilt_from_the_topic_after_redis_loses_it(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    before = d.view()
+    assert before.versions
+    d.procs["registry"].kill()
+    for key in d.registry_keys():
+        d.registry._redis.delete(key)
+    assert d.view().versions == []
+    d.start_registry()
+    after = wait_for(lambda: (v := d.view()).versions and v, 60, what="the rebuilt read model")
+    assert after.versions == before.versions
+    assert after.aliases == before.aliases
+    assert [h.event_id for h in after.history] == [h.event_id for h in before.history]
