@@ -21,6 +21,7 @@ from rich.tree import Tree
 
 from shared.bus import EventProducer
 from shared.events import (
+    Alert,
     Event,
     ModelEvaluated,
     ModelLifecycle,
@@ -63,10 +64,15 @@ class _Watch:
         for tp in tps:  # resolve the positions now, before anything is published
             self._consumer.position(tp)
 
-    def events(self, timeout_s: float) -> Iterator[tuple[str, Event]]:
+    def events(self, timeout_s: float) -> Iterator[tuple[str, Event | None]]:
+        """Events as they come; ``(topic, None)`` after each quiet poll, so callers can look
+        elsewhere in between. Raises TimeoutError after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            for tp, batch in self._consumer.poll(timeout_ms=300).items():
+            polled = self._consumer.poll(timeout_ms=300)
+            if not polled:
+                yield "", None
+            for tp, batch in polled.items():
                 for rec in batch:
                     try:
                         yield tp.topic[len(self._prefix) :], decode(rec.value, Event)
@@ -83,7 +89,7 @@ def _registry() -> RedisRegistry:
 
 
 def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}%"
+    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 # --- retrain ---------------------------------------------------------------------------
@@ -126,8 +132,10 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def _follow_retrain(watch: _Watch, key: str, model: str, timeout_s: float) -> int:
+    registry = _registry()
     version: str | None = None
     verdict: ModelEvaluated | None = None
+    blessed_at = 0.0
     with Progress(
         TextColumn("[bold]training[/]"),
         BarColumn(),
@@ -138,7 +146,7 @@ def _follow_retrain(watch: _Watch, key: str, model: str, timeout_s: float) -> in
         transient=False,
     ) as bar:
         task = bar.add_task("train", total=None, stats="waiting for the training service…")
-        for topic, ev in watch.events(timeout_s):
+        for _topic, ev in watch.events(timeout_s):
             if isinstance(ev, TrainingProgress) and ev.idempotency_key == key:
                 bar.update(
                     task,
@@ -153,25 +161,32 @@ def _follow_retrain(watch: _Watch, key: str, model: str, timeout_s: float) -> in
                 verdict = ev
                 if ev.verdict == "rejected":
                     break
+                blessed_at = time.monotonic()
                 bar.update(task, stats=f"{ev.verdict}; waiting for the registry…")
-            elif (
-                isinstance(ev, ModelLifecycle)
-                and verdict is not None
-                and ev.action == "alias_set"
-                and ev.model_version == version
-            ):
-                console.print(f"[green]{version} is now {ev.alias}[/] ({ev.reason})")
-                break
-            elif (
-                topic == Topics.ALERTS and getattr(ev, "details", {}).get("idempotency_key") == key
-            ):
-                console.print(f"[yellow]{getattr(ev, 'message', '')}[/]")
+            elif isinstance(ev, Alert) and ev.details.get("idempotency_key") == key:
+                bar.stop()
+                console.print(f"[yellow]{ev.message}[/]")
                 return 1
-    if verdict is not None and verdict.verdict == "rejected":
+            elif blessed_at and version is not None:
+                # The registry answers with an alias move, or none when the version already
+                # holds its alias (the same data and seed give the same weights).
+                held = registry.get_version(model, version)
+                if held is not None and held.aliases:
+                    bar.update(task, stats=f"{version}: {', '.join(held.aliases)}")
+                    break
+                if time.monotonic() - blessed_at > 20:
+                    bar.update(task, stats=f"{version} blessed; no alias moved")
+                    break
+    if verdict is None:
+        return 1
+    if verdict.verdict == "rejected":
         console.print(f"[red]{version} rejected by the gate:[/]")
         for reason in verdict.reasons:
             console.print(f"  • {reason}")
         return 1
+    held = registry.get_version(model, version or "")
+    aliases = ", ".join(held.aliases) if held and held.aliases else "no alias"
+    console.print(f"[green]{version} blessed[/]: now {aliases}")
     return 0
 
 
