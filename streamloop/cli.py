@@ -94,6 +94,16 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.round_trip:
+        return _demo_round_trip(args)
+    from streamloop.demo import run_demo
+
+    return run_demo(
+        console, scenario=args.scenario, duration_s=args.duration, timeout_s=args.timeout
+    )
+
+
+def _demo_round_trip(args: argparse.Namespace) -> int:
     """A traced round trip: a producer publishes events, a consumer loop in another
     tracer provider handles them, and the span tree is read back from the trace files."""
     from shared.bus import ConsumerLoop, EventProducer, Message
@@ -396,8 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["create", "list"])
     p.set_defaults(func=cmd_topics)
 
-    p = sub.add_parser("demo", help="a traced round trip through the bus")
-    p.add_argument("--events", type=int, default=5)
+    p = sub.add_parser("demo", help="the loop from nothing: frames to a registered champion")
+    p.add_argument("--scenario", default="steady-day", help="simulator scenario to play")
+    p.add_argument("--duration", type=float, default=200.0, help="scenario seconds to play")
+    p.add_argument("--timeout", type=float, default=600.0, help="give up after this long")
+    p.add_argument("--round-trip", action="store_true", help="only a traced bus round trip")
+    p.add_argument("--events", type=int, default=5, help="events of the round trip")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("simulate", help="run a camera-fleet scenario into frames.raw and labels")

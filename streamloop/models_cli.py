@@ -43,7 +43,7 @@ from shared.registry import (
 from shared.settings import KafkaSettings, RedisSettings
 from shared.topics import Topics
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "print_versions"]
 
 console = Console()
 
@@ -197,12 +197,9 @@ def _aliases(v: VersionView) -> str:
     return ", ".join(v.aliases) or ("rolled back" if v.rolled_back else "")
 
 
-def cmd_models_list(args: argparse.Namespace) -> int:
-    view = _registry().view(args.model)
-    if not view.versions:
-        console.print(f"no versions of {args.model} registered yet")
-        return 0
-    table = Table(title=f"{args.model}: {len(view.versions)} versions", expand=False)
+def print_versions(view: RegistryView) -> None:
+    """The versions of a model as a table, newest first."""
+    table = Table(title=f"{view.model_name}: {len(view.versions)} versions", expand=False)
     for col in (
         "#",
         "version",
@@ -227,6 +224,14 @@ def cmd_models_list(args: argparse.Namespace) -> int:
             f"[{colour}]{v.verdict or 'pending'}[/]",
         )
     console.print(table)
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    view = _registry().view(args.model)
+    if not view.versions:
+        console.print(f"no versions of {args.model} registered yet")
+        return 0
+    print_versions(view)
     return 0
 
 

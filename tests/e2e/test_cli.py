@@ -29,7 +29,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.timeout(180)
 def test_demo_round_trip_prints_a_producer_to_consumer_span_tree() -> None:
-    out = run("demo", "--events", "3")
+    out = run("demo", "--round-trip", "--events", "3")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "3/3 events made the round trip" in out.stdout
     tree = out.stdout[out.stdout.index("trace") :]
