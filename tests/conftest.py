@@ -32,10 +32,40 @@ def redis_client(redis_settings: RedisSettings) -> Iterator[object]:
     client.close()
 
 
+_PREFIXES: set[str] = set()
+
+
+def new_prefix() -> str:
+    """A fresh topic namespace; its topics are deleted when the test session ends."""
+    name = f"t{uuid.uuid4().hex[:10]}."
+    _PREFIXES.add(name)
+    return name
+
+
 @pytest.fixture
 def prefix() -> str:
     """A namespace so each test has topics (and groups) of its own."""
-    return f"t{uuid.uuid4().hex[:10]}."
+    return new_prefix()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _delete_test_topics() -> Iterator[None]:
+    """Tests create topics under prefixes of their own; delete them at the end, so that a
+    developer's broker does not pile up thousands of partitions (and start slowly) over runs."""
+    yield
+    if not _PREFIXES:
+        return
+    from kafka.errors import KafkaError
+
+    from shared.kafka_admin import KafkaAdmin
+
+    try:
+        with KafkaAdmin(KafkaSettings()) as admin:
+            ours = [t for t in admin.list_topics() if any(t.startswith(p) for p in _PREFIXES)]
+            for i in range(0, len(ours), 100):
+                admin.delete_topics(ours[i : i + 100])
+    except (KafkaError, OSError):
+        pass  # the broker is already gone: nothing to tidy
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ agent: a record that cannot be handled goes to the dead-letter topic with the st
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from typing import Any
@@ -88,19 +89,24 @@ def broker_options(kafka: KafkaSettings) -> dict[str, Any]:
 
 
 class BytesKeyed(MutableMapping[str, dict[str, Any]]):
-    """A str-keyed view of a table whose keys are UTF-8 bytes."""
+    """A str-keyed, dict-valued view of a table that stores UTF-8 keys and JSON bytes.
 
-    def __init__(self, table: MutableMapping[bytes, dict[str, Any]]) -> None:
+    The table itself holds bytes (``value_type=bytes``, raw serializer), so what recovery
+    reads back from the changelog after a restart is exactly what was written; entries are
+    copied in and out, never mutated in place."""
+
+    def __init__(self, table: MutableMapping[bytes, bytes | None]) -> None:
         self._t = table
 
     def __getitem__(self, key: str) -> dict[str, Any]:
         value = self._t[key.encode()]
         if value is None:  # the table's default
             raise KeyError(key)
-        return value
+        entry: dict[str, Any] = json.loads(value)
+        return entry
 
     def __setitem__(self, key: str, value: dict[str, Any]) -> None:
-        self._t[key.encode()] = value
+        self._t[key.encode()] = json.dumps(value, separators=(",", ":")).encode()
 
     def __delitem__(self, key: str) -> None:
         del self._t[key.encode()]
@@ -152,8 +158,8 @@ def build_app(settings: LabellingSettings) -> faust.App:
         default=None,
         partitions=settings.partitions,
         key_type=bytes,
-        value_type=dict,
-        help="frame_id -> frame and/or label waiting for the other half",
+        value_type=bytes,
+        help="frame_id -> frame and/or label waiting for the other half (JSON)",
     )
     state = BytesKeyed(pending)
 

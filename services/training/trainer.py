@@ -69,7 +69,9 @@ def fit(
         model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay
     )
     loss_fn = nn.CrossEntropyLoss()
-    x = preprocess(pixels)
+    # Kept as uint8 and preprocessed per batch: a float copy of the whole set would take
+    # four times the memory of the pixels.
+    x = torch.from_numpy(np.ascontiguousarray(pixels))
     y = torch.from_numpy(np.ascontiguousarray(labels))
     order = torch.Generator().manual_seed(seed)
     history: list[EpochStats] = []
@@ -86,7 +88,7 @@ def fit(
         for i in range(0, len(perm), hp.batch_size):
             idx = perm[i : i + hp.batch_size]
             optimiser.zero_grad()
-            logits = model(x[idx])
+            logits = model(preprocess(x[idx].numpy()))
             loss = loss_fn(logits, y[idx])
             loss.backward()
             optimiser.step()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 import urllib.request
 import uuid
@@ -155,3 +156,63 @@ def test_frames_and_labels_join_in_any_order_and_unmatched_entries_expire(
     )
     assert len(read_all(kafka_settings, prefix + Topics.EXAMPLES, 6, timeout_s=3)) == 5
     producer.close()
+
+
+def test_a_restarted_worker_recovers_its_pending_entries_from_the_changelog(
+    kafka_settings: KafkaSettings,
+    prefix: str,
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    provision_prefixed(
+        kafka_settings,
+        prefix,
+        [Topics.FRAMES_VALID, Topics.LABELS, Topics.EXAMPLES, Topics.EVENTS_DLQ],
+    )
+    env = {
+        "STREAMLOOP_KAFKA_TOPIC_PREFIX": prefix,
+        "STREAMLOOP_LABELLING_PROVISION_TOPICS": "false",
+        "STREAMLOOP_TELEMETRY_TRACES_DIR": str(tmp_path),
+    }
+
+    def start() -> Proc:
+        proc = Proc(["-m", "services.labelling"], env=env)
+        wait_for(
+            lambda: proc.alive() and any("Worker ready" in ln for ln in proc.lines),
+            120,
+            what="labelling ready",
+        )
+        return proc
+
+    run = uuid.uuid4().hex[:6]
+    producer = EventProducer(KafkaSettings(topic_prefix=prefix))
+    first = start()
+    for i in range(5):
+        producer.publish(Topics.FRAMES_VALID, frame(f"{run}-{i}"), key="cam-1")
+    producer.flush()
+    # Wait until the frames sit in the join table (its changelog), then stop the worker.
+    changelog = f"{prefix}streamloop-labelling-pending-changelog"
+    wait_for(
+        lambda: len(read_all(kafka_settings, changelog, 5, timeout_s=2)) >= 5,
+        60,
+        what="pending frames in the changelog",
+    )
+    first.p.send_signal(signal.SIGTERM)
+    first.p.wait(60)
+
+    second = start()
+    try:
+        for i in range(5):
+            producer.publish(
+                Topics.LABELS, Label(frame_id=f"{run}-{i}", label="bus"), key=f"{run}-{i}"
+            )
+        producer.flush()
+        examples = read_all(
+            kafka_settings, prefix + Topics.EXAMPLES, 5, timeout_s=90, alive=second.alive
+        )
+        assert sorted(json.loads(r.value)["frame_id"] for r in examples) == [
+            f"{run}-{i}" for i in range(5)
+        ]
+        assert not [ln for ln in second.lines if "Error in recovery" in ln]
+    finally:
+        second.kill()
+        producer.close()

@@ -32,7 +32,7 @@ from shared.redis_store import connect
 from shared.registry import RedisRegistry, RegistryView
 from shared.settings import KafkaSettings, RedisSettings
 from shared.topics import Topics
-from tests.conftest import provision_prefixed
+from tests.conftest import new_prefix, provision_prefixed
 from tests.integration.helpers import Proc, read_all, wait_for
 from tests.synthetic import render_examples
 
@@ -144,7 +144,7 @@ class Deployment:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     kafka = KafkaSettings()
-    prefix = f"t{uuid.uuid4().hex[:10]}."
+    prefix = new_prefix()
     provision_prefixed(kafka, prefix, TOPICS)
     d = Deployment(kafka, prefix, tmp_path_factory.mktemp("lifecycle"))
     try:
