@@ -126,9 +126,10 @@ class Trainer:
         if request.model_name != s.model_name:
             return Outcome("ignored", detail=f"this service trains {s.model_name}")
         key = request.idempotency_key
+        lease_key = self._lease_key(key)
         deadline = self._clock() + s.lease_s + 5
         while True:
-            lease = self._leases.acquire(key, self._owner, s.lease_s)
+            lease = self._leases.acquire(lease_key, self._owner, s.lease_s)
             if lease.state == "done":
                 log.info(
                     "retrain request already trained", extra={"key": key, "version": lease.value}
@@ -142,13 +143,17 @@ class Trainer:
         try:
             outcome = self._train(request)
         except BaseException:
-            self._leases.release(key, self._owner)
+            self._leases.release(lease_key, self._owner)
             raise
         if outcome.status == "trained":
-            self._leases.finish(key, self._owner, outcome.version or "", s.done_ttl_s)
+            self._leases.finish(lease_key, self._owner, outcome.version or "", s.done_ttl_s)
         else:
-            self._leases.release(key, self._owner)
+            self._leases.release(lease_key, self._owner)
         return outcome
+
+    def _lease_key(self, key: str) -> str:
+        # Idempotency keys are unique per model, not across models.
+        return f"{self.settings.model_name}/{key}"
 
     def _train(self, request: RetrainRequest) -> Outcome:
         s = self.settings
@@ -221,7 +226,7 @@ class Trainer:
                 ),
                 key=key,
             )
-            if not self._leases.renew(key, self._owner, s.lease_s):
+            if not self._leases.renew(self._lease_key(key), self._owner, s.lease_s):
                 raise LeaseLostError(f"lost the lease on {key} during epoch {stats.epoch}")
             log.info(
                 "epoch",

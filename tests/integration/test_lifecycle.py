@@ -150,9 +150,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     try:
         yield d
     finally:
+        # Shown by pytest only when a test failed.
         for name, proc in d.procs.items():
-            if proc.p.returncode not in (None, 0, -9):
-                print(f"--- {name}\n" + "\n".join(proc.lines[-40:]))
+            print(f"--- {name} (exit {proc.p.returncode})", *proc.lines[-40:], sep="\n")
         d.close()
 
 

@@ -139,7 +139,7 @@ def test_a_key_held_by_a_live_worker_is_not_trained_twice(
     tmp_path: Path, table: ExampleTable
 ) -> None:
     leases = MemoryLeases()
-    assert leases.acquire("k1", "other", 600).state == "acquired"
+    assert leases.acquire("vehicle-classifier/k1", "other", 600).state == "acquired"
     trainer, pub, _ = make_trainer(tmp_path, table, leases=leases)
     with pytest.raises(RequestBusyError):
         trainer.handle(request())
@@ -157,7 +157,7 @@ def test_a_run_that_loses_its_lease_publishes_no_model(tmp_path: Path, table: Ex
         trainer.handle(request())
     assert pub.of(Topics.MODELS_TRAINED) == []
     # Released, not done: a redelivery may train.
-    assert leases.acquire("k1", "w2", 30).state == "acquired"
+    assert leases.acquire("vehicle-classifier/k1", "w2", 30).state == "acquired"
 
 
 def test_too_few_examples_skips_with_an_alert_and_frees_the_key(tmp_path: Path) -> None:
@@ -169,7 +169,7 @@ def test_too_few_examples_skips_with_an_alert_and_frees_the_key(tmp_path: Path) 
     (alert,) = pub.of(Topics.ALERTS)
     assert isinstance(alert, Alert) and alert.kind == "training_skipped"
     assert pub.of(Topics.MODELS_TRAINED) == []
-    assert leases.acquire("k1", "w2", 30).state == "acquired"
+    assert leases.acquire("vehicle-classifier/k1", "w2", 30).state == "acquired"
 
 
 def test_requests_for_another_model_are_ignored(tmp_path: Path, table: ExampleTable) -> None:
