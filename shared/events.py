@@ -305,6 +305,10 @@ class ModelTrained(Event):
     code_version: str
     seed: int
     duration_s: float
+    trigger: str | None = None
+    """What asked for the model: the retrain request's trigger (monitor, operator, bootstrap)."""
+    reason: str = ""
+    """The retrain request's reason."""
 
 
 class ModelEvaluated(Event):

@@ -271,8 +271,7 @@ def _show_version(view: RegistryView, v: VersionView) -> None:
     lineage = tree.add("lineage")
     lineage.add(f"parent: {v.parent_version or '—'}")
     lineage.add(
-        f"request: {v.idempotency_key} ({v.hyperparameters.get('trigger', '?')}: "
-        f"{v.hyperparameters.get('reason', '')})"
+        f"request: {v.idempotency_key} ({v.tags.get('trigger', '?')}: {v.tags.get('reason', '')})"
     )
     d = v.dataset
     ds = lineage.add(f"dataset {d.snapshot_id}: {d.size} train, {d.holdout_size} fresh holdout")
@@ -283,8 +282,7 @@ def _show_version(view: RegistryView, v: VersionView) -> None:
     ds.add(f"per condition: {d.per_condition}")
     lineage.add(f"artifact: {v.artifact_uri}")
     lineage.add(f"code {v.code_version}, seed {v.seed}, trained in {v.duration_s:.1f}s")
-    hp = {k: val for k, val in v.hyperparameters.items() if k not in ("trigger", "reason")}
-    lineage.add(f"hyperparameters: {hp}")
+    lineage.add(f"hyperparameters: {v.hyperparameters}")
     lineage.add(f"training metrics: { {k: round(x, 4) for k, x in v.training_metrics.items()} }")
     if v.evaluation is None:
         tree.add("[yellow]not evaluated yet[/]")

@@ -501,7 +501,9 @@ def _tags(details: dict[str, object], trained: ModelTrained) -> dict[str, str]:
     extra = details.get("tags")
     if isinstance(extra, dict):
         tags.update({str(k): v for k, v in extra.items() if isinstance(v, str)})
-    trigger = details.get("trigger")
+    trigger = trained.trigger or details.get("trigger")
     if isinstance(trigger, str):
         tags["trigger"] = trigger
+    if trained.reason:
+        tags["reason"] = trained.reason
     return tags

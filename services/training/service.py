@@ -279,14 +279,14 @@ class Trainer:
                 **s.hyperparameters.model_dump(),
                 "time_budget_s": s.time_budget_s,
                 "stopped_by_budget": result.stopped_by_budget,
-                "trigger": request.trigger,
-                "reason": request.reason,
             },
             metrics=metrics,
             parent_version=champion.version if champion else None,
             code_version=self._code_version,
             seed=s.seed,
             duration_s=time.perf_counter() - started,
+            trigger=request.trigger,
+            reason=request.reason,
         )
         self._publisher.publish(Topics.MODELS_TRAINED, event, key=version)
         self._publisher.flush()

@@ -107,7 +107,7 @@ def test_retrain_list_show_promote_and_roll_back_from_the_command_line(
     champion = registry.champion(model)
     assert champion is not None
     assert f"{champion.version} blessed" in first.stdout and "champion" in first.stdout
-    assert champion.hyperparameters["reason"] == "first model"
+    assert champion.tags["reason"] == "first model"
 
     listed = cli(env, "models", "list", "--model", model)
     assert listed.returncode == 0

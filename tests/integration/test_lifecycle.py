@@ -165,7 +165,7 @@ def test_a_day_stream_bootstraps_a_champion_with_exact_lineage(deployment: Deplo
 
     champion = wait_for(lambda: d.view().champion(), 240, what="a champion")
     assert champion.status == "blessed" and champion.number == 1
-    assert champion.hyperparameters["trigger"] == "bootstrap"
+    assert champion.tags["trigger"] == "bootstrap"
     assert champion.parent_version is None and champion.seed == 0
     assert champion.code_version and champion.evaluation is not None
     assert champion.evaluation.champion_version is None  # floor only
