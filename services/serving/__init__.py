@@ -1,0 +1,1 @@
+"""Serving: classifies every valid frame with the champion (and the challenger in shadow)."""

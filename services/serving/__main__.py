@@ -1,0 +1,125 @@
+"""Run the serving service: ``streamloop serve serving`` or ``python -m services.serving``.
+
+Starts (or joins, with ``RAY_ADDRESS``) Ray and the Ray Serve application, follows
+``models.lifecycle`` from its start on a thread of its own, and runs the Kafka ingress.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+from kafka import KafkaConsumer, TopicPartition
+
+from services.serving.core import ServingCore
+from services.serving.ingress import Backend, Ingress
+from services.serving.settings import ServingSettings
+from shared.artifacts import ArtifactStore
+from shared.bus import ConsumerLoop, stop_on_signals
+from shared.events import DecodeError, FrameValid, ModelLifecycle, decode
+from shared.service import service_runtime
+from shared.settings import KafkaSettings
+from shared.topics import Topics
+
+log = logging.getLogger("streamloop.serving")
+
+
+class LifecycleFollower:
+    """Feeds every ``models.lifecycle`` event, from the first, to ``ingress.on_lifecycle``."""
+
+    def __init__(self, settings: KafkaSettings, ingress: Ingress) -> None:
+        self._settings = settings
+        self._ingress = ingress
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        name = self._settings.topic_prefix + Topics.MODELS_LIFECYCLE
+        consumer = KafkaConsumer(
+            enable_auto_commit=False, group_id=None, **self._settings.client_kwargs()
+        )
+        try:
+            tps = [
+                TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())
+            ]
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            while not self._stop.is_set():
+                for batch in consumer.poll(timeout_ms=500).values():
+                    for rec in batch:
+                        if rec.value is None:
+                            continue
+                        try:
+                            event = decode(rec.value, ModelLifecycle)
+                        except DecodeError:
+                            log.warning("unreadable lifecycle record", extra={"offset": rec.offset})
+                            continue
+                        self._ingress.on_lifecycle(event)
+        finally:
+            consumer.close()
+
+
+def _ray_backend(settings: ServingSettings) -> Backend:
+    import ray
+    from ray import serve
+
+    from services.serving.ray_app import APP_NAME, RayBackend, build_app
+
+    ray.init(
+        address=settings.ray_address or None,
+        object_store_memory=None if settings.ray_address else settings.object_store_mb * 2**20,
+        include_dashboard=False,
+        log_to_driver=False,
+        ignore_reinit_error=True,
+    )
+    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    handle = serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+    log.info(
+        "ray serve application running",
+        extra={"url": f"http://{settings.http_host}:{settings.http_port}/predict"},
+    )
+    return RayBackend(handle, settings.call_timeout_s)
+
+
+def main() -> int:
+    settings = ServingSettings()
+    with service_runtime("serving", settings) as rt:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+        verifier = ServingCore(ArtifactStore(settings.artifacts.root))
+        backend: Backend = verifier if settings.backend == "local" else _ray_backend(settings)
+        ingress = Ingress(
+            settings.model_name, backend=backend, verifier=verifier, producer=rt.producer
+        )
+        follower = LifecycleFollower(settings.kafka, ingress)
+        thread = threading.Thread(target=follower.run, name="lifecycle", daemon=True)
+        thread.start()
+        loop: ConsumerLoop[FrameValid] = ConsumerLoop(
+            settings.kafka,
+            group_id=settings.group_id,
+            topics=[Topics.FRAMES_VALID],
+            event_type=FrameValid,
+            producer=rt.producer,
+            batch_handler=ingress.handle,
+            tracer=rt.tracer,
+            max_poll_records=settings.max_poll_records,
+            client_id="serving",
+        )
+        stop_on_signals(loop, follower)
+        try:
+            loop.run()
+        finally:
+            follower.stop()
+            if settings.backend == "ray":
+                from ray import serve
+
+                serve.shutdown()  # type: ignore[no-untyped-call]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

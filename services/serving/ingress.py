@@ -1,0 +1,245 @@
+"""The Kafka side of serving: batches of frames in, one prediction per frame out.
+
+The consumer loop hands each polled batch to ``Ingress.handle``; the loop commits the batch's
+offsets only after the predictions are acknowledged by Kafka (it flushes the producer first),
+so a crash redelivers at most the batches in flight, never loses one.
+
+Model changes arrive on another thread through ``Ingress.on_lifecycle``. A new champion is
+verified (sha256, format, classes) before it is adopted; each batch reads the current pair
+once at its start, so a swap happens between batches and every prediction names the version
+that made it. A champion that fails verification is not adopted: the previous one keeps
+serving and an alert says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from opentelemetry.context import Context
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.serving.core import (
+    AliasTracker,
+    ModelRef,
+    ServingCore,
+    WrongSizeError,
+    frame_pixels,
+    to_predictions,
+)
+from shared.artifacts import ArtifactError
+from shared.bus import Message, Rejection
+from shared.events import Alert, Event, FrameValid, ModelLifecycle
+from shared.telemetry import extract_context
+from shared.topics import Topics
+
+__all__ = ["Backend", "Ingress"]
+
+log = logging.getLogger("streamloop.serving")
+
+FRAMES = Counter("streamloop_serving_predictions", "Predictions published, by stream.", ["stream"])
+BATCH = Histogram(
+    "streamloop_serving_batch_size",
+    "Frames per model call.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+LATENCY = Histogram(
+    "streamloop_serving_latency_seconds",
+    "Capture to prediction, per frame.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CALL = Histogram(
+    "streamloop_serving_model_call_seconds",
+    "Wall time of one batch call to the model.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+VERSION = Gauge(
+    "streamloop_serving_model_info", "1 for the version serving each alias.", ["alias", "version"]
+)
+
+
+class Backend(Protocol):
+    """Where the model runs: the Ray Serve deployment or the core in this process."""
+
+    def probabilities(
+        self, ref: ModelRef, pixels: npt.NDArray[np.uint8]
+    ) -> npt.NDArray[np.float32]: ...
+
+
+class Producer(Protocol):
+    def publish(
+        self,
+        topic: str,
+        event: Event,
+        *,
+        key: str | None = None,
+        context: Context | None = None,
+        attributes: Mapping[str, str] | None = None,
+    ) -> object: ...
+
+    def flush(self, timeout_s: float | None = None) -> None: ...
+
+
+class Ingress:
+    """Serving's batch handler and model tracker (see the module docstring)."""
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        backend: Backend,
+        verifier: ServingCore,
+        producer: Producer,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.model_name = model_name
+        self._backend = backend
+        self._verifier = verifier
+        self._producer = producer
+        self._clock = clock
+        self._tracker = AliasTracker(model_name)
+        self._lock = threading.Lock()
+        self._champion: tuple[ModelRef, tuple[str, ...]] | None = None
+        self._challenger: tuple[ModelRef, tuple[str, ...]] | None = None
+        self._has_champion = threading.Event()
+
+    # -- models ------------------------------------------------------------------------
+
+    def on_lifecycle(self, event: ModelLifecycle) -> None:
+        """Follow ``models.lifecycle`` (in order, from the start)."""
+        if self._tracker.apply(event):
+            self._adopt()
+
+    def _adopt(self) -> None:
+        champion = self._tracker.champion
+        if champion is not None and (self._champion is None or self._champion[0] != champion):
+            verified = self._verify(champion, "champion")
+            if verified is not None:
+                with self._lock:
+                    previous, self._champion = self._champion, verified
+                self._has_champion.set()
+                self._set_gauge("champion", previous, champion)
+                log.info("champion adopted", extra={"version": champion.version})
+        challenger = self._tracker.challenger
+        current = self._challenger[0] if self._challenger else None
+        if challenger != current:
+            verified = self._verify(challenger, "challenger") if challenger else None
+            with self._lock:
+                self._challenger = verified
+            self._set_gauge("challenger", None if current is None else (current, ()), challenger)
+
+    def _set_gauge(
+        self, alias: str, previous: tuple[ModelRef, Any] | None, now: ModelRef | None
+    ) -> None:
+        if previous is not None:
+            VERSION.labels(alias, previous[0].version).set(0)
+        if now is not None:
+            VERSION.labels(alias, now.version).set(1)
+
+    def _verify(self, ref: ModelRef, alias: str) -> tuple[ModelRef, tuple[str, ...]] | None:
+        try:
+            _, spec = self._verifier.model(ref)
+        except ArtifactError as exc:
+            keeping = self._champion[0].version if self._champion else None
+            log.error(
+                "model refused: not loaded",
+                extra={"version": ref.version, "alias": alias, "error": str(exc)},
+            )
+            self._producer.publish(
+                Topics.ALERTS,
+                Alert(
+                    source="serving",
+                    severity="critical",
+                    kind="model_load_refused",
+                    message=f"{alias} {ref.version} was not loaded: {exc}; "
+                    + (f"{keeping} keeps serving" if keeping else "no model is serving"),
+                    model_version=ref.version,
+                    details={"alias": alias, "reason": exc.reason, "kept": keeping},
+                ),
+            )
+            self._producer.flush()
+            return None
+        return ref, spec.classes
+
+    def wait_for_champion(self, timeout_s: float | None = None) -> bool:
+        return self._has_champion.wait(timeout_s)
+
+    @property
+    def champion(self) -> ModelRef | None:
+        with self._lock:
+            return self._champion[0] if self._champion else None
+
+    @property
+    def challenger(self) -> ModelRef | None:
+        with self._lock:
+            return self._challenger[0] if self._challenger else None
+
+    # -- frames ------------------------------------------------------------------------
+
+    def handle(self, batch: list[Message[FrameValid]]) -> list[Rejection[FrameValid]]:
+        """Predict and publish for one batch; returns the frames refused (wrong size)."""
+        while not self._has_champion.wait(5.0):
+            log.info("waiting for a champion before serving", extra={"model": self.model_name})
+        with self._lock:
+            champion, challenger = self._champion, self._challenger
+        assert champion is not None
+        rejected: list[Rejection[FrameValid]] = []
+        by_shape: dict[tuple[int, int, int], list[Message[FrameValid]]] = {}
+        for msg in batch:
+            f = msg.event
+            by_shape.setdefault((f.height, f.width, f.channels), []).append(msg)
+        for shape, msgs in by_shape.items():
+            try:
+                pixels = frame_pixels([m.event for m in msgs])
+                self._serve(msgs, pixels, champion, Topics.PREDICTIONS, shadow=False)
+            except WrongSizeError as exc:
+                rejected.extend(Rejection(m, "wrong_size", str(exc)) for m in msgs)
+                continue
+            if challenger is not None:
+                try:
+                    self._serve(msgs, pixels, challenger, Topics.PREDICTIONS_SHADOW, shadow=True)
+                except (WrongSizeError, ArtifactError) as exc:
+                    log.warning(
+                        "shadow prediction failed",
+                        extra={"version": challenger[0].version, "error": str(exc), "shape": shape},
+                    )
+        return rejected
+
+    def _serve(
+        self,
+        msgs: list[Message[FrameValid]],
+        pixels: npt.NDArray[np.uint8],
+        model: tuple[ModelRef, tuple[str, ...]],
+        topic: str,
+        *,
+        shadow: bool,
+    ) -> None:
+        ref, classes = model
+        started = time.perf_counter()
+        probs = self._backend.probabilities(ref, pixels)
+        CALL.observe(time.perf_counter() - started)
+        if not shadow:
+            BATCH.observe(len(msgs))
+        served_at = self._clock()
+        frames = [m.event for m in msgs]
+        for msg, pred in zip(
+            msgs,
+            to_predictions(frames, probs, classes, ref, served_at=served_at, shadow=shadow),
+            strict=True,
+        ):
+            self._producer.publish(
+                topic,
+                pred,
+                key=pred.camera_id,
+                context=extract_context(msg.headers),
+                attributes={"streamloop.frame_id": pred.frame_id},
+            )
+            if not shadow:
+                LATENCY.observe(pred.latency_from_capture_ms / 1e3)
+        FRAMES.labels("shadow" if shadow else "champion").inc(len(msgs))

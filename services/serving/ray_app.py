@@ -1,0 +1,136 @@
+"""The Ray Serve application: model replicas around the serving core, and ``POST /predict``.
+
+Replicas are stateless about versions: every call names the model version (reference and
+sha256) it wants, and each replica loads and verifies a version on first use and keeps the
+last few. Any replica can therefore serve any batch, and a champion swap needs no
+coordination: the ingress simply names the new version in its next call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from services.serving.core import ModelRef, ServingCore
+from services.serving.settings import ServingSettings
+from shared.artifacts import ArtifactError, ArtifactStore
+from shared.images import ImageError, decode_image
+from shared.redis_store import connect
+from shared.registry import RedisRegistry, RegistryUnavailableError
+from shared.settings import RedisSettings
+
+__all__ = ["APP_NAME", "Classifier", "RayBackend", "build_app"]
+
+APP_NAME = "streamloop"
+log = logging.getLogger("streamloop.serving")
+
+
+@serve.deployment(name="classifier")
+class Classifier:
+    """One model replica."""
+
+    def __init__(
+        self, artifacts_root: str, torch_threads: int, redis: dict[str, Any], model_name: str
+    ) -> None:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+        self._core = ServingCore(ArtifactStore(Path(artifacts_root)))
+        self._registry = RedisRegistry(connect(RedisSettings.model_validate(redis)))
+        self._model_name = model_name
+
+    def predict(self, pixels: npt.NDArray[np.uint8], ref: ModelRef) -> npt.NDArray[np.float32]:
+        """Probabilities of a batch under ``ref`` (called by the Kafka ingress)."""
+        return self._core.probabilities(ref, pixels)
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        """``POST /predict`` with a PNG or JPEG body: the champion's answer as JSON."""
+        if not request.url.path.rstrip("/").endswith("/predict"):
+            return JSONResponse({"error": "not found; POST an image to /predict"}, 404)
+        if request.method != "POST":
+            return JSONResponse({"error": "use POST with an image body"}, 405)
+        body = await request.body()
+        content_type = request.headers.get("content-type", "").split(";")[0].strip() or None
+        if content_type not in (None, "image/png", "image/jpeg", "application/octet-stream"):
+            return JSONResponse({"error": f"unsupported content type {content_type}"}, 415)
+        try:
+            champion = self._registry.champion(self._model_name)
+        except RegistryUnavailableError as exc:
+            return JSONResponse({"error": f"registry unavailable: {exc}"}, 503)
+        if champion is None:
+            return JSONResponse({"error": "no champion model yet"}, 503)
+        ref = ModelRef(self._model_name, champion.version, champion.artifact_uri, champion.sha256)
+        try:
+            _, spec = self._core.model(ref)
+            pixels = decode_image(
+                body,
+                content_type=None if content_type == "application/octet-stream" else content_type,
+                max_bytes=1_000_000,
+                size=(spec.image_width, spec.image_height),
+            )
+            probs = self._core.probabilities(ref, pixels[None])[0]
+        except ImageError as exc:
+            return JSONResponse({"error": str(exc), "reason": exc.reason}, 400)
+        except ArtifactError as exc:
+            return JSONResponse({"error": f"champion not loadable: {exc}"}, 503)
+        best = int(np.argmax(probs))
+        return JSONResponse(
+            {
+                "model_name": self._model_name,
+                "model_version": champion.version,
+                "predicted_class": spec.classes[best],
+                "confidence": float(probs[best]),
+                "probabilities": {c: float(p) for c, p in zip(spec.classes, probs, strict=True)},
+            }
+        )
+
+
+def build_app(settings: ServingSettings) -> serve.Application:
+    """The bound application, with autoscaling and fractional CPUs from ``settings``."""
+    deployment: Any = Classifier  # the decorator makes it a Deployment; mypy sees the class
+    app: serve.Application = deployment.options(
+        autoscaling_config={
+            "min_replicas": settings.min_replicas,
+            "initial_replicas": max(settings.min_replicas, 1),
+            "max_replicas": settings.max_replicas,
+            "target_ongoing_requests": settings.target_ongoing_requests,
+        },
+        ray_actor_options={"num_cpus": settings.replica_cpus},
+        max_ongoing_requests=4,
+    ).bind(
+        str(settings.artifacts.root),
+        settings.torch_threads,
+        json.loads(settings.redis.model_dump_json()) | _secret(settings.redis),
+        settings.model_name,
+    )
+    return app
+
+
+def _secret(redis: RedisSettings) -> dict[str, Any]:
+    # model_dump_json masks SecretStr; the replica needs the real value.
+    return {"password": redis.password.get_secret_value()} if redis.password else {}
+
+
+class RayBackend:
+    """Batches to the deployment through its handle, one call per batch."""
+
+    def __init__(self, handle: DeploymentHandle[Any], timeout_s: float) -> None:
+        self._handle = handle
+        self._timeout_s = timeout_s
+
+    def probabilities(
+        self, ref: ModelRef, pixels: npt.NDArray[np.uint8]
+    ) -> npt.NDArray[np.float32]:
+        result: npt.NDArray[np.float32] = self._handle.predict.remote(pixels, ref).result(
+            timeout_s=self._timeout_s
+        )
+        return result

@@ -1,0 +1,59 @@
+"""Settings of the serving service (``STREAMLOOP_SERVING_*``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from shared.registry import DEFAULT_MODEL_NAME
+from shared.settings import ServiceSettings, service_config
+
+__all__ = ["ServingSettings"]
+
+
+class ServingSettings(ServiceSettings):
+    model_config = service_config("serving")
+
+    group_id: str = "streamloop-serving"
+    """Consumer group of ``frames.valid``; more ingress processes in it share the partitions."""
+
+    model_name: str = DEFAULT_MODEL_NAME
+    """The model served."""
+
+    backend: Literal["ray", "local"] = "ray"
+    """``ray``: a Ray Serve deployment (local Ray unless ``ray_address``); ``local``: the
+    serving core in the ingress process (small machines, tests)."""
+
+    ray_address: str | None = Field(default=None, validation_alias="RAY_ADDRESS")
+    """Ray cluster to join (the standard ``RAY_ADDRESS``); unset starts a local Ray."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    """Autoscaling: fewest model replicas."""
+
+    max_replicas: int = Field(default=2, ge=1)
+    """Autoscaling: most model replicas."""
+
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+    """Autoscaling: batches in flight per replica that the autoscaler aims for."""
+
+    replica_cpus: float = Field(default=0.5, gt=0)
+    """CPUs reserved per replica (fractional, so replicas fit a 2-core machine)."""
+
+    torch_threads: int = Field(default=1, gt=0)
+    """Torch threads per replica (and in the ingress with the local backend)."""
+
+    object_store_mb: int = Field(default=256, ge=64)
+    """Object store of a local Ray."""
+
+    http_host: str = "127.0.0.1"
+    """Interface of ``POST /predict`` (``0.0.0.0`` in a container)."""
+
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    """Port of ``POST /predict`` (Ray Serve's HTTP proxy)."""
+
+    max_poll_records: int = Field(default=128, gt=0)
+    """Largest batch of frames sent to the model in one call."""
+
+    call_timeout_s: float = Field(default=60.0, gt=0)
+    """How long one batch call to the deployment may take before it is retried."""
