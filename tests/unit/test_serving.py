@@ -1,0 +1,240 @@
+"""Serving logic without Ray or Kafka: the alias fold, batches, swaps, refusals, shadow."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import torch
+
+from services.serving.core import AliasTracker, ModelRef, ServingCore, to_predictions
+from services.serving.ingress import Ingress
+from shared.artifacts import ArtifactStore, IntegrityError
+from shared.bus import Message
+from shared.events import (
+    Alert,
+    DatasetSnapshot,
+    Event,
+    FrameValid,
+    ModelLifecycle,
+    ModelTrained,
+    Prediction,
+)
+from shared.images import pixels_to_b64
+from shared.model import ModelSpec, build_model
+from shared.topics import Topics
+
+CLASSES = ("car", "truck", "bus", "motorcycle")
+SPEC = ModelSpec(classes=CLASSES, image_height=64, image_width=64)
+MODEL = "m"
+
+
+def store_model(store: ArtifactStore, seed: int) -> ModelRef:
+    torch.manual_seed(seed)
+    ref = store.put_weights(build_model(SPEC).state_dict(), SPEC.to_metadata({"seed": str(seed)}))
+    return ModelRef(MODEL, ref.sha256[:12], ref.uri, ref.sha256)
+
+
+def registered(ref: ModelRef) -> ModelLifecycle:
+    trained = ModelTrained(
+        model_name=MODEL,
+        model_version=ref.version,
+        idempotency_key=ref.version,
+        artifact_uri=ref.uri,
+        sha256=ref.sha256,
+        dataset=DatasetSnapshot(
+            snapshot_id="s",
+            frame_ids_sha256="0" * 64,
+            size=1,
+            per_class={},
+            per_condition={},
+            topic_offsets={},
+            holdout_size=0,
+        ),
+        hyperparameters={},
+        metrics={},
+        code_version="t",
+        seed=0,
+        duration_s=0.0,
+    )
+    return ModelLifecycle(
+        model_name=MODEL,
+        action="registered",
+        model_version=ref.version,
+        details=trained.model_dump(mode="json"),
+    )
+
+
+def alias(version: str | None, name: str = "champion") -> ModelLifecycle:
+    return ModelLifecycle(model_name=MODEL, action="alias_set", alias=name, model_version=version)  # type: ignore[arg-type]
+
+
+def frame(i: int, size: int = 64) -> Message[FrameValid]:
+    now = datetime.now(UTC)
+    px = np.full((size, size, 3), i % 255, dtype=np.uint8)
+    ev = FrameValid(
+        frame_id=f"f{i}",
+        camera_id=f"cam-{i % 2}",
+        captured_at=now - timedelta(milliseconds=50),
+        ingested_at=now,
+        width=size,
+        height=size,
+        pixels_b64=pixels_to_b64(px),
+        content_sha256="0" * 64,
+    )
+    return Message(ev, Topics.FRAMES_VALID, 0, i, ev.camera_id, [], 0)
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Event]] = []
+
+    def publish(
+        self,
+        topic: str,
+        event: Event,
+        *,
+        key: str | None = None,
+        context: Any = None,
+        attributes: Mapping[str, str] | None = None,
+    ) -> object:
+        self.sent.append((topic, event))
+        return None
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        pass
+
+    def of(self, topic: str) -> list[Any]:
+        return [e for t, e in self.sent if t == topic]
+
+
+class CountingBackend:
+    def __init__(self, core: ServingCore) -> None:
+        self.core = core
+        self.calls: list[tuple[str, int]] = []
+
+    def probabilities(
+        self, ref: ModelRef, pixels: npt.NDArray[np.uint8]
+    ) -> npt.NDArray[np.float32]:
+        self.calls.append((ref.version, len(pixels)))
+        return self.core.probabilities(ref, pixels)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Ingress, FakeProducer, CountingBackend, ArtifactStore]:
+    store = ArtifactStore(tmp_path)
+    core = ServingCore(store)
+    backend = CountingBackend(core)
+    producer = FakeProducer()
+    return (
+        Ingress(MODEL, backend=backend, verifier=core, producer=producer),
+        producer,
+        backend,
+        store,
+    )
+
+
+def test_the_tracker_follows_aliases_and_rollbacks(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    a, b = store_model(store, 1), store_model(store, 2)
+    t = AliasTracker(MODEL)
+    assert not t.apply(registered(a)) and t.champion is None
+    assert t.apply(alias(a.version)) and t.champion == a
+    t.apply(registered(b))
+    assert t.apply(alias(b.version, "challenger")) and t.challenger == b
+    assert t.apply(alias(b.version)) and t.champion == b and t.challenger is None
+    rollback = ModelLifecycle(
+        model_name=MODEL, action="rolled_back", alias="champion", model_version=a.version
+    )
+    assert t.apply(rollback) and t.champion == a
+    other = ModelLifecycle(
+        model_name="other", action="alias_set", alias="champion", model_version="x"
+    )
+    assert not t.apply(other)
+
+
+def test_a_batch_is_one_call_and_one_prediction_per_frame(setup: Any) -> None:
+    ingress, producer, backend, store = setup
+    a = store_model(store, 1)
+    ingress.on_lifecycle(registered(a))
+    ingress.on_lifecycle(alias(a.version))
+    assert ingress.handle([frame(i) for i in range(10)]) == []
+    assert backend.calls == [(a.version, 10)]
+    preds: list[Prediction] = producer.of(Topics.PREDICTIONS)
+    assert [p.frame_id for p in preds] == [f"f{i}" for i in range(10)]
+    assert all(p.model_version == a.version and p.latency_from_capture_ms >= 50 for p in preds)
+    assert producer.of(Topics.PREDICTIONS_SHADOW) == []
+
+
+def test_swaps_happen_between_batches_and_the_challenger_shadows(setup: Any) -> None:
+    ingress, producer, backend, store = setup
+    a, b = store_model(store, 1), store_model(store, 2)
+    for ev in (registered(a), alias(a.version), registered(b), alias(b.version, "challenger")):
+        ingress.on_lifecycle(ev)
+    ingress.handle([frame(i) for i in range(4)])
+    assert backend.calls == [(a.version, 4), (b.version, 4)]
+    shadow = producer.of(Topics.PREDICTIONS_SHADOW)
+    assert len(shadow) == 4 and all(p.shadow and p.model_version == b.version for p in shadow)
+    ingress.on_lifecycle(alias(b.version))  # promoted: champion now, no challenger
+    ingress.handle([frame(i) for i in range(4, 6)])
+    assert backend.calls[-1] == (b.version, 2) and len(backend.calls) == 3
+    assert [p.model_version for p in producer.of(Topics.PREDICTIONS)][-2:] == [b.version] * 2
+
+
+def test_a_champion_that_fails_verification_is_refused_and_the_old_one_serves(setup: Any) -> None:
+    ingress, producer, backend, store = setup
+    a = store_model(store, 1)
+    ingress.on_lifecycle(registered(a))
+    ingress.on_lifecycle(alias(a.version))
+    forged = ModelRef(MODEL, "forged", a.uri, "f" * 64)
+    ingress.on_lifecycle(registered(forged))
+    ingress.on_lifecycle(alias("forged"))
+    assert ingress.champion == a
+    (alert,) = producer.of(Topics.ALERTS)
+    assert isinstance(alert, Alert) and alert.kind == "model_load_refused"
+    assert alert.details["reason"] == IntegrityError.reason and a.version in alert.message
+    ingress.handle([frame(1)])
+    assert backend.calls == [(a.version, 1)]
+
+
+def test_frames_of_the_wrong_size_are_refused_the_rest_served(setup: Any) -> None:
+    ingress, producer, _, store = setup
+    a = store_model(store, 1)
+    ingress.on_lifecycle(registered(a))
+    ingress.on_lifecycle(alias(a.version))
+    refused = ingress.handle([frame(1), frame(2, size=32), frame(3)])
+    assert [(r.message.event.frame_id, r.reason) for r in refused] == [("f2", "wrong_size")]
+    assert sorted(p.frame_id for p in producer.of(Topics.PREDICTIONS)) == ["f1", "f3"]
+
+
+def test_frames_wait_for_a_first_champion(setup: Any) -> None:
+    ingress, producer, _, store = setup
+    a = store_model(store, 1)
+    done = threading.Event()
+
+    def serve() -> None:
+        ingress.handle([frame(1)])
+        done.set()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    assert not done.wait(0.3)
+    ingress.on_lifecycle(registered(a))
+    ingress.on_lifecycle(alias(a.version))
+    assert done.wait(10)
+    assert len(producer.of(Topics.PREDICTIONS)) == 1
+
+
+def test_to_predictions_names_the_class_and_confidence() -> None:
+    f = frame(1).event
+    probs = np.asarray([[0.1, 0.2, 0.6, 0.1]], dtype=np.float32)
+    ref = ModelRef(MODEL, "v", "u", "s")
+    (p,) = to_predictions([f], probs, CLASSES, ref, served_at=f.ingested_at + timedelta(seconds=1))
+    assert p.predicted_class == "bus" and p.confidence == pytest.approx(0.6)
+    assert p.latency_from_ingest_ms == pytest.approx(1000.0)
