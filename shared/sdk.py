@@ -9,28 +9,54 @@
 
 Publishing is asynchronous; ``flush()`` (and leaving the ``with`` block) waits until Kafka
 has acknowledged everything. Settings come from ``STREAMLOOP_KAFKA_*`` unless given.
+
+Reading the model's answers back is ``PredictionSubscriber``:
+
+    from shared.sdk import PredictionSubscriber
+
+    with PredictionSubscriber(cameras=["cam-7"], group_id="my-dashboard") as predictions:
+        for p in predictions:
+            print(p.frame_id, p.predicted_class, f"{p.confidence:.0%}")
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from datetime import datetime
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import numpy as np
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError
 from kafka.producer.future import FutureRecordMetadata
+from kafka.structs import OffsetAndMetadata
 from opentelemetry import trace
 from PIL import Image
 
 from shared.bus import EventProducer
-from shared.events import FrameRaw, Label, new_id, utcnow
+from shared.events import DecodeError, FrameRaw, Label, Prediction, decode, new_id, utcnow
 from shared.images import encode_image, sniff_content_type, to_rgb_array
 from shared.settings import KafkaSettings
 from shared.topics import Topics
 
-__all__ = ["FramePublisher", "ImageInput", "LabelPublisher"]
+__all__ = [
+    "FramePublisher",
+    "ImageInput",
+    "LabelPublisher",
+    "PredictionFilter",
+    "PredictionSubscriber",
+]
+
+log = logging.getLogger(__name__)
 
 ImageInput = bytes | str | Path | np.ndarray | Image.Image
 """What ``FramePublisher.publish`` takes: encoded PNG/JPEG bytes, a path to an image file (any
@@ -186,3 +212,279 @@ class LabelPublisher(_Publisher):
             Topics.LABELS, event, key=frame_id, attributes={"streamloop.frame_id": frame_id}
         )
         return event.event_id
+
+
+# --- reading predictions ----------------------------------------------------------------
+
+
+class PredictionFilter:
+    """Turns record values into ``Prediction`` events: ``None`` for a value that is not a
+    prediction (counted in ``skipped``) and for a prediction of a camera not in ``cameras``
+    (None: every camera)."""
+
+    def __init__(self, cameras: Iterable[str] | None = None) -> None:
+        if isinstance(cameras, str):
+            cameras = [cameras]
+        self.cameras = frozenset(cameras) if cameras is not None else None
+        self.skipped = 0
+
+    def __call__(self, value: bytes | None) -> Prediction | None:
+        try:
+            prediction = decode(value, Prediction)
+        except DecodeError:
+            self.skipped += 1
+            return None
+        if self.cameras is not None and prediction.camera_id not in self.cameras:
+            return None
+        return prediction
+
+
+class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
+    # Called inside poll() (the buffer is empty then) and close().
+    def __init__(self, subscriber: PredictionSubscriber) -> None:
+        self._subscriber = subscriber
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._subscriber._assigned(assigned)
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        pass  # what was consumed is committed before each poll; the rest is redelivered
+
+
+class PredictionSubscriber:
+    """Reads ``predictions`` (or ``predictions.shadow``) as ``Prediction`` events.
+
+        from shared.sdk import PredictionSubscriber
+
+        with PredictionSubscriber(cameras=["cam-7"], group_id="my-dashboard") as predictions:
+            for p in predictions:
+                print(p.camera_id, p.frame_id, p.predicted_class, f"{p.confidence:.0%}")
+
+    Inside asyncio, ``async for`` polls in a worker thread, so the event loop keeps running:
+
+        async with PredictionSubscriber(from_beginning=True, idle_timeout_s=5) as predictions:
+            async for p in predictions:
+                await handle(p)
+
+    Where reading starts: ``from_offsets`` (partition -> offset) or ``from_time`` (per
+    partition, the first record at or after that time; a naive time is UTC) seek there.
+    Otherwise a group resumes from its committed position; without a group, or before the
+    group's first commit, reading starts at the end of the topic, or at its beginning with
+    ``from_beginning=True``.
+
+    ``group_id``: the subscriber joins that consumer group (use a name of your own, never a
+    service's; subscribers sharing one split the partitions between them) and commits what
+    it consumed each time it polls for more and on ``close()``. A prediction counts as
+    consumed once the next one is asked for, or when the ``with`` block is left without an
+    exception, so one whose handling failed is delivered again: at-least-once. Without a
+    group nothing is committed, and the partitions are those the topic had at the start.
+
+    Records that are not a valid prediction are skipped and counted in ``skipped``.
+    Iteration stops after ``max_records`` predictions, or once the next one has been waited
+    for ``idle_timeout_s`` seconds; otherwise it runs until the loop is left.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings | None = None,
+        *,
+        shadow: bool = False,
+        group_id: str | None = None,
+        cameras: Iterable[str] | None = None,
+        from_time: datetime | None = None,
+        from_offsets: dict[int, int] | None = None,
+        from_beginning: bool = False,
+        max_records: int | None = None,
+        idle_timeout_s: float | None = None,
+        poll_timeout_s: float = 0.5,
+    ) -> None:
+        if (from_time is not None) + (from_offsets is not None) + from_beginning > 1:
+            raise ValueError("give at most one of from_time, from_offsets and from_beginning")
+        if idle_timeout_s is not None and idle_timeout_s <= 0:
+            raise ValueError("idle_timeout_s must be positive")
+        settings = settings or KafkaSettings()
+        self.topic = settings.topic_prefix + (
+            Topics.PREDICTIONS_SHADOW if shadow else Topics.PREDICTIONS
+        )
+        self.group_id = group_id
+        self.max_records = max_records
+        self.idle_timeout_s = idle_timeout_s
+        self.poll_timeout_s = poll_timeout_s
+        self.delivered = 0
+        """Predictions handed out so far."""
+        self._filter = PredictionFilter(cameras)
+        self._buffer: deque[Any] = deque()  # polled records not handed out yet
+        self._in_hand: Any = None  # the record of the prediction last handed out
+        self._consumed: dict[TopicPartition, int] = {}  # next offset, not committed yet
+        self._seeked: set[TopicPartition] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._consumer = KafkaConsumer(
+            group_id=group_id,
+            client_id="streamloop-prediction-subscriber",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+            **settings.client_kwargs(),
+        )
+        try:
+            self._start = self._start_offsets(from_time, from_offsets)
+            if group_id is None:
+                self._consumer.assign(self._partitions())
+                self._assigned(self._consumer.assignment())
+                for tp in self._consumer.assignment():
+                    self._consumer.position(tp)  # "the end" is the end now, not at first poll
+            else:
+                self._consumer.subscribe([self.topic], listener=_SeekOnAssign(self))
+        except BaseException:
+            self._consumer.close(autocommit=False)
+            raise
+
+    @property
+    def cameras(self) -> frozenset[str] | None:
+        """The cameras whose predictions are delivered (None: all)."""
+        return self._filter.cameras
+
+    @property
+    def skipped(self) -> int:
+        """Records skipped because they were not a valid prediction."""
+        return self._filter.skipped
+
+    # -- iteration -------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Prediction]:
+        while (prediction := self._next()) is not None:
+            yield prediction
+
+    async def __aiter__(self) -> AsyncIterator[Prediction]:
+        while (prediction := await asyncio.to_thread(self._next)) is not None:
+            yield prediction
+
+    def _next(self) -> Prediction | None:
+        """The next prediction, polling as long as needed; None when iteration stops."""
+        with self._lock:
+            if self._in_hand is not None:
+                self._done(self._in_hand)
+            if self._closed or (
+                self.max_records is not None and self.delivered >= self.max_records
+            ):
+                return None
+            waiting_since = time.monotonic()
+            while True:
+                while self._buffer:
+                    rec = self._buffer.popleft()
+                    prediction = self._filter(rec.value)
+                    if prediction is None:
+                        self._done(rec)
+                        continue
+                    self._in_hand = rec
+                    self.delivered += 1
+                    return prediction
+                if (
+                    self.idle_timeout_s is not None
+                    and time.monotonic() - waiting_since >= self.idle_timeout_s
+                ):
+                    return None
+                self._commit()
+                polled = self._consumer.poll(timeout_ms=int(self.poll_timeout_s * 1000))
+                self._buffer.extend(rec for batch in polled.values() for rec in batch)
+
+    def _done(self, rec: Any) -> None:
+        self._consumed[TopicPartition(rec.topic, rec.partition)] = rec.offset + 1
+        if rec is self._in_hand:
+            self._in_hand = None
+
+    # -- commits -----------------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Commit the position after every consumed prediction (and every record skipped or
+        filtered out before it). Nothing to do without a group."""
+        with self._lock:
+            self._commit()
+
+    def _commit(self) -> None:
+        if self.group_id is None or not self._consumed:
+            return
+        owned = self._consumer.assignment()  # never move back a partition given away
+        offsets = {
+            tp: OffsetAndMetadata(offset, "", -1)
+            for tp, offset in self._consumed.items()
+            if tp in owned
+        }
+        self._consumed.clear()
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets)
+        except CommitFailedError:
+            # The group rebalanced; the partitions' new owner reads them from the last commit.
+            log.warning("commit failed after a rebalance", extra={"group": self.group_id})
+
+    # -- where to start ----------------------------------------------------------------------
+
+    def _partitions(self) -> list[TopicPartition]:
+        partitions = self._consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            raise LookupError(f"topic {self.topic} does not exist")
+        return [TopicPartition(self.topic, p) for p in sorted(partitions)]
+
+    def _start_offsets(
+        self, from_time: datetime | None, from_offsets: dict[int, int] | None
+    ) -> dict[TopicPartition, int]:
+        if from_offsets is not None:
+            return {TopicPartition(self.topic, p): o for p, o in from_offsets.items()}
+        if from_time is None:
+            return {}
+        if from_time.tzinfo is None:
+            from_time = from_time.replace(tzinfo=UTC)
+        ms = int(from_time.timestamp() * 1000)
+        tps = self._partitions()
+        found = self._consumer.offsets_for_times({tp: ms for tp in tps})
+        ends = self._consumer.end_offsets(tps)
+        return {tp: found[tp].offset if found.get(tp) else ends[tp] for tp in tps}
+
+    def _assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        # Runs inside poll for a group: seek only (no I/O), and only on a first assignment,
+        # so that a partition that comes back after a rebalance resumes from its commit.
+        for tp in assigned:
+            if tp in self._start and tp not in self._seeked:
+                self._consumer.seek(tp, self._start[tp])
+            self._seeked.add(tp)
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Commit what was consumed (with a group) and close the consumer. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._commit()
+            finally:
+                self._consumer.close(autocommit=False)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None and self._in_hand is not None:
+            self._done(self._in_hand)
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None and self._in_hand is not None:
+            self._done(self._in_hand)
+        await asyncio.to_thread(self.close)

@@ -336,6 +336,36 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from streamloop.tail import DLQ_TOPICS, dlq_record, follow
 
     kafka = KafkaSettings()
+    if args.what == "predictions":
+        from collections import deque
+
+        from shared.events import Prediction
+        from shared.sdk import PredictionFilter
+        from streamloop.tail import follow_predictions, prediction_table
+
+        sieve = PredictionFilter(args.camera)
+        predictions = follow_predictions(
+            kafka,
+            sieve,
+            shadow=args.shadow,
+            last=args.last,
+            max_records=args.max,
+            idle_timeout_s=args.idle_exit,
+        )
+        if args.json:
+            for p in predictions:
+                print(p.model_dump_json(), flush=True)
+            return 0
+        title = "shadow predictions" if args.shadow else "predictions"
+        recent: deque[Prediction] = deque(maxlen=30)
+        with Live(prediction_table([], title=title), console=console, refresh_per_second=4) as live:
+            for p in predictions:
+                recent.append(p)
+                live.update(prediction_table(recent, title=title, skipped=sieve.skipped))
+        return 0
+    if args.camera or args.shadow:
+        console.print("[red]--camera and --shadow apply to tail predictions only[/]")
+        return 2
     records = follow(
         kafka, DLQ_TOPICS, last=args.last, max_records=args.max, idle_timeout_s=args.idle_exit
     )
@@ -438,8 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotator", default="cli")
     p.set_defaults(func=cmd_label)
 
-    p = sub.add_parser("tail", help="follow a topic: dlq")
-    p.add_argument("what", choices=["dlq"])
+    p = sub.add_parser("tail", help="follow a topic: predictions or dlq")
+    p.add_argument("what", choices=["predictions", "dlq"])
+    p.add_argument("--camera", action="append", metavar="ID", help="only this camera (repeatable)")
+    p.add_argument("--shadow", action="store_true", help="the shadow model's predictions")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--max", type=int, help="stop after this many records")
     p.add_argument("--last", type=int, default=10, help="start with the last N per partition")

@@ -1,8 +1,9 @@
 """``streamloop demo``: the loop so far, started from nothing and narrated.
 
-Starts ingest, labelling, registry, evaluation and training as child processes (logs under
-``var/logs/``), plays a camera fleet into ``frames.raw`` and waits, with a live panel, until
-the training service's bootstrap has turned enough labelled frames into a first champion.
+Starts ingest, labelling, registry, evaluation, training and serving as child processes (logs
+under ``var/logs/``), plays a camera fleet into ``frames.raw`` and waits, with a live panel,
+until the training service's bootstrap has turned enough labelled frames into a first
+champion and serving has predicted the frames that waited for it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from shared.topics import Topics, provision
 
 __all__ = ["run_demo"]
 
-SERVICES = ("ingest", "labelling", "registry", "evaluation", "training")
+SERVICES = ("ingest", "labelling", "registry", "evaluation", "training", "serving")
 READY = {"labelling": "Worker ready"}
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,6 +48,7 @@ class _Story:
     lines: list[str] = field(default_factory=list)
     frames: int = 0
     examples: int = 0
+    predictions: int = 0
     epoch: str = ""
     done: bool = False
 
@@ -90,7 +92,7 @@ def _watch(kafka: KafkaSettings, story: _Story, stop: threading.Event) -> None:
             TopicPartition(kafka.topic_prefix + topic, p)
             for p in sorted(consumer.partitions_for_topic(kafka.topic_prefix + topic) or ())
         ]
-        for topic in (Topics.FRAMES_RAW, Topics.EXAMPLES)
+        for topic in (Topics.FRAMES_RAW, Topics.EXAMPLES, Topics.PREDICTIONS)
     }
     consumer.assign(tps)
     consumer.seek_to_end(*tps)
@@ -103,6 +105,8 @@ def _watch(kafka: KafkaSettings, story: _Story, stop: threading.Event) -> None:
                 n = sum(ends[tp] - starts[tp] for tp in parts)
                 if topic == Topics.EXAMPLES:
                     story.examples = n
+                elif topic == Topics.PREDICTIONS:
+                    story.predictions = n
                 else:
                     story.frames = n
             for batch in consumer.poll(timeout_ms=500).values():
@@ -148,6 +152,7 @@ def _panel(story: _Story, procs: dict[str, subprocess.Popen[bytes]]) -> Group:
         + " ".join(f"[{'green' if p.poll() is None else 'dim'}]{n}[/]" for n, p in procs.items()),
         f"frames: {story.frames}",
         f"examples: {story.examples}",
+        f"predictions: {story.predictions}",
         story.epoch,
     )
     return Group(status, *story.lines[-12:])
@@ -204,10 +209,15 @@ def run_demo(console: Console, *, scenario: str, duration_s: float, timeout_s: f
         procs["simulator"] = simulator
         end = time.monotonic() + timeout_s
         with Live(_panel(story, procs), console=console, refresh_per_second=4) as live:
+            served_since = 0.0
             while time.monotonic() < end:
                 sim_done = simulator.poll() is not None
                 if sim_done and (story.done or existing is not None):
-                    break
+                    # Then serving works through the frames that waited for a champion.
+                    served_since = served_since or time.monotonic()
+                    caught_up = story.predictions >= story.frames
+                    if caught_up or time.monotonic() - served_since > 120:
+                        break
                 live.update(_panel(story, procs))
                 time.sleep(0.25)
             live.update(_panel(story, procs))
@@ -221,6 +231,7 @@ def run_demo(console: Console, *, scenario: str, duration_s: float, timeout_s: f
         console.print(
             "\nNext: [bold]streamloop models show "
             f"{champion.version}[/] (lineage, per-class and per-slice metrics), "
+            "[bold]streamloop tail predictions[/], "
             "[bold]streamloop retrain --reason 'more data'[/], "
             "[bold]streamloop simulate --scenario day-to-night[/] (drift), "
             "[bold]streamloop tail dlq[/]."

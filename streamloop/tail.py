@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
+from rich.table import Table
 
 from shared.bus import DlqHeaders
+from shared.events import Prediction
+from shared.sdk import PredictionFilter
 from shared.settings import KafkaSettings
 from shared.topics import Topics
 
-__all__ = ["dlq_record", "follow"]
+__all__ = [
+    "PREDICTION_COLUMNS",
+    "dlq_record",
+    "follow",
+    "follow_predictions",
+    "prediction_row",
+    "prediction_table",
+]
 
 
 def follow(
@@ -24,7 +34,7 @@ def follow(
     last: int = 10,
     max_records: int | None = None,
     idle_timeout_s: float | None = None,
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """Records of ``topics`` (StreamLoop names; the settings' prefix is added): the ``last``
     ones already there per partition, then new ones as they come. No consumer group is used,
     so tailing never disturbs a service. Stops after ``max_records``, or after
@@ -95,3 +105,64 @@ def dlq_record(rec: Any, prefix: str = "") -> dict[str, Any]:
 
 
 DLQ_TOPICS = [Topics.FRAMES_DLQ, Topics.EVENTS_DLQ]
+
+
+def follow_predictions(
+    settings: KafkaSettings,
+    sieve: PredictionFilter,
+    *,
+    shadow: bool = False,
+    last: int = 10,
+    max_records: int | None = None,
+    idle_timeout_s: float | None = None,
+) -> Iterator[Prediction]:
+    """``follow`` on ``predictions`` (or ``predictions.shadow``), decoded and filtered by
+    ``sieve``. ``last`` counts records per partition, ``max_records`` the predictions that
+    pass the filter."""
+    if max_records is not None and max_records <= 0:
+        return
+    topic = Topics.PREDICTIONS_SHADOW if shadow else Topics.PREDICTIONS
+    records = follow(settings, [topic], last=last, idle_timeout_s=idle_timeout_s)
+    shown = 0
+    try:
+        for rec in records:
+            prediction = sieve(rec.value)
+            if prediction is None:
+                continue
+            yield prediction
+            shown += 1
+            if max_records is not None and shown >= max_records:
+                return
+    finally:
+        records.close()
+
+
+PREDICTION_COLUMNS = ("time", "camera", "frame", "class", "confidence", "model", "latency ms")
+
+
+def prediction_row(p: Prediction) -> tuple[str, ...]:
+    """One prediction as the cells of ``PREDICTION_COLUMNS`` (time is when it was served,
+    UTC; latency is from capture)."""
+    return (
+        p.served_at.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3],
+        p.camera_id,
+        p.frame_id,
+        p.predicted_class,
+        f"{p.confidence:.1%}",
+        p.model_version,
+        f"{p.latency_from_capture_ms:.0f}",
+    )
+
+
+def prediction_table(
+    predictions: Iterable[Prediction], *, title: str = "predictions", skipped: int = 0
+) -> Table:
+    """The live table of ``streamloop tail predictions``."""
+    caption = f"{skipped} undecodable records skipped" if skipped else None
+    table = Table(title=f"{title} (Ctrl-C stops)", caption=caption, expand=True)
+    for col in PREDICTION_COLUMNS:
+        right = col in ("confidence", "latency ms")
+        table.add_column(col, justify="right" if right else "left", overflow="fold")
+    for p in predictions:
+        table.add_row(*prediction_row(p))
+    return table

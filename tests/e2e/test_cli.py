@@ -77,3 +77,81 @@ def test_docker_compose_file_is_valid() -> None:
     ).stdout.split()
     for name in ("kafka", "redis", "jaeger", "topics", *SERVICES):
         assert name in services
+
+
+def test_tail_predictions_prints_the_events_as_json_lines_or_a_table(prefix: str) -> None:
+    import json
+    from datetime import timedelta
+
+    from shared.bus import EventProducer
+    from shared.events import Prediction, utcnow
+    from shared.settings import KafkaSettings
+    from shared.topics import Topics
+    from tests.conftest import provision_prefixed
+
+    kafka = KafkaSettings(topic_prefix=prefix)
+    provision_prefixed(kafka, prefix, [Topics.PREDICTIONS, Topics.PREDICTIONS_SHADOW])
+
+    def prediction(frame: str, camera: str, shadow: bool = False) -> Prediction:
+        now = utcnow()
+        return Prediction(
+            frame_id=frame,
+            camera_id=camera,
+            captured_at=now - timedelta(milliseconds=25),
+            model_name="vehicles",
+            model_version="v9" if shadow else "v2",
+            predicted_class="bus",
+            probabilities={"bus": 0.75, "car": 0.25},
+            confidence=0.75,
+            served_at=now,
+            latency_from_capture_ms=25.0,
+            latency_from_ingest_ms=8.0,
+            shadow=shadow,
+        )
+
+    live = [prediction("p1", "cam-1"), prediction("p2", "cam-2"), prediction("p3", "cam-1")]
+    with EventProducer(kafka) as producer:
+        # Ahead of cam-1's predictions in its partition: read before the third is shown.
+        producer.publish_raw(Topics.PREDICTIONS, b"garbage", key=b"cam-1", headers=[])
+        for p in live:
+            producer.publish(Topics.PREDICTIONS, p, key=p.camera_id)
+        shadow = prediction("s1", "cam-1", shadow=True)
+        producer.publish(Topics.PREDICTIONS_SHADOW, shadow, key="cam-1")
+        producer.flush()
+
+    def tail(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, "tail", "predictions", *args, "--idle-exit", "10"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                "COLUMNS": "200",
+                "PATH": "/usr/bin:/bin",
+                "HOME": str(Path.home()),
+                "STREAMLOOP_KAFKA_TOPIC_PREFIX": prefix,
+            },
+        )
+
+    out = tail("--json", "--max", "3")
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert sorted(lines, key=lambda e: e["frame_id"]) == [
+        json.loads(p.model_dump_json()) for p in live
+    ]
+
+    out = tail("--json", "--max", "2", "--camera", "cam-1")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [json.loads(line)["frame_id"] for line in out.stdout.splitlines()] == ["p1", "p3"]
+
+    out = tail("--json", "--max", "1", "--shadow")
+    assert out.returncode == 0, out.stdout + out.stderr
+    (event,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert event["frame_id"] == "s1" and event["shadow"] is True and event["model_version"] == "v9"
+
+    out = tail("--max", "3")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "predictions" in out.stdout and "1 undecodable records skipped" in out.stdout
+    for p in live:
+        assert re.search(rf"{p.camera_id}\s.*{p.frame_id}\s.*bus\s.*75\.0%\s.*v2\s.*25", out.stdout)
