@@ -93,7 +93,11 @@ def main() -> int:
         verifier = ServingCore(ArtifactStore(settings.artifacts.root))
         backend: Backend = verifier if settings.backend == "local" else _ray_backend(settings)
         ingress = Ingress(
-            settings.model_name, backend=backend, verifier=verifier, producer=rt.producer
+            settings.model_name,
+            backend=backend,
+            verifier=verifier,
+            producer=rt.producer,
+            call_size=settings.call_size,
         )
         follower = LifecycleFollower(settings.kafka, ingress)
         thread = threading.Thread(target=follower.run, name="lifecycle", daemon=True)
@@ -108,6 +112,8 @@ def main() -> int:
             tracer=rt.tracer,
             max_poll_records=settings.max_poll_records,
             client_id="serving",
+            # Before the first champion, a batch waits inside the handler; stay in the group.
+            max_poll_interval_ms=3_600_000,
         )
         stop_on_signals(loop, follower)
         try:

@@ -84,6 +84,20 @@ class ServingCore:
     def classes(self, ref: ModelRef) -> tuple[str, ...]:
         return self.model(ref)[1].classes
 
+    def submit(self, ref: ModelRef, pixels: npt.NDArray[np.uint8]) -> Done:
+        """The in-process backend: computes now, returns the finished call."""
+        return Done(self.probabilities(ref, pixels))
+
+
+@dataclass(frozen=True)
+class Done:
+    """A call that has already finished."""
+
+    value: npt.NDArray[np.float32]
+
+    def result(self) -> npt.NDArray[np.float32]:
+        return self.value
+
 
 class WrongSizeError(ValueError):
     """A frame whose size does not match the model's input."""

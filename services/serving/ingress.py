@@ -64,12 +64,30 @@ VERSION = Gauge(
 )
 
 
-class Backend(Protocol):
-    """Where the model runs: the Ray Serve deployment or the core in this process."""
+class Pending(Protocol):
+    """A model call in flight."""
 
-    def probabilities(
-        self, ref: ModelRef, pixels: npt.NDArray[np.uint8]
-    ) -> npt.NDArray[np.float32]: ...
+    def result(self) -> npt.NDArray[np.float32]: ...
+
+
+class Backend(Protocol):
+    """Where the model runs: the Ray Serve deployment or the core in this process.
+
+    ``submit`` starts a call and returns at once (the Ray backend) or after computing (the
+    local one); the ingress starts every call of a batch before it waits for any, so several
+    calls (the batch's chunks, and the challenger's) run at the same time."""
+
+    def submit(self, ref: ModelRef, pixels: npt.NDArray[np.uint8]) -> Pending: ...
+
+
+class _Failed:
+    """A call that failed before it started; ``result`` raises its error."""
+
+    def __init__(self, error: Exception) -> None:
+        self._error = error
+
+    def result(self) -> npt.NDArray[np.float32]:
+        raise self._error
 
 
 class Producer(Protocol):
@@ -96,6 +114,7 @@ class Ingress:
         backend: Backend,
         verifier: ServingCore,
         producer: Producer,
+        call_size: int = 128,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.model_name = model_name
@@ -103,6 +122,7 @@ class Ingress:
         self._verifier = verifier
         self._producer = producer
         self._clock = clock
+        self._call_size = call_size
         self._tracker = AliasTracker(model_name)
         self._lock = threading.Lock()
         self._champion: tuple[ModelRef, tuple[str, ...]] | None = None
@@ -194,36 +214,60 @@ class Ingress:
         for msg in batch:
             f = msg.event
             by_shape.setdefault((f.height, f.width, f.channels), []).append(msg)
-        for shape, msgs in by_shape.items():
+        calls: list[
+            tuple[list[Message[FrameValid]], tuple[ModelRef, tuple[str, ...]], bool, Pending, float]
+        ] = []
+        for msgs in by_shape.values():
             try:
                 pixels = frame_pixels([m.event for m in msgs])
-                self._serve(msgs, pixels, champion, Topics.PREDICTIONS, shadow=False)
             except WrongSizeError as exc:
                 rejected.extend(Rejection(m, "wrong_size", str(exc)) for m in msgs)
                 continue
-            if challenger is not None:
-                try:
-                    self._serve(msgs, pixels, challenger, Topics.PREDICTIONS_SHADOW, shadow=True)
-                except (WrongSizeError, ArtifactError) as exc:
-                    log.warning(
-                        "shadow prediction failed",
-                        extra={"version": challenger[0].version, "error": str(exc), "shape": shape},
-                    )
+            for i in range(0, len(msgs), self._call_size):
+                chunk, px = msgs[i : i + self._call_size], pixels[i : i + self._call_size]
+                for model, shadow in ((champion, False), (challenger, True)):
+                    if model is not None:
+                        calls.append(
+                            (
+                                chunk,
+                                model,
+                                shadow,
+                                self._submit(model[0], px),
+                                time.perf_counter(),
+                            )
+                        )
+        for chunk, model, shadow, pending, started in calls:
+            try:
+                probs = pending.result()
+            except WrongSizeError as exc:
+                if not shadow:
+                    rejected.extend(Rejection(m, "wrong_size", str(exc)) for m in chunk)
+                    continue
+                log.warning(
+                    "shadow prediction failed",
+                    extra={"version": model[0].version, "error": str(exc)},
+                )
+                continue
+            CALL.observe(time.perf_counter() - started)
+            self._publish(chunk, probs, model, shadow=shadow)
         return rejected
 
-    def _serve(
+    def _submit(self, ref: ModelRef, pixels: npt.NDArray[np.uint8]) -> Pending:
+        try:
+            return self._backend.submit(ref, pixels)
+        except WrongSizeError as exc:  # the local backend computes at once
+            return _Failed(exc)
+
+    def _publish(
         self,
         msgs: list[Message[FrameValid]],
-        pixels: npt.NDArray[np.uint8],
+        probs: npt.NDArray[np.float32],
         model: tuple[ModelRef, tuple[str, ...]],
-        topic: str,
         *,
         shadow: bool,
     ) -> None:
         ref, classes = model
-        started = time.perf_counter()
-        probs = self._backend.probabilities(ref, pixels)
-        CALL.observe(time.perf_counter() - started)
+        topic = Topics.PREDICTIONS_SHADOW if shadow else Topics.PREDICTIONS
         if not shadow:
             BATCH.observe(len(msgs))
         served_at = self._clock()

@@ -121,16 +121,22 @@ def _secret(redis: RedisSettings) -> dict[str, Any]:
 
 
 class RayBackend:
-    """Batches to the deployment through its handle, one call per batch."""
+    """Batches to the deployment through its handle."""
 
     def __init__(self, handle: DeploymentHandle[Any], timeout_s: float) -> None:
         self._handle = handle
         self._timeout_s = timeout_s
 
-    def probabilities(
-        self, ref: ModelRef, pixels: npt.NDArray[np.uint8]
-    ) -> npt.NDArray[np.float32]:
-        result: npt.NDArray[np.float32] = self._handle.predict.remote(pixels, ref).result(
-            timeout_s=self._timeout_s
-        )
-        return result
+    def submit(self, ref: ModelRef, pixels: npt.NDArray[np.uint8]) -> _RayCall:
+        """Start one call; several may be in flight at once."""
+        return _RayCall(self._handle.predict.remote(pixels, ref), self._timeout_s)
+
+
+class _RayCall:
+    def __init__(self, response: Any, timeout_s: float) -> None:
+        self._response = response
+        self._timeout_s = timeout_s
+
+    def result(self) -> npt.NDArray[np.float32]:
+        value: npt.NDArray[np.float32] = self._response.result(timeout_s=self._timeout_s)
+        return value

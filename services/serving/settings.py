@@ -52,8 +52,12 @@ class ServingSettings(ServiceSettings):
     http_port: int = Field(default=8000, ge=0, le=65535)
     """Port of ``POST /predict`` (Ray Serve's HTTP proxy)."""
 
-    max_poll_records: int = Field(default=128, gt=0)
-    """Largest batch of frames sent to the model in one call."""
+    max_poll_records: int = Field(default=256, gt=0)
+    """Most frames handled at once (committed together)."""
+
+    call_size: int = Field(default=128, gt=0)
+    """Frames per model call; a batch's calls (and the challenger's) are all in flight at
+    once, so replicas and cores work in parallel."""
 
     call_timeout_s: float = Field(default=60.0, gt=0)
     """How long one batch call to the deployment may take before it is retried."""

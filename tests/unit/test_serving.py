@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from services.serving.core import AliasTracker, ModelRef, ServingCore, to_predictions
+from services.serving.core import AliasTracker, Done, ModelRef, ServingCore, to_predictions
 from services.serving.ingress import Ingress
 from shared.artifacts import ArtifactStore, IntegrityError
 from shared.bus import Message
@@ -119,11 +119,9 @@ class CountingBackend:
         self.core = core
         self.calls: list[tuple[str, int]] = []
 
-    def probabilities(
-        self, ref: ModelRef, pixels: npt.NDArray[np.uint8]
-    ) -> npt.NDArray[np.float32]:
+    def submit(self, ref: ModelRef, pixels: npt.NDArray[np.uint8]) -> Done:
         self.calls.append((ref.version, len(pixels)))
-        return self.core.probabilities(ref, pixels)
+        return self.core.submit(ref, pixels)
 
 
 @pytest.fixture
@@ -133,7 +131,7 @@ def setup(tmp_path: Path) -> tuple[Ingress, FakeProducer, CountingBackend, Artif
     backend = CountingBackend(core)
     producer = FakeProducer()
     return (
-        Ingress(MODEL, backend=backend, verifier=core, producer=producer),
+        Ingress(MODEL, backend=backend, verifier=core, producer=producer, call_size=8),
         producer,
         backend,
         store,
@@ -159,13 +157,13 @@ def test_the_tracker_follows_aliases_and_rollbacks(tmp_path: Path) -> None:
     assert not t.apply(other)
 
 
-def test_a_batch_is_one_call_and_one_prediction_per_frame(setup: Any) -> None:
+def test_a_batch_is_split_into_calls_with_one_prediction_per_frame(setup: Any) -> None:
     ingress, producer, backend, store = setup
     a = store_model(store, 1)
     ingress.on_lifecycle(registered(a))
     ingress.on_lifecycle(alias(a.version))
     assert ingress.handle([frame(i) for i in range(10)]) == []
-    assert backend.calls == [(a.version, 10)]
+    assert backend.calls == [(a.version, 8), (a.version, 2)]  # call_size 8
     preds: list[Prediction] = producer.of(Topics.PREDICTIONS)
     assert [p.frame_id for p in preds] == [f"f{i}" for i in range(10)]
     assert all(p.model_version == a.version and p.latency_from_capture_ms >= 50 for p in preds)
