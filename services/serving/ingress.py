@@ -114,7 +114,7 @@ class Ingress:
         backend: Backend,
         verifier: ServingCore,
         producer: Producer,
-        call_size: int = 128,
+        call_size: int = 64,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.model_name = model_name

@@ -52,10 +52,10 @@ class ServingSettings(ServiceSettings):
     http_port: int = Field(default=8000, ge=0, le=65535)
     """Port of ``POST /predict`` (Ray Serve's HTTP proxy)."""
 
-    max_poll_records: int = Field(default=256, gt=0)
+    max_poll_records: int = Field(default=128, gt=0)
     """Most frames handled at once (committed together)."""
 
-    call_size: int = Field(default=128, gt=0)
+    call_size: int = Field(default=64, gt=0)
     """Frames per model call; a batch's calls (and the challenger's) are all in flight at
     once, so replicas and cores work in parallel."""
 

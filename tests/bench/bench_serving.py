@@ -698,11 +698,11 @@ def bench_ray(
         )
         backend = RayBackend(handle, settings.call_timeout_s)
         batches = batches_of(fx.pixels)
-        first = backend.probabilities(fx.ref, batches[0])
+        first = backend.submit(fx.ref, batches[0]).result()
         if not np.allclose(first, reference[:BATCH], atol=1e-5):
             raise BenchError("the Ray replica's probabilities differ from the in-process ones")
-        sequential = timed_calls(lambda b: backend.probabilities(fx.ref, b), batches, seconds)
-        single = timed_calls(lambda b: backend.probabilities(fx.ref, b), [fx.pixels[:1]], 1.0)
+        sequential = timed_calls(lambda b: backend.submit(fx.ref, b).result(), batches, seconds)
+        single = timed_calls(lambda b: backend.submit(fx.ref, b).result(), [fx.pixels[:1]], 1.0)
         sequential["single_frame_ms_median"] = single["batch_ms_median"]
         console.print(
             f"  one call at a time: {sequential['frames_per_s']:,.0f} frames/s "
