@@ -176,6 +176,47 @@ def decoded(records: list[Any]) -> list[Prediction]:
     return [decode(r.value, Prediction) for r in records]
 
 
+def test_a_frames_trace_runs_from_its_publish_to_its_prediction(world: World) -> None:
+    from shared.settings import TelemetrySettings
+    from shared.telemetry import read_spans, setup_telemetry
+    from streamloop.trace_view import select_trace
+
+    v1 = world.train(1)
+    world.register(v1)
+    camera = setup_telemetry(
+        "camera-test",
+        TelemetrySettings(exporter="jsonl", traces_dir=world.root / "traces"),
+        set_global=False,
+    )
+    traced = EventProducer(world.kafka, tracer=camera.tracer)
+    proc = world.serving()
+    try:
+        frames = world.frames(20, seed=40)
+        for f in frames:
+            traced.publish(
+                Topics.FRAMES_VALID,
+                f,
+                key=f.camera_id,
+                attributes={"streamloop.frame_id": f.frame_id},
+            )
+        traced.flush()
+        world.predictions(20, alive=proc.alive)
+        camera.shutdown()
+
+        def trace_of_first() -> list[Any] | None:
+            spans = select_trace(read_spans(world.root / "traces"), frames[0].frame_id)
+            return spans if {s["service"] for s in spans} >= {"camera-test", "serving"} else None
+
+        spans = wait_for(trace_of_first, 30, what="the frame's trace to reach serving")
+        # One trace: the prediction's publish continues the camera's, it does not start anew.
+        assert len({s["trace_id"] for s in spans}) == 1, spans
+        names = [s["name"] for s in spans]
+        assert any(n.endswith("predictions publish") for n in names), names
+    finally:
+        traced.close()
+        proc.kill()
+
+
 def test_every_frame_is_predicted_once_across_a_swap_and_a_refused_artifact(world: World) -> None:
     v1, v2 = world.train(1), world.train(2)
     world.register(v1)
