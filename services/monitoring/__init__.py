@@ -1,0 +1,1 @@
+"""Monitoring: live accuracy per model version from late labels, drift, retrain triggers."""

@@ -1,0 +1,90 @@
+"""The retrain trigger: when a drop in live accuracy becomes a retrain request.
+
+A request fires only when
+
+1. windows have at least ``min_labels`` labelled predictions (others neither count nor
+   break a run),
+2. the champion's accuracy stays below ``threshold`` for ``consecutive`` windows in a row,
+3. and no earlier request is cooling down (``cooldown_s``).
+
+The request's idempotency key names the drop: model, version and the first bad window of the
+run. Replaying the same windows after a restart yields the same key, so a drop never trains
+twice even if the monitor fires again; within one run of bad windows it fires once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.events import RetrainRequest, WindowMetrics
+
+__all__ = ["RetrainTrigger", "TriggerPolicy"]
+
+
+class TriggerPolicy(BaseModel):
+    """When a drop is a drop."""
+
+    model_config = ConfigDict(frozen=True)
+
+    threshold: float = Field(default=0.75, ge=0.0, le=1.0)
+    """Live accuracy below this is bad. The simulator's day model scores about 0.9 by day and
+    under 0.5 at night or in fog, so 0.75 separates them with room for window noise."""
+
+    consecutive: int = Field(default=2, ge=1)
+    """Bad windows in a row before a request fires (one bad window may be bad luck)."""
+
+    min_labels: int = Field(default=100, ge=1)
+    """Labelled predictions a window needs to count."""
+
+    cooldown_s: float = Field(default=900.0, ge=0)
+    """After a request, no other fires for this long (time for training to answer)."""
+
+
+@dataclass
+class RetrainTrigger:
+    """Watches the champion's windows of one model (see the module docstring)."""
+
+    model_name: str
+    policy: TriggerPolicy = field(default_factory=TriggerPolicy)
+    _run: list[str] = field(default_factory=list)
+    _run_version: str | None = None
+    _fired_for: set[str] = field(default_factory=set)
+    _last_fired: datetime | None = None
+
+    def observe(self, window: WindowMetrics, now: datetime) -> RetrainRequest | None:
+        """The request this window fires, if any."""
+        p = self.policy
+        if window.shadow or window.model_name != self.model_name:
+            return None
+        if window.accuracy is None or window.labelled_count < p.min_labels:
+            return None
+        if window.model_version != self._run_version:
+            self._run, self._run_version = [], window.model_version
+        if window.accuracy >= p.threshold:
+            self._run = []
+            return None
+        self._run.append(window.window_id)
+        if len(self._run) < p.consecutive:
+            return None
+        drop = self._run[0]
+        if drop in self._fired_for:
+            return None
+        if self._last_fired is not None and (now - self._last_fired).total_seconds() < p.cooldown_s:
+            return None
+        self._fired_for.add(drop)
+        self._last_fired = now
+        return RetrainRequest(
+            source="monitoring",
+            model_name=self.model_name,
+            idempotency_key=f"drop:{self.model_name}:{drop}",
+            reason=(
+                f"live accuracy of {window.model_version} below {p.threshold:.2f} for "
+                f"{len(self._run)} windows (last {window.accuracy:.3f} on "
+                f"{window.labelled_count} labels)"
+            ),
+            trigger="monitor",
+            window_ids=list(self._run),
+        )
