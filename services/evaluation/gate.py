@@ -176,24 +176,33 @@ def _floor(holdout: str, cand: Report, t: GateThresholds) -> Check:
     )
 
 
-def _accuracy_drop(holdout: str, cand: Report, champ: Report, t: GateThresholds) -> Check:
-    name = f"accuracy_drop:{holdout}"
-    new, old, allowed = cand.accuracy, champ.accuracy, t.max_accuracy_drop
+def _drop_check(
+    name: str, what: str, new: float, old: float, allowed: float, note: str = ""
+) -> Check:
+    """Passes when ``new`` is at most ``allowed`` below the champion's ``old``."""
     drop = old - new
     if drop <= 0:
-        detail = f"{holdout} accuracy {new:.3f} is not below the champion's {old:.3f}"
-        return Check(name=name, passed=True, detail=detail)
-    if drop <= allowed + _EPS:
-        detail = (
-            f"{holdout} accuracy {new:.3f} is {drop:.3f} below the champion's {old:.3f}, "
-            f"within the allowed {allowed:.3f}"
+        return Check(
+            name=name,
+            passed=True,
+            detail=f"{what} {new:.3f} is not below the champion's {old:.3f}{note}",
         )
-        return Check(name=name, passed=True, detail=detail)
+    within = drop <= allowed + _EPS
     detail = (
-        f"{holdout} accuracy {new:.3f} is {drop:.3f} below the champion's {old:.3f}, "
-        f"more than the allowed {allowed:.3f}"
+        f"{what} {new:.3f} is {drop:.3f} below the champion's {old:.3f}, "
+        f"{'within' if within else 'more than'} the allowed {allowed:.3f}{note}"
     )
-    return Check(name=name, passed=False, detail=detail)
+    return Check(name=name, passed=within, detail=detail)
+
+
+def _accuracy_drop(holdout: str, cand: Report, champ: Report, t: GateThresholds) -> Check:
+    return _drop_check(
+        f"accuracy_drop:{holdout}",
+        f"{holdout} accuracy",
+        cand.accuracy,
+        champ.accuracy,
+        t.max_accuracy_drop,
+    )
 
 
 def _recall_drop(holdout: str, cls: str, cand: Report, champ: Report, t: GateThresholds) -> Check:
@@ -210,22 +219,9 @@ def _recall_drop(holdout: str, cls: str, cand: Report, champ: Report, t: GateThr
         return _skipped(
             name, f"{prefix} not compared: support {support} is below {t.min_class_support}"
         )
-    new, old, allowed = mine.recall, theirs.recall, t.max_recall_drop
-    drop = old - new
-    if drop <= 0:
-        detail = f"{prefix} {new:.3f} is not below the champion's {old:.3f} (support {support})"
-        return Check(name=name, passed=True, detail=detail)
-    if drop <= allowed + _EPS:
-        detail = (
-            f"{prefix} {new:.3f} is {drop:.3f} below the champion's {old:.3f}, within the "
-            f"allowed {allowed:.3f} (support {support})"
-        )
-        return Check(name=name, passed=True, detail=detail)
-    detail = (
-        f"{prefix} {new:.3f} is {drop:.3f} below the champion's {old:.3f}, more than the "
-        f"allowed {allowed:.3f} (support {support})"
+    return _drop_check(
+        name, prefix, mine.recall, theirs.recall, t.max_recall_drop, f" (support {support})"
     )
-    return Check(name=name, passed=False, detail=detail)
 
 
 def _comparison_skipped(holdout: str, why: str) -> list[Check]:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -80,6 +80,13 @@ class Backend(Protocol):
     def submit(self, ref: ModelRef, pixels: npt.NDArray[np.uint8]) -> Pending: ...
 
 
+def _set_version(alias: str, old: ModelRef | None, new: ModelRef | None) -> None:
+    if old is not None:
+        VERSION.labels(alias, old.version).set(0)
+    if new is not None:
+        VERSION.labels(alias, new.version).set(1)
+
+
 class _Failed:
     """A call that failed before it started; ``result`` raises its error."""
 
@@ -138,29 +145,21 @@ class Ingress:
 
     def _adopt(self) -> None:
         champion = self._tracker.champion
-        if champion is not None and (self._champion is None or self._champion[0] != champion):
+        current = self.champion
+        if champion is not None and champion != current:
             verified = self._verify(champion, "champion")
             if verified is not None:
                 with self._lock:
-                    previous, self._champion = self._champion, verified
+                    self._champion = verified
                 self._has_champion.set()
-                self._set_gauge("champion", previous, champion)
+                _set_version("champion", current, champion)
                 log.info("champion adopted", extra={"version": champion.version})
-        challenger = self._tracker.challenger
-        current = self._challenger[0] if self._challenger else None
+        challenger, current = self._tracker.challenger, self.challenger
         if challenger != current:
             verified = self._verify(challenger, "challenger") if challenger else None
             with self._lock:
                 self._challenger = verified
-            self._set_gauge("challenger", None if current is None else (current, ()), challenger)
-
-    def _set_gauge(
-        self, alias: str, previous: tuple[ModelRef, Any] | None, now: ModelRef | None
-    ) -> None:
-        if previous is not None:
-            VERSION.labels(alias, previous[0].version).set(0)
-        if now is not None:
-            VERSION.labels(alias, now.version).set(1)
+            _set_version("challenger", current, verified[0] if verified else None)
 
     def _verify(self, ref: ModelRef, alias: str) -> tuple[ModelRef, tuple[str, ...]] | None:
         try:

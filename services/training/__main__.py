@@ -49,20 +49,14 @@ def _code_version() -> str:
     return code_version(pkg, [f for f in files if f.exists()])
 
 
-def example_count(settings: TrainingSettings) -> int:
+def example_count(consumer: KafkaConsumer, topic: str) -> int:
     """Records on the examples topic (end minus start offsets): an upper bound on the
     examples that exist, cheap enough to poll."""
-    name = settings.kafka.topic_prefix + Topics.EXAMPLES
-    consumer = KafkaConsumer(group_id=None, **settings.kafka.client_kwargs())
-    try:
-        tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
-        if not tps:
-            return 0
-        ends = consumer.end_offsets(tps)
-        starts = consumer.beginning_offsets(tps)
-        return sum(ends[tp] - starts[tp] for tp in tps)
-    finally:
-        consumer.close()
+    tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+    if not tps:
+        return 0
+    ends, starts = consumer.end_offsets(tps), consumer.beginning_offsets(tps)
+    return sum(ends[tp] - starts[tp] for tp in tps)
 
 
 class Bootstrapper:
@@ -79,6 +73,7 @@ class Bootstrapper:
         self._publisher = publisher
         self._stop = threading.Event()
         self._sent: set[str] = set()
+        self._consumer: KafkaConsumer | None = None  # one metadata client for every check
 
     def stop(self) -> None:
         self._stop.set()
@@ -92,7 +87,9 @@ class Bootstrapper:
         key = f"bootstrap:{s.model_name}:{len(view.versions)}"
         if key in self._sent:
             return None
-        count = example_count(s)
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(group_id=None, **s.kafka.client_kwargs())
+        count = example_count(self._consumer, s.kafka.topic_prefix + Topics.EXAMPLES)
         if count < s.bootstrap_min_examples:
             return None
         self._publisher.publish(
@@ -112,11 +109,15 @@ class Bootstrapper:
         return key
 
     def run(self) -> None:
-        while not self._stop.wait(self._settings.bootstrap_interval_s):
-            try:
-                self.check()
-            except (KafkaError, RedisError, OSError):
-                log.warning("bootstrap check failed; will retry", exc_info=True)
+        try:
+            while not self._stop.wait(self._settings.bootstrap_interval_s):
+                try:
+                    self.check()
+                except (KafkaError, RedisError, OSError):
+                    log.warning("bootstrap check failed; will retry", exc_info=True)
+        finally:
+            if self._consumer is not None:
+                self._consumer.close()
 
 
 def main() -> int:
