@@ -33,6 +33,7 @@ __all__ = [
     "FrameValid",
     "Label",
     "LabelRequest",
+    "LiveComparison",
     "ModelEvaluated",
     "ModelLifecycle",
     "ModelTrained",
@@ -226,6 +227,26 @@ class WindowMetrics(Event):
     psi: float | None = None
 
 
+class LiveComparison(Event):
+    """Champion and challenger scored on the same labelled frames (``metrics``): the live
+    evidence the registry promotes a challenger, or rolls a new champion back, on.
+
+    Counts are cumulative since the monitor first saw this pair; ``labelled`` counts frames
+    that both versions predicted and that have a label."""
+
+    event_type: Literal["metrics.comparison"] = "metrics.comparison"
+    model_name: str
+    champion_version: str
+    challenger_version: str
+    labelled: int = Field(ge=0)
+    champion_correct: int = Field(ge=0)
+    challenger_correct: int = Field(ge=0)
+    champion_accuracy: float | None = None
+    challenger_accuracy: float | None = None
+    since: datetime
+    until: datetime
+
+
 class RetrainRequest(Event):
     """Ask for a new model (``retrain.requests``). The idempotency key trains once."""
 
@@ -360,6 +381,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         Example,
         Prediction,
         WindowMetrics,
+        LiveComparison,
         RetrainRequest,
         Alert,
         TrainingProgress,

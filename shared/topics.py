@@ -100,7 +100,8 @@ TOPICS: dict[str, TopicSpec] = {
         _spec(Topics.LABELS, "frame_id", "delete", 30 * DAY_MS, ev.Label),
         _spec(Topics.LABELS_REQUESTS, "frame_id", "delete", DAY_MS, ev.LabelRequest),
         _spec(Topics.EXAMPLES, "frame_id", "compact", None, ev.Example),
-        _spec(Topics.METRICS, "model version", "delete", 30 * DAY_MS, ev.WindowMetrics),
+        # Windows (WindowMetrics) and champion/challenger comparisons (LiveComparison).
+        _spec(Topics.METRICS, "model version", "delete", 30 * DAY_MS, ev.Event),
         _spec(Topics.RETRAIN_REQUESTS, "model name", "delete", 30 * DAY_MS, ev.RetrainRequest),
         _spec(Topics.MODELS_TRAINED, "model version", "delete", 90 * DAY_MS, ev.ModelTrained),
         _spec(Topics.MODELS_EVALUATED, "model version", "delete", 90 * DAY_MS, ev.ModelEvaluated),
