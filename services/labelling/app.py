@@ -23,21 +23,17 @@ agent: a record that cannot be handled goes to the dead-letter topic with the st
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import AsyncIterator, Iterator, MutableMapping
-from typing import Any
+from collections.abc import AsyncIterator
 
 import faust
 from prometheus_client import Counter, Gauge
 
 from services.labelling.join import Joiner, UnknownClassError
 from services.labelling.settings import LabellingSettings
-from shared.bus import dead_letter_headers
 from shared.events import DecodeError, Event, FrameValid, Label, decode, encode
-from shared.metrics import BUS_METRICS
-from shared.settings import KafkaSettings
-from shared.topics import Topics, dlq_for
+from shared.streams import BytesKeyed, FaustDeadLetters, broker_options
+from shared.topics import Topics
 
 __all__ = ["build_app"]
 
@@ -62,60 +58,6 @@ MAX_BYTES = 1_500_000
 SOURCE_OF = {"frame": Topics.FRAMES_VALID, "label": Topics.LABELS, "unknown": Topics.EVENTS_DLQ}
 TICK = b'{"event_type":"labelling.tick"}'
 """Sent by the timer to each join partition: sweep your expired entries."""
-
-
-def broker_options(kafka: KafkaSettings) -> dict[str, Any]:
-    """faust's broker URL and credentials from StreamLoop's Kafka settings."""
-    urls = ";".join(f"kafka://{h.strip()}" for h in kafka.bootstrap_servers.split(","))
-    opts: dict[str, Any] = {"broker": urls}
-    if kafka.security_protocol != "PLAINTEXT":
-        ssl_context = None
-        if kafka.security_protocol in ("SSL", "SASL_SSL"):
-            from ssl import create_default_context
-
-            ssl_context = create_default_context(cafile=kafka.ssl_cafile)
-            if kafka.ssl_certfile:
-                ssl_context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile)
-        if kafka.sasl_mechanism:
-            opts["broker_credentials"] = faust.SASLCredentials(
-                username=kafka.sasl_username,
-                password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
-                mechanism=kafka.sasl_mechanism,
-                ssl_context=ssl_context,
-            )
-        elif ssl_context is not None:
-            opts["broker_credentials"] = faust.SSLCredentials(ssl_context)
-    return opts
-
-
-class BytesKeyed(MutableMapping[str, dict[str, Any]]):
-    """A str-keyed, dict-valued view of a table that stores UTF-8 keys and JSON bytes.
-
-    The table itself holds bytes (``value_type=bytes``, raw serializer), so what recovery
-    reads back from the changelog after a restart is exactly what was written; entries are
-    copied in and out, never mutated in place."""
-
-    def __init__(self, table: MutableMapping[bytes, bytes | None]) -> None:
-        self._t = table
-
-    def __getitem__(self, key: str) -> dict[str, Any]:
-        value = self._t[key.encode()]
-        if value is None:  # the table's default
-            raise KeyError(key)
-        entry: dict[str, Any] = json.loads(value)
-        return entry
-
-    def __setitem__(self, key: str, value: dict[str, Any]) -> None:
-        self._t[key.encode()] = json.dumps(value, separators=(",", ":")).encode()
-
-    def __delitem__(self, key: str) -> None:
-        del self._t[key.encode()]
-
-    def __iter__(self) -> Iterator[str]:
-        return (k.decode() for k in list(self._t.keys()))
-
-    def __len__(self) -> int:
-        return len(self._t)
 
 
 def build_app(settings: LabellingSettings) -> faust.App:
@@ -163,42 +105,9 @@ def build_app(settings: LabellingSettings) -> faust.App:
     )
     state = BytesKeyed(pending)
 
-    dlq_topics: dict[str, Any] = {}
-
-    def logical(event: Any) -> str:
-        return str(event.message.topic)[len(prefix) :]
-
-    async def dead_letter(event: Any, reason: str, message: str, source: str) -> None:
-        """Park ``event`` in the dead-letter topic of ``source`` (a StreamLoop topic name)."""
-        msg = event.message
-        dlq = dlq_for(source)
-        if dlq not in dlq_topics:
-            dlq_topics[dlq] = app.topic(prefix + dlq, key_type=bytes, value_type=bytes)
-        await dlq_topics[dlq].send(
-            key=event.key,
-            value=event.value,
-            headers=dead_letter_headers(
-                msg.headers,
-                topic=msg.topic,
-                partition=msg.partition,
-                offset=msg.offset,
-                reason=reason,
-                message=message,
-                attempts=1,
-                group=app_id,
-            ),
-        )
-        BUS_METRICS.dead_lettered.labels(msg.topic, reason).inc()
-        log.warning(
-            "dead-lettered",
-            extra={
-                "topic": msg.topic,
-                "partition": msg.partition,
-                "offset": msg.offset,
-                "reason": reason,
-                "detail": message[:300],
-            },
-        )
+    dead_letters = FaustDeadLetters(app, prefix, group=app_id)
+    dead_letter = dead_letters.send
+    logical = dead_letters.logical
 
     @app.agent(sources)
     async def route(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,7 +31,7 @@ class TriggerPolicy(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     threshold: float = Field(default=0.75, ge=0.0, le=1.0)
-    """Live accuracy below this is bad. The simulator's day model scores about 0.9 by day and
+    """Live accuracy below this is bad. The simulator's day model scores above 0.95 by day and
     under 0.5 at night or in fog, so 0.75 separates them with room for window noise."""
 
     consecutive: int = Field(default=2, ge=1)
@@ -39,8 +40,9 @@ class TriggerPolicy(BaseModel):
     min_labels: int = Field(default=100, ge=1)
     """Labelled predictions a window needs to count."""
 
-    cooldown_s: float = Field(default=900.0, ge=0)
-    """After a request, no other fires for this long (time for training to answer)."""
+    cooldown_s: float = Field(default=300.0, ge=0)
+    """After a request, no other fires for this long: time for training, evaluation and the
+    shadow comparison to answer (about two to three minutes on the simulator's stream)."""
 
 
 @dataclass
@@ -53,6 +55,23 @@ class RetrainTrigger:
     _run_version: str | None = None
     _fired_for: set[str] = field(default_factory=set)
     _last_fired: datetime | None = None
+
+    def state(self) -> dict[str, Any]:
+        """The trigger's state as JSON (kept in the monitor's table across restarts)."""
+        return {
+            "run": list(self._run),
+            "run_version": self._run_version,
+            "fired_for": sorted(self._fired_for),
+            "last_fired": self._last_fired.isoformat() if self._last_fired else None,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from ``state()`` of an earlier trigger."""
+        self._run = [str(w) for w in state.get("run", [])]
+        self._run_version = state.get("run_version")
+        self._fired_for = {str(w) for w in state.get("fired_for", [])}
+        last = state.get("last_fired")
+        self._last_fired = datetime.fromisoformat(last) if last else None
 
     def observe(self, window: WindowMetrics, now: datetime) -> RetrainRequest | None:
         """The request this window fires, if any."""

@@ -1,27 +1,50 @@
-"""Monitoring windows: labelled predictions of one model version, summarised.
+"""Monitoring windows: what one model version did on one stream, summarised as it happened.
 
-A window collects observations (a prediction, with its ground truth once the label arrived,
-or without when it never did) of one model version on one stream (champion or shadow). It
-closes when it holds ``labelled_per_window`` labelled observations, or, as a fallback for
-quiet periods, when its oldest observation is ``max_window_s`` old and it has at least
-``min_labelled_time_window`` labels. Window ids count per version and stream, so replaying
-the same observations after a restart gives the same ids (the retrain trigger's idempotency
-keys are built from them).
+A window of one model version on one stream (``live``: the champion's predictions; ``shadow``:
+the challenger's) counts, in the order the monitor sees them,
+
+- every prediction that arrives (sample count, mean confidence, predicted class mix, per-camera
+  confidence, and the least confident frames: the label-free signals), and
+- every prediction whose label arrives (accuracy, per-class precision/recall/F1, macro-F1,
+  per-slice accuracy).
+
+Labels come late, so a labelled prediction is counted in the window that is open when its
+label arrives, not in the one that saw the prediction: windows close promptly and no window
+is ever reopened. Coverage is labelled predictions over predictions of the same window.
+
+A window closes when it holds ``labelled_per_window`` labelled predictions (count window) or,
+as a fallback for quiet periods, when it has been open for ``max_window_s`` and has at least
+``min_labelled_time_window`` labels (time window). Window ids count per version and stream
+(``<version>:<stream>:<n>``); the book's state is plain JSON, kept in the monitor's table, so
+a restarted monitor continues the same numbering (the retrain trigger's idempotency keys are
+built from these ids).
+
+Everything here is pure: no Kafka, no clock of its own.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import heapq
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.monitoring.drift import psi
 from shared.events import ClassMetrics, WindowMetrics
 
-__all__ = ["Observation", "WindowBook", "WindowPolicy", "summarise"]
+__all__ = [
+    "Observation",
+    "Reference",
+    "Stream",
+    "WindowAccumulator",
+    "WindowBook",
+    "WindowPolicy",
+]
+
+Stream = Literal["live", "shadow"]
 
 
 class WindowPolicy(BaseModel):
@@ -30,18 +53,23 @@ class WindowPolicy(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     labelled_per_window: int = Field(default=200, gt=0)
-    """Labelled predictions per count window."""
+    """Labelled predictions per count window. At the simulator's 20 frames/s and 30 % label
+    coverage, one window every 35 s or so; 200 labels put the standard error of an accuracy
+    near 0.9 at about 0.02."""
 
-    max_window_s: float = Field(default=600.0, gt=0)
-    """A window older than this closes early (time fallback) ..."""
+    max_window_s: float = Field(default=300.0, gt=0)
+    """A window open this long closes early (time fallback) ..."""
 
     min_labelled_time_window: int = Field(default=50, gt=0)
     """... if it has at least this many labels; otherwise it stays open."""
 
+    uncertain_per_camera: int = Field(default=20, ge=0)
+    """Least confident frames remembered per camera (candidates for label requests)."""
+
 
 @dataclass(frozen=True)
 class Observation:
-    """One prediction and, when it arrived, its label."""
+    """One prediction as the monitor sees it; ``label`` once the ground truth arrived."""
 
     frame_id: str
     camera_id: str
@@ -51,112 +79,223 @@ class Observation:
     served_at: datetime
     label: str | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "frame_id": self.frame_id,
+            "camera_id": self.camera_id,
+            "condition": self.condition,
+            "predicted": self.predicted,
+            "confidence": self.confidence,
+            "served_at": self.served_at.isoformat(),
+            "label": self.label,
+        }
 
-def summarise(
-    observations: Sequence[Observation],
-    classes: Sequence[str],
-    *,
-    model_name: str,
-    model_version: str,
-    window_id: str,
-    kind: str,
-    shadow: bool,
-    reference_mix: dict[str, float] | None = None,
-) -> WindowMetrics:
-    """The metrics of one closed window. Accuracy, per-class and per-slice figures come from
-    the labelled observations; confidence, class mix and PSI from all of them."""
-    labelled = [o for o in observations if o.label is not None]
-    n = len(observations)
-    per_class: dict[str, ClassMetrics] = {}
-    f1s = []
-    for c in classes:
-        tp = sum(1 for o in labelled if o.predicted == c and o.label == c)
-        predicted = sum(1 for o in labelled if o.predicted == c)
-        support = sum(1 for o in labelled if o.label == c)
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[c] = ClassMetrics(precision=precision, recall=recall, f1=f1, support=support)
-        if support:
-            f1s.append(f1)
-    slices: dict[str, list[bool]] = {}
-    for o in labelled:
-        hit = o.predicted == o.label
-        slices.setdefault(f"camera={o.camera_id}", []).append(hit)
-        slices.setdefault(f"condition={o.condition or 'unknown'}", []).append(hit)
-    mix_counts = Counter(o.predicted for o in observations)
-    mix = {c: mix_counts.get(c, 0) / n for c in classes} if n else {}
-    return WindowMetrics(
-        source="monitoring",
-        model_name=model_name,
-        model_version=model_version,
-        window_id=window_id,
-        window_kind="count" if kind == "count" else "time",
-        window_start=min(o.served_at for o in observations),
-        window_end=max(o.served_at for o in observations),
-        shadow=shadow,
-        sample_count=n,
-        labelled_count=len(labelled),
-        label_coverage=len(labelled) / n if n else 0.0,
-        accuracy=sum(o.predicted == o.label for o in labelled) / len(labelled)
-        if labelled
-        else None,
-        macro_f1=sum(f1s) / len(f1s) if f1s else None,
-        per_class=per_class,
-        per_slice_accuracy={k: sum(v) / len(v) for k, v in sorted(slices.items())},
-        mean_confidence=sum(o.confidence for o in observations) / n if n else None,
-        class_mix=mix,
-        psi=psi(reference_mix, mix) if reference_mix and mix else None,
-    )
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Observation:
+        return cls(
+            frame_id=str(data["frame_id"]),
+            camera_id=str(data["camera_id"]),
+            condition=data.get("condition"),
+            predicted=str(data["predicted"]),
+            confidence=float(data["confidence"]),
+            served_at=datetime.fromisoformat(data["served_at"]),
+            label=data.get("label"),
+        )
+
+
+class WindowAccumulator(BaseModel):
+    """Sufficient statistics of one open window (small, whatever the window's size)."""
+
+    samples: int = 0
+    labelled: int = 0
+    confidence_sum: float = 0.0
+    mix: dict[str, int] = Field(default_factory=dict)
+    """Predicted class -> predictions."""
+    confusion: dict[str, dict[str, int]] = Field(default_factory=dict)
+    """True class -> predicted class -> labelled predictions."""
+    slices: dict[str, list[int]] = Field(default_factory=dict)
+    """``camera=…`` / ``condition=…`` -> [correct, labelled]."""
+    cameras: dict[str, list[float]] = Field(default_factory=dict)
+    """Camera -> [predictions, confidence sum]."""
+    uncertain: dict[str, list[tuple[float, str]]] = Field(default_factory=dict)
+    """Camera -> the least confident (confidence, frame_id) seen, at most a few."""
+    first_at: datetime | None = None
+    """Serving time of the earliest prediction or label counted."""
+    last_at: datetime | None = None
+    opened_at: datetime | None = None
+    """Monitor clock when the window got its first observation (for the time fallback)."""
+
+    def _touch(self, at: datetime, now: datetime) -> None:
+        self.first_at = at if self.first_at is None or at < self.first_at else self.first_at
+        self.last_at = at if self.last_at is None or at > self.last_at else self.last_at
+        if self.opened_at is None:
+            self.opened_at = now
+
+    def add_prediction(self, obs: Observation, now: datetime, keep_uncertain: int) -> None:
+        self._touch(obs.served_at, now)
+        self.samples += 1
+        self.confidence_sum += obs.confidence
+        self.mix[obs.predicted] = self.mix.get(obs.predicted, 0) + 1
+        cam = self.cameras.setdefault(obs.camera_id, [0.0, 0.0])
+        cam[0] += 1
+        cam[1] += obs.confidence
+        if keep_uncertain:
+            # A max-heap on confidence (negated) of the ``keep_uncertain`` least confident.
+            heap = [(-c, f) for c, f in self.uncertain.get(obs.camera_id, [])]
+            heapq.heapify(heap)
+            item = (-obs.confidence, obs.frame_id)
+            if len(heap) < keep_uncertain:
+                heapq.heappush(heap, item)
+            elif item > heap[0]:
+                heapq.heapreplace(heap, item)
+            self.uncertain[obs.camera_id] = sorted((-c, f) for c, f in heap)
+
+    def add_label(self, obs: Observation, now: datetime) -> None:
+        if obs.label is None:
+            raise ValueError("add_label needs a labelled observation")
+        self._touch(obs.served_at, now)
+        self.labelled += 1
+        row = self.confusion.setdefault(obs.label, {})
+        row[obs.predicted] = row.get(obs.predicted, 0) + 1
+        hit = int(obs.predicted == obs.label)
+        for key in (f"camera={obs.camera_id}", f"condition={obs.condition or 'unknown'}"):
+            cell = self.slices.setdefault(key, [0, 0])
+            cell[0] += hit
+            cell[1] += 1
+
+    def is_empty(self) -> bool:
+        return self.samples == 0 and self.labelled == 0
+
+    def class_mix(self, classes: Sequence[str]) -> dict[str, float]:
+        n = sum(self.mix.values())
+        return {c: self.mix.get(c, 0) / n for c in classes} if n else {}
+
+    def camera_confidence(self) -> dict[str, float]:
+        return {cam: s / n for cam, (n, s) in sorted(self.cameras.items()) if n}
+
+    def metrics(
+        self,
+        classes: Sequence[str],
+        *,
+        model_name: str,
+        model_version: str,
+        window_id: str,
+        kind: Literal["count", "time"],
+        shadow: bool,
+        reference: Reference | None,
+    ) -> WindowMetrics:
+        """The window's ``WindowMetrics``; PSI against ``reference``'s class mix when given."""
+        per_class: dict[str, ClassMetrics] = {}
+        f1s = []
+        for c in classes:
+            tp = self.confusion.get(c, {}).get(c, 0)
+            predicted = sum(row.get(c, 0) for row in self.confusion.values())
+            support = sum(self.confusion.get(c, {}).values())
+            precision = tp / predicted if predicted else 0.0
+            recall = tp / support if support else 0.0
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            per_class[c] = ClassMetrics(precision=precision, recall=recall, f1=f1, support=support)
+            if support:
+                f1s.append(f1)
+        correct = sum(row.get(label, 0) for label, row in self.confusion.items())
+        mix = self.class_mix(classes)
+        at = self.first_at or self.opened_at
+        assert at is not None, "an empty window has no metrics"
+        return WindowMetrics(
+            source="monitoring",
+            model_name=model_name,
+            model_version=model_version,
+            window_id=window_id,
+            window_kind=kind,
+            window_start=at,
+            window_end=self.last_at or at,
+            shadow=shadow,
+            sample_count=self.samples,
+            labelled_count=self.labelled,
+            label_coverage=min(1.0, self.labelled / self.samples) if self.samples else 0.0,
+            accuracy=correct / self.labelled if self.labelled else None,
+            macro_f1=sum(f1s) / len(f1s) if f1s else None,
+            per_class=per_class,
+            per_slice_accuracy={k: c / n for k, (c, n) in sorted(self.slices.items()) if n},
+            mean_confidence=self.confidence_sum / self.samples if self.samples else None,
+            class_mix=mix,
+            psi=psi(reference.mix, mix)
+            if reference is not None and reference.mix and mix
+            else None,
+        )
+
+
+class Reference(BaseModel):
+    """What a version looked like in its first window: the baseline of label-free drift."""
+
+    window_id: str
+    mix: dict[str, float]
+    mean_confidence: float | None
+    camera_confidence: dict[str, float]
 
 
 @dataclass
-class WindowBook:
-    """The open window of one model version and stream; emits each window as it closes.
+class Closed:
+    """A window that just closed: its metrics and the accumulator behind them."""
 
-    The first closed window's class mix becomes the reference that later windows' PSI is
-    measured against (what the model saw when it was new)."""
+    metrics: WindowMetrics
+    accumulator: WindowAccumulator
+
+
+class WindowBook(BaseModel):
+    """The windows of one model version on one stream: the open one, how many closed, and
+    the reference (the first closed window)."""
 
     model_name: str
     model_version: str
-    shadow: bool
-    classes: tuple[str, ...]
-    policy: WindowPolicy = field(default_factory=WindowPolicy)
-    reference_mix: dict[str, float] | None = None
+    stream: Stream
     closed: int = 0
-    _open: list[Observation] = field(default_factory=list)
-    _labelled: int = 0
+    open: WindowAccumulator = Field(default_factory=WindowAccumulator)
+    reference: Reference | None = None
 
-    def add(self, obs: Observation) -> WindowMetrics | None:
-        """Add one observation; the window it closed, if any."""
-        self._open.append(obs)
-        if obs.label is not None:
-            self._labelled += 1
-        if self._labelled >= self.policy.labelled_per_window:
-            return self._close("count")
+    @property
+    def shadow(self) -> bool:
+        return self.stream == "shadow"
+
+    def add_prediction(self, obs: Observation, now: datetime, policy: WindowPolicy) -> None:
+        self.open.add_prediction(obs, now, policy.uncertain_per_camera)
+
+    def add_label(
+        self, obs: Observation, now: datetime, policy: WindowPolicy, classes: Sequence[str]
+    ) -> Closed | None:
+        """Count one labelled prediction; the window it closed, if any."""
+        self.open.add_label(obs, now)
+        if self.open.labelled >= policy.labelled_per_window:
+            return self._close("count", classes)
         return None
 
-    def tick(self, now: datetime) -> WindowMetrics | None:
+    def tick(self, now: datetime, policy: WindowPolicy, classes: Sequence[str]) -> Closed | None:
         """Close the window by time when it is old enough and labelled enough."""
-        if not self._open or self._labelled < self.policy.min_labelled_time_window:
+        acc = self.open
+        if acc.opened_at is None or acc.labelled < policy.min_labelled_time_window:
             return None
-        age = (now - min(o.served_at for o in self._open)).total_seconds()
-        return self._close("time") if age >= self.policy.max_window_s else None
+        if (now - acc.opened_at).total_seconds() < policy.max_window_s:
+            return None
+        return self._close("time", classes)
 
-    def _close(self, kind: str) -> WindowMetrics:
+    def _close(self, kind: Literal["count", "time"], classes: Sequence[str]) -> Closed:
         self.closed += 1
-        stream = "shadow" if self.shadow else "live"
-        window = summarise(
-            self._open,
-            self.classes,
+        acc = self.open
+        metrics = acc.metrics(
+            classes,
             model_name=self.model_name,
             model_version=self.model_version,
-            window_id=f"{self.model_version}:{stream}:{self.closed}",
+            window_id=f"{self.model_version}:{self.stream}:{self.closed}",
             kind=kind,
             shadow=self.shadow,
-            reference_mix=self.reference_mix,
+            reference=self.reference,
         )
-        if self.reference_mix is None:
-            self.reference_mix = dict(window.class_mix)
-        self._open, self._labelled = [], 0
-        return window
+        if self.reference is None:
+            self.reference = Reference(
+                window_id=metrics.window_id,
+                mix=dict(metrics.class_mix),
+                mean_confidence=metrics.mean_confidence,
+                camera_confidence=acc.camera_confidence(),
+            )
+        self.open = WindowAccumulator()
+        return Closed(metrics, acc)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from services.monitoring.drift import psi
 from services.monitoring.trigger import RetrainTrigger, TriggerPolicy
-from services.monitoring.windows import Observation, WindowBook, WindowPolicy, summarise
+from services.monitoring.windows import (
+    Closed,
+    Observation,
+    WindowAccumulator,
+    WindowBook,
+    WindowPolicy,
+)
 from shared.events import WindowMetrics
 
 CLASSES = ("car", "truck", "bus", "motorcycle")
@@ -29,20 +36,35 @@ def obs(
     )
 
 
-def test_summary_counts_only_labelled_for_accuracy_and_everything_for_the_mix() -> None:
-    window = summarise(
-        [
-            obs(0, "car", "car"),
-            obs(1, "car", "truck", camera="cam-2", cond="night"),
-            obs(2, "truck", "truck"),
-            obs(3, "bus", None),
-        ],
+POLICY = WindowPolicy(labelled_per_window=3, uncertain_per_camera=2)
+
+
+def feed(book: WindowBook, o: Observation, policy: WindowPolicy = POLICY) -> Closed | None:
+    """A prediction, then (when it has one) its label, as the join passes them on."""
+    book.add_prediction(replace(o, label=None), T0, policy)
+    return book.add_label(o, T0, policy, CLASSES) if o.label is not None else None
+
+
+def test_a_window_counts_labels_for_accuracy_and_every_prediction_for_the_mix() -> None:
+    acc = WindowAccumulator()
+    observations = [
+        obs(0, "car", "car"),
+        obs(1, "car", "truck", camera="cam-2", cond="night"),
+        obs(2, "truck", "truck"),
+        obs(3, "bus", None),
+    ]
+    for o in observations:
+        acc.add_prediction(replace(o, label=None), T0, keep_uncertain=2)
+        if o.label is not None:
+            acc.add_label(o, T0)
+    window = acc.metrics(
         CLASSES,
         model_name="m",
         model_version="v",
         window_id="v:live:1",
         kind="count",
         shadow=False,
+        reference=None,
     )
     assert window.sample_count == 4 and window.labelled_count == 3
     assert window.label_coverage == pytest.approx(0.75)
@@ -60,38 +82,56 @@ def test_summary_counts_only_labelled_for_accuracy_and_everything_for_the_mix() 
     }
     assert window.class_mix == {"car": 0.5, "truck": 0.25, "bus": 0.25, "motorcycle": 0.0}
     assert window.psi is None
+    assert window.window_start == T0 and window.window_end == T0 + timedelta(seconds=3)
 
 
-def test_windows_close_by_label_count_with_stable_ids_and_a_reference_mix() -> None:
-    book = WindowBook("m", "v", False, CLASSES, WindowPolicy(labelled_per_window=3))
-    closed = [book.add(obs(i, "car", "car" if i % 2 == 0 else None)) for i in range(12)]
-    windows = [w for w in closed if w is not None]
+def test_the_least_confident_frames_are_kept_per_camera() -> None:
+    acc = WindowAccumulator()
+    for i, conf in enumerate([0.9, 0.2, 0.7, 0.4, 0.95]):
+        acc.add_prediction(replace(obs(i, "car", None), confidence=conf), T0, keep_uncertain=2)
+    acc.add_prediction(replace(obs(9, "bus", None, camera="cam-2"), confidence=0.99), T0, 2)
+    assert acc.uncertain == {"cam-1": [(0.2, "f1"), (0.4, "f3")], "cam-2": [(0.99, "f9")]}
+
+
+def test_windows_close_by_label_count_with_stable_ids_and_a_reference() -> None:
+    def run() -> list[WindowMetrics]:
+        book = WindowBook(model_name="m", model_version="v", stream="live")
+        closed = [feed(book, obs(i, "car", "car" if i % 2 == 0 else None)) for i in range(12)]
+        return [c.metrics for c in closed if c is not None]
+
+    windows = run()
     assert [w.window_id for w in windows] == ["v:live:1", "v:live:2"]
     assert [w.sample_count for w in windows] == [5, 6]
     assert windows[0].psi is None and windows[1].psi == pytest.approx(0.0)
-    replay = WindowBook("m", "v", False, CLASSES, WindowPolicy(labelled_per_window=3))
-    again = [
-        w
-        for w in (replay.add(obs(i, "car", "car" if i % 2 == 0 else None)) for i in range(12))
-        if w
-    ]
-    assert [w.window_id for w in again] == ["v:live:1", "v:live:2"]
+    assert [w.window_id for w in run()] == ["v:live:1", "v:live:2"]  # a replay: same ids
+
+
+def test_a_book_survives_a_round_trip_through_json() -> None:
+    book = WindowBook(model_name="m", model_version="v", stream="live")
+    for i in range(7):
+        feed(book, obs(i, "car", "car" if i % 2 == 0 else None))
+    again = WindowBook.model_validate_json(book.model_dump_json())
+    assert again == book
+    closed_a = feed(book, obs(7, "bus", "car"))
+    closed_b = feed(again, obs(7, "bus", "car"))
+    assert closed_a is None and closed_b is None
+    a, b = feed(book, obs(8, "car", "car")), feed(again, obs(8, "car", "car"))
+    assert a is not None and b is not None
+    envelope = {"event_id", "produced_at"}
+    assert a.metrics.model_dump(exclude=envelope) == b.metrics.model_dump(exclude=envelope)
 
 
 def test_a_quiet_window_closes_by_time_once_it_has_enough_labels() -> None:
-    book = WindowBook(
-        "m",
-        "v",
-        True,
-        CLASSES,
-        WindowPolicy(labelled_per_window=100, max_window_s=60, min_labelled_time_window=2),
-    )
-    book.add(obs(0, "car", "car"))
-    assert book.tick(T0 + timedelta(seconds=120)) is None  # one label only
-    book.add(obs(1, "bus", "car"))
-    assert book.tick(T0 + timedelta(seconds=30)) is None  # not old enough
-    w = book.tick(T0 + timedelta(seconds=120))
-    assert w is not None and w.window_kind == "time" and w.shadow and w.window_id == "v:shadow:1"
+    policy = WindowPolicy(labelled_per_window=100, max_window_s=60, min_labelled_time_window=2)
+    book = WindowBook(model_name="m", model_version="v", stream="shadow")
+    feed(book, obs(0, "car", "car"), policy)
+    assert book.tick(T0 + timedelta(seconds=120), policy, CLASSES) is None  # one label only
+    feed(book, obs(1, "bus", "car"), policy)
+    assert book.tick(T0 + timedelta(seconds=30), policy, CLASSES) is None  # not old enough
+    closed = book.tick(T0 + timedelta(seconds=120), policy, CLASSES)
+    assert closed is not None
+    w = closed.metrics
+    assert w.window_kind == "time" and w.shadow and w.window_id == "v:shadow:1"
 
 
 def test_psi_is_zero_for_equal_mixes_and_grows_with_the_shift() -> None:

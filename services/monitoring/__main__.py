@@ -1,0 +1,62 @@
+"""Run the monitoring service: ``streamloop serve monitoring`` or ``python -m services.monitoring``.
+
+One process runs the faust worker (join, windows, trigger, drift, comparisons) and the
+dashboard, which follows the same topics on its own consumer and reads the models table from
+the registry's read model in Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import faust
+
+from services.monitoring.app import build_app
+from services.monitoring.board import DashboardState
+from services.monitoring.dashboard import serve_dashboard
+from services.monitoring.feed import DashboardFeed
+from services.monitoring.settings import MonitoringSettings
+from shared.redis_store import connect
+from shared.registry import RedisRegistry
+from shared.service import start_service
+
+log = logging.getLogger("streamloop.monitoring")
+
+
+def main() -> int:
+    settings = MonitoringSettings()
+    telemetry = start_service("monitoring", settings)
+    monitor = build_app(settings, telemetry.tracer)
+    board = DashboardState()
+    feed = DashboardFeed(settings.kafka, board)
+    feed.start()
+    dashboard = serve_dashboard(
+        board,
+        RedisRegistry(connect(settings.redis)),
+        settings.model_name,
+        settings.trigger.threshold,
+        settings.dashboard_host,
+        settings.dashboard_port,
+    )
+    log.info("dashboard listening", extra={"url": dashboard.url})
+    worker = faust.Worker(
+        monitor.app,
+        loglevel=settings.telemetry.log_level,
+        quiet=True,
+        override_logging=False,
+        redirect_stdouts=False,
+    )
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        dashboard.close()
+        feed.stop()
+        telemetry.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

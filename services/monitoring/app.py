@@ -1,0 +1,394 @@
+"""The faust application of the monitoring service.
+
+Topology::
+
+    predictions ────────┐
+    predictions.shadow ─┼─ route ─> <app>-join ─ join ─> <app>-observations ─ watch ─┐
+    labels ─────────────┘  (by frame id)    │          (1 partition)          │      │
+                                      table pending                    table state   │
+      metrics (windows, comparisons), retrain.requests, alerts, labels.requests <────┘
+
+``route`` re-keys predictions (keyed by camera) and labels (keyed by frame) by frame id, so
+all of a frame's records meet in one partition of the ``pending`` table (``join``, see
+``services.monitoring.join``). What the join completes goes, keyed by model, to one
+single-partition topic, where ``watch`` feeds the pure ``Monitor`` in one order and keeps
+its state documents in the ``state`` table. Both tables have changelogs, so a restarted
+monitor carries on where it was: the same window ids, the same trigger state, and a drop
+that already fired never fires again.
+
+Timers send ticks through the same topics: each join partition sweeps its expired entries,
+and the observations partition closes quiet windows by time.
+
+Tracing: each window is published under its own span; a retrain request's span links to the
+spans of the windows that caused it (many to one), and training, evaluation, the registry
+and serving continue that trace from the request's headers.
+
+At-least-once, as in labelling: faust flushes its producer before committing, and no
+exception escapes an agent; what cannot be handled goes to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any
+
+import faust
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanContext, SpanKind
+from prometheus_client import Counter, Gauge
+
+from services.monitoring.join import FrameJoin, Joined
+from services.monitoring.monitor import Monitor, Outputs
+from services.monitoring.settings import MonitoringSettings
+from shared.events import DecodeError, Event, Label, Prediction, decode, encode, utcnow
+from shared.streams import BytesKeyed, FaustDeadLetters, broker_options
+from shared.telemetry import inject_headers
+from shared.topics import Topics
+
+__all__ = ["MonitorApp", "build_app"]
+
+log = logging.getLogger("streamloop.monitoring")
+
+RECORDS = Counter(
+    "streamloop_monitoring_records",
+    "Records handled by monitoring, by kind (prediction, label, other) and outcome.",
+    ["kind", "outcome"],
+)
+PUBLISHED = Counter(
+    "streamloop_monitoring_published", "Events published by monitoring, by topic.", ["topic"]
+)
+LIVE_ACCURACY = Gauge(
+    "streamloop_monitoring_window_accuracy",
+    "Accuracy of the last closed window, by model version and stream.",
+    ["model_version", "stream"],
+)
+PENDING = Gauge("streamloop_monitoring_pending", "Frames held in this worker's join table.")
+
+MAX_BYTES = 1_500_000
+TICK = b'{"event_type":"monitoring.tick"}'
+KEEP_WINDOW_SPANS = 500
+
+
+class MonitorApp:
+    """The configured faust app and what its agents share (``build_app`` makes one)."""
+
+    def __init__(
+        self,
+        settings: MonitoringSettings,
+        tracer: trace.Tracer | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.tracer = tracer or trace.get_tracer("streamloop.monitoring")
+        self.clock = clock
+        kafka = settings.kafka
+        self.prefix = prefix = kafka.topic_prefix
+        self.app_id = app_id = prefix + settings.app_id
+        self.app = app = faust.App(
+            app_id,
+            **broker_options(kafka),
+            store="memory://",
+            web_enabled=False,
+            topic_partitions=settings.partitions,
+            topic_replication_factor=kafka.replication_factor,
+            key_serializer="raw",
+            value_serializer="raw",
+            producer_acks=-1,
+            consumer_auto_offset_reset="earliest",
+            processing_guarantee="at_least_once",
+            topic_allow_declare=True,
+            topic_disable_leader=True,
+        )
+        self.join_rules = FrameJoin(settings.join_ttl_s)
+        self.monitor = Monitor(settings.model_name, settings.task.classes, settings.policy())
+        self._loaded = False
+        self._window_spans: OrderedDict[str, SpanContext] = OrderedDict()
+        self.dead_letters = FaustDeadLetters(app, prefix, group=app_id)
+
+        self.sources = app.topic(
+            prefix + Topics.PREDICTIONS,
+            prefix + Topics.PREDICTIONS_SHADOW,
+            prefix + Topics.LABELS,
+            key_type=bytes,
+            value_type=bytes,
+        )
+        self.join_topic = app.topic(
+            f"{app_id}-join",
+            key_type=bytes,
+            value_type=bytes,
+            partitions=settings.partitions,
+            internal=True,
+        )
+        self.observations = app.topic(
+            f"{app_id}-observations", key_type=bytes, value_type=bytes, partitions=1, internal=True
+        )
+        self.out = {
+            name: app.topic(prefix + name, key_type=bytes, value_type=bytes)
+            for name in (
+                Topics.METRICS,
+                Topics.RETRAIN_REQUESTS,
+                Topics.ALERTS,
+                Topics.LABELS_REQUESTS,
+            )
+        }
+        pending = app.Table(
+            "pending",
+            default=None,
+            partitions=settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            help="frame_id -> predictions and label waiting for each other (JSON)",
+        )
+        self.pending_table = pending
+        self.pending = BytesKeyed(pending)
+        self.state = BytesKeyed(
+            app.Table(
+                "state",
+                default=None,
+                partitions=1,
+                key_type=bytes,
+                value_type=bytes,
+                help="the monitor's state documents (windows, trigger, comparisons) as JSON",
+            )
+        )
+        self._wire()
+
+    # --- agents ---------------------------------------------------------------------------
+
+    def _wire(self) -> None:
+        app, settings = self.app, self.settings
+
+        @app.agent(self.sources)
+        async def route(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+            async for event in stream.events():
+                await self.route(event)
+                yield None
+
+        @app.agent(self.join_topic)
+        async def join(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+            async for event in stream.events():
+                await self.join(event)
+                yield None
+
+        @app.agent(self.observations)
+        async def watch(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+            async for event in stream.events():
+                await self.watch(event)
+                yield None
+
+        @app.timer(interval=settings.sweep_interval_s)  # type: ignore[untyped-decorator]
+        async def sweep_tick() -> None:
+            for partition in range(settings.partitions):
+                await self.join_topic.send(value=TICK, partition=partition)
+
+        @app.timer(interval=settings.tick_interval_s)  # type: ignore[untyped-decorator]
+        async def window_tick() -> None:
+            await self.observations.send(value=TICK, partition=0)
+
+    async def route(self, event: Any) -> None:
+        """Re-key a prediction or label by frame id onto the join topic."""
+        source = self.dead_letters.logical(event)
+        try:
+            parsed = decode(event.value, Event, max_bytes=MAX_BYTES)
+        except DecodeError as exc:
+            RECORDS.labels("other", exc.reason).inc()
+            await self.dead_letters.send(event, exc.reason, exc.message, source)
+            return
+        if not isinstance(parsed, Prediction | Label):
+            RECORDS.labels("other", "wrong_event_type").inc()
+            await self.dead_letters.send(
+                event, "wrong_event_type", f"{parsed.event_type} does not belong here", source
+            )
+            return
+        if isinstance(parsed, Prediction) and parsed.model_name != self.settings.model_name:
+            RECORDS.labels("prediction", "other_model").inc()
+            return
+        await self.join_topic.send(
+            key=parsed.frame_id.encode(),
+            value=event.value,
+            headers=list(event.message.headers or []),
+        )
+
+    async def join(self, event: Any) -> None:
+        """Join one prediction or label with what the frame already has."""
+        now = self.clock()
+        if event.value == TICK:
+            self.sweep(event.message.partition, now)
+            return
+        kind = "other"
+        try:
+            parsed = decode(event.value, Event, max_bytes=MAX_BYTES)
+            entry = self.pending.get(getattr(parsed, "frame_id", ""))
+            if isinstance(parsed, Prediction):
+                kind = "prediction"
+                entry, joined = self.join_rules.on_prediction(entry, parsed, now)
+            elif isinstance(parsed, Label):
+                kind = "label"
+                entry, joined = self.join_rules.on_label(entry, parsed, now)
+            else:
+                raise DecodeError(f"{parsed.event_type} does not belong here")
+            entry["p"] = event.message.partition
+            self.pending[parsed.frame_id] = entry
+        except DecodeError as exc:
+            RECORDS.labels(kind, exc.reason).inc()
+            await self.dead_letters.send(event, exc.reason, exc.message, Topics.EVENTS_DLQ)
+            return
+        except Exception as exc:  # a bug must not stop the stream: park the record
+            log.exception("join failed", extra={"offset": event.message.offset})
+            RECORDS.labels(kind, "handler_error").inc()
+            await self.dead_letters.send(
+                event, "handler_error", f"{type(exc).__name__}: {exc}", Topics.EVENTS_DLQ
+            )
+            return
+        RECORDS.labels(kind, "joined" if joined else "held").inc()
+        for j in joined:
+            await self.observations.send(
+                key=j.model_name.encode(),
+                value=json.dumps(j.to_json(), separators=(",", ":")).encode(),
+                partition=0,
+            )
+
+    def sweep(self, partition: int, now: datetime) -> None:
+        """Remove this partition's expired join entries (each entry remembers its partition:
+        the table's mapping view spans every partition this worker holds)."""
+        expired = []
+        for key in self.pending:
+            entry = self.pending[key]
+            if entry.get("p") == partition and self.join_rules.expired(entry, now):
+                expired.append(key)
+        for key in expired:
+            del self.pending[key]
+        PENDING.set(len(self.pending_table))
+
+    async def watch(self, event: Any) -> None:
+        """Feed one joined observation (or a tick) to the monitor and publish its answer."""
+        now = self.clock()
+        if not self._loaded:
+            self.monitor.load((k, self.state[k]) for k in list(self.state))
+            self._loaded = True
+        try:
+            if event.value == TICK:
+                out = self.monitor.tick(now)
+            else:
+                out = self.observe(Joined.from_json(json.loads(event.value)), now)
+        except Exception as exc:
+            log.exception("monitor failed", extra={"offset": event.message.offset})
+            RECORDS.labels("observation", "handler_error").inc()
+            await self.dead_letters.send(
+                event, "handler_error", f"{type(exc).__name__}: {exc}", Topics.EVENTS_DLQ
+            )
+            return
+        for key, doc in self.monitor.take_dirty().items():
+            self.state[key] = doc
+        if out:
+            await self.publish(out)
+
+    def observe(self, j: Joined, now: datetime) -> Outputs:
+        m = self.monitor
+        if j.kind == "prediction":
+            return m.on_prediction(j.observation, j.version, j.stream, now)
+        if j.kind == "label":
+            return m.on_label(j.observation, j.version, j.stream, now)
+        assert j.challenger is not None and j.challenger_correct is not None
+        o = j.observation
+        return m.on_pair(
+            j.version,
+            j.challenger,
+            champion_correct=o.predicted == o.label,
+            challenger_correct=j.challenger_correct,
+            at=o.served_at,
+        )
+
+    # --- publishing -----------------------------------------------------------------------
+
+    async def _send(
+        self,
+        topic: str,
+        key: str,
+        event: Event,
+        *,
+        name: str,
+        links: list[Link] | None = None,
+        attributes: dict[str, str] | None = None,
+    ) -> SpanContext:
+        span = self.tracer.start_span(
+            name,
+            kind=SpanKind.PRODUCER,
+            links=links,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": self.prefix + topic,
+                "messaging.message.id": event.event_id,
+                **(attributes or {}),
+            },
+        )
+        try:
+            await self.out[topic].send(
+                key=key.encode(),
+                value=encode(event),
+                headers=inject_headers(None, trace.set_span_in_context(span)),
+            )
+        finally:
+            span.end()
+        PUBLISHED.labels(topic).inc()
+        return span.get_span_context()
+
+    async def publish(self, out: Outputs) -> None:
+        for w in out.windows:
+            ctx = await self._send(
+                Topics.METRICS,
+                w.model_version,
+                w,
+                name="monitoring window closed",
+                attributes={"streamloop.window_id": w.window_id},
+            )
+            self._window_spans[w.window_id] = ctx
+            while len(self._window_spans) > KEEP_WINDOW_SPANS:
+                self._window_spans.popitem(last=False)
+            if w.accuracy is not None:
+                LIVE_ACCURACY.labels(w.model_version, "shadow" if w.shadow else "live").set(
+                    w.accuracy
+                )
+            log.info(
+                "window closed",
+                extra={
+                    "window_id": w.window_id,
+                    "accuracy": w.accuracy,
+                    "labelled": w.labelled_count,
+                    "samples": w.sample_count,
+                    "psi": w.psi,
+                },
+            )
+        for c in out.comparisons:
+            await self._send(Topics.METRICS, c.model_name, c, name="monitoring comparison")
+        for r in out.retrains:
+            links = [Link(self._window_spans[w]) for w in r.window_ids if w in self._window_spans]
+            await self._send(
+                Topics.RETRAIN_REQUESTS,
+                r.model_name,
+                r,
+                name="monitoring retrain requested",
+                links=links,
+                attributes={"streamloop.request_id": r.idempotency_key},
+            )
+            log.warning("retrain requested", extra={"key": r.idempotency_key, "reason": r.reason})
+        for a in out.alerts:
+            await self._send(Topics.ALERTS, a.kind, a, name="monitoring alert")
+            log.warning("alert", extra={"kind": a.kind, "alert": a.message})
+        for q in out.label_requests:
+            await self._send(Topics.LABELS_REQUESTS, q.frame_id, q, name="monitoring label request")
+        if out.label_requests:
+            log.info("labels requested", extra={"count": len(out.label_requests)})
+
+
+def build_app(
+    settings: MonitoringSettings,
+    tracer: trace.Tracer | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> MonitorApp:
+    """The configured monitoring app (not started)."""
+    return MonitorApp(settings, tracer, clock)

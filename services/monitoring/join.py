@@ -1,0 +1,176 @@
+"""Joining predictions with their late labels, per frame.
+
+For each frame the join keeps, in the monitor's ``pending`` table (JSON, keyed by frame id):
+the champion's prediction (``live``), the challenger's (``shadow``), the label, and which
+observations it has already passed on. Each arrival passes on what it completes:
+
+- a prediction: ``prediction`` at once (label-free signals need no label);
+- a prediction whose label is known, or a label whose predictions are known: ``label``, once
+  per stream;
+- champion, challenger and label all known: ``pair``, once (the live comparison).
+
+A redelivered prediction or label changes nothing, so at-least-once delivery counts each
+frame once. The first label of a frame wins; later ones are ignored (the labelling service
+is where corrections go into training data). Entries expire ``ttl_s`` after they were first
+seen, labelled or not.
+
+Pure: the caller owns the table and the clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from services.monitoring.windows import Observation
+from shared.events import Label, Prediction
+
+__all__ = ["FrameJoin", "Joined"]
+
+Entry = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Joined:
+    """One observation the join passes on to the windows."""
+
+    kind: Literal["prediction", "label", "pair"]
+    model_name: str
+    observation: Observation
+    """For ``pair``, the champion's observation (with the label)."""
+    version: str
+    """For ``pair``, the champion's version."""
+    stream: Literal["live", "shadow"] = "live"
+    challenger: str | None = None
+    challenger_correct: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "model_name": self.model_name,
+            "observation": self.observation.to_json(),
+            "version": self.version,
+            "stream": self.stream,
+            "challenger": self.challenger,
+            "challenger_correct": self.challenger_correct,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Joined:
+        return cls(
+            kind=data["kind"],
+            model_name=str(data["model_name"]),
+            observation=Observation.from_json(data["observation"]),
+            version=str(data["version"]),
+            stream=data.get("stream", "live"),
+            challenger=data.get("challenger"),
+            challenger_correct=data.get("challenger_correct"),
+        )
+
+
+def _prediction_json(p: Prediction) -> dict[str, Any]:
+    return {
+        "model_name": p.model_name,
+        "version": p.model_version,
+        "camera_id": p.camera_id,
+        "condition": p.condition,
+        "predicted": p.predicted_class,
+        "confidence": p.confidence,
+        "served_at": p.served_at.isoformat(),
+    }
+
+
+def _observation(frame_id: str, pred: dict[str, Any], label: str | None) -> Observation:
+    return Observation(
+        frame_id=frame_id,
+        camera_id=str(pred["camera_id"]),
+        condition=pred.get("condition"),
+        predicted=str(pred["predicted"]),
+        confidence=float(pred["confidence"]),
+        served_at=datetime.fromisoformat(pred["served_at"]),
+        label=label,
+    )
+
+
+class FrameJoin:
+    """The join's rules (see the module docstring)."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl = timedelta(seconds=ttl_s)
+
+    def on_prediction(
+        self, entry: Entry | None, p: Prediction, now: datetime
+    ) -> tuple[Entry, list[Joined]]:
+        """The frame's new entry and what the prediction completes."""
+        e: Entry = dict(entry) if entry else {"t": now.isoformat(), "sent": []}
+        stream: Literal["live", "shadow"] = "shadow" if p.shadow else "live"
+        held = e.get(stream)
+        if held is not None and held.get("version") == p.model_version:
+            return e, []  # redelivered
+        if held is not None:
+            # Another version on the same stream (a swap mid-frame): keep the first.
+            return e, []
+        e[stream] = _prediction_json(p)
+        out = [
+            Joined(
+                "prediction",
+                p.model_name,
+                _observation(p.frame_id, e[stream], None),
+                p.model_version,
+                stream,
+            )
+        ]
+        out += self._complete(p.frame_id, e)
+        return e, out
+
+    def on_label(
+        self, entry: Entry | None, label: Label, now: datetime
+    ) -> tuple[Entry, list[Joined]]:
+        """The frame's new entry and what the label completes."""
+        e: Entry = dict(entry) if entry else {"t": now.isoformat(), "sent": []}
+        if e.get("label") is not None:
+            return e, []
+        e["label"] = label.label
+        return e, self._complete(label.frame_id, e)
+
+    def _complete(self, frame_id: str, e: Entry) -> list[Joined]:
+        label = e.get("label")
+        if label is None:
+            return []
+        sent: list[str] = list(e.get("sent", []))
+        out = []
+        streams: tuple[Literal["live", "shadow"], ...] = ("live", "shadow")
+        for stream in streams:
+            pred: dict[str, Any] | None = e.get(stream)
+            if pred is not None and stream not in sent:
+                sent.append(stream)
+                out.append(
+                    Joined(
+                        "label",
+                        str(pred["model_name"]),
+                        _observation(frame_id, pred, label),
+                        str(pred["version"]),
+                        stream,
+                    )
+                )
+        live, shadow = e.get("live"), e.get("shadow")
+        if live is not None and shadow is not None and "pair" not in sent:
+            sent.append("pair")
+            out.append(
+                Joined(
+                    "pair",
+                    str(live["model_name"]),
+                    _observation(frame_id, live, label),
+                    str(live["version"]),
+                    "live",
+                    challenger=str(shadow["version"]),
+                    challenger_correct=shadow["predicted"] == label,
+                )
+            )
+        e["sent"] = sent
+        return out
+
+    def expired(self, entry: Entry, now: datetime) -> bool:
+        """True when ``entry`` has outlived the TTL."""
+        return now - datetime.fromisoformat(entry["t"]) >= self.ttl

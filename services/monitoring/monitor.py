@@ -1,0 +1,325 @@
+"""The monitor: windows, the retrain trigger, label-free drift and the live comparison, for one
+model, driven by the joined stream.
+
+``Monitor`` is pure. The faust app feeds it three kinds of observation, in the order it reads
+them from its single-partition observations topic:
+
+- ``on_prediction``: a prediction arrived (label-free signals of its version's window);
+- ``on_label``: a prediction's label arrived (accuracy of the window open now; it may close);
+- ``on_pair``: champion and challenger both predicted a frame whose label arrived (the live
+  comparison the registry promotes or rolls back on);
+
+and ``tick`` closes quiet windows by time. Each call returns the events to publish. Its state
+is a handful of JSON documents (``state_keys`` / ``dump`` / ``load``) that the app keeps in a
+table, so a restarted monitor carries on with the same window numbering, the same trigger
+state and the same comparisons: a drop never fires twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.monitoring.drift import DriftPolicy, detect_drift
+from services.monitoring.trigger import RetrainTrigger, TriggerPolicy
+from services.monitoring.windows import Closed, Observation, Stream, WindowBook, WindowPolicy
+from shared.events import (
+    Alert,
+    LabelRequest,
+    LiveComparison,
+    RetrainRequest,
+    WindowMetrics,
+    derived_id,
+)
+
+__all__ = ["Monitor", "MonitorPolicy", "Outputs", "PairCounts"]
+
+SOURCE = "monitoring"
+
+
+class MonitorPolicy(BaseModel):
+    """Everything that decides what the monitor publishes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    window: WindowPolicy = WindowPolicy()
+    trigger: TriggerPolicy = TriggerPolicy()
+    drift: DriftPolicy = DriftPolicy()
+    compare_every: int = Field(default=50, ge=1)
+    """Publish the champion/challenger comparison each time this many more shared labelled
+    frames have been counted."""
+
+
+@dataclass
+class Outputs:
+    """What one call asks the app to publish."""
+
+    windows: list[WindowMetrics] = field(default_factory=list)
+    retrains: list[RetrainRequest] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    label_requests: list[LabelRequest] = field(default_factory=list)
+    comparisons: list[LiveComparison] = field(default_factory=list)
+
+    def extend(self, other: Outputs) -> None:
+        self.windows += other.windows
+        self.retrains += other.retrains
+        self.alerts += other.alerts
+        self.label_requests += other.label_requests
+        self.comparisons += other.comparisons
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.windows or self.retrains or self.alerts or self.label_requests or self.comparisons
+        )
+
+
+class PairCounts(BaseModel):
+    """Champion and challenger on the same labelled frames, since the pair was first seen."""
+
+    champion: str
+    challenger: str
+    labelled: int = 0
+    champion_correct: int = 0
+    challenger_correct: int = 0
+    since: datetime
+    until: datetime
+
+
+class Monitor:
+    """One model's monitoring state and decisions (see the module docstring)."""
+
+    def __init__(self, model_name: str, classes: Sequence[str], policy: MonitorPolicy) -> None:
+        self.model_name = model_name
+        self.classes = tuple(classes)
+        self.policy = policy
+        self.books: dict[str, WindowBook] = {}
+        self.pairs: dict[str, PairCounts] = {}
+        self.trigger = RetrainTrigger(model_name, policy.trigger)
+        self.drifting: dict[str, str] = {}
+        """Version -> id of the window that opened its current drift episode."""
+        self._dirty: set[str] = set()
+
+    # --- state --------------------------------------------------------------------------
+
+    def take_dirty(self) -> dict[str, dict[str, Any]]:
+        """The state documents changed since the last call, by key."""
+        out = {k: self.dump(k) for k in sorted(self._dirty)}
+        self._dirty.clear()
+        return out
+
+    def dump(self, key: str) -> dict[str, Any]:
+        """The JSON document stored under ``key``."""
+        kind, _, name = key.partition("/")
+        if kind == "book":
+            return self.books[name].model_dump(mode="json")
+        if kind == "pair":
+            return self.pairs[name].model_dump(mode="json")
+        if kind == "control":
+            return {"trigger": self.trigger.state(), "drifting": dict(self.drifting)}
+        raise KeyError(key)
+
+    def load(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Continue from documents written by ``take_dirty`` of an earlier monitor."""
+        for key, doc in items:
+            kind, _, name = key.partition("/")
+            if kind == "book":
+                self.books[name] = WindowBook.model_validate(doc)
+            elif kind == "pair":
+                self.pairs[name] = PairCounts.model_validate(doc)
+            elif kind == "control":
+                self.trigger.restore(doc.get("trigger", {}))
+                self.drifting = {str(k): str(v) for k, v in doc.get("drifting", {}).items()}
+
+    def _book(self, version: str, stream: Stream) -> tuple[str, WindowBook]:
+        name = f"{version}:{stream}"
+        book = self.books.get(name)
+        if book is None:
+            book = self.books[name] = WindowBook(
+                model_name=self.model_name, model_version=version, stream=stream
+            )
+        self._dirty.add(f"book/{name}")
+        return name, book
+
+    # --- intake -------------------------------------------------------------------------
+
+    def on_prediction(
+        self, obs: Observation, version: str, stream: Stream, now: datetime
+    ) -> Outputs:
+        _, book = self._book(version, stream)
+        book.add_prediction(obs, now, self.policy.window)
+        return Outputs()
+
+    def on_label(self, obs: Observation, version: str, stream: Stream, now: datetime) -> Outputs:
+        _, book = self._book(version, stream)
+        closed = book.add_label(obs, now, self.policy.window, self.classes)
+        return self._closed(book, closed, now) if closed else Outputs()
+
+    def on_pair(
+        self,
+        champion: str,
+        challenger: str,
+        *,
+        champion_correct: bool,
+        challenger_correct: bool,
+        at: datetime,
+    ) -> Outputs:
+        name = f"{champion}:{challenger}"
+        pair = self.pairs.get(name)
+        if pair is None:
+            pair = self.pairs[name] = PairCounts(
+                champion=champion, challenger=challenger, since=at, until=at
+            )
+        pair.labelled += 1
+        pair.champion_correct += int(champion_correct)
+        pair.challenger_correct += int(challenger_correct)
+        pair.until = max(pair.until, at)
+        self._dirty.add(f"pair/{name}")
+        out = Outputs()
+        if pair.labelled % self.policy.compare_every == 0:
+            out.comparisons.append(self._comparison(pair))
+        return out
+
+    def tick(self, now: datetime) -> Outputs:
+        """Close every window that is due by time."""
+        out = Outputs()
+        for name, book in list(self.books.items()):
+            closed = book.tick(now, self.policy.window, self.classes)
+            if closed is not None:
+                self._dirty.add(f"book/{name}")
+                out.extend(self._closed(book, closed, now))
+        return out
+
+    # --- decisions ----------------------------------------------------------------------
+
+    def _comparison(self, pair: PairCounts) -> LiveComparison:
+        n = pair.labelled
+        return LiveComparison(
+            event_id=derived_id("compare", pair.champion, pair.challenger, str(n)),
+            source=SOURCE,
+            model_name=self.model_name,
+            champion_version=pair.champion,
+            challenger_version=pair.challenger,
+            labelled=n,
+            champion_correct=pair.champion_correct,
+            challenger_correct=pair.challenger_correct,
+            champion_accuracy=pair.champion_correct / n if n else None,
+            challenger_accuracy=pair.challenger_correct / n if n else None,
+            since=pair.since,
+            until=pair.until,
+        )
+
+    def _closed(self, book: WindowBook, closed: Closed, now: datetime) -> Outputs:
+        m = closed.metrics.model_copy(
+            update={"event_id": derived_id("window", self.model_name, closed.metrics.window_id)}
+        )
+        out = Outputs(windows=[m])
+        if book.shadow:
+            return out
+        request = self.trigger.observe(m, now)
+        if request is not None:
+            request = request.model_copy(
+                update={"event_id": derived_id("retrain", request.idempotency_key)}
+            )
+            out.retrains.append(request)
+            out.alerts.append(
+                Alert(
+                    event_id=derived_id("alert", "accuracy_drop", request.idempotency_key),
+                    source=SOURCE,
+                    severity="critical",
+                    kind="accuracy_drop",
+                    message=f"retrain requested: {request.reason}",
+                    model_version=m.model_version,
+                    details={
+                        "idempotency_key": request.idempotency_key,
+                        "windows": request.window_ids,
+                    },
+                )
+            )
+        self._dirty.add("control/")
+        out.extend(self._drift(book, closed, m))
+        return out
+
+    def _drift(self, book: WindowBook, closed: Closed, m: WindowMetrics) -> Outputs:
+        ref = book.reference
+        out = Outputs()
+        if ref is None or ref.window_id == m.window_id:
+            return out
+        acc = closed.accumulator
+        finding = detect_drift(
+            samples=m.sample_count,
+            psi_value=m.psi,
+            mean_confidence=m.mean_confidence,
+            reference_confidence=ref.mean_confidence,
+            camera_confidence=acc.camera_confidence(),
+            reference_camera_confidence=ref.camera_confidence,
+            policy=self.policy.drift,
+        )
+        version = m.model_version
+        if finding is None:
+            if version in self.drifting:
+                started = self.drifting.pop(version)
+                out.alerts.append(
+                    Alert(
+                        event_id=derived_id("alert", "drift_cleared", m.window_id),
+                        source=SOURCE,
+                        severity="info",
+                        kind="drift_cleared",
+                        message=f"inputs of {version} look like its first window again "
+                        f"(drift since window {started})",
+                        model_version=version,
+                        details={"window_id": m.window_id},
+                    )
+                )
+            return out
+        if version not in self.drifting:
+            self.drifting[version] = m.window_id
+            out.alerts.append(
+                Alert(
+                    event_id=derived_id("alert", "drift_detected", m.window_id),
+                    source=SOURCE,
+                    severity="warning",
+                    kind="drift_detected",
+                    message=f"input drift for {version} on {', '.join(finding.cameras)}: "
+                    + "; ".join(finding.reasons),
+                    model_version=version,
+                    camera_id=finding.cameras[0] if len(finding.cameras) == 1 else None,
+                    details={
+                        "window_id": m.window_id,
+                        "reference_window_id": ref.window_id,
+                        "cameras": list(finding.cameras),
+                        "reasons": list(finding.reasons),
+                    },
+                )
+            )
+        out.label_requests += self._label_requests(acc.uncertain, finding.cameras, finding.reasons)
+        return out
+
+    def _label_requests(
+        self,
+        uncertain: dict[str, list[tuple[float, str]]],
+        cameras: Sequence[str],
+        reasons: Sequence[str],
+    ) -> list[LabelRequest]:
+        """The least confident frames of ``cameras``, taken in turn per camera."""
+        budget = self.policy.drift.label_requests_per_window
+        queues = [list(uncertain.get(cam, [])) for cam in cameras]
+        picked: list[LabelRequest] = []
+        while budget > len(picked) and any(queues):
+            for cam, queue in zip(cameras, queues, strict=True):
+                if queue and len(picked) < budget:
+                    confidence, frame_id = queue.pop(0)
+                    picked.append(
+                        LabelRequest(
+                            event_id=derived_id("label-request", frame_id),
+                            source=SOURCE,
+                            frame_id=frame_id,
+                            camera_id=cam,
+                            reason="drift: " + "; ".join(reasons),
+                            confidence=confidence,
+                        )
+                    )
+        return picked

@@ -1,0 +1,123 @@
+"""What StreamLoop's faust applications share: broker options from our settings, and tables
+that store plain bytes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import faust
+
+from shared.bus import dead_letter_headers
+from shared.metrics import BUS_METRICS
+from shared.settings import KafkaSettings
+from shared.topics import dlq_for
+
+__all__ = ["BytesKeyed", "FaustDeadLetters", "broker_options"]
+
+log = logging.getLogger("streamloop.streams")
+
+
+def broker_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """faust's broker URL and credentials from StreamLoop's Kafka settings."""
+    urls = ";".join(f"kafka://{h.strip()}" for h in kafka.bootstrap_servers.split(","))
+    opts: dict[str, Any] = {"broker": urls}
+    if kafka.security_protocol != "PLAINTEXT":
+        ssl_context = None
+        if kafka.security_protocol in ("SSL", "SASL_SSL"):
+            from ssl import create_default_context
+
+            ssl_context = create_default_context(cafile=kafka.ssl_cafile)
+            if kafka.ssl_certfile:
+                ssl_context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile)
+        if kafka.sasl_mechanism:
+            opts["broker_credentials"] = faust.SASLCredentials(
+                username=kafka.sasl_username,
+                password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+                mechanism=kafka.sasl_mechanism,
+                ssl_context=ssl_context,
+            )
+        elif ssl_context is not None:
+            opts["broker_credentials"] = faust.SSLCredentials(ssl_context)
+    return opts
+
+
+class BytesKeyed(MutableMapping[str, dict[str, Any]]):
+    """A str-keyed, dict-valued view of a table that stores UTF-8 keys and JSON bytes.
+
+    The table itself holds bytes (``value_type=bytes``, raw serializer), so what recovery
+    reads back from the changelog after a restart is exactly what was written; entries are
+    copied in and out, never mutated in place."""
+
+    def __init__(self, table: MutableMapping[bytes, bytes | None]) -> None:
+        self._t = table
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        value = self._t[key.encode()]
+        if value is None:  # the table's default
+            raise KeyError(key)
+        entry: dict[str, Any] = json.loads(value)
+        return entry
+
+    def __setitem__(self, key: str, value: dict[str, Any]) -> None:
+        self._t[key.encode()] = json.dumps(value, separators=(",", ":")).encode()
+
+    def __delitem__(self, key: str) -> None:
+        del self._t[key.encode()]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k.decode() for k in list(self._t.keys()))
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+
+class FaustDeadLetters:
+    """Parks records a faust agent cannot handle in the dead-letter topic of their source,
+    with the original key, value and headers plus the standard ``dlq.*`` headers."""
+
+    def __init__(self, app: faust.App, prefix: str, *, group: str) -> None:
+        self._app = app
+        self._prefix = prefix
+        self._group = group
+        self._topics: dict[str, Any] = {}
+
+    def logical(self, event: Any) -> str:
+        """The StreamLoop name of the topic ``event`` was read from."""
+        return str(event.message.topic)[len(self._prefix) :]
+
+    async def send(self, event: Any, reason: str, message: str, source: str) -> None:
+        """Park ``event`` in the dead-letter topic of ``source`` (a StreamLoop topic name)."""
+        msg = event.message
+        dlq = dlq_for(source)
+        if dlq not in self._topics:
+            self._topics[dlq] = self._app.topic(
+                self._prefix + dlq, key_type=bytes, value_type=bytes
+            )
+        await self._topics[dlq].send(
+            key=event.key,
+            value=event.value,
+            headers=dead_letter_headers(
+                msg.headers,
+                topic=msg.topic,
+                partition=msg.partition,
+                offset=msg.offset,
+                reason=reason,
+                message=message,
+                attempts=1,
+                group=self._group,
+            ),
+        )
+        BUS_METRICS.dead_lettered.labels(msg.topic, reason).inc()
+        log.warning(
+            "dead-lettered",
+            extra={
+                "topic": msg.topic,
+                "partition": msg.partition,
+                "offset": msg.offset,
+                "reason": reason,
+                "detail": message[:300],
+            },
+        )
