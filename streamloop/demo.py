@@ -1,33 +1,49 @@
-"""``streamloop demo``: the loop so far, started from nothing and narrated.
+"""``streamloop demo``: the whole loop, started from nothing and narrated.
 
-Starts ingest, labelling, registry, evaluation, training and serving as child processes (logs
-under ``var/logs/``), plays a camera fleet into ``frames.raw`` and waits, with a live panel,
-until the training service's bootstrap has turned enough labelled frames into a first
-champion and serving has predicted the frames that waited for it.
+1. Starts every service (ingest, labelling, registry, evaluation, training, serving,
+   monitoring) as child processes, logs under ``var/logs/``.
+2. Bootstraps a first model: plays a steady day into ``frames.raw`` as fast as it goes until
+   the training service's bootstrap has made a champion (skipped when one exists).
+3. Plays the drift scenario (``day-to-night``) at its own pace and narrates what the loop
+   does: windows, drift, label requests, the retrain request, training, the gate's verdict,
+   shadowing, promotion, recovery.
+4. Stops when the live accuracy of a champion promoted after the drift is back to at least
+   ``recovery_ratio`` of its value before the drift (or at the deadline), and prints the
+   summary table: accuracy before the drift, the lowest, after recovery, and the times.
+
+Ctrl-C stops the services and prints the summary so far.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from services.simulator.scenario import Scenario
+from services.simulator.scenario import load as load_scenario
 from shared.events import (
+    Alert,
     Event,
+    LiveComparison,
     ModelEvaluated,
     ModelLifecycle,
     ModelTrained,
     RetrainRequest,
     TrainingProgress,
+    WindowMetrics,
     decode,
 )
 from shared.kafka_admin import wait_for_kafka
@@ -36,34 +52,239 @@ from shared.registry import DEFAULT_MODEL_NAME, RedisRegistry
 from shared.settings import KafkaSettings, RedisSettings, default_var_dir
 from shared.topics import Topics, provision
 
-__all__ = ["run_demo"]
+__all__ = ["DemoReport", "LoopStory", "drift_onset_s", "run_demo"]
 
-SERVICES = ("ingest", "labelling", "registry", "evaluation", "training", "serving")
-READY = {"labelling": "Worker ready"}
+SERVICES = ("ingest", "labelling", "registry", "evaluation", "training", "serving", "monitoring")
+READY = {"labelling": "Worker ready", "monitoring": "Worker ready"}
 ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD_URL = "http://127.0.0.1:8720/"
+
+
+def drift_onset_s(scenario: Scenario) -> float | None:
+    """Scenario seconds at which the first schedule entry without any daylight starts."""
+    starts = [e.at_s for e in scenario.schedule if e.weights().get("day", 0.0) == 0.0]
+    return min(starts) if starts else None
 
 
 @dataclass
-class _Story:
+class LoopStory:
+    """What the demo saw on the topics, in order: the narration and the figures of the
+    summary. Pure bookkeeping; ``observe`` takes one event."""
+
+    model_name: str
     lines: list[str] = field(default_factory=list)
     frames: int = 0
     examples: int = 0
     predictions: int = 0
+    label_requests: int = 0
     epoch: str = ""
-    done: bool = False
+    champion: str | None = None
+    challenger: str | None = None
+    windows: list[WindowMetrics] = field(default_factory=list)
+    retrains: list[RetrainRequest] = field(default_factory=list)
+    milestones: dict[str, datetime] = field(default_factory=dict)
+    """First time of each step of the loop after the drift (``drift_alert``, ``retrain``…)."""
+    promotions: list[tuple[datetime, str]] = field(default_factory=list)
+    onset: datetime | None = None
 
-    def say(self, text: str) -> None:
-        self.lines.append(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}")
+    def say(self, text: str, at: datetime | None = None) -> None:
+        stamp = (at or datetime.now(UTC)).astimezone().strftime("%H:%M:%S")
+        self.lines.append(f"[dim]{stamp}[/] {text}")
+
+    def _mark(self, step: str, at: datetime) -> None:
+        if self.onset is not None and at >= self.onset:
+            self.milestones.setdefault(step, at)
+
+    def observe(self, ev: Event) -> None:
+        at = ev.produced_at
+        if isinstance(ev, WindowMetrics):
+            if ev.model_name != self.model_name or ev.accuracy is None:
+                return
+            self.windows.append(ev)
+            stream = "shadow" if ev.shadow else "live"
+            colour = "green" if ev.accuracy >= 0.75 else "red"
+            psi = f", PSI {ev.psi:.2f}" if ev.psi is not None else ""
+            self.say(
+                f"window {ev.window_id}: {stream} accuracy [{colour}]{100 * ev.accuracy:.1f}%[/] "
+                f"on {ev.labelled_count} labels, coverage {100 * ev.label_coverage:.0f}%, "
+                f"confidence {ev.mean_confidence or 0:.2f}{psi}",
+                at,
+            )
+            if not ev.shadow and ev.accuracy < 0.75:
+                self._mark("accuracy_drop", at)
+        elif isinstance(ev, Alert):
+            if ev.kind == "drift_detected":
+                self._mark("drift_alert", at)
+            colour = {"critical": "red", "warning": "yellow"}.get(ev.severity, "cyan")
+            self.say(f"[{colour}]alert {ev.kind}[/]: {ev.message}", at)
+        elif isinstance(ev, RetrainRequest):
+            if ev.model_name != self.model_name:
+                return
+            self.retrains.append(ev)
+            self._mark("retrain", at)
+            self.say(f"[bold]retrain requested[/] ({ev.trigger}): {ev.reason}", at)
+        elif isinstance(ev, TrainingProgress):
+            self.epoch = (
+                f"training epoch {ev.epoch}/{ev.epochs}: loss {ev.loss:.3f}, "
+                f"accuracy {100 * ev.accuracy:.1f}%"
+            )
+        elif isinstance(ev, ModelTrained):
+            if ev.model_name != self.model_name:
+                return
+            self.epoch = ""
+            self._mark("trained", at)
+            cond = ", ".join(f"{k} {v}" for k, v in sorted(ev.dataset.per_condition.items()))
+            self.say(
+                f"trained [bold]{ev.model_version}[/] on {ev.dataset.size} examples ({cond}) "
+                f"in {ev.duration_s:.0f}s",
+                at,
+            )
+        elif isinstance(ev, ModelEvaluated):
+            if ev.model_name != self.model_name:
+                return
+            self._mark("evaluated", at)
+            colour = "green" if ev.verdict == "blessed" else "red"
+            reasons = "; ".join(ev.reasons[:2])
+            self.say(f"gate: [{colour}]{ev.verdict}[/] {ev.model_version}: {reasons}", at)
+        elif isinstance(ev, LiveComparison):
+            if ev.model_name != self.model_name:
+                return
+            self.say(
+                f"live comparison on {ev.labelled} shared labelled frames: champion "
+                f"{ev.champion_version} {100 * (ev.champion_accuracy or 0):.1f}%, "
+                f"challenger {ev.challenger_version} {100 * (ev.challenger_accuracy or 0):.1f}%",
+                at,
+            )
+        elif isinstance(ev, ModelLifecycle):
+            self._lifecycle(ev)
+
+    def _lifecycle(self, ev: ModelLifecycle) -> None:
+        if ev.model_name != self.model_name:
+            return
+        at = ev.produced_at
+        if ev.action == "alias_set" and ev.alias == "champion" and ev.model_version:
+            first = self.champion is None
+            self.champion = ev.model_version
+            self.promotions.append((at, ev.model_version))
+            self._mark("promoted", at)
+            what = "first champion" if first else "promoted to champion"
+            self.say(f"registry: [bold green]{what}[/] {ev.model_version} ({ev.reason})", at)
+        elif ev.action == "alias_set" and ev.alias == "challenger":
+            self.challenger = ev.model_version
+            if ev.model_version:
+                self._mark("shadow", at)
+                self.say(f"registry: challenger {ev.model_version} shadows ({ev.reason})", at)
+            else:
+                self.say(f"registry: challenger cleared ({ev.reason})", at)
+        elif ev.action == "rolled_back":
+            self.champion = ev.model_version
+            self.promotions.append((at, ev.model_version or ""))
+            self.say(f"registry: [bold red]rolled back[/] to {ev.model_version} ({ev.reason})", at)
+
+    # --- the summary ---------------------------------------------------------------------
+
+    def live(self) -> list[WindowMetrics]:
+        return [w for w in self.windows if not w.shadow]
+
+    def report(self, recovery_ratio: float) -> DemoReport:
+        """The summary figures so far."""
+        onset = self.onset
+        live = self.live()
+        before = [w for w in live if onset is None or w.window_end < onset]
+        after = [w for w in live if onset is not None and w.window_start >= onset]
+        pre = before[-3:]
+        pre_acc = sum(w.accuracy or 0 for w in pre) / len(pre) if pre else None
+        lowest = min((w.accuracy or 0 for w in after), default=None)
+        promoted_after = [(t, v) for t, v in self.promotions if onset is not None and t >= onset]
+        recovered: WindowMetrics | None = None
+        if pre_acc is not None and promoted_after:
+            t_promo, version = promoted_after[-1]
+            for w in after:
+                if (
+                    w.model_version == version
+                    and w.window_start >= t_promo
+                    and (w.accuracy or 0) >= recovery_ratio * pre_acc
+                ):
+                    recovered = w
+                    break
+        latest = after[-1].accuracy if after else None
+        return DemoReport(
+            before=pre_acc,
+            lowest=lowest,
+            after=recovered.accuracy if recovered else latest,
+            recovered=recovered is not None,
+            recovered_version=recovered.model_version if recovered else None,
+            drift_to_recovery_s=(
+                (recovered.produced_at - onset).total_seconds() if recovered and onset else None
+            ),
+            milestones_s={
+                k: round((v - onset).total_seconds(), 1)
+                for k, v in sorted(self.milestones.items(), key=lambda kv: kv[1])
+                if onset is not None
+            },
+            retrain_requests=[r.idempotency_key for r in self.retrains],
+            champions=[v for _, v in self.promotions],
+        )
 
 
-def _start(name: str, logs: Path) -> subprocess.Popen[bytes]:
+@dataclass(frozen=True)
+class DemoReport:
+    before: float | None
+    """Mean live accuracy of the last (up to) three windows before the drift."""
+    lowest: float | None
+    after: float | None
+    """Accuracy of the window that counts as recovered (or the latest one)."""
+    recovered: bool
+    recovered_version: str | None
+    drift_to_recovery_s: float | None
+    milestones_s: dict[str, float]
+    retrain_requests: list[str]
+    champions: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def table(self) -> Table:
+        def pct(x: float | None) -> str:
+            return f"{100 * x:.1f} %" if x is not None else "-"
+
+        t = Table(title="day to night: the loop's summary", show_header=True)
+        t.add_column("measure")
+        t.add_column("value", justify="right")
+        t.add_row("accuracy before the drift", pct(self.before))
+        t.add_row("lowest accuracy after the drift", pct(self.lowest))
+        t.add_row(
+            "accuracy after recovery" if self.recovered else "latest accuracy (not recovered)",
+            pct(self.after),
+        )
+        labels = {
+            "accuracy_drop": "first window below the threshold",
+            "drift_alert": "drift alert (label-free)",
+            "retrain": "retrain requested",
+            "trained": "candidate trained",
+            "evaluated": "gate verdict",
+            "shadow": "challenger in shadow",
+            "promoted": "challenger promoted",
+        }
+        for key, seconds in self.milestones_s.items():
+            if key in labels:
+                t.add_row(labels[key], f"+{seconds:.0f} s")
+        t.add_row(
+            "drift onset to recovery",
+            f"{self.drift_to_recovery_s:.0f} s" if self.drift_to_recovery_s else "-",
+        )
+        t.add_row("retrain requests", str(len(self.retrain_requests)))
+        return t
+
+
+def _start(name: str, logs: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     log = (logs / f"{name}.log").open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", f"services.{name}"],
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "STREAMLOOP_TELEMETRY_SAMPLE_RATIO": "0.05"},
+        env={**os.environ, "STREAMLOOP_TELEMETRY_SAMPLE_RATIO": "0.05", **env},
     )
 
 
@@ -72,27 +293,45 @@ def _ready(name: str, logs: Path) -> bool:
     return READY.get(name, '"consumer started"') in text
 
 
-def _watch(kafka: KafkaSettings, story: _Story, stop: threading.Event) -> None:
-    """Narrate the lifecycle topics and count examples until ``stop``."""
+def _simulate(
+    scenario: str, logs: Path, *, rate: float | None, duration: float | None, run_id: str
+) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "streamloop", "simulate", "--scenario", scenario]
+    if rate is not None:
+        args += ["--rate", str(rate)]
+    if duration is not None:
+        args += ["--duration", str(duration)]
+    args += ["--run-id", run_id]
+    return subprocess.Popen(
+        args,
+        cwd=ROOT,
+        stdout=(logs / "simulator.log").open("ab"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _watch(kafka: KafkaSettings, story: LoopStory, stop: threading.Event) -> None:
+    """Feed the loop's topics to ``story`` and count frames, examples, predictions."""
     consumer = KafkaConsumer(enable_auto_commit=False, **kafka.client_kwargs())
     names = [
+        Topics.METRICS,
+        Topics.ALERTS,
         Topics.RETRAIN_REQUESTS,
         Topics.TRAINING_PROGRESS,
         Topics.MODELS_TRAINED,
         Topics.MODELS_EVALUATED,
         Topics.MODELS_LIFECYCLE,
     ]
-    tps = [
-        TopicPartition(kafka.topic_prefix + t, p)
-        for t in names
-        for p in sorted(consumer.partitions_for_topic(kafka.topic_prefix + t) or ())
-    ]
+
+    def parts(topic: str) -> list[TopicPartition]:
+        name = kafka.topic_prefix + topic
+        return [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())]
+
+    tps = [tp for t in names for tp in parts(t)]
     counted = {
-        topic: [
-            TopicPartition(kafka.topic_prefix + topic, p)
-            for p in sorted(consumer.partitions_for_topic(kafka.topic_prefix + topic) or ())
-        ]
-        for topic in (Topics.FRAMES_RAW, Topics.EXAMPLES, Topics.PREDICTIONS)
+        t: parts(t)
+        for t in (Topics.FRAMES_RAW, Topics.EXAMPLES, Topics.PREDICTIONS, Topics.LABELS_REQUESTS)
     }
     consumer.assign(tps)
     consumer.seek_to_end(*tps)
@@ -100,149 +339,163 @@ def _watch(kafka: KafkaSettings, story: _Story, stop: threading.Event) -> None:
         consumer.position(tp)
     try:
         while not stop.is_set():
-            for topic, parts in counted.items():
-                ends, starts = consumer.end_offsets(parts), consumer.beginning_offsets(parts)
-                n = sum(ends[tp] - starts[tp] for tp in parts)
+            for topic, ps in counted.items():
+                ends, starts = consumer.end_offsets(ps), consumer.beginning_offsets(ps)
+                n = sum(ends[tp] - starts[tp] for tp in ps)
                 if topic == Topics.EXAMPLES:
                     story.examples = n
                 elif topic == Topics.PREDICTIONS:
                     story.predictions = n
+                elif topic == Topics.LABELS_REQUESTS:
+                    story.label_requests = n
                 else:
                     story.frames = n
             for batch in consumer.poll(timeout_ms=500).values():
                 for rec in batch:
+                    if rec.value is None:
+                        continue
                     try:
-                        ev: Event = decode(rec.value, Event)
+                        story.observe(decode(rec.value, Event))
                     except ValueError:
                         continue
-                    _narrate(ev, story)
     finally:
         consumer.close()
 
 
-def _narrate(ev: Event, story: _Story) -> None:
-    if isinstance(ev, RetrainRequest):
-        story.say(f"retrain requested ([bold]{ev.trigger}[/]): {ev.reason}")
-    elif isinstance(ev, TrainingProgress):
-        story.epoch = (
-            f"epoch {ev.epoch}/{ev.epochs}: loss {ev.loss:.3f}, "
-            f"train accuracy {100 * ev.accuracy:.1f}%"
-        )
-    elif isinstance(ev, ModelTrained):
-        story.epoch = ""
-        story.say(
-            f"trained [bold]{ev.model_version}[/] on {ev.dataset.size} examples "
-            f"({ev.dataset.per_condition}) in {ev.duration_s:.0f}s"
-        )
-    elif isinstance(ev, ModelEvaluated):
-        colour = "green" if ev.verdict == "blessed" else "red"
-        story.say(
-            f"gate: [{colour}]{ev.verdict}[/] {ev.model_version}: {'; '.join(ev.reasons[:2])}"
-        )
-    elif isinstance(ev, ModelLifecycle) and ev.action in ("alias_set", "rolled_back"):
-        story.say(f"registry: [bold]{ev.alias}[/] -> {ev.model_version} ({ev.reason})")
-        if ev.alias == "champion" and ev.model_version:
-            story.done = True
-
-
-def _panel(story: _Story, procs: dict[str, subprocess.Popen[bytes]]) -> Group:
+def _panel(story: LoopStory, procs: dict[str, subprocess.Popen[bytes]], phase: str) -> Group:
     status = Table.grid(padding=(0, 2))
     status.add_row(
+        f"[bold]{phase}[/]",
         "services: "
-        + " ".join(f"[{'green' if p.poll() is None else 'dim'}]{n}[/]" for n, p in procs.items()),
-        f"frames: {story.frames}",
-        f"examples: {story.examples}",
-        f"predictions: {story.predictions}",
-        story.epoch,
+        + " ".join(f"[{'green' if p.poll() is None else 'red'}]{n}[/]" for n, p in procs.items()),
     )
-    return Group(status, *story.lines[-12:])
+    status.add_row(
+        f"frames {story.frames}",
+        f"examples {story.examples}  predictions {story.predictions}  "
+        f"label requests {story.label_requests}  champion {story.champion or '-'}  "
+        f"challenger {story.challenger or '-'}",
+    )
+    if story.epoch:
+        status.add_row("", story.epoch)
+    return Group(status, *story.lines[-14:])
 
 
-def run_demo(console: Console, *, scenario: str, duration_s: float, timeout_s: float) -> int:
-    """The lifecycle demo; returns the exit status."""
+def run_demo(
+    console: Console,
+    *,
+    scenario: str = "day-to-night",
+    bootstrap_scenario: str = "steady-day",
+    bootstrap_s: float = 200.0,
+    rate: float | None = None,
+    timeout_s: float = 1500.0,
+    recovery_ratio: float = 0.9,
+    summary_path: Path | None = None,
+    model_name: str = DEFAULT_MODEL_NAME,
+) -> int:
+    """The closed-loop demo; returns the exit status (0 when the loop recovered)."""
     kafka = KafkaSettings()
     var = default_var_dir()
     logs = var / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    console.rule("[bold]StreamLoop demo: from camera frames to a registered champion")
+    drift = load_scenario(scenario)
+    onset_s = drift_onset_s(drift)
+    pace = rate if rate is not None else drift.rate
+    console.rule(f"[bold]StreamLoop demo: {drift.name}, watched, retrained and recovered")
     wait_for_kafka(kafka, timeout_s=60)
     provision(kafka)
     registry = RedisRegistry(connect(RedisSettings()))
-    existing = registry.champion(DEFAULT_MODEL_NAME)
-    if existing is not None:
-        console.print(
-            f"a champion already exists ({existing.version}); the demo adds frames, and "
-            "[bold]streamloop retrain[/] trains a new candidate on them"
-        )
-    procs = {name: _start(name, logs) for name in SERVICES}
-    story = _Story()
+    env = {f"STREAMLOOP_{s.upper()}_MODEL_NAME": model_name for s in SERVICES}
+    procs = {name: _start(name, logs, env) for name in SERVICES}
+    story = LoopStory(model_name)
     stop = threading.Event()
+    run = f"demo{int(time.time()) % 100000}"
+    phase = "starting services"
+    interrupted = False
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while not all(_ready(n, logs) for n in SERVICES):
             dead = [n for n, p in procs.items() if p.poll() is not None]
             if dead or time.monotonic() > deadline:
                 console.print(f"[red]services did not start: {dead or 'timeout'}; see {logs}[/]")
                 return 1
             time.sleep(0.5)
-        story.say(f"services up: {', '.join(SERVICES)} (logs in {logs})")
+        console.print(
+            f"services up: {', '.join(SERVICES)} (logs in {logs})\n"
+            f"dashboard: [bold link={DASHBOARD_URL}]{DASHBOARD_URL}[/]   "
+            "traces: [bold]streamloop trace <id>[/]   status: [bold]streamloop status[/]"
+        )
         watcher = threading.Thread(target=_watch, args=(kafka, story, stop), daemon=True)
         watcher.start()
-        story.say(f"simulator: scenario [bold]{scenario}[/], {duration_s:.0f} scenario seconds")
-        simulator = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamloop",
-                "simulate",
-                "--scenario",
-                scenario,
-                "--rate",
-                "0",
-                "--duration",
-                str(duration_s),
-            ],
-            cwd=ROOT,
-            stdout=(logs / "simulator.log").open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-        procs["simulator"] = simulator
         end = time.monotonic() + timeout_s
-        with Live(_panel(story, procs), console=console, refresh_per_second=4) as live:
-            served_since = 0.0
+        with Live(_panel(story, procs, phase), console=console, refresh_per_second=4) as live:
+            existing = registry.champion(model_name)
+            if existing is not None:
+                story.champion = existing.version
+                story.say(f"champion {existing.version} already serving; no bootstrap needed")
+            else:
+                phase = "bootstrapping a first model"
+                story.say(
+                    f"bootstrap: {bootstrap_scenario} frames as fast as they go "
+                    f"({bootstrap_s:.0f} scenario seconds) until training makes a first model"
+                )
+                procs["bootstrap"] = _simulate(
+                    bootstrap_scenario, logs, rate=0, duration=bootstrap_s, run_id=f"{run}b"
+                )
+                while story.champion is None and time.monotonic() < end:
+                    live.update(_panel(story, procs, phase))
+                    time.sleep(0.25)
+                if story.champion is None:
+                    console.print(f"[red]no first model within {timeout_s:.0f}s; see {logs}[/]")
+                    return 1
+            phase = f"scenario {drift.name}"
+            t0 = datetime.now(UTC)
+            if onset_s is not None:
+                story.onset = datetime.fromtimestamp(
+                    t0.timestamp() + onset_s * drift.rate / (pace or drift.rate), UTC
+                )
+            story.say(
+                f"scenario [bold]{drift.name}[/]: {drift.description} "
+                f"({pace:g} frames/s; the drift starts in {onset_s or 0:.0f} s)"
+            )
+            procs["simulator"] = _simulate(scenario, logs, rate=rate, duration=None, run_id=run)
             while time.monotonic() < end:
-                sim_done = simulator.poll() is not None
-                if sim_done and (story.done or existing is not None):
-                    # Then serving works through the frames that waited for a champion.
-                    served_since = served_since or time.monotonic()
-                    caught_up = story.predictions >= story.frames
-                    if caught_up or time.monotonic() - served_since > 120:
-                        break
-                live.update(_panel(story, procs))
+                if story.report(recovery_ratio).recovered:
+                    story.say("[bold green]recovered[/]: live accuracy is back")
+                    break
+                if procs["simulator"].poll() is not None:
+                    story.say("[red]the simulator stopped[/]")
+                    break
+                live.update(_panel(story, procs, phase))
                 time.sleep(0.25)
-            live.update(_panel(story, procs))
-        champion = registry.champion(DEFAULT_MODEL_NAME)
-        if champion is None:
-            console.print(f"[red]no champion within {timeout_s:.0f}s; see the logs in {logs}[/]")
-            return 1
-        from streamloop.models_cli import print_versions
-
-        print_versions(registry.view(DEFAULT_MODEL_NAME))
-        console.print(
-            "\nNext: [bold]streamloop models show "
-            f"{champion.version}[/] (lineage, per-class and per-slice metrics), "
-            "[bold]streamloop tail predictions[/], "
-            "[bold]streamloop retrain --reason 'more data'[/], "
-            "[bold]streamloop simulate --scenario day-to-night[/] (drift), "
-            "[bold]streamloop tail dlq[/]."
-        )
-        return 0
+            live.update(_panel(story, procs, phase))
+    except KeyboardInterrupt:
+        interrupted = True
+        console.print("[yellow]interrupted: stopping the services[/]")
     finally:
         stop.set()
         for p in procs.values():
             p.terminate()
         for p in procs.values():
             try:
-                p.wait(20)
+                p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
+    report = story.report(recovery_ratio)
+    console.print(report.table())
+    if summary_path is not None:
+        summary_path.write_text(json.dumps(report.to_json(), indent=2))
+    try:
+        from streamloop.models_cli import print_versions
+
+        print_versions(registry.view(model_name))
+    except Exception as exc:  # noqa: BLE001 - the summary above is what matters
+        console.print(f"[dim]models table unavailable: {exc}[/]")
+    console.print(
+        "\nNext: [bold]make demo[/] again (it continues from this champion), "
+        "[bold]streamloop tail metrics[/], [bold]streamloop tail alerts[/], "
+        "[bold]streamloop models list[/], [bold]streamloop trace <retrain key>[/], "
+        "[bold]streamloop status[/]."
+    )
+    if interrupted:
+        return 130
+    return 0 if report.recovered else 1
