@@ -357,6 +357,7 @@ class ModelLifecycle(Event):
         "promote_requested",
         "rollback_requested",
         "command_rejected",
+        "probation_passed",
     ]
     model_version: str | None = None
     """The version the change is about; for ``alias_set``, the alias's new target (None

@@ -56,6 +56,9 @@ def main() -> int:
         service = RegistryService(
             settings.model_name,
             promotion=settings.promotion,
+            live_promotion=settings.live_promotion,
+            live_min_labels=settings.live_min_labels,
+            rollback_margin=settings.rollback_margin,
             publisher=rt.producer,
             read_model=store,
         )
@@ -69,7 +72,12 @@ def main() -> int:
         loop: ConsumerLoop[Event] = ConsumerLoop(
             settings.kafka,
             group_id=settings.group_id,
-            topics=[Topics.MODELS_TRAINED, Topics.MODELS_EVALUATED, Topics.MODELS_LIFECYCLE],
+            topics=[
+                Topics.MODELS_TRAINED,
+                Topics.MODELS_EVALUATED,
+                Topics.MODELS_LIFECYCLE,
+                Topics.METRICS,
+            ],
             event_type=Event,
             producer=rt.producer,
             handler=handle,

@@ -3,21 +3,34 @@
 Write order, per input: publish the lifecycle events the domain returned, wait for Kafka's
 acknowledgement, then write the read model. Redis therefore never shows a change the log
 does not hold, and a crash in between is repaired by the next start-up's replay.
+
+Every alias move and rollback the service decides is also announced on ``alerts``, right
+after the lifecycle event itself. The alert's id derives from the lifecycle event's, so an
+alert re-published after a crash is recognisable as the same one; events read back from the
+log during replay are not announced again (only answers decided now are).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Literal, Protocol
 
-from services.registry.state import Promotion, RegistryState
+from services.registry.state import SOURCE, Promotion, RegistryState
 from shared.bus import Publisher
-from shared.events import Event, ModelEvaluated, ModelLifecycle, ModelTrained
+from shared.events import (
+    Alert,
+    Event,
+    LiveComparison,
+    ModelEvaluated,
+    ModelLifecycle,
+    ModelTrained,
+    derived_id,
+)
 from shared.registry import HistoryEntry, RegistryView, VersionView, lifecycle_key
 from shared.topics import Topics
 
-__all__ = ["ReadModelWriter", "RegistryService"]
+__all__ = ["ReadModelWriter", "RegistryService", "move_alert"]
 
 log = logging.getLogger("streamloop.registry")
 
@@ -47,8 +60,17 @@ class RegistryService:
         promotion: Promotion,
         publisher: Publisher,
         read_model: ReadModelWriter,
+        live_promotion: bool = True,
+        live_min_labels: int = 200,
+        rollback_margin: float = 0.02,
     ) -> None:
-        self.state = RegistryState(model_name, promotion=promotion)
+        self.state = RegistryState(
+            model_name,
+            promotion=promotion,
+            live_promotion=live_promotion,
+            live_min_labels=live_min_labels,
+            rollback_margin=rollback_margin,
+        )
         self._publisher = publisher
         self._read_model = read_model
 
@@ -70,11 +92,15 @@ class RegistryService:
         return n
 
     def handle(self, event: Event, offset: int | None = None) -> None:
-        """One event from ``models.trained``, ``models.evaluated`` or ``models.lifecycle``."""
+        """One event from ``models.trained``, ``models.evaluated``, ``models.lifecycle`` or
+        ``metrics`` (of which only ``LiveComparison`` matters; ``WindowMetrics`` and any other
+        event are ignored)."""
         if isinstance(event, ModelTrained):
             self._emit(self.state.on_trained(event))
         elif isinstance(event, ModelEvaluated):
             self._emit(self.state.on_evaluated(event))
+        elif isinstance(event, LiveComparison):
+            self._emit(self.state.on_comparison(event))
         elif isinstance(event, ModelLifecycle):
             self.state.apply(event, offset)
         else:
@@ -92,9 +118,14 @@ class RegistryService:
             )
 
     def _emit(self, events: list[ModelLifecycle]) -> None:
+        """Publish and apply each event in order (so a later one sees the earlier ones), and
+        announce each alias move or rollback on ``alerts``."""
         for ev in events:
             self._publisher.publish(Topics.MODELS_LIFECYCLE, ev, key=lifecycle_key(ev))
             self.state.apply(ev)
+            alert = move_alert(ev)
+            if alert is not None:
+                self._publisher.publish(Topics.ALERTS, alert)
             log.info(
                 "lifecycle",
                 extra={
@@ -118,3 +149,43 @@ class RegistryService:
                 return answered
             self._emit(answers)
             answered += 1
+
+
+def move_alert(ev: ModelLifecycle) -> Alert | None:
+    """The ops alert announcing an alias move or a rollback; None for any other action.
+
+    Its id derives from the lifecycle event's id, so the same move announced twice (a
+    re-publish after a crash) is one alert to a consumer that drops duplicates."""
+    severity: Literal["info", "warning"] = "info"
+    if ev.action == "rolled_back":
+        kind, severity = "model_rolled_back", "warning"
+        what = f"champion rolled back to {ev.model_version or 'none'} from {ev.previous_version}"
+    elif ev.action == "alias_set" and ev.alias == "champion":
+        if ev.model_version is None:
+            kind, severity = "champion_cleared", "warning"
+            what = f"champion {ev.previous_version} cleared"
+        else:
+            kind = "model_promoted"
+            what = f"{ev.model_version} promoted to champion (was {ev.previous_version or 'none'})"
+    elif ev.action == "alias_set" and ev.alias == "challenger":
+        if ev.model_version is None:
+            kind = "challenger_cleared"
+            what = f"challenger {ev.previous_version or 'none'} cleared"
+        else:
+            kind = "challenger_set"
+            what = f"{ev.model_version} set as challenger (was {ev.previous_version or 'none'})"
+    else:
+        return None
+    return Alert(
+        event_id=derived_id("alert", ev.event_id),
+        source=SOURCE,
+        severity=severity,
+        kind=kind,
+        message=f"{ev.model_name}: {what}" + (f": {ev.reason}" if ev.reason else ""),
+        model_version=ev.model_version,
+        details={
+            "previous_version": ev.previous_version,
+            "cause_id": ev.cause_id,
+            "lifecycle_event_id": ev.event_id,
+        },
+    )

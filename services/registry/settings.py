@@ -15,7 +15,8 @@ class RegistrySettings(ServiceSettings):
     model_config = service_config("registry")
 
     group_id: str = "streamloop-registry"
-    """Consumer group of ``models.trained``, ``models.evaluated`` and ``models.lifecycle``.
+    """Consumer group of ``models.trained``, ``models.evaluated``, ``models.lifecycle`` and
+    ``metrics``.
     Run one registry per model: it is the single writer of the model's lifecycle."""
 
     model_name: str = DEFAULT_MODEL_NAME
@@ -24,6 +25,19 @@ class RegistrySettings(ServiceSettings):
     promotion: Promotion = "shadow"
     """What a blessed version becomes when a champion exists: ``shadow`` (challenger, served
     in shadow until promoted) or ``direct`` (champion at once)."""
+
+    live_promotion: bool = True
+    """Act on live evidence (``LiveComparison`` on ``metrics``): promote a blessed challenger
+    at least as accurate as the champion on the same labelled frames, and roll a champion
+    so promoted back when its predecessor, shadowing it on probation, beats it. False
+    ignores comparisons."""
+
+    live_min_labels: int = Field(default=200, ge=1)
+    """Shared labelled frames a comparison needs before the registry acts on it."""
+
+    rollback_margin: float = Field(default=0.02, ge=0.0, le=1.0)
+    """How much more accurate (absolute accuracy) the predecessor on probation must be than
+    the new champion to roll it back; within the margin the probation passes."""
 
     api_host: str = "127.0.0.1"
     """Interface of the read API (``0.0.0.0`` in a container)."""

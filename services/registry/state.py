@@ -5,19 +5,33 @@ what it returns; nothing here talks to Kafka, Redis or HTTP.
 
 The loop the service runs:
 
-1. facts from other topics go through ``on_trained`` / ``on_evaluated``, which return the
-   lifecycle events to publish (they do not change the state);
+1. facts from other topics go through ``on_trained`` / ``on_evaluated`` /
+   ``on_comparison``, which return the lifecycle events to publish (they do not change the
+   state);
 2. everything read from ``models.lifecycle`` (including the service's own events coming
    back) goes through ``apply``, which drops event ids it has already applied;
 3. for each applied cause, ``decide`` returns its answer (an alias move, a rollback or a
-   ``command_rejected``); the service publishes and applies each answer before deciding
-   the next cause, so every decision sees the previous ones;
+   ``command_rejected``; a promotion on live evidence is answered by two alias moves); the
+   service publishes and applies each answer before deciding the next cause, so every
+   decision sees the previous ones;
 4. ``pending_causes`` lists causes still owed an answer (after a restart, when the service
    died between applying a cause and publishing its answer);
 5. ``drain_changes`` says what to write to the read model since the last drain.
 
 Folding is deterministic: the same events in the same order give the same ``view()``
 (``updated_at`` aside, which is the clock at the last applied event).
+
+Live evidence (``LiveComparison``, champion and challenger scored on the same labelled
+frames) closes the loop without an operator:
+
+- a blessed challenger at least as accurate as the champion, on at least
+  ``live_min_labels`` shared labelled frames, is promoted (``promote_requested`` by
+  ``live-evidence``); the answer crowns it and shadows the previous champion as the
+  challenger, *on probation* of the new one;
+- on probation, a predecessor more accurate than the new champion by more than
+  ``rollback_margin`` rolls the new champion back (``rollback_requested``); otherwise the
+  probation passes (``probation_passed``) and the predecessor's shadow is cleared. A
+  probation pair is never promoted back and forth on noise: only the margin rule applies.
 """
 
 from __future__ import annotations
@@ -29,7 +43,14 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from shared.events import ModelEvaluated, ModelLifecycle, ModelTrained, utcnow
+from shared.events import (
+    LiveComparison,
+    ModelEvaluated,
+    ModelLifecycle,
+    ModelTrained,
+    derived_id,
+    utcnow,
+)
 from shared.registry import (
     DEFAULT_MODEL_NAME,
     EvaluationView,
@@ -38,9 +59,12 @@ from shared.registry import (
     VersionView,
 )
 
-__all__ = ["SOURCE", "Changes", "Promotion", "RegistryState"]
+__all__ = ["LIVE_ACTOR", "SOURCE", "Changes", "Probation", "Promotion", "RegistryState"]
 
 SOURCE = "registry"
+
+LIVE_ACTOR = "live-evidence"
+"""The actor of lifecycle events the registry raises on live evidence (``LiveComparison``)."""
 
 Promotion = Literal["shadow", "direct"]
 """What a blessed version becomes when there already is a champion: ``shadow`` makes it
@@ -48,6 +72,17 @@ the challenger (served in shadow until an operator promotes it), ``direct`` make
 champion at once."""
 
 _COMMANDS = frozenset({"promote_requested", "rollback_requested"})
+_CAUSES = _COMMANDS | {"evaluated", "probation_passed"}
+"""Actions ``decide`` answers (an ``evaluated`` one only when it is a blessing)."""
+
+
+@dataclass(frozen=True)
+class Probation:
+    """A champion promoted on live evidence, with its predecessor shadowing it as the
+    challenger until the live evidence on the pair passes or rolls it back."""
+
+    champion: str
+    predecessor: str
 
 
 @dataclass(frozen=True)
@@ -84,8 +119,11 @@ class RegistryState:
     """The registry of one model, folded from its lifecycle events.
 
     ``promotion`` is the policy for blessed versions when a champion exists (see
-    ``Promotion``); ``clock`` stamps ``updated_at``. Not thread-safe: one consumer loop
-    owns it.
+    ``Promotion``); ``clock`` stamps ``updated_at``. ``live_promotion`` turns the live
+    evidence policy on (see the module docstring): ``live_min_labels`` shared labelled
+    frames are needed before a comparison counts, and ``rollback_margin`` is how much more
+    accurate a predecessor on probation must be to take the champion alias back. Not
+    thread-safe: one consumer loop owns it.
     """
 
     def __init__(
@@ -93,10 +131,20 @@ class RegistryState:
         model_name: str = DEFAULT_MODEL_NAME,
         *,
         promotion: Promotion = "shadow",
+        live_promotion: bool = True,
+        live_min_labels: int = 200,
+        rollback_margin: float = 0.02,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        if live_min_labels < 1:
+            raise ValueError(f"live_min_labels must be at least 1, not {live_min_labels}")
+        if not 0.0 <= rollback_margin <= 1.0:
+            raise ValueError(f"rollback_margin must be within [0, 1], not {rollback_margin}")
         self.model_name = model_name
         self.promotion: Promotion = promotion
+        self.live_promotion = live_promotion
+        self.live_min_labels = live_min_labels
+        self.rollback_margin = rollback_margin
         self._clock = clock
         self._versions: dict[str, _Version] = {}
         self._aliases: dict[str, str] = {}
@@ -107,7 +155,12 @@ class RegistryState:
         self._history: list[HistoryEntry] = []
         self._applied: set[str] = set()
         self._causes: list[ModelLifecycle] = []
+        self._cause_ids: dict[str, ModelLifecycle] = {}
         self._answered: set[str] = set()
+        self._probation: Probation | None = None
+        self._owed_probation: dict[str, tuple[str, str]] = {}
+        """Live promotions whose champion move is applied but whose probation move is not
+        (a crash between the two answers): request id -> (new champion, predecessor)."""
         self._pending_evaluations: dict[str, tuple[EvaluationView, str]] = {}
         """Evaluations of versions not registered yet: version -> (verdict, lifecycle id)."""
         self._seen_evaluations: set[str] = set()
@@ -131,6 +184,11 @@ class RegistryState:
     def champion_stack(self) -> tuple[str, ...]:
         """Every champion in turn, the current one last."""
         return tuple(self._champions)
+
+    @property
+    def probation(self) -> Probation | None:
+        """The champion on probation and its shadowing predecessor, if any."""
+        return self._probation
 
     def has_applied(self, event_id: str) -> bool:
         """True when the lifecycle event ``event_id`` has been folded in."""
@@ -242,12 +300,14 @@ class RegistryState:
                 self._apply_alias_set(event)
             case "rolled_back":
                 self._apply_rolled_back(event)
-            case "promote_requested" | "rollback_requested":
-                self._causes.append(event)
+            case "promote_requested" | "rollback_requested" | "probation_passed":
+                self._add_cause(event)
             case "command_rejected":
                 pass
         if event.cause_id is not None:
             self._answered.add(event.cause_id)
+            self._track_live_promotion(event)
+        self._check_probation(event)
         self._history.append(HistoryEntry.of(event))
         self._updated_at = self._clock()
         return True
@@ -288,11 +348,15 @@ class RegistryState:
         )
         self._seen_evaluations.add(evaluated.event_id)
         if verdict.verdict == "blessed":
-            self._causes.append(event)
+            self._add_cause(event)
         if version in self._versions:
             self._attach(version, verdict, event.event_id)
         else:
             self._pending_evaluations[version] = (verdict, event.event_id)
+
+    def _add_cause(self, event: ModelLifecycle) -> None:
+        self._causes.append(event)
+        self._cause_ids[event.event_id] = event
 
     def _attach(self, version: str, verdict: EvaluationView, cause: str) -> None:
         rec = self._versions[version]
@@ -332,6 +396,40 @@ class RegistryState:
             # becomes the champion (and the top of the stack).
             self._crown(event.model_version)
 
+    def _track_live_promotion(self, event: ModelLifecycle) -> None:
+        """Keep ``_owed_probation`` in step with the two answers of a live promotion."""
+        assert event.cause_id is not None
+        cause = self._cause_ids.get(event.cause_id)
+        if cause is None or cause.action != "promote_requested" or cause.actor != LIVE_ACTOR:
+            return
+        if event.action == "alias_set" and event.alias == "champion":
+            if event.model_version is not None and event.previous_version is not None:
+                self._owed_probation[cause.event_id] = (
+                    event.model_version,
+                    event.previous_version,
+                )
+        elif event.action == "alias_set" and event.alias == "challenger":
+            self._owed_probation.pop(cause.event_id, None)
+
+    def _check_probation(self, event: ModelLifecycle) -> None:
+        """Start a probation on its ``alias_set`` (``details.probation_of`` naming the
+        champion); end it as soon as the champion or the challenger alias moves otherwise."""
+        if event.action == "alias_set" and event.alias == "challenger":
+            probation_of = event.details.get("probation_of")
+            if (
+                isinstance(probation_of, str)
+                and event.model_version is not None
+                and self._aliases.get("champion") == probation_of
+            ):
+                self._probation = Probation(probation_of, event.model_version)
+                return
+        p = self._probation
+        if p is not None and (
+            self._aliases.get("champion") != p.champion
+            or self._aliases.get("challenger") != p.predecessor
+        ):
+            self._probation = None
+
     # --- intake ------------------------------------------------------------------------
 
     def on_trained(self, ev: ModelTrained) -> list[ModelLifecycle]:
@@ -368,31 +466,134 @@ class RegistryState:
             )
         ]
 
+    def on_comparison(self, ev: LiveComparison) -> list[ModelLifecycle]:
+        """The lifecycle event live evidence calls for, if any; does not apply it.
+
+        - On probation, for exactly (champion, predecessor): ``rollback_requested`` when the
+          predecessor is more accurate by more than ``rollback_margin``, else
+          ``probation_passed``. Never a promotion of the predecessor.
+        - Otherwise, for exactly the current (champion, challenger), a blessed challenger at
+          least as accurate as the champion: ``promote_requested``.
+
+        [] when live promotion is off, the model is another one, fewer than
+        ``live_min_labels`` frames were compared, the versions are not the current aliases,
+        or a live request is applied and still owed an answer (its answer will move the
+        aliases, and a second request meanwhile would be a duplicate).
+        """
+        if (
+            not self.live_promotion
+            or ev.model_name != self.model_name
+            or ev.labelled < self.live_min_labels
+            or ev.champion_version != self._aliases.get("champion")
+            or ev.challenger_version != self._aliases.get("challenger")
+            or self._live_request_pending()
+        ):
+            return []
+        champion, challenger, n = ev.champion_version, ev.challenger_version, ev.labelled
+        champion_acc = ev.champion_correct / n
+        challenger_acc = ev.challenger_correct / n
+        p = self._probation
+        if p is not None and (p.champion, p.predecessor) == (champion, challenger):
+            if challenger_acc > champion_acc + self.rollback_margin:
+                return [
+                    self._live(
+                        "rollback_requested",
+                        champion,
+                        f"live evidence: champion {champion} {champion_acc:.3f} below "
+                        f"predecessor {challenger} {challenger_acc:.3f} on {n} shared "
+                        f"labelled frames",
+                        ev,
+                    )
+                ]
+            return [
+                self._live(
+                    "probation_passed",
+                    champion,
+                    f"live evidence: champion {champion} {champion_acc:.3f} holds against "
+                    f"predecessor {challenger} {challenger_acc:.3f} (margin "
+                    f"{self.rollback_margin:.3f}) on {n} shared labelled frames",
+                    ev,
+                    previous_version=challenger,
+                )
+            ]
+        rec = self._versions.get(challenger)
+        if (
+            p is not None  # a probation pair is the current pair: never reached, but be sure
+            or rec is None
+            or rec.evaluation is None
+            or rec.evaluation.verdict != "blessed"
+            or ev.challenger_correct < ev.champion_correct
+        ):
+            return []
+        return [
+            self._live(
+                "promote_requested",
+                challenger,
+                f"live evidence: {challenger} {challenger_acc:.3f} vs champion {champion} "
+                f"{champion_acc:.3f} on {n} shared labelled frames",
+                ev,
+            )
+        ]
+
+    def _live(
+        self,
+        action: Literal["promote_requested", "rollback_requested", "probation_passed"],
+        version: str,
+        reason: str,
+        evidence: LiveComparison,
+        previous_version: str | None = None,
+    ) -> ModelLifecycle:
+        """A lifecycle event raised on live evidence, carrying that evidence."""
+        return ModelLifecycle(
+            model_name=self.model_name,
+            action=action,
+            model_version=version,
+            previous_version=previous_version,
+            actor=LIVE_ACTOR,
+            reason=reason,
+            details={"evidence": evidence.model_dump(mode="json")},
+            source=SOURCE,
+        )
+
+    def _live_request_pending(self) -> bool:
+        return any(c.actor == LIVE_ACTOR and self.decide(c) for c in self._causes)
+
     # --- decisions ----------------------------------------------------------------------
 
     def pending_causes(self) -> list[ModelLifecycle]:
-        """Applied causes still owed an answer, in log order: unanswered operator commands,
-        and unanswered blessed evaluations that are the current verdict of a registered
-        version that does not already hold the alias it would get."""
-        return [c for c in self._causes if c.event_id not in self._answered and self.decide(c)]
+        """Applied causes still owed an answer, in log order: unanswered commands (operator
+        or live evidence), unanswered ``probation_passed`` whose probation still holds,
+        unanswered blessed evaluations that are the current verdict of a registered version
+        that does not already hold the alias it would get, and live promotions whose
+        probation move was never published (a crash between their two answers)."""
+        return [c for c in self._causes if self.decide(c)]
 
     def decide(self, cause: ModelLifecycle) -> list[ModelLifecycle]:
         """The answer to an applied cause, judged on the current state; [] when the event is
-        not a cause, is already answered, or (for an evaluation) calls for nothing now.
+        not a cause, is already answered, or (for an evaluation or a passed probation) calls
+        for nothing now.
+
+        An answered live promotion whose champion move is applied but whose probation move
+        is not is answered with the probation move alone (same event id as the one it
+        should have had, so a copy that did get out is recognised).
 
         Raises ValueError when ``cause`` is a command or evaluation that was not applied.
         """
-        if cause.action not in _COMMANDS and cause.action != "evaluated":
+        if cause.action not in _CAUSES:
             return []
         if cause.event_id not in self._applied:
             raise ValueError(f"cause {cause.event_id} has not been applied")
         if cause.event_id in self._answered:
-            return []
-        if cause.action == "evaluated":
-            return self._decide_evaluated(cause)
-        if cause.action == "promote_requested":
-            return self._decide_promote(cause)
-        return self._decide_rollback(cause)
+            return self._decide_owed_probation(cause)
+        match cause.action:
+            case "evaluated":
+                return self._decide_evaluated(cause)
+            case "promote_requested":
+                return self._decide_promote(cause)
+            case "probation_passed":
+                return self._decide_probation_passed(cause)
+            case _:
+                return self._decide_rollback(cause)
 
     def _answer(self, cause: ModelLifecycle, **fields: object) -> ModelLifecycle:
         return ModelLifecycle.model_validate(
@@ -475,12 +676,85 @@ class RegistryState:
                     f"to override",
                 )
             ]
+        champion = self._aliases.get("champion")
+        live = cause.actor == LIVE_ACTOR
+        if live and champion != _evidence_of(cause).get("champion_version"):
+            return [
+                self._reject(
+                    cause,
+                    f"the champion changed since the live evidence (now {champion or 'none'})",
+                )
+            ]
         reason = cause.reason or "promoted by operator"
         if forced:
             reason += " (forced)"
-        return [self._set_alias(cause, "champion", version, reason, actor=cause.actor)]
+        crown = self._set_alias(cause, "champion", version, reason, actor=cause.actor)
+        if not live or champion is None:
+            return [crown]
+        # Crowning the challenger clears the challenger alias (``_crown``): the probation
+        # move, applied after the crown, takes the alias from there.
+        challenger = self._aliases.get("challenger")
+        after_crown = None if challenger == version else challenger
+        return [crown, self._probation_move(cause, version, champion, after_crown)]
+
+    def _probation_move(
+        self, cause: ModelLifecycle, champion: str, predecessor: str, previous: str | None
+    ) -> ModelLifecycle:
+        """The second answer of a live promotion: the previous champion shadows the new one.
+        Its id derives from the request, so the same move decided twice is one event."""
+        return self._answer(
+            cause,
+            event_id=derived_id("probation", cause.event_id),
+            action="alias_set",
+            alias="challenger",
+            model_version=predecessor,
+            previous_version=previous,
+            actor=cause.actor,
+            reason=f"previous champion {predecessor} shadowed on probation of {champion}",
+            details={"probation_of": champion},
+        )
+
+    def _decide_owed_probation(self, cause: ModelLifecycle) -> list[ModelLifecycle]:
+        owed = self._owed_probation.get(cause.event_id)
+        if owed is None:
+            return []
+        champion, predecessor = owed
+        # Only while the promotion it completes still stands.
+        if self._aliases.get("champion") != champion or predecessor not in self._versions:
+            return []
+        if self._aliases.get("challenger") == predecessor:
+            return []
+        return [self._probation_move(cause, champion, predecessor, self._aliases.get("challenger"))]
+
+    def _decide_probation_passed(self, cause: ModelLifecycle) -> list[ModelLifecycle]:
+        p = self._probation
+        # A probation that ended meanwhile (an alias moved) lapses: nothing left to clear.
+        if p is None or p.champion != cause.model_version:
+            return []
+        if cause.previous_version is not None and cause.previous_version != p.predecessor:
+            return []
+        return [
+            self._answer(
+                cause,
+                action="alias_set",
+                alias="challenger",
+                model_version=None,
+                previous_version=p.predecessor,
+                actor=cause.actor,
+                reason=f"probation passed: {cause.reason}" if cause.reason else "probation passed",
+            )
+        ]
 
     def _decide_rollback(self, cause: ModelLifecycle) -> list[ModelLifecycle]:
+        champion = self._aliases.get("champion")
+        if cause.model_version is not None and champion != cause.model_version:
+            # A rollback naming a version (live evidence does) rolls back that version only.
+            return [
+                self._reject(
+                    cause,
+                    f"{cause.model_version} is no longer the champion (now {champion or 'none'})",
+                )
+            ]
         if len(self._champions) < 2:
             return [self._reject(cause, "no earlier champion to roll back to")]
         return [
@@ -494,6 +768,11 @@ class RegistryState:
                 reason=cause.reason or "rolled back by operator",
             )
         ]
+
+
+def _evidence_of(cause: ModelLifecycle) -> dict[str, object]:
+    evidence = cause.details.get("evidence")
+    return evidence if isinstance(evidence, dict) else {}
 
 
 def _tags(details: dict[str, object], trained: ModelTrained) -> dict[str, str]:

@@ -180,6 +180,8 @@ class AliasTracker:
                     del self._aliases["challenger"]
         elif event.action == "rolled_back" and event.model_version:
             self._aliases["champion"] = event.model_version
+            if self._aliases.get("challenger") == event.model_version:
+                del self._aliases["challenger"]
         return (self.champion, self.challenger) != before
 
     def _ref(self, alias: str) -> ModelRef | None:

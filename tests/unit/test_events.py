@@ -56,7 +56,7 @@ def test_generic_decode_picks_the_type_from_event_type() -> None:
 
 
 def test_every_event_type_is_registered_once() -> None:
-    assert len(EVENT_TYPES) == 13
+    assert len(EVENT_TYPES) == 14
     for name, cls in EVENT_TYPES.items():
         assert cls.model_fields["event_type"].default == name
 

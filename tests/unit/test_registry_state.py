@@ -66,20 +66,25 @@ def command(action: str, version: str | None = None, **kw: Any) -> ModelLifecycl
 
 
 class Loop:
-    """What the service does, minus Kafka: publish = append to the log and apply, then
-    decide every applied cause and settle whatever is still owed."""
+    """What the service does, minus Kafka: publish = append each event to the log and apply
+    it, then settle: answer the first cause still owed (all of its answers appended and
+    applied in order), and again, until nothing is owed."""
 
     def __init__(self, state: RegistryState) -> None:
         self.state = state
         self.log: list[ModelLifecycle] = []
 
-    def publish(self, events: list[ModelLifecycle]) -> list[ModelLifecycle]:
+    def _append(self, events: list[ModelLifecycle]) -> None:
         for event in events:
             self.log.append(event)
-            if self.state.apply(event, offset=len(self.log) - 1):
-                self.publish(self.state.decide(event))
-        for cause in self.state.pending_causes():
-            self.publish(self.state.decide(cause))
+            self.state.apply(event, offset=len(self.log) - 1)
+
+    def publish(self, events: list[ModelLifecycle]) -> list[ModelLifecycle]:
+        self._append(events)
+        while pending := self.state.pending_causes():
+            answers = self.state.decide(pending[0])
+            assert answers, "pending_causes lists only causes with an answer"
+            self._append(answers)
         return events
 
     def train(self, version: str, **kw: Any) -> None:
