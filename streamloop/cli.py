@@ -51,18 +51,64 @@ def cmd_down(_args: argparse.Namespace) -> int:
     )
 
 
-def cmd_status(_args: argparse.Namespace) -> int:
-    rc = _script("kafka/kafka.sh", "status") | _script("redis/redis.sh", "status")
-    from shared.kafka_admin import KafkaAdmin
-    from shared.settings import KafkaSettings
+def cmd_status(args: argparse.Namespace) -> int:
+    """Local infrastructure (the kafka and redis scripts), then every service's consumer
+    group with its lag and health, then the HTTP health endpoints. Exits 0 whatever the
+    services' state (it reports); 1 only when Kafka does not answer."""
+    import logging
 
+    from shared.settings import KafkaSettings
+    from streamloop.status import (
+        HTTP_ENDPOINTS,
+        KafkaUnreachableError,
+        ServiceStatus,
+        collect,
+        http_table,
+        probe_http,
+        status_table,
+    )
+
+    # The client logs every refused connection; status says it once, in its own words.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    kafka = KafkaSettings()
+    scripts = [("kafka/kafka.sh", "status"), ("redis/redis.sh", "status")]
+    infra: list[str] = []
+    for script in scripts:
+        if args.json:  # stdout is the JSON document: keep the scripts' lines for it
+            done = subprocess.run(
+                [str(ROOT / "infra" / script[0]), *script[1:]], capture_output=True, text=True
+            )
+            infra += done.stdout.splitlines()
+        else:
+            _script(*script)
+    statuses: list[ServiceStatus] = []
+    error: str | None = None
     try:
-        with KafkaAdmin(KafkaSettings()) as admin:
-            topics = admin.list_topics()
-        console.print(f"topics: {len(topics)} ({', '.join(topics) or 'none'})")
-    except Exception as exc:  # noqa: BLE001 - status reports, it does not fail
-        console.print(f"[yellow]kafka not reachable:[/] {exc}")
-    return rc
+        statuses = collect(kafka, threshold=args.lag_threshold, timeout_s=args.timeout)
+    except KafkaUnreachableError as exc:
+        error = str(exc)
+    probes = [probe_http(name, url, timeout_s=1.0) for name, url in HTTP_ENDPOINTS]
+    if args.json:
+        doc = {
+            "infrastructure": infra,
+            "kafka": {
+                "bootstrap_servers": kafka.bootstrap_servers,
+                "topic_prefix": kafka.topic_prefix,
+                "reachable": error is None,
+                "error": error,
+            },
+            "lag_threshold": args.lag_threshold,
+            "services": [s.to_dict() for s in statuses],
+            "http": [p.to_dict() for p in probes],
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        if error is None:
+            console.print(status_table(statuses, threshold=args.lag_threshold))
+        else:
+            console.print(f"[red]{error}[/]  (is Kafka running? try: streamloop up)")
+        console.print(http_table(probes))
+    return 0 if error is None else 1
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -99,7 +145,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from streamloop.demo import run_demo
 
     return run_demo(
-        console, scenario=args.scenario, duration_s=args.duration, timeout_s=args.timeout
+        console,
+        scenario=args.scenario,
+        bootstrap_scenario=args.bootstrap_scenario,
+        bootstrap_s=args.bootstrap_seconds,
+        rate=args.rate,
+        timeout_s=args.timeout,
+        recovery_ratio=args.recovery_ratio,
+        summary_path=Path(args.summary) if args.summary else None,
+        model_name=args.model,
     )
 
 
@@ -333,7 +387,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from rich.live import Live
 
     from shared.settings import KafkaSettings
-    from streamloop.tail import DLQ_TOPICS, dlq_record, follow
+    from streamloop.tail import DLQ_TOPICS, EVENT_TAILS, dlq_record, follow
 
     kafka = KafkaSettings()
     if args.what == "predictions":
@@ -366,6 +420,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     if args.camera or args.shadow:
         console.print("[red]--camera and --shadow apply to tail predictions only[/]")
         return 2
+    if args.what in EVENT_TAILS:
+        return _tail_events(args)
     records = follow(
         kafka, DLQ_TOPICS, last=args.last, max_records=args.max, idle_timeout_s=args.idle_exit
     )
@@ -396,17 +452,52 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tail_events(args: argparse.Namespace) -> int:
+    """``tail metrics|retrain|alerts``: decoded events as JSON lines or a live table of the
+    latest 30."""
+    from collections import deque
+
+    from rich.live import Live
+
+    from shared.events import Event
+    from shared.settings import KafkaSettings
+    from streamloop.tail import EVENT_TAILS, EventSieve, event_table, follow_events
+
+    tail = EVENT_TAILS[args.what]
+    sieve = EventSieve(tail.types)
+    events = follow_events(
+        KafkaSettings(),
+        tail.topic,
+        sieve,
+        last=args.last,
+        max_records=args.max,
+        idle_timeout_s=args.idle_exit,
+    )
+    if args.json:
+        for e in events:
+            print(e.model_dump_json(), flush=True)
+        return 0
+    recent: deque[Event] = deque(maxlen=30)
+    with Live(event_table(tail, []), console=console, refresh_per_second=4) as live:
+        for e in events:
+            recent.append(e)
+            live.update(event_table(tail, recent, skipped=sieve.skipped))
+        live.update(event_table(tail, recent, skipped=sieve.skipped))  # skips after the last
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from shared.settings import TelemetrySettings
     from shared.telemetry import read_spans
     from streamloop.trace_view import render_trace, select_trace
 
     traces_dir = TelemetrySettings().traces_dir
-    spans = select_trace(read_spans(traces_dir), args.id)
+    every = read_spans(traces_dir)
+    spans = select_trace(every, args.id, follow_links=not args.no_links)
     if not spans:
         console.print(f"[red]no trace found for {args.id!r} in {traces_dir}")
         return 1
-    console.print(render_trace(spans))
+    console.print(render_trace(spans, selected=args.id, known=every))
     return 0
 
 
@@ -430,16 +521,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", action="store_true", help="the 3-broker cluster instead")
     p.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop local Kafka and Redis").set_defaults(func=cmd_down)
-    sub.add_parser("status", help="local infrastructure and topics").set_defaults(func=cmd_status)
+    p = sub.add_parser("status", help="local infrastructure, services' consumer lag and health")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of tables")
+    p.add_argument(
+        "--lag-threshold",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="a running service with more than N records to read is lagging (default 1000)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for Kafka (default 5)"
+    )
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("topics", help="create (idempotent) or list StreamLoop's topics")
     p.add_argument("action", choices=["create", "list"])
     p.set_defaults(func=cmd_topics)
 
-    p = sub.add_parser("demo", help="the loop from nothing: frames to a registered champion")
-    p.add_argument("--scenario", default="steady-day", help="simulator scenario to play")
-    p.add_argument("--duration", type=float, default=200.0, help="scenario seconds to play")
-    p.add_argument("--timeout", type=float, default=600.0, help="give up after this long")
+    p = sub.add_parser(
+        "demo", help="the closed loop from nothing: drift, retrain, shadow, promotion, recovery"
+    )
+    p.add_argument("--scenario", default="day-to-night", help="drift scenario (name or TOML)")
+    p.add_argument(
+        "--bootstrap-scenario", default="steady-day", help="scenario that trains the first model"
+    )
+    p.add_argument(
+        "--bootstrap-seconds", type=float, default=200.0, help="scenario seconds of bootstrap"
+    )
+    p.add_argument("--rate", type=float, help="frames per second (default: the scenario's)")
+    p.add_argument("--timeout", type=float, default=1500.0, help="give up after this long")
+    p.add_argument(
+        "--recovery-ratio",
+        type=float,
+        default=0.9,
+        help="recovered when live accuracy is back to this share of its pre-drift value",
+    )
+    p.add_argument("--summary", help="also write the summary as JSON to this file")
+    p.add_argument("--model", default="vehicle-classifier", help="model name")
     p.add_argument("--round-trip", action="store_true", help="only a traced bus round trip")
     p.add_argument("--events", type=int, default=5, help="events of the round trip")
     p.set_defaults(func=cmd_demo)
@@ -468,8 +587,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotator", default="cli")
     p.set_defaults(func=cmd_label)
 
-    p = sub.add_parser("tail", help="follow a topic: predictions or dlq")
-    p.add_argument("what", choices=["predictions", "dlq"])
+    p = sub.add_parser(
+        "tail", help="follow a topic: predictions, metrics, retrain (requests), alerts or dlq"
+    )
+    p.add_argument("what", choices=["predictions", "metrics", "retrain", "alerts", "dlq"])
     p.add_argument("--camera", action="append", metavar="ID", help="only this camera (repeatable)")
     p.add_argument("--shadow", action="store_true", help="the shadow model's predictions")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -480,6 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("trace", help="print a trace from the local trace files")
     p.add_argument("id", help="trace id, span id, or event / frame / request id")
+    p.add_argument(
+        "--no-links", action="store_true", help="only this trace, not the traces linked to it"
+    )
     p.set_defaults(func=cmd_trace)
 
     from streamloop.models_cli import add_commands

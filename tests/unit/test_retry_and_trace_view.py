@@ -44,3 +44,109 @@ def test_tree_nests_children_under_parents() -> None:
     assert "na" in str(top.label)
     [child] = top.children
     assert "nb" in str(child.label)
+
+
+def linked(
+    tid: str, sid: str, parent: str | None, start: int, links: list[tuple[str, str]], **kw: str
+) -> dict[str, object]:
+    s = span(tid, sid, parent, start)
+    s["links"] = [{"trace_id": t, "span_id": p} for t, p in links]
+    s.update(kw)
+    return s
+
+
+# Two monitoring windows (traces w1, w2), a retrain request whose span links both (trace r),
+# the training run that links the request (trace x), and an unrelated trace.
+LINKED = [
+    span("w1", "w1a", None, 0),
+    span("w2", "w2a", None, 10),
+    linked("r", "ra", None, 20, [("w1", "w1a"), ("w2", "w2a")], name="retrain.requests publish"),
+    span("r", "rb", "ra", 21),
+    linked("x", "xa", None, 30, [("r", "ra")]),
+    linked("u", "ua", None, 40, [("w9", "gone")]),
+]
+
+
+def test_select_pulls_in_the_traces_one_link_away_both_ways() -> None:
+    assert {s["trace_id"] for s in select_trace(LINKED, "r")} == {"w1", "w2", "r", "x"}
+    # One level only: from a window, the request that links it and not the other window.
+    assert {s["trace_id"] for s in select_trace(LINKED, "w1")} == {"w1", "r"}
+    assert {s["trace_id"] for s in select_trace(LINKED, "r", follow_links=False)} == {"r"}
+    # A link to a trace that is not in the files pulls nothing in.
+    assert {s["trace_id"] for s in select_trace(LINKED, "u")} == {"u"}
+
+
+def test_spans_without_a_links_field_still_select() -> None:
+    assert [s["span_id"] for s in select_trace(SPANS, "t1")] == ["a", "b"]
+
+
+def test_linked_traces_render_as_subtrees_with_their_relation() -> None:
+    tree = render_trace(select_trace(LINKED, "ra"), selected="ra")
+    heads = [str(c.label) for c in tree.children]
+    assert len(heads) == 4
+    assert "trace w1" in heads[0] and "linked by the selected trace" in heads[0]
+    assert "trace w2" in heads[1] and "linked by the selected trace" in heads[1]
+    assert "trace r" in heads[2] and "selected" in heads[2] and "2 spans" in heads[2]
+    assert "trace x" in heads[3] and "links to the selected trace" in heads[3]
+    # Each subtree has a duration: the request's trace runs from 20 ns to 21 ns + 1 ms.
+    assert "1.0 ms" in heads[2]
+    [request] = tree.children[2].children
+    assert "retrain.requests publish" in str(request.label)
+    lines = [str(c.label) for c in request.children]
+    assert "↪ linked:" in lines[0] and "nw1a" in lines[0] and "(trace w1)" in lines[0]
+    assert "nw2a" in lines[1]
+    assert "nrb" in lines[2]  # the child span comes after the link lines
+
+
+def test_a_link_to_a_span_not_in_the_files_shows_its_ids() -> None:
+    tree = render_trace(select_trace(LINKED, "u"), selected="u")
+    [top] = tree.children
+    [link] = top.children
+    assert "span gone" in str(link.label) and "(trace w9)" in str(link.label)
+    assert "not in the files" in str(link.label)
+
+
+def test_linked_spans_outside_the_selection_are_named_from_known_spans() -> None:
+    tree = render_trace(select_trace(LINKED, "x", follow_links=False), known=LINKED)
+    [top] = tree.children
+    [link] = top.children
+    assert "retrain.requests publish" in str(link.label) and "(trace r)" in str(link.label)
+
+
+def test_a_batch_span_with_many_links_shows_a_few_and_a_count() -> None:
+    many = [linked("b", "ba", None, 0, [(f"f{i}", f"s{i}") for i in range(12)])]
+    [top] = render_trace(many).children
+    lines = [str(c.label) for c in top.children]
+    assert len(lines) == 6 and "and 7 more links" in lines[-1]
+
+
+def test_only_so_many_linked_traces_are_drawn() -> None:
+    many = [linked("b", "ba", None, 100, [(f"f{i}", f"s{i}") for i in range(4)])]
+    many += [span(f"f{i}", f"s{i}", None, i) for i in range(4)]
+    tree = render_trace(select_trace(many, "b"), selected="b", max_traces=2)
+    heads = [str(c.label) for c in tree.children]
+    assert "trace f0" in heads[0] and "trace f1" in heads[1]
+    assert "trace b" in heads[2] and "selected" in heads[2]
+    assert "and 2 more linked traces" in heads[3]
+
+
+def test_span_files_record_links() -> None:
+    """The trace view draws links from the span files: ``span_to_dict`` must keep them."""
+    from opentelemetry.trace import Link
+
+    from shared.settings import TelemetrySettings
+    from shared.telemetry import setup_telemetry, span_to_dict
+
+    tel = setup_telemetry("t", TelemetrySettings(exporter="memory"), set_global=False)
+    with tel.tracer.start_as_current_span("window") as window:
+        pass
+    target = window.get_span_context()
+    with tel.tracer.start_as_current_span("request", links=[Link(target)]):
+        pass
+    assert tel.memory is not None
+    spans = {s.name: span_to_dict(s) for s in tel.memory.get_finished_spans()}
+    assert spans["window"]["links"] == []
+    assert spans["request"]["links"] == [
+        {"trace_id": format(target.trace_id, "032x"), "span_id": format(target.span_id, "016x")}
+    ]
+    tel.shutdown()
