@@ -11,15 +11,18 @@ import sys
 import threading
 
 from kafka import KafkaConsumer, TopicPartition
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from services.serving.core import ServingCore
 from services.serving.ingress import Backend, Ingress
 from services.serving.settings import ServingSettings
 from shared.artifacts import ArtifactStore
 from shared.bus import ConsumerLoop, stop_on_signals
-from shared.events import DecodeError, FrameValid, ModelLifecycle, decode
+from shared.events import DecodeError, FrameValid, ModelLifecycle, decode, utcnow
 from shared.service import service_runtime
 from shared.settings import KafkaSettings
+from shared.telemetry import extract_context
 from shared.topics import Topics
 
 log = logging.getLogger("streamloop.serving")
@@ -28,9 +31,12 @@ log = logging.getLogger("streamloop.serving")
 class LifecycleFollower:
     """Feeds every ``models.lifecycle`` event, from the first, to ``ingress.on_lifecycle``."""
 
-    def __init__(self, settings: KafkaSettings, ingress: Ingress) -> None:
+    def __init__(
+        self, settings: KafkaSettings, ingress: Ingress, tracer: trace.Tracer | None = None
+    ) -> None:
         self._settings = settings
         self._ingress = ingress
+        self._tracer = tracer or trace.get_tracer("streamloop.serving")
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -47,6 +53,8 @@ class LifecycleFollower:
             ]
             consumer.assign(tps)
             consumer.seek_to_beginning(*tps)
+            # Moves older than this follower are history replayed, not swaps to trace.
+            started = utcnow()
             while not self._stop.is_set():
                 for batch in consumer.poll(timeout_ms=500).values():
                     for rec in batch:
@@ -57,7 +65,24 @@ class LifecycleFollower:
                         except DecodeError:
                             log.warning("unreadable lifecycle record", extra={"offset": rec.offset})
                             continue
-                        self._ingress.on_lifecycle(event)
+                        if event.action in ("alias_set", "rolled_back") and (
+                            event.produced_at >= started
+                        ):
+                            # An alias move continues the trace that caused it (a retrain
+                            # request through training, evaluation and the registry).
+                            with self._tracer.start_as_current_span(
+                                "serving model swap",
+                                context=extract_context(rec.headers),
+                                kind=SpanKind.CONSUMER,
+                                attributes={
+                                    "messaging.message.id": event.event_id,
+                                    "streamloop.alias": event.alias or "",
+                                    "streamloop.model_version": event.model_version or "",
+                                },
+                            ):
+                                self._ingress.on_lifecycle(event)
+                        else:
+                            self._ingress.on_lifecycle(event)
         finally:
             consumer.close()
 
@@ -99,7 +124,7 @@ def main() -> int:
             producer=rt.producer,
             call_size=settings.call_size,
         )
-        follower = LifecycleFollower(settings.kafka, ingress)
+        follower = LifecycleFollower(settings.kafka, ingress, rt.tracer)
         thread = threading.Thread(target=follower.run, name="lifecycle", daemon=True)
         thread.start()
         loop: ConsumerLoop[FrameValid] = ConsumerLoop(
