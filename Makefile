@@ -26,6 +26,9 @@ setup: ## Install everything (idempotent): uv, Python deps (locked), Kafka jars,
 	@command -v docker-compose >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null; } \
 	  || echo "note: docker-compose not installed; 'make compose-check' needs it (apt-get install docker-compose)"
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } \
+	  || echo "note: chromium not installed; the dashboard's browser test needs it (apt-get install chromium)"
 	@echo "setup: done"
 
 up: setup ## Start local Kafka (KRaft, 127.0.0.1:9092) and Redis (127.0.0.1:6379); create topics
@@ -75,7 +78,7 @@ bench: setup ## Benchmarks: bus, ingest (vs bare kafka-python), training, evalua
 drift: setup ## Measure how a CNN trained on day frames fares at night and in fog
 	@$(BIN)/python infra/measure_drift.py
 
-demo: up ## Start the infrastructure and run a traced round trip through the bus
+demo: up ## The closed loop from nothing: bootstrap a model, day to night, drift, retrain, shadow, promote, recover
 	@$(BIN)/streamloop demo
 
 compose-check: ## Validate docker-compose.yml without a Docker engine

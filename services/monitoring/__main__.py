@@ -28,7 +28,7 @@ def main() -> int:
     settings = MonitoringSettings()
     telemetry = start_service("monitoring", settings)
     monitor = build_app(settings, telemetry.tracer)
-    board = DashboardState()
+    board = DashboardState(model_name=settings.model_name)
     feed = DashboardFeed(settings.kafka, board)
     feed.start()
     dashboard = serve_dashboard(

@@ -159,8 +159,8 @@ class Marker:
 
 
 class _IdSet:
-    """Event ids already folded into one bounded collection, forgotten with it (oldest
-    first), so that redeliveries are dropped without the set growing for ever."""
+    """The last ``limit`` event ids folded into one collection: redeliveries (which come
+    soon after the original) are dropped without the set growing for ever."""
 
     def __init__(self, limit: int) -> None:
         self._order: deque[str] = deque()
@@ -200,12 +200,13 @@ class DashboardState:
         self._lock = threading.Lock()
         self._max_windows = max_windows
         self._max_comparisons = max_comparisons
+        self._max_markers = max_markers
         self._windows: OrderedDict[tuple[str, bool, str], WindowPoint] = OrderedDict()
         self._comparisons: dict[tuple[str, str], LiveComparison] = {}
         self._markers: deque[Marker] = deque(maxlen=max_markers)
-        self._marker_ids = _IdSet(max_markers)
+        self._marker_ids = _IdSet(4 * max_markers)
         self._alerts: deque[Alert] = deque(maxlen=max_alerts)
-        self._alert_ids = _IdSet(max_alerts)
+        self._alert_ids = _IdSet(4 * max_alerts)
         self._commands: OrderedDict[str, MarkerKind] = OrderedDict()
         """Lifecycle command event id -> the marker kind of what it asked for, so that a
         ``command_rejected`` answering it can be drawn as the same kind."""
@@ -352,7 +353,7 @@ class DashboardState:
                 return False
         if action in ("promote_requested", "rollback_requested"):
             self._commands[event.event_id] = kind
-            while len(self._commands) > self._markers.maxlen:  # type: ignore[operator]
+            while len(self._commands) > self._max_markers:
                 self._commands.popitem(last=False)
         return self._mark(event, kind, version, text + why, action)
 
@@ -438,7 +439,7 @@ def _series(windows: list[WindowPoint]) -> list[dict[str, Any]]:
     grouped: dict[tuple[str, bool], list[WindowPoint]] = {}
     for w in windows:
         grouped.setdefault((w.model_version, w.shadow), []).append(w)
-    out = []
+    out: list[dict[str, Any]] = []
     for (version, shadow), points in grouped.items():
         points.sort(key=lambda p: (p.window_end, p.window_id))
         out.append(
