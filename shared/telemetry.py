@@ -32,8 +32,17 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
 
 from shared.settings import TelemetrySettings
 
@@ -177,6 +186,36 @@ class Telemetry:
         self.provider.shutdown()
 
 
+ALWAYS_SAMPLE = "streamloop.always_sample"
+"""Span attribute: a root span carrying it (True) is sampled whatever the ratio."""
+
+
+class _MarkedOrRatio(Sampler):
+    """Samples root spans marked ``ALWAYS_SAMPLE``; the others by trace id ratio."""
+
+    def __init__(self, ratio: float) -> None:
+        self._ratio = TraceIdRatioBased(ratio)
+        self._always = ALWAYS_ON
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        chosen = self._always if attributes and attributes.get(ALWAYS_SAMPLE) else self._ratio
+        return chosen.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"MarkedOrRatio{{{self._ratio.get_description()}}}"
+
+
 def _batch(exporter: SpanExporter) -> BatchSpanProcessor:
     # The default queue (2048) overflows at a few thousand records per second and drops spans.
     return BatchSpanProcessor(
@@ -204,8 +243,10 @@ def setup_telemetry(
         }
     )
     # Parent-based: the service that starts a trace (the camera, the monitor) decides once,
-    # and every downstream span of that trace follows, so sampled traces stay whole.
-    sampler = ParentBased(TraceIdRatioBased(settings.sample_ratio))
+    # and every downstream span of that trace follows, so sampled traces stay whole. Root
+    # spans marked ALWAYS_SAMPLE (the loop's rare decisions: windows, retrain requests) are
+    # kept whatever the ratio, so a retrain's trace is never lost to frame sampling.
+    sampler = ParentBased(_MarkedOrRatio(settings.sample_ratio))
     provider = TracerProvider(resource=resource, sampler=sampler)
     memory: InMemorySpanExporter | None = None
     kind = settings.resolved_exporter()

@@ -385,7 +385,7 @@ def run_demo(
     *,
     scenario: str = "day-to-night",
     bootstrap_scenario: str = "steady-day",
-    bootstrap_s: float = 200.0,
+    bootstrap_s: float = 400.0,
     rate: float | None = None,
     timeout_s: float = 1500.0,
     recovery_ratio: float = 0.9,

@@ -46,7 +46,7 @@ from services.monitoring.monitor import Monitor, Outputs
 from services.monitoring.settings import MonitoringSettings
 from shared.events import DecodeError, Event, Label, Prediction, decode, encode, utcnow
 from shared.streams import BytesKeyed, FaustDeadLetters, broker_options
-from shared.telemetry import inject_headers
+from shared.telemetry import ALWAYS_SAMPLE, inject_headers
 from shared.topics import Topics
 
 __all__ = ["MonitorApp", "build_app"]
@@ -313,7 +313,7 @@ class MonitorApp:
         *,
         name: str,
         links: list[Link] | None = None,
-        attributes: dict[str, str] | None = None,
+        attributes: dict[str, str | bool] | None = None,
     ) -> SpanContext:
         span = self.tracer.start_span(
             name,
@@ -323,6 +323,8 @@ class MonitorApp:
                 "messaging.system": "kafka",
                 "messaging.destination.name": self.prefix + topic,
                 "messaging.message.id": event.event_id,
+                # Few and decisive: their traces are kept whatever the sampling ratio.
+                ALWAYS_SAMPLE: True,
                 **(attributes or {}),
             },
         )

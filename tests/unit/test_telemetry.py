@@ -77,3 +77,32 @@ def test_json_logs_carry_the_trace_id_and_extras() -> None:
     assert line["trace_id"] == format(span.get_span_context().trace_id, "032x")
     assert line["service"] == "ingest" and line["msg"] == "bad frame"
     assert line["topic"] == "frames.raw" and line["offset"] == 42
+
+
+def test_marked_root_spans_are_sampled_whatever_the_ratio_and_their_children_follow() -> None:
+    from opentelemetry import trace as api
+
+    from shared.telemetry import ALWAYS_SAMPLE, setup_telemetry
+
+    tel = setup_telemetry(
+        "sampling-test",
+        TelemetrySettings(exporter="memory", sample_ratio=0.0),
+        set_global=False,
+    )
+    with tel.tracer.start_as_current_span("frame") as plain:
+        assert not plain.get_span_context().trace_flags.sampled
+    with tel.tracer.start_as_current_span("retrain", attributes={ALWAYS_SAMPLE: True}) as marked:
+        assert marked.get_span_context().trace_flags.sampled
+        with tel.tracer.start_as_current_span("training") as child:
+            assert child.get_span_context().trace_flags.sampled
+    ctx = api.set_span_in_context(marked)
+    downstream = tel.tracer.start_span("evaluation", context=ctx)
+    downstream.end()
+    assert downstream.get_span_context().trace_flags.sampled
+    assert tel.memory is not None
+    assert {s.name for s in tel.memory.get_finished_spans()} == {
+        "retrain",
+        "training",
+        "evaluation",
+    }
+    tel.shutdown()
