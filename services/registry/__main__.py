@@ -59,6 +59,7 @@ def main() -> int:
             live_promotion=settings.live_promotion,
             live_min_labels=settings.live_min_labels,
             rollback_margin=settings.rollback_margin,
+            live_min_accuracy=settings.live_min_accuracy,
             publisher=rt.producer,
             read_model=store,
         )

@@ -63,6 +63,7 @@ class RegistryService:
         live_promotion: bool = True,
         live_min_labels: int = 200,
         rollback_margin: float = 0.02,
+        live_min_accuracy: float = 0.5,
     ) -> None:
         self.state = RegistryState(
             model_name,
@@ -70,6 +71,7 @@ class RegistryService:
             live_promotion=live_promotion,
             live_min_labels=live_min_labels,
             rollback_margin=rollback_margin,
+            live_min_accuracy=live_min_accuracy,
         )
         self._publisher = publisher
         self._read_model = read_model

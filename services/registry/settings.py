@@ -39,6 +39,10 @@ class RegistrySettings(ServiceSettings):
     """How much more accurate (absolute accuracy) the predecessor on probation must be than
     the new champion to roll it back; within the margin the probation passes."""
 
+    live_min_accuracy: float = Field(default=0.5, ge=0.0, le=1.0)
+    """A challenger's own live accuracy must reach this to be promoted: when the live labels
+    disagree with every model (a corrupted annotation feed), a tie proves nothing."""
+
     api_host: str = "127.0.0.1"
     """Interface of the read API (``0.0.0.0`` in a container)."""
 

@@ -25,7 +25,8 @@ Live evidence (``LiveComparison``, champion and challenger scored on the same la
 frames) closes the loop without an operator:
 
 - a blessed challenger at least as accurate as the champion, on at least
-  ``live_min_labels`` shared labelled frames, is promoted (``promote_requested`` by
+  ``live_min_labels`` shared labelled frames, and itself at least ``live_min_accuracy``
+  accurate on them (labels that no model agrees with prove nothing), is promoted (``promote_requested`` by
   ``live-evidence``); the answer crowns it and shadows the previous champion as the
   challenger, *on probation* of the new one;
 - on probation, a predecessor more accurate than the new champion by more than
@@ -134,6 +135,7 @@ class RegistryState:
         live_promotion: bool = True,
         live_min_labels: int = 200,
         rollback_margin: float = 0.02,
+        live_min_accuracy: float = 0.5,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         if live_min_labels < 1:
@@ -145,6 +147,7 @@ class RegistryState:
         self.live_promotion = live_promotion
         self.live_min_labels = live_min_labels
         self.rollback_margin = rollback_margin
+        self.live_min_accuracy = live_min_accuracy
         self._clock = clock
         self._versions: dict[str, _Version] = {}
         self._aliases: dict[str, str] = {}
@@ -523,6 +526,9 @@ class RegistryState:
             or rec.evaluation is None
             or rec.evaluation.verdict != "blessed"
             or ev.challenger_correct < ev.champion_correct
+            # Live labels that neither model agrees with (a broken annotation feed) are no
+            # evidence for anything: a challenger is promoted only when it does well itself.
+            or challenger_acc < self.live_min_accuracy
         ):
             return []
         return [
