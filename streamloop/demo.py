@@ -222,8 +222,9 @@ class LoopStory:
                 for k, v in sorted(self.milestones.items(), key=lambda kv: kv[1])
                 if onset is not None
             },
-            retrain_requests=[r.idempotency_key for r in self.retrains],
+            retrain_requests=[r.idempotency_key for r in self.retrains if r.trigger == "monitor"],
             champions=[v for _, v in self.promotions],
+            onset=onset,
         )
 
 
@@ -240,9 +241,12 @@ class DemoReport:
     milestones_s: dict[str, float]
     retrain_requests: list[str]
     champions: list[str]
+    onset: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        doc = dict(self.__dict__)
+        doc["onset"] = self.onset.isoformat() if self.onset else None
+        return doc
 
     def table(self) -> Table:
         def pct(x: float | None) -> str:
@@ -273,7 +277,7 @@ class DemoReport:
             "drift onset to recovery",
             f"{self.drift_to_recovery_s:.0f} s" if self.drift_to_recovery_s else "-",
         )
-        t.add_row("retrain requests", str(len(self.retrain_requests)))
+        t.add_row("retrain requests by the monitor", str(len(self.retrain_requests)))
         return t
 
 
@@ -448,6 +452,13 @@ def run_demo(
                     console.print(f"[red]no first model within {timeout_s:.0f}s; see {logs}[/]")
                     return 1
             phase = f"scenario {drift.name}"
+            frames_before = story.frames
+            procs["simulator"] = _simulate(scenario, logs, rate=rate, duration=None, run_id=run)
+            # Scenario time starts with the first frame on the topic, not with the process.
+            started = time.monotonic()
+            while story.frames <= frames_before and time.monotonic() - started < 60:
+                live.update(_panel(story, procs, phase))
+                time.sleep(0.1)
             t0 = datetime.now(UTC)
             if onset_s is not None:
                 story.onset = datetime.fromtimestamp(
@@ -457,7 +468,6 @@ def run_demo(
                 f"scenario [bold]{drift.name}[/]: {drift.description} "
                 f"({pace:g} frames/s; the drift starts in {onset_s or 0:.0f} s)"
             )
-            procs["simulator"] = _simulate(scenario, logs, rate=rate, duration=None, run_id=run)
             while time.monotonic() < end:
                 if story.report(recovery_ratio).recovered:
                     story.say("[bold green]recovered[/]: live accuracy is back")

@@ -26,9 +26,9 @@ frames) closes the loop without an operator:
 
 - a blessed challenger at least as accurate as the champion, on at least
   ``live_min_labels`` shared labelled frames, and itself at least ``live_min_accuracy``
-  accurate on them (labels that no model agrees with prove nothing), is promoted (``promote_requested`` by
-  ``live-evidence``); the answer crowns it and shadows the previous champion as the
-  challenger, *on probation* of the new one;
+  accurate on them (labels that no model agrees with prove nothing), is promoted
+  (``promote_requested`` by ``live-evidence``); the answer crowns it and shadows the
+  previous champion as the challenger, *on probation* of the new one;
 - on probation, a predecessor more accurate than the new champion by more than
   ``rollback_margin`` rolls the new champion back (``rollback_requested``); otherwise the
   probation passes (``probation_passed``) and the predecessor's shadow is cleared. A

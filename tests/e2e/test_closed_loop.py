@@ -1,0 +1,189 @@
+"""The closed loop end to end, with everything real: ``streamloop demo`` starts every service
+(Ray Serve included), bootstraps a first model from a simulated day, plays dusk, and the loop
+has to see the drop, ask for one retrain, prove the candidate better, shadow it, promote it
+and recover, with nobody in the loop. A second run feeds a corrupted annotation stream: the
+champion must stay."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.events import Alert, Event, ModelLifecycle, RetrainRequest, WindowMetrics, decode
+from shared.redis_store import connect
+from shared.registry import RedisRegistry
+from shared.settings import KafkaSettings, RedisSettings
+from shared.telemetry import read_spans
+from shared.topics import Topics
+from streamloop.trace_view import select_trace
+from tests.integration.helpers import free_port, read_all
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+GROUPS = ("ingest", "serving", "simulator", "training", "evaluation", "registry")
+THRESHOLD = 0.75
+RECOVERY_BOUND_S = 420
+"""Drift onset to recovery must take less than this (the demo on this 2-core machine: about
+three minutes)."""
+
+
+@pytest.fixture
+def stack(prefix: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+    model = f"e2e-{uuid.uuid4().hex[:8]}"
+    env = {
+        "STREAMLOOP_KAFKA_TOPIC_PREFIX": prefix,
+        "STREAMLOOP_ARTIFACTS_ROOT": str(tmp_path / "artifacts"),
+        "STREAMLOOP_TELEMETRY_TRACES_DIR": str(tmp_path / "traces"),
+        "STREAMLOOP_VAR": str(tmp_path / "var"),
+        "STREAMLOOP_REGISTRY_API_PORT": "0",
+        "STREAMLOOP_MONITORING_DASHBOARD_PORT": "0",
+        "STREAMLOOP_SERVING_HTTP_PORT": str(free_port()),
+        **{f"STREAMLOOP_{g.upper()}_GROUP_ID": f"{prefix}{g}" for g in GROUPS},
+        "E2E_MODEL": model,
+    }
+    yield env
+    registry = RedisRegistry(connect(RedisSettings()))
+    for key in registry._redis.scan_iter(f"streamloop:registry:{model}:*"):
+        registry._redis.delete(key)
+
+
+def demo(env: dict[str, str], summary: Path, *args: str, timeout: float) -> dict[str, Any]:
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "streamloop", "demo"),
+            *("--model", env["E2E_MODEL"], "--summary", str(summary)),
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "160", **env},
+    )
+    print(f"$ streamloop demo {' '.join(args)} -> {out.returncode}\n{out.stdout}{out.stderr}")
+    logs = Path(env["STREAMLOOP_VAR"]) / "logs"
+    if out.returncode != 0:
+        for log in sorted(logs.glob("*.log")):
+            print(f"--- {log.name} ---", *log.read_text(errors="replace").splitlines()[-25:])
+    result: dict[str, Any] = json.loads(summary.read_text()) if summary.exists() else {}
+    result["returncode"] = out.returncode
+    return result
+
+
+def events(prefix: str, topic: str) -> list[Event]:
+    records = read_all(KafkaSettings(), prefix + topic, 10**6, timeout_s=3)
+    return [decode(r.value, Event) for r in records if r.value is not None]
+
+
+@pytest.mark.timeout(1500)
+def test_day_to_night_one_retrain_a_promotion_and_recovery(
+    stack: dict[str, str], prefix: str
+) -> None:
+    env, model = stack, stack["E2E_MODEL"]
+    summary = demo(
+        env,
+        Path(env["STREAMLOOP_VAR"]) / "summary.json",
+        *("--scenario", str(SCENARIOS / "dusk.toml"), "--timeout", "1100"),
+        timeout=1400,
+    )
+    assert summary["returncode"] == 0, summary
+    onset = datetime.fromisoformat(summary["onset"])
+
+    # Before the drift: a good first model, several steady windows, no retrain, no alert.
+    assert summary["before"] >= 0.9
+    windows = [e for e in events(prefix, Topics.METRICS) if isinstance(e, WindowMetrics)]
+    steady = [w for w in windows if not w.shadow and w.produced_at < onset]
+    assert len(steady) >= 3
+    requests = [e for e in events(prefix, Topics.RETRAIN_REQUESTS) if isinstance(e, RetrainRequest)]
+    assert [r for r in requests if r.trigger == "monitor" and r.produced_at < onset] == []
+    alerts = [e for e in events(prefix, Topics.ALERTS) if isinstance(e, Alert)]
+    first_champion = min(
+        e.produced_at
+        for e in events(prefix, Topics.MODELS_LIFECYCLE)
+        if isinstance(e, ModelLifecycle) and e.action == "alias_set" and e.alias == "champion"
+    )
+    quiet = [
+        a for a in alerts if first_champion < a.produced_at < onset and a.kind != "model_promoted"
+    ]
+    assert quiet == [], [a.message for a in quiet]
+
+    # The drift: accuracy falls below the threshold, exactly one retrain request for it.
+    assert summary["lowest"] < THRESHOLD
+    monitor_requests = [r for r in requests if r.trigger == "monitor"]
+    assert len(monitor_requests) == 1, [r.idempotency_key for r in monitor_requests]
+    request = monitor_requests[0]
+    assert request.idempotency_key.startswith(f"drop:{model}:")
+    assert {a.kind for a in alerts if a.produced_at >= onset} >= {"drift_detected", "accuracy_drop"}
+
+    # A new champion on live evidence, and recovery within the bound.
+    registry = RedisRegistry(connect(RedisSettings()))
+    champion = registry.champion(model)
+    assert champion is not None and champion.version == summary["recovered_version"]
+    assert champion.tags.get("trigger") == "monitor"
+    assert summary["recovered"] and summary["after"] >= 0.9 * summary["before"]
+    assert summary["drift_to_recovery_s"] < RECOVERY_BOUND_S
+    moves = [
+        e
+        for e in events(prefix, Topics.MODELS_LIFECYCLE)
+        if isinstance(e, ModelLifecycle) and e.produced_at >= onset
+    ]
+    assert any(m.action == "promote_requested" and m.actor == "live-evidence" for m in moves)
+
+    # One trace from the windows behind the request through training, evaluation, the
+    # registry and the serving swap.
+    spans = read_spans(Path(env["STREAMLOOP_TELEMETRY_TRACES_DIR"]))
+    chain = select_trace(spans, request.idempotency_key)
+    services = {s.get("service") for s in chain}
+    assert {"monitoring", "training", "evaluation", "registry", "serving"} <= services, services
+    retrain_span = next(s for s in chain if s["name"] == "monitoring retrain requested")
+    window_spans = {
+        (s["trace_id"], s["span_id"]) for s in spans if s["name"] == "monitoring window closed"
+    }
+    links = {(link["trace_id"], link["span_id"]) for link in retrain_span.get("links", [])}
+    assert len(links) == 2 and links <= window_spans
+    assert any(s["name"] == "serving model swap" for s in chain)
+
+
+@pytest.mark.timeout(1200)
+def test_a_corrupted_label_feed_never_replaces_the_champion(
+    stack: dict[str, str], prefix: str
+) -> None:
+    env, model = stack, stack["E2E_MODEL"]
+    registry = RedisRegistry(connect(RedisSettings()))
+    # The run ends at its deadline without recovering (the labels are wrong, not the model):
+    # exit status 1, and the summary says what happened.
+    summary = demo(
+        env,
+        Path(env["STREAMLOOP_VAR"]) / "summary.json",
+        *("--scenario", str(SCENARIOS / "bad-annotator.toml"), "--timeout", "420"),
+        timeout=900,
+    )
+    assert summary["returncode"] == 1, summary
+    lifecycle = [
+        e for e in events(prefix, Topics.MODELS_LIFECYCLE) if isinstance(e, ModelLifecycle)
+    ]
+    crowned = [e for e in lifecycle if e.action == "alias_set" and e.alias == "champion"]
+    first = crowned[0].model_version
+    requests = [e for e in events(prefix, Topics.RETRAIN_REQUESTS) if isinstance(e, RetrainRequest)]
+    assert any(r.trigger == "monitor" for r in requests), "the wrong labels look like a drop"
+    candidates = [
+        e.model_version for e in lifecycle if e.action == "registered" and e.model_version != first
+    ]
+    assert candidates, "the retrain produced a candidate"
+    # Every candidate was refused at the gate, or never promoted, or rolled back.
+    rolled_back = {e.previous_version for e in lifecycle if e.action == "rolled_back"}
+    for version in candidates:
+        view = registry.get_version(model, version)
+        assert view is not None
+        assert view.status == "rejected" or not view.was_champion or version in rolled_back
+    champion = registry.champion(model)
+    assert champion is not None and champion.version == first
