@@ -15,7 +15,7 @@ from shared.metrics import BUS_METRICS
 from shared.settings import KafkaSettings
 from shared.topics import dlq_for
 
-__all__ = ["BytesKeyed", "FaustDeadLetters", "broker_options"]
+__all__ = ["BytesKeyed", "FaustDeadLetters", "broker_options", "new_app", "run_worker"]
 
 log = logging.getLogger("streamloop.streams")
 
@@ -121,3 +121,40 @@ class FaustDeadLetters:
                 "detail": message[:300],
             },
         )
+
+
+def new_app(app_id: str, kafka: KafkaSettings, *, partitions: int) -> faust.App:
+    """A faust app configured the StreamLoop way: raw bytes in and out (our codec does the
+    JSON), in-memory tables recovered from their changelogs, ``acks=all``, at-least-once,
+    reading from the earliest offset, internal topics with ``partitions`` partitions."""
+    return faust.App(
+        app_id,
+        **broker_options(kafka),
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=partitions,
+        topic_replication_factor=kafka.replication_factor,
+        key_serializer="raw",
+        value_serializer="raw",
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        topic_allow_declare=True,
+        topic_disable_leader=True,
+    )
+
+
+def run_worker(app: faust.App, log_level: str) -> int:
+    """Run ``app`` in a faust worker until SIGTERM/SIGINT; its exit status."""
+    worker = faust.Worker(
+        app,
+        loglevel=log_level,
+        quiet=True,
+        override_logging=False,
+        redirect_stdouts=False,
+    )
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0

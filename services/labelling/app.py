@@ -32,7 +32,7 @@ from prometheus_client import Counter, Gauge
 from services.labelling.join import Joiner, UnknownClassError
 from services.labelling.settings import LabellingSettings
 from shared.events import DecodeError, Event, FrameValid, Label, decode, encode
-from shared.streams import BytesKeyed, FaustDeadLetters, broker_options
+from shared.streams import BytesKeyed, FaustDeadLetters, new_app
 from shared.topics import Topics
 
 __all__ = ["build_app"]
@@ -65,21 +65,7 @@ def build_app(settings: LabellingSettings) -> faust.App:
     kafka = settings.kafka
     prefix = kafka.topic_prefix
     app_id = prefix + settings.app_id
-    app = faust.App(
-        app_id,
-        **broker_options(kafka),
-        store="memory://",
-        web_enabled=False,
-        topic_partitions=settings.partitions,
-        topic_replication_factor=kafka.replication_factor,
-        key_serializer="raw",
-        value_serializer="raw",
-        producer_acks=-1,
-        consumer_auto_offset_reset="earliest",
-        processing_guarantee="at_least_once",
-        topic_allow_declare=True,
-        topic_disable_leader=True,
-    )
+    app = new_app(app_id, kafka, partitions=settings.partitions)
     joiner = Joiner(
         settings.task.classes,
         frame_ttl_s=settings.frame_ttl_s,

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import sys
 
-import faust
-
 from services.monitoring.app import build_app
 from services.monitoring.board import DashboardState
 from services.monitoring.dashboard import serve_dashboard
@@ -20,6 +18,7 @@ from services.monitoring.settings import MonitoringSettings
 from shared.redis_store import connect
 from shared.registry import RedisRegistry
 from shared.service import start_service
+from shared.streams import run_worker
 
 log = logging.getLogger("streamloop.monitoring")
 
@@ -40,22 +39,12 @@ def main() -> int:
         settings.dashboard_port,
     )
     log.info("dashboard listening", extra={"url": dashboard.url})
-    worker = faust.Worker(
-        monitor.app,
-        loglevel=settings.telemetry.log_level,
-        quiet=True,
-        override_logging=False,
-        redirect_stdouts=False,
-    )
     try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        return int(exc.code or 0)
+        return run_worker(monitor.app, settings.telemetry.log_level)
     finally:
         dashboard.close()
         feed.stop()
         telemetry.shutdown()
-    return 0
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from services.monitoring.join import FrameJoin, Joined
 from services.monitoring.monitor import Monitor, Outputs
 from services.monitoring.settings import MonitoringSettings
 from shared.events import DecodeError, Event, Label, Prediction, decode, encode, utcnow
-from shared.streams import BytesKeyed, FaustDeadLetters, broker_options
+from shared.streams import BytesKeyed, FaustDeadLetters, new_app
 from shared.telemetry import ALWAYS_SAMPLE, inject_headers
 from shared.topics import Topics
 
@@ -88,21 +88,7 @@ class MonitorApp:
         kafka = settings.kafka
         self.prefix = prefix = kafka.topic_prefix
         self.app_id = app_id = prefix + settings.app_id
-        self.app = app = faust.App(
-            app_id,
-            **broker_options(kafka),
-            store="memory://",
-            web_enabled=False,
-            topic_partitions=settings.partitions,
-            topic_replication_factor=kafka.replication_factor,
-            key_serializer="raw",
-            value_serializer="raw",
-            producer_acks=-1,
-            consumer_auto_offset_reset="earliest",
-            processing_guarantee="at_least_once",
-            topic_allow_declare=True,
-            topic_disable_leader=True,
-        )
+        self.app = app = new_app(app_id, kafka, partitions=settings.partitions)
         self.join_rules = FrameJoin(settings.join_ttl_s)
         self.monitor = Monitor(settings.model_name, settings.task.classes, settings.policy())
         self._loaded = False

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from pydantic import TypeAdapter
 
 from services.monitoring.board import DashboardState
+from shared.http import BackgroundHTTPServer
 from shared.registry import RegistryReader, RegistryView
 
 __all__ = ["DashboardServer", "plotly_js", "serve_dashboard"]
@@ -185,43 +186,11 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug(format, *args)
 
 
-class DashboardServer:
+class DashboardServer(BackgroundHTTPServer):
     """A running dashboard; ``close`` stops it."""
 
     def __init__(self, server: _Server) -> None:
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="dashboard-http",
-            daemon=True,
-        )
-        self._thread.start()
-
-    @property
-    def port(self) -> int:
-        """The port it listens on (the real one when started with port 0)."""
-        return int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        """``http://host:port`` of the page."""
-        host = str(self._server.server_address[0])
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
-
-    def close(self) -> None:
-        """Stop serving and release the socket; waits for the serving thread."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> DashboardServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(server, "dashboard-http")
 
 
 def serve_dashboard(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,6 +24,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import TypeAdapter
 
+from shared.http import BackgroundHTTPServer
 from shared.registry import RegistryReader, VersionView, valid_name
 
 __all__ = ["RegistryApi", "serve_api"]
@@ -147,44 +147,11 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug(format, *args)
 
 
-class RegistryApi:
+class RegistryApi(BackgroundHTTPServer):
     """A running API server; ``close`` stops it."""
 
     def __init__(self, server: _Server) -> None:
-        self._server = server
-        # close() waits up to one poll interval for serve_forever to notice the shutdown.
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="registry-http",
-            daemon=True,
-        )
-        self._thread.start()
-
-    @property
-    def port(self) -> int:
-        """The port it listens on (the real one when started with port 0)."""
-        return int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        """``http://host:port`` of the server."""
-        host = str(self._server.server_address[0])
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
-
-    def close(self) -> None:
-        """Stop serving and release the socket; waits for the serving thread."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> RegistryApi:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(server, "registry-http")
 
 
 def serve_api(
