@@ -17,6 +17,7 @@ Ctrl-C stops the services and prints the summary so far.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -397,6 +398,8 @@ def run_demo(
     model_name: str = DEFAULT_MODEL_NAME,
 ) -> int:
     """The closed-loop demo; returns the exit status (0 when the loop recovered)."""
+    # The narration owns the terminal; the Kafka client's own warnings go nowhere.
+    logging.getLogger("kafka").setLevel(logging.ERROR)
     kafka = KafkaSettings()
     var = default_var_dir()
     logs = var / "logs"

@@ -42,9 +42,23 @@ class Snapshot:
     policy: SamplingPolicy
     seed: int
 
-    def labels(self, classes: tuple[str, ...]) -> npt.NDArray[np.int64]:
+    def labels(
+        self, classes: tuple[str, ...], records: list[ExampleRecord] | None = None
+    ) -> npt.NDArray[np.int64]:
+        """Class indices of ``records`` (default: ``train``), in their order."""
         index = {c: i for i, c in enumerate(classes)}
-        return np.asarray([index[r.label] for r in self.train], dtype=np.int64)
+        chosen = self.train if records is None else records
+        return np.asarray([index[r.label] for r in chosen], dtype=np.int64)
+
+    def epoch_examples(self) -> list[ExampleRecord]:
+        """What one epoch of the fit sees: ``train`` with each of its examples among the
+        policy's ``newest_examples`` (by capture time) repeated ``newest_repeat`` times.
+        ``train`` is in capture order, so the newest are its tail."""
+        p = self.policy
+        n = min(p.newest_examples, self.recent_size, len(self.train))
+        if n == 0 or p.newest_repeat == 1:
+            return list(self.train)
+        return list(self.train) + list(self.train[-n:]) * (p.newest_repeat - 1)
 
     def per_class(self) -> dict[str, int]:
         return dict(sorted(Counter(r.label for r in self.train).items()))

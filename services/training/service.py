@@ -238,10 +238,11 @@ class Trainer:
                 },
             )
 
+        seen = snap.epoch_examples()
         result = fit(
             self.spec,
-            table.select(snap.train),
-            snap.labels(self.spec.classes),
+            table.select(seen),
+            snap.labels(self.spec.classes, seen),
             s.hyperparameters,
             seed=s.seed,
             time_budget_s=s.time_budget_s,

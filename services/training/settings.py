@@ -36,6 +36,14 @@ class SamplingPolicy(BaseModel):
     min_train_examples: int = Field(default=200, gt=0)
     """Fewer training examples than this and the run is skipped with an alert."""
 
+    newest_examples: int = Field(default=600, ge=0)
+    """The newest examples (by capture time, of the recency window) that each epoch sees
+    ``newest_repeat`` times: right after a drift they are the only ones of the new world, a
+    few hundred among thousands, and a rare class in them may be a few dozen frames."""
+
+    newest_repeat: int = Field(default=3, ge=1)
+    """How often each of the ``newest_examples`` is seen per epoch (1: no emphasis)."""
+
 
 class Hyperparameters(BaseModel):
     """How the network is fitted."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from shared.model import load_model
 from shared.redis_store import MemoryLeases
 from shared.registry import MemoryRegistry
 from shared.topics import Topics
-from tests.synthetic import render_examples, table_of
+from tests.synthetic import CLASSES, render_examples, table_of
 
 POLICY = SamplingPolicy(recent_examples=300, older_per_class=25, min_train_examples=50)
 
@@ -97,6 +98,22 @@ def test_snapshot_keeps_recent_samples_older_and_never_trains_on_holdouts(
     assert [r.frame_id for r in again.train] == [r.frame_id for r in snap.train]
     other = build_snapshot(table, POLICY, seed=1)
     assert {r.frame_id for r in other.train} != train_ids
+
+
+def test_each_epoch_sees_the_newest_examples_several_times(table: ExampleTable) -> None:
+    policy = POLICY.model_copy(update={"newest_examples": 50, "newest_repeat": 3})
+    snap = build_snapshot(table, policy, seed=0)
+    seen = snap.epoch_examples()
+    newest = snap.train[-50:]
+    assert len(seen) == len(snap.train) + 2 * 50
+    counts = Counter(r.frame_id for r in seen)
+    assert all(counts[r.frame_id] == 3 for r in newest)
+    assert all(counts[r.frame_id] == 1 for r in snap.train[:-50])
+    # Newest by capture time: nothing repeated is older than what is not.
+    assert min(r.captured_at for r in newest) >= max(r.captured_at for r in snap.train[:-50])
+    assert list(snap.labels(CLASSES, seen)[-50:]) == [CLASSES.index(r.label) for r in newest]
+    plain = build_snapshot(table, POLICY.model_copy(update={"newest_repeat": 1}), seed=0)
+    assert plain.epoch_examples() == plain.train
 
 
 def test_a_request_trains_once_with_progress_and_full_lineage(
