@@ -1,0 +1,100 @@
+"""The demo's bookkeeping: what counts as before, lowest, recovered, and the milestones."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from services.simulator.scenario import load
+from shared.events import Alert, ModelLifecycle, RetrainRequest, WindowMetrics
+from streamloop.demo import LoopStory, drift_onset_s
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def window(
+    version: str, n: int, minute: float, accuracy: float, shadow: bool = False
+) -> WindowMetrics:
+    at = T0 + timedelta(minutes=minute)
+    return WindowMetrics(
+        produced_at=at,
+        model_name="m",
+        model_version=version,
+        window_id=f"{version}:{'shadow' if shadow else 'live'}:{n}",
+        window_kind="count",
+        window_start=at - timedelta(seconds=30),
+        window_end=at,
+        shadow=shadow,
+        sample_count=600,
+        labelled_count=200,
+        label_coverage=0.33,
+        accuracy=accuracy,
+    )
+
+
+def crowned(version: str, minute: float) -> ModelLifecycle:
+    return ModelLifecycle(
+        produced_at=T0 + timedelta(minutes=minute),
+        model_name="m",
+        action="alias_set",
+        alias="champion",
+        model_version=version,
+    )
+
+
+def test_the_built_in_drift_starts_at_night() -> None:
+    assert drift_onset_s(load("day-to-night")) == 180
+    assert drift_onset_s(load("steady-day")) is None
+
+
+def test_recovery_is_the_first_good_window_of_a_champion_promoted_after_the_drift() -> None:
+    story = LoopStory("m", onset=T0 + timedelta(minutes=10))
+    for i, acc in enumerate([0.96, 0.98, 0.97, 0.95], start=1):
+        story.observe(window("v1", i, 7 + 0.5 * i, acc))
+    story.observe(window("v1", 5, 10.8, 0.40))
+    story.observe(
+        Alert(
+            produced_at=T0 + timedelta(minutes=10.8),
+            severity="warning",
+            kind="drift_detected",
+            message="drift",
+        )
+    )
+    story.observe(window("v1", 6, 11.2, 0.20))
+    story.observe(
+        RetrainRequest(
+            produced_at=T0 + timedelta(minutes=11.2),
+            model_name="m",
+            idempotency_key="drop:m:v1:live:5",
+            reason="drop",
+            trigger="monitor",
+        )
+    )
+    story.observe(window("v2", 1, 12.0, 0.90, shadow=True))
+    story.observe(crowned("v2", 12.5))
+    assert not story.report(0.9).recovered
+    story.observe(window("v2", 1, 12.9, 0.80))  # opened before the promotion: not counted
+    story.observe(window("v2", 2, 13.5, 0.85))  # below 0.9 x before
+    assert not story.report(0.9).recovered
+    story.observe(window("v2", 3, 14.0, 0.93))
+    r = story.report(0.9)
+    assert r.before is not None and abs(r.before - (0.98 + 0.97 + 0.95) / 3) < 1e-9
+    assert r.lowest == 0.20 and r.after == 0.93 and r.recovered_version == "v2"
+    assert r.drift_to_recovery_s == 240.0
+    assert r.milestones_s == {
+        "accuracy_drop": 48.0,
+        "drift_alert": 48.0,
+        "retrain": 72.0,
+        "promoted": 150.0,
+    }
+    assert r.retrain_requests == ["drop:m:v1:live:5"] and r.champions == ["v2"]
+    assert not story.unaffected()
+
+
+def test_a_champion_that_already_knows_the_night_is_unaffected() -> None:
+    story = LoopStory("m", onset=T0 + timedelta(minutes=10))
+    story.observe(window("v1", 1, 9, 0.97))
+    for i in range(2, 4):
+        story.observe(window("v1", i, 9 + i, 0.95))
+    assert not story.unaffected()  # two windows after the onset only
+    story.observe(window("v1", 4, 14, 0.94))
+    assert story.unaffected()
