@@ -207,10 +207,13 @@ def test_a_frames_trace_runs_from_its_publish_to_its_prediction(world: World) ->
             spans = select_trace(read_spans(world.root / "traces"), frames[0].frame_id)
             return spans if {s["service"] for s in spans} >= {"camera-test", "serving"} else None
 
-        spans = wait_for(trace_of_first, 30, what="the frame's trace to reach serving")
+        spans = wait_for(trace_of_first, 90, what="the frame's trace to reach serving")
         # One trace: the prediction's publish continues the camera's, it does not start anew.
-        assert len({s["trace_id"] for s in spans}) == 1, spans
-        names = [s["name"] for s in spans]
+        # (select_trace also brings the batch traces that link to it; they are other traces.)
+        root = next(s for s in spans if s["service"] == "camera-test")
+        own = [s for s in spans if s["trace_id"] == root["trace_id"]]
+        assert {s["service"] for s in own} >= {"camera-test", "serving"}, own
+        names = [s["name"] for s in own]
         assert any(n.endswith("predictions publish") for n in names), names
     finally:
         traced.close()
