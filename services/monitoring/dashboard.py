@@ -20,7 +20,7 @@ import logging
 import socket
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from pydantic import TypeAdapter
 
 from services.monitoring.board import DashboardState
-from shared.http import BackgroundHTTPServer
+from shared.http import BackgroundHTTPServer, ReadOnlyHandler
 from shared.registry import RegistryReader, RegistryView
 
 __all__ = ["DashboardServer", "plotly_js", "serve_dashboard"]
@@ -103,87 +103,46 @@ class _Server(ThreadingHTTPServer):
         return snap
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(ReadOnlyHandler):
     server: _Server
     server_version = "streamloop-dashboard"
-    sys_version = ""
+    logger = log
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
         try:
             match path:
                 case "/" | "/index.html":
-                    self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
+                    self.send_bytes(
+                        HTTPStatus.OK,
+                        self.server.page,
+                        "text/html; charset=utf-8",
+                        headers={"Content-Security-Policy": _CSP, "Referrer-Policy": "no-referrer"},
+                    )
                 case "/static/plotly.min.js":
                     self._send_plotly()
                 case "/api/state":
-                    self._json(HTTPStatus.OK, self.server.api_state())
+                    self.send_json(HTTPStatus.OK, self.server.api_state())
                 case "/healthz":
-                    self._json(HTTPStatus.OK, {"status": "ok"})
+                    self.send_json(HTTPStatus.OK, {"status": "ok"})
                 case _:
-                    self._json(HTTPStatus.NOT_FOUND, {"error": "no such route"})
+                    self.send_json(HTTPStatus.NOT_FOUND, {"error": "no such route"})
         except (BrokenPipeError, ConnectionResetError):
             pass  # the browser went away mid-answer: nothing to tell it
         except Exception:
             log.exception("dashboard request failed", extra={"path": path})
-            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
+            self.send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
 
     def _send_plotly(self) -> None:
         accepts = self.headers.get("Accept-Encoding", "")
         gz = "gzip" in {part.split(";")[0].strip() for part in accepts.split(",")}
-        self._send(
+        self.send_bytes(
             HTTPStatus.OK,
             self.server.plotly_gz if gz else self.server.plotly,
             "application/javascript; charset=utf-8",
             cache="public, max-age=3600",
             encoding="gzip" if gz else None,
         )
-
-    def _not_allowed(self) -> None:
-        self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "method not allowed"}, allow="GET")
-
-    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
-    do_TRACE = do_CONNECT = _not_allowed
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """The stdlib's own errors (bad request line, unknown method, ...) as JSON too."""
-        status = HTTPStatus(code)
-        if status is HTTPStatus.NOT_IMPLEMENTED:
-            status, message = HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed"
-        self._json(status, {"error": message or status.phrase}, allow="GET")
-
-    def _json(self, status: HTTPStatus, body: Any, allow: str | None = None) -> None:
-        self._send(status, _JSON.dump_json(body), "application/json", allow=allow)
-
-    def _send(
-        self,
-        status: HTTPStatus,
-        payload: bytes,
-        content_type: str,
-        *,
-        cache: str = "no-store",
-        encoding: str | None = None,
-        allow: str | None = None,
-    ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Cache-Control", cache)
-        self.send_header("X-Content-Type-Options", "nosniff")
-        if content_type.startswith("text/html"):
-            self.send_header("Content-Security-Policy", _CSP)
-            self.send_header("Referrer-Policy", "no-referrer")
-        if encoding is not None:
-            self.send_header("Content-Encoding", encoding)
-            self.send_header("Vary", "Accept-Encoding")
-        if allow is not None:
-            self.send_header("Allow", allow)
-        self.end_headers()
-        if getattr(self, "command", None) != "HEAD":
-            self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug(format, *args)
 
 
 class DashboardServer(BackgroundHTTPServer):

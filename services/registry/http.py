@@ -18,22 +18,16 @@ from __future__ import annotations
 import logging
 import socket
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import TypeAdapter
-
-from shared.http import BackgroundHTTPServer
+from shared.http import BackgroundHTTPServer, ReadOnlyHandler
 from shared.registry import RegistryReader, VersionView, valid_name
 
 __all__ = ["RegistryApi", "serve_api"]
 
 log = logging.getLogger("streamloop.registry.http")
-
-# Serialises datetimes and models, and writes non-finite floats as null (plain json.dumps
-# would emit NaN, which is not JSON).
-_JSON: TypeAdapter[Any] = TypeAdapter(Any)
 
 
 class _HttpError(Exception):
@@ -68,10 +62,10 @@ class _Server(ThreadingHTTPServer):
         self.model_name = model_name
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(ReadOnlyHandler):
     server: _Server
     server_version = "streamloop-registry"
-    sys_version = ""
+    logger = log
 
     def do_GET(self) -> None:
         try:
@@ -81,7 +75,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             log.exception("registry read failed", extra={"path": self.path})
             status, body = HTTPStatus.SERVICE_UNAVAILABLE, {"error": "registry unavailable"}
-        self._send(status, body)
+        self.send_json(status, body)
 
     def _route(self) -> Any:
         url = urlsplit(self.path)
@@ -114,37 +108,6 @@ class _Handler(BaseHTTPRequestHandler):
         if len(names) > 1 or not valid_name(names[0]):
             raise _HttpError(HTTPStatus.BAD_REQUEST, "invalid model name")
         return names[0]
-
-    def _not_allowed(self) -> None:
-        self._send(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "method not allowed"}, allow="GET")
-
-    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
-    do_TRACE = do_CONNECT = _not_allowed
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """The stdlib's own errors (bad request line, unknown method, ...) as JSON too.
-        A method the stdlib has no handler for is answered 405 like every other non-GET."""
-        status = HTTPStatus(code)
-        if status is HTTPStatus.NOT_IMPLEMENTED:
-            status, message = HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed"
-        self._send(status, {"error": message or status.phrase}, allow="GET")
-
-    def _send(self, status: HTTPStatus, body: Any, allow: str | None = None) -> None:
-        payload = _JSON.dump_json(body)
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        if allow is not None:
-            self.send_header("Allow", allow)
-        self.end_headers()
-        # HEAD must not carry a body, whatever the status.
-        if getattr(self, "command", None) != "HEAD":
-            self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug(format, *args)
 
 
 class RegistryApi(BackgroundHTTPServer):
