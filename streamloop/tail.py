@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
 from rich.table import Table
@@ -27,6 +27,8 @@ from shared.events import (
 from shared.sdk import PredictionFilter
 from shared.settings import KafkaSettings
 from shared.topics import Topics
+
+T = TypeVar("T")
 
 __all__ = [
     "ALERT_COLUMNS",
@@ -142,22 +144,15 @@ def follow_predictions(
     """``follow`` on ``predictions`` (or ``predictions.shadow``), decoded and filtered by
     ``sieve``. ``last`` counts records per partition, ``max_records`` the predictions that
     pass the filter."""
-    if max_records is not None and max_records <= 0:
-        return
     topic = Topics.PREDICTIONS_SHADOW if shadow else Topics.PREDICTIONS
-    records = follow(settings, [topic], last=last, idle_timeout_s=idle_timeout_s)
-    shown = 0
-    try:
-        for rec in records:
-            prediction = sieve(rec.value)
-            if prediction is None:
-                continue
-            yield prediction
-            shown += 1
-            if max_records is not None and shown >= max_records:
-                return
-    finally:
-        records.close()
+    yield from follow_events(
+        settings,
+        topic,
+        sieve,
+        last=last,
+        max_records=max_records,
+        idle_timeout_s=idle_timeout_s,
+    )
 
 
 PREDICTION_COLUMNS = ("time", "camera", "frame", "class", "confidence", "model", "latency ms")
@@ -217,14 +212,15 @@ class EventSieve:
 def follow_events(
     settings: KafkaSettings,
     topic: str,
-    sieve: EventSieve,
+    sieve: Callable[[bytes | None], T | None],
     *,
     last: int = 10,
     max_records: int | None = None,
     idle_timeout_s: float | None = None,
-) -> Iterator[Event]:
-    """``follow`` on one topic, decoded by ``sieve``; ``max_records`` counts the events shown
-    (records the sieve drops do not count)."""
+) -> Iterator[T]:
+    """``follow`` on one topic, decoded by ``sieve`` (an ``EventSieve``, a prediction
+    filter); ``max_records`` counts the events shown (records the sieve drops do not
+    count)."""
     if max_records is not None and max_records <= 0:
         return
     records = follow(settings, [topic], last=last, idle_timeout_s=idle_timeout_s)

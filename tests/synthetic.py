@@ -10,7 +10,7 @@ import numpy as np
 
 from services.simulator.render import CameraStyle, render_frame
 from shared.datasets import ExampleRecord, ExampleTable
-from shared.events import Example
+from shared.events import DatasetSnapshot, Example, ModelTrained
 from shared.images import pixels_to_b64
 
 CLASSES = ("car", "truck", "bus", "motorcycle")
@@ -72,3 +72,39 @@ def table_of(examples: Sequence[Example]) -> ExampleTable:
         for i, e in enumerate(examples)
     ]
     return ExampleTable(records, pixels, {0: len(examples)})
+
+
+def trained_event(
+    model_name: str,
+    version: str,
+    uri: str,
+    sha256: str,
+    *,
+    size: int = 1,
+    seed: int = 0,
+    duration_s: float = 0.0,
+    code_version: str = "test",
+) -> ModelTrained:
+    """A ``models.trained`` event for stored weights that no training run made (serving tests
+    and benchmarks): the lineage fields are placeholders."""
+    return ModelTrained(
+        model_name=model_name,
+        model_version=version,
+        idempotency_key=version,
+        artifact_uri=uri,
+        sha256=sha256,
+        dataset=DatasetSnapshot(
+            snapshot_id="synthetic",
+            frame_ids_sha256="0" * 64,
+            size=size,
+            per_class={},
+            per_condition={},
+            topic_offsets={},
+            holdout_size=0,
+        ),
+        hyperparameters={},
+        metrics={},
+        code_version=code_version,
+        seed=seed,
+        duration_s=duration_s,
+    )

@@ -77,7 +77,7 @@ from services.training.settings import Hyperparameters
 from services.training.trainer import fit
 from shared.artifacts import ArtifactStore
 from shared.bus import EventProducer
-from shared.events import DatasetSnapshot, ModelLifecycle, ModelTrained, Prediction, decode
+from shared.events import ModelLifecycle, ModelTrained, Prediction, decode
 from shared.images import encode_image
 from shared.kafka_admin import KafkaAdmin, wait_for_kafka
 from shared.model import ModelSpec, example_pixels
@@ -92,7 +92,7 @@ from shared.settings import (
     default_var_dir,
 )
 from shared.topics import TOPICS, Topics, provision
-from tests.synthetic import render_examples
+from tests.synthetic import render_examples, trained_event
 
 MODULE = "tests.bench.bench_serving"
 REPO = Path(__file__).resolve().parents[2]
@@ -525,26 +525,15 @@ def make_fixture(console: Console, root: Path, examples: int, model_name: str) -
     art = store.put_weights(result.state_dict, spec.to_metadata({"seed": str(SEED)}))
     train_s = time.perf_counter() - start
     version = art.sha256[:12]
-    trained = ModelTrained(
-        model_name=model_name,
-        model_version=version,
-        idempotency_key=f"bench-serving-{version}",
-        artifact_uri=art.uri,
-        sha256=art.sha256,
-        dataset=DatasetSnapshot(
-            snapshot_id="bench",
-            frame_ids_sha256="0" * 64,
-            size=examples,
-            per_class={},
-            per_condition={},
-            topic_offsets={},
-            holdout_size=0,
-        ),
-        hyperparameters={"epochs": 1},
-        metrics={},
-        code_version="bench",
+    trained = trained_event(
+        model_name,
+        version,
+        art.uri,
+        art.sha256,
+        size=examples,
         seed=SEED,
         duration_s=train_s,
+        code_version="bench",
     )
     ref = ModelRef(model_name, version, art.uri, art.sha256)
 

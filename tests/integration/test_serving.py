@@ -24,7 +24,6 @@ from shared.artifacts import ArtifactStore
 from shared.bus import EventProducer
 from shared.events import (
     Alert,
-    DatasetSnapshot,
     FrameValid,
     ModelLifecycle,
     ModelTrained,
@@ -38,7 +37,7 @@ from shared.settings import KafkaSettings
 from shared.topics import Topics
 from tests.conftest import provision_prefixed
 from tests.integration.helpers import Proc, free_port, read_all, wait_for
-from tests.synthetic import CLASSES, render_examples
+from tests.synthetic import CLASSES, render_examples, trained_event
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -81,27 +80,7 @@ class World:
         return self.trained(ref.uri, ref.sha256, ref.sha256[:12])
 
     def trained(self, uri: str, sha256: str, version: str) -> ModelTrained:
-        return ModelTrained(
-            model_name=self.model,
-            model_version=version,
-            idempotency_key=version,
-            artifact_uri=uri,
-            sha256=sha256,
-            dataset=DatasetSnapshot(
-                snapshot_id="s",
-                frame_ids_sha256="0" * 64,
-                size=160,
-                per_class={},
-                per_condition={},
-                topic_offsets={},
-                holdout_size=0,
-            ),
-            hyperparameters={},
-            metrics={},
-            code_version="test",
-            seed=0,
-            duration_s=1.0,
-        )
+        return trained_event(self.model, version, uri, sha256, size=160)
 
     def lifecycle(self, action: str, version: str | None, **kw: Any) -> None:
         ev = ModelLifecycle(model_name=self.model, action=action, model_version=version, **kw)  # type: ignore[arg-type]

@@ -19,16 +19,15 @@ from shared.artifacts import ArtifactStore, IntegrityError
 from shared.bus import Message
 from shared.events import (
     Alert,
-    DatasetSnapshot,
     Event,
     FrameValid,
     ModelLifecycle,
-    ModelTrained,
     Prediction,
 )
 from shared.images import pixels_to_b64
 from shared.model import ModelSpec, build_model
 from shared.topics import Topics
+from tests.synthetic import trained_event
 
 CLASSES = ("car", "truck", "bus", "motorcycle")
 SPEC = ModelSpec(classes=CLASSES, image_height=64, image_width=64)
@@ -42,27 +41,7 @@ def store_model(store: ArtifactStore, seed: int) -> ModelRef:
 
 
 def registered(ref: ModelRef) -> ModelLifecycle:
-    trained = ModelTrained(
-        model_name=MODEL,
-        model_version=ref.version,
-        idempotency_key=ref.version,
-        artifact_uri=ref.uri,
-        sha256=ref.sha256,
-        dataset=DatasetSnapshot(
-            snapshot_id="s",
-            frame_ids_sha256="0" * 64,
-            size=1,
-            per_class={},
-            per_condition={},
-            topic_offsets={},
-            holdout_size=0,
-        ),
-        hyperparameters={},
-        metrics={},
-        code_version="t",
-        seed=0,
-        duration_s=0.0,
-    )
+    trained = trained_event(MODEL, ref.version, ref.uri, ref.sha256)
     return ModelLifecycle(
         model_name=MODEL,
         action="registered",
