@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -75,6 +75,28 @@ class Outputs:
         return bool(
             self.windows or self.retrains or self.alerts or self.label_requests or self.comparisons
         )
+
+
+def _alert(
+    kind: str,
+    severity: Literal["info", "warning", "critical"],
+    cause: str,
+    message: str,
+    version: str,
+    details: dict[str, Any],
+    camera_id: str | None = None,
+) -> Alert:
+    """An alert whose id is derived from its kind and cause (a replay re-sends the same)."""
+    return Alert(
+        event_id=derived_id("alert", kind, cause),
+        source=SOURCE,
+        severity=severity,
+        kind=kind,
+        message=message,
+        model_version=version,
+        camera_id=camera_id,
+        details=details,
+    )
 
 
 class PairCounts(BaseModel):
@@ -226,17 +248,13 @@ class Monitor:
             )
             out.retrains.append(request)
             out.alerts.append(
-                Alert(
-                    event_id=derived_id("alert", "accuracy_drop", request.idempotency_key),
-                    source=SOURCE,
-                    severity="critical",
-                    kind="accuracy_drop",
-                    message=f"retrain requested: {request.reason}",
-                    model_version=m.model_version,
-                    details={
-                        "idempotency_key": request.idempotency_key,
-                        "windows": request.window_ids,
-                    },
+                _alert(
+                    "accuracy_drop",
+                    "critical",
+                    request.idempotency_key,
+                    f"retrain requested: {request.reason}",
+                    m.model_version,
+                    {"idempotency_key": request.idempotency_key, "windows": request.window_ids},
                 )
             )
         self._dirty.add("control/")
@@ -263,36 +281,34 @@ class Monitor:
             if version in self.drifting:
                 started = self.drifting.pop(version)
                 out.alerts.append(
-                    Alert(
-                        event_id=derived_id("alert", "drift_cleared", m.window_id),
-                        source=SOURCE,
-                        severity="info",
-                        kind="drift_cleared",
-                        message=f"inputs of {version} look like its first window again "
+                    _alert(
+                        "drift_cleared",
+                        "info",
+                        m.window_id,
+                        f"inputs of {version} look like its first window again "
                         f"(drift since window {started})",
-                        model_version=version,
-                        details={"window_id": m.window_id},
+                        version,
+                        {"window_id": m.window_id},
                     )
                 )
             return out
         if version not in self.drifting:
             self.drifting[version] = m.window_id
             out.alerts.append(
-                Alert(
-                    event_id=derived_id("alert", "drift_detected", m.window_id),
-                    source=SOURCE,
-                    severity="warning",
-                    kind="drift_detected",
-                    message=f"input drift for {version} on {', '.join(finding.cameras)}: "
+                _alert(
+                    "drift_detected",
+                    "warning",
+                    m.window_id,
+                    f"input drift for {version} on {', '.join(finding.cameras)}: "
                     + "; ".join(finding.reasons),
-                    model_version=version,
-                    camera_id=finding.cameras[0] if len(finding.cameras) == 1 else None,
-                    details={
+                    version,
+                    {
                         "window_id": m.window_id,
                         "reference_window_id": ref.window_id,
                         "cameras": list(finding.cameras),
                         "reasons": list(finding.reasons),
                     },
+                    camera_id=finding.cameras[0] if len(finding.cameras) == 1 else None,
                 )
             )
         out.label_requests += self._label_requests(acc.uncertain, finding.cameras, finding.reasons)

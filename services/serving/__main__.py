@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from contextlib import AbstractContextManager, nullcontext
+from datetime import datetime
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from opentelemetry import trace
@@ -42,6 +45,25 @@ class LifecycleFollower:
     def stop(self) -> None:
         self._stop.set()
 
+    def _swap_span(
+        self, event: ModelLifecycle, headers: Any, *, since: datetime
+    ) -> AbstractContextManager[object]:
+        """An alias move newer than this follower continues the trace that caused it (a
+        retrain request through training, evaluation and the registry); anything else, and
+        the history replayed at start, is followed without a span."""
+        if event.action not in ("alias_set", "rolled_back") or event.produced_at < since:
+            return nullcontext()
+        return self._tracer.start_as_current_span(
+            "serving model swap",
+            context=extract_context(headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.message.id": event.event_id,
+                "streamloop.alias": event.alias or "",
+                "streamloop.model_version": event.model_version or "",
+            },
+        )
+
     def run(self) -> None:
         name = self._settings.topic_prefix + Topics.MODELS_LIFECYCLE
         consumer = KafkaConsumer(
@@ -65,23 +87,7 @@ class LifecycleFollower:
                         except DecodeError:
                             log.warning("unreadable lifecycle record", extra={"offset": rec.offset})
                             continue
-                        if event.action in ("alias_set", "rolled_back") and (
-                            event.produced_at >= started
-                        ):
-                            # An alias move continues the trace that caused it (a retrain
-                            # request through training, evaluation and the registry).
-                            with self._tracer.start_as_current_span(
-                                "serving model swap",
-                                context=extract_context(rec.headers),
-                                kind=SpanKind.CONSUMER,
-                                attributes={
-                                    "messaging.message.id": event.event_id,
-                                    "streamloop.alias": event.alias or "",
-                                    "streamloop.model_version": event.model_version or "",
-                                },
-                            ):
-                                self._ingress.on_lifecycle(event)
-                        else:
+                        with self._swap_span(event, rec.headers, since=started):
                             self._ingress.on_lifecycle(event)
         finally:
             consumer.close()
