@@ -6,6 +6,7 @@ import logging
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -63,14 +64,21 @@ class Bootstrapper:
     """Until the registry has a champion, asks for a training once enough examples exist.
 
     The request's key is ``bootstrap:<model>:<versions registered>``: one request per state of
-    the registry, so a rejected first model leads to a new attempt, never to a storm."""
+    the registry, so a rejected first model leads to a new attempt, never to a storm. A
+    version still waiting for its verdict, or blessed and about to be crowned, is the answer
+    to the last request: no new one is sent meanwhile."""
 
     def __init__(
-        self, settings: TrainingSettings, registry: RegistryReader, publisher: Publisher
+        self,
+        settings: TrainingSettings,
+        registry: RegistryReader,
+        publisher: Publisher,
+        count_examples: Callable[[], int] | None = None,
     ) -> None:
         self._settings = settings
         self._registry = registry
         self._publisher = publisher
+        self._count = count_examples or self._count_on_topic
         self._stop = threading.Event()
         self._sent: set[str] = set()
         self._consumer: KafkaConsumer | None = None  # one metadata client for every check
@@ -82,14 +90,12 @@ class Bootstrapper:
         """One check; returns the idempotency key of the request it sent, if any."""
         s = self._settings
         view = self._registry.view(s.model_name)
-        if view.champion() is not None:
+        if view.champion() is not None or any(v.status != "rejected" for v in view.versions):
             return None
         key = f"bootstrap:{s.model_name}:{len(view.versions)}"
         if key in self._sent:
             return None
-        if self._consumer is None:
-            self._consumer = KafkaConsumer(group_id=None, **s.kafka.client_kwargs())
-        count = example_count(self._consumer, s.kafka.topic_prefix + Topics.EXAMPLES)
+        count = self._count()
         if count < s.bootstrap_min_examples:
             return None
         self._publisher.publish(
@@ -107,6 +113,12 @@ class Bootstrapper:
         self._sent.add(key)
         log.info("bootstrap retrain requested", extra={"key": key, "examples": count})
         return key
+
+    def _count_on_topic(self) -> int:
+        s = self._settings
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(group_id=None, **s.kafka.client_kwargs())
+        return example_count(self._consumer, s.kafka.topic_prefix + Topics.EXAMPLES)
 
     def run(self) -> None:
         try:

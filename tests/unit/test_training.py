@@ -194,3 +194,57 @@ def test_requests_for_another_model_are_ignored(tmp_path: Path, table: ExampleTa
     other = request().model_copy(update={"model_name": "other"})
     assert trainer.handle(other).status == "ignored"
     assert pub.sent == []
+
+
+def test_bootstrap_asks_once_per_registry_state_and_never_while_a_version_awaits_its_crown(
+    tmp_path: Path,
+) -> None:
+    from services.registry.state import RegistryState
+    from services.training.__main__ import Bootstrapper
+    from shared.events import ModelEvaluated
+    from tests.synthetic import trained_event
+
+    registry = MemoryRegistry()
+    pub = FakePublisher()
+    count = {"n": 10}
+    boot = Bootstrapper(
+        settings(tmp_path, bootstrap_min_examples=100),
+        registry,
+        pub,
+        count_examples=lambda: count["n"],
+    )
+
+    def registered(*versions: tuple[str, str | None]) -> None:
+        """The registry holding ``versions`` (name, verdict or None), and no champion."""
+        state = RegistryState("vehicle-classifier")
+        for version, verdict in versions:
+            for lc in state.on_trained(trained_event("vehicle-classifier", version, "u", "0")):
+                state.apply(lc)
+            if verdict is not None:
+                evaluated = ModelEvaluated(
+                    model_name="vehicle-classifier",
+                    model_version=version,
+                    champion_version=None,
+                    verdict=verdict,  # type: ignore[arg-type]
+                    reasons=[],
+                    metrics={},
+                )
+                for lc in state.on_evaluated(evaluated):
+                    state.apply(lc)
+        registry.replace(state.view())
+
+    registered()
+    assert boot.check() is None  # too few examples
+    count["n"] = 500
+    assert boot.check() == "bootstrap:vehicle-classifier:0"
+    assert boot.check() is None  # the same state asks once
+    registered(("v1", None))
+    assert boot.check() is None  # v1 awaits its verdict
+    registered(("v1", "blessed"))
+    assert boot.check() is None  # blessed, about to be crowned: no second model
+    registered(("v1", "rejected"))
+    assert boot.check() == "bootstrap:vehicle-classifier:1"  # every version rejected: retry
+    assert [r.idempotency_key for r in pub.of(Topics.RETRAIN_REQUESTS)] == [
+        "bootstrap:vehicle-classifier:0",
+        "bootstrap:vehicle-classifier:1",
+    ]
