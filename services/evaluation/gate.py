@@ -8,8 +8,10 @@ exists and has at least ``min_holdout_size`` examples. The rules:
 2. floor: on every holdout evaluable for the candidate, accuracy >= ``min_accuracy``;
 3. with a champion, on every holdout evaluable for both models:
    - accuracy may be at most ``max_accuracy_drop`` below the champion's;
-   - each class's recall may be at most ``max_recall_drop`` below the champion's, compared
-     only when the class has at least ``min_class_support`` examples in that holdout;
+   - each class's recall may be at most ``max_recall_drop`` below the champion's, plus the
+     noise of the two recalls at that support (``recall_noise_z`` standard errors of their
+     difference), compared only when the class has at least ``min_class_support`` examples
+     in that holdout;
 4. without a champion only the floor applies, and a skipped ``champion`` check says so.
 
 Checks that cannot run are still listed, as skipped, with the reason, so a verdict always
@@ -20,6 +22,7 @@ class in the candidate's class order.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Literal
 
@@ -47,6 +50,14 @@ class GateThresholds(BaseModel):
 
     max_recall_drop: float = Field(default=0.10, ge=0.0, le=1.0)
     """How far each class's recall may fall below the champion's on each holdout."""
+
+    recall_noise_z: float = Field(default=1.645, ge=0.0)
+    """A class's recall drop blocks only beyond ``max_recall_drop`` plus this many standard
+    errors of the difference of the two recalls, ``sqrt(p1(1-p1)/n1 + p2(1-p2)/n2)``. A
+    class has 20-100 examples in a holdout, where one example moves its recall by one to
+    five points: 5 buses of 45 missed (1.000 to 0.889) is noise at this support, a class
+    collapsing (0.95 to 0.60) is not. 1.645 is one-sided 95 %; 0 makes the drop a plain
+    tolerance. Accuracy, over the whole holdout, keeps a plain tolerance."""
 
     min_class_support: int = Field(default=20, ge=1)
     """A class's recall is compared only when the holdout has at least this many examples
@@ -219,9 +230,12 @@ def _recall_drop(holdout: str, cls: str, cand: Report, champ: Report, t: GateThr
         return _skipped(
             name, f"{prefix} not compared: support {support} is below {t.min_class_support}"
         )
-    return _drop_check(
-        name, prefix, mine.recall, theirs.recall, t.max_recall_drop, f" (support {support})"
+    noise = t.recall_noise_z * math.sqrt(
+        mine.recall * (1 - mine.recall) / mine.support
+        + theirs.recall * (1 - theirs.recall) / theirs.support
     )
+    note = f" (support {support})" if noise < 5e-4 else f" (noise {noise:.3f} at support {support})"
+    return _drop_check(name, prefix, mine.recall, theirs.recall, t.max_recall_drop + noise, note)
 
 
 def _comparison_skipped(holdout: str, why: str) -> list[Check]:

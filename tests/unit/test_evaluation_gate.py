@@ -104,17 +104,47 @@ def test_tolerance_comes_from_the_thresholds() -> None:
 
 
 def test_recall_regression_on_one_class_is_rejected_while_accuracy_improves() -> None:
-    candidate = report(200, 0.92, {"car": (0.98, 120), "truck": (0.90, 40), "bus": (0.60, 40)})
+    candidate = report(200, 0.92, {"car": (0.98, 120), "truck": (0.90, 40), "bus": (0.45, 40)})
     champion = report(200, 0.90, {"car": (0.93, 120), "truck": (0.88, 40), "bus": (0.80, 40)})
     result = gate({"reference": candidate}, {"reference": champion}, T)
     assert result.verdict == "rejected"
     assert failed(result) == ["recall_drop:reference:bus"]
+    # allowed = 0.100 + 1.645 * sqrt(0.45 * 0.55 / 40 + 0.80 * 0.20 / 40) = 0.100 + 0.166
     assert result.reasons == [
-        "reference recall of bus 0.600 is 0.200 below the champion's 0.800, "
-        "more than the allowed 0.100 (support 40)"
+        "reference recall of bus 0.450 is 0.350 below the champion's 0.800, "
+        "more than the allowed 0.266 (noise 0.166 at support 40)"
     ]
     accuracy = next(c for c in result.checks if c.name == "accuracy_drop:reference")
     assert accuracy.passed and not accuracy.skipped
+
+
+def test_a_recall_drop_is_judged_against_the_noise_of_its_support() -> None:
+    # Five buses of 45 missed that the champion got right: within the noise at 45 examples.
+    candidate = report(300, 0.95, {"car": (0.97, 200), "bus": (40 / 45, 45)})
+    champion = report(300, 0.94, {"car": (0.95, 200), "bus": (1.0, 45)})
+    result = gate({"reference": candidate}, {"reference": champion}, T)
+    assert result.verdict == "blessed", result.reasons
+    bus = next(c for c in result.checks if c.name == "recall_drop:reference:bus")
+    assert "0.111 below the champion's 1.000, within the allowed 0.177" in bus.detail
+    # The same drop as a plain tolerance (z = 0) blocks.
+    plain = gate(
+        {"reference": candidate},
+        {"reference": champion},
+        T.model_copy(update={"recall_noise_z": 0.0}),
+    )
+    assert failed(plain) == ["recall_drop:reference:bus"]
+    # 0.80 to 0.60 is noise-sized at 40 examples and a regression at 400.
+    small = gate(
+        {"reference": report(200, 0.9, {"bus": (0.6, 40)})},
+        {"reference": report(200, 0.9, {"bus": (0.8, 40)})},
+        T,
+    )
+    large = gate(
+        {"reference": report(2000, 0.9, {"bus": (0.6, 400)})},
+        {"reference": report(2000, 0.9, {"bus": (0.8, 400)})},
+        T,
+    )
+    assert small.verdict == "blessed" and large.verdict == "rejected"
 
 
 def test_recall_regression_on_a_small_support_class_is_skipped() -> None:
