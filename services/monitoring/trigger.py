@@ -10,6 +10,11 @@ A request fires only when
 The request's idempotency key names the drop: model, version and the first bad window of the
 run. Replaying the same windows after a restart yields the same key, so a drop never trains
 twice even if the monitor fires again; within one run of bad windows it fires once.
+
+A drop that outlives its request (the candidate was refused at the gate, or lost the live
+comparison) is asked for again, ``retry_after_s`` after the last request and at most
+``max_attempts`` times in all; each attempt has its own key (``…:attempt-2``), so the retry
+is one training too, however often the monitor restarts.
 """
 
 from __future__ import annotations
@@ -44,6 +49,14 @@ class TriggerPolicy(BaseModel):
     """After a request, no other fires for this long: time for training, evaluation and the
     shadow comparison to answer (about two to three minutes on the simulator's stream)."""
 
+    retry_after_s: float = Field(default=600.0, ge=0)
+    """A drop still running this long after its last request is asked for again: by then the
+    answer (a champion promoted on live evidence) is overdue, and more labels of the new world
+    have arrived for the next attempt."""
+
+    max_attempts: int = Field(default=3, ge=1)
+    """Requests per drop in all; after that the drop waits for a person (its alert stands)."""
+
 
 @dataclass
 class RetrainTrigger:
@@ -53,7 +66,7 @@ class RetrainTrigger:
     policy: TriggerPolicy = field(default_factory=TriggerPolicy)
     _run: list[str] = field(default_factory=list)
     _run_version: str | None = None
-    _fired_for: set[str] = field(default_factory=set)
+    _attempts: dict[str, int] = field(default_factory=dict)
     _last_fired: datetime | None = None
 
     def state(self) -> dict[str, Any]:
@@ -61,7 +74,7 @@ class RetrainTrigger:
         return {
             "run": list(self._run),
             "run_version": self._run_version,
-            "fired_for": sorted(self._fired_for),
+            "attempts": dict(sorted(self._attempts.items())),
             "last_fired": self._last_fired.isoformat() if self._last_fired else None,
         }
 
@@ -69,7 +82,10 @@ class RetrainTrigger:
         """Continue from ``state()`` of an earlier trigger."""
         self._run = [str(w) for w in state.get("run", [])]
         self._run_version = state.get("run_version")
-        self._fired_for = {str(w) for w in state.get("fired_for", [])}
+        attempts = state.get("attempts")
+        if attempts is None:  # written before retries: every drop named there fired once
+            attempts = dict.fromkeys(state.get("fired_for", []), 1)
+        self._attempts = {str(w): int(n) for w, n in attempts.items()}
         last = state.get("last_fired")
         self._last_fired = datetime.fromisoformat(last) if last else None
 
@@ -89,20 +105,24 @@ class RetrainTrigger:
         if len(self._run) < p.consecutive:
             return None
         drop = self._run[0]
-        if drop in self._fired_for:
+        attempt = self._attempts.get(drop, 0) + 1
+        if attempt > p.max_attempts:
             return None
-        if self._last_fired is not None and (now - self._last_fired).total_seconds() < p.cooldown_s:
+        since = (now - self._last_fired).total_seconds() if self._last_fired else None
+        if since is not None and since < (p.cooldown_s if attempt == 1 else p.retry_after_s):
             return None
-        self._fired_for.add(drop)
+        self._attempts[drop] = attempt
         self._last_fired = now
+        key = f"drop:{self.model_name}:{drop}"
         return RetrainRequest(
             source="monitoring",
             model_name=self.model_name,
-            idempotency_key=f"drop:{self.model_name}:{drop}",
+            idempotency_key=key if attempt == 1 else f"{key}:attempt-{attempt}",
             reason=(
                 f"live accuracy of {window.model_version} below {p.threshold:.2f} for "
                 f"{len(self._run)} windows (last {window.accuracy:.3f} on "
                 f"{window.labelled_count} labels)"
+                + (f"; attempt {attempt} of {p.max_attempts}" if attempt > 1 else "")
             ),
             trigger="monitor",
             window_ids=list(self._run),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -192,6 +193,42 @@ def test_cooldown_holds_a_second_drop_back() -> None:
     assert trig.observe(window(3, 0.3), T0 + timedelta(seconds=20)) is None  # cooling down
     assert trig.observe(window(4, 0.9), T0 + timedelta(seconds=30)) is None
     assert trig.observe(window(5, 0.3), T0 + timedelta(seconds=700)) is not None
+
+
+def test_a_drop_that_outlives_its_request_is_asked_for_again_a_bounded_number_of_times() -> None:
+    policy = TriggerPolicy(consecutive=2, cooldown_s=300, retry_after_s=600, max_attempts=3)
+    trig = RetrainTrigger("m", policy)
+    at = [T0 + timedelta(seconds=s) for s in (0, 30, 400, 640, 1250, 1900, 2600)]
+    fired = [trig.observe(window(i + 1, 0.3), t) for i, t in enumerate(at)]
+    keys = [r.idempotency_key if r else None for r in fired]
+    # Attempt 1 at the second bad window; the cooldown (300 s) is not enough for a retry of
+    # the same drop (600 s); then two more attempts and no fourth.
+    assert keys == [
+        None,
+        "drop:m:v1:live:1",
+        None,
+        "drop:m:v1:live:1:attempt-2",
+        "drop:m:v1:live:1:attempt-3",
+        None,
+        None,
+    ]
+    assert fired[3] is not None and "attempt 2 of 3" in fired[3].reason
+
+
+def test_a_trigger_restored_mid_drop_continues_its_attempts() -> None:
+    policy = TriggerPolicy(consecutive=1, cooldown_s=0, retry_after_s=600, max_attempts=2)
+    first = RetrainTrigger("m", policy)
+    assert first.observe(window(1, 0.3), T0) is not None
+    again = RetrainTrigger("m", policy)
+    again.restore(json.loads(json.dumps(first.state())))
+    assert again.observe(window(2, 0.3), T0 + timedelta(seconds=60)) is None
+    retry = again.observe(window(3, 0.3), T0 + timedelta(seconds=700))
+    assert retry is not None and retry.idempotency_key == "drop:m:v1:live:1:attempt-2"
+    assert again.observe(window(4, 0.3), T0 + timedelta(seconds=1400)) is None
+    # State written before retries existed ("fired_for") counts as one attempt each.
+    old = RetrainTrigger("m", policy)
+    old.restore({"run": ["v1:live:1"], "run_version": "v1", "fired_for": ["v1:live:1"]})
+    assert old.observe(window(2, 0.3), T0) is not None
 
 
 def test_a_restarted_trigger_replaying_the_windows_names_the_same_drop() -> None:
