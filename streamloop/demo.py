@@ -501,6 +501,10 @@ def run_demo(
                 if procs["simulator"].poll() is not None:
                     story.say("[red]the simulator stopped[/]")
                     break
+                exited = {n: procs[n].returncode for n in SERVICES if procs[n].poll() is not None}
+                if exited:
+                    story.say(f"[red]a service exited: {exited}; see {logs}[/]")
+                    break
                 live.update(_panel(story, procs, phase))
                 time.sleep(0.25)
             live.update(_panel(story, procs, phase))

@@ -7,8 +7,10 @@ Starts (or joins, with ``RAY_ADDRESS``) Ray and the Ray Serve application, follo
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
+import time
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -99,6 +101,10 @@ def _ray_backend(settings: ServingSettings) -> Backend:
 
     from services.serving.ray_app import APP_NAME, RayBackend, build_app
 
+    # On a busy machine a fresh proxy takes longer than Serve's 5 s readiness check to import
+    # its web stack; three failed checks get it killed and ``serve.start`` raises. A longer
+    # check (inherited by a local Ray's processes) and a retry below ride that out.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
     ray.init(
         address=settings.ray_address or None,
         object_store_memory=None if settings.ray_address else settings.object_store_mb * 2**20,
@@ -106,7 +112,19 @@ def _ray_backend(settings: ServingSettings) -> Backend:
         log_to_driver=False,
         ignore_reinit_error=True,
     )
-    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    for attempt in range(1, 4):
+        try:
+            serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+            break
+        except (ray.exceptions.RayError, TimeoutError) as exc:
+            # The controller stays up and starts another proxy; connecting again finds it.
+            if attempt == 3:
+                raise
+            log.warning(
+                "ray serve proxy not ready; connecting again",
+                extra={"attempt": attempt, "error": str(exc).splitlines()[0]},
+            )
+            time.sleep(2.0 * attempt)
     handle = serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
     log.info(
         "ray serve application running",
@@ -131,8 +149,6 @@ def main() -> int:
             call_size=settings.call_size,
         )
         follower = LifecycleFollower(settings.kafka, ingress, rt.tracer)
-        thread = threading.Thread(target=follower.run, name="lifecycle", daemon=True)
-        thread.start()
         loop: ConsumerLoop[FrameValid] = ConsumerLoop(
             settings.kafka,
             group_id=settings.group_id,
@@ -147,6 +163,19 @@ def main() -> int:
             max_poll_interval_ms=3_600_000,
         )
         stop_on_signals(loop, follower)
+        failed = threading.Event()
+
+        def follow() -> None:
+            # Serving without its follower would keep an old model forever, silently: stop
+            # instead, so the exit (and the restart by whoever supervises) says so.
+            try:
+                follower.run()
+            except Exception:
+                log.exception("lifecycle follower failed; stopping serving")
+                failed.set()
+                loop.stop()
+
+        threading.Thread(target=follow, name="lifecycle", daemon=True).start()
         try:
             loop.run()
         finally:
@@ -155,7 +184,7 @@ def main() -> int:
                 from ray import serve
 
                 serve.shutdown()  # type: ignore[no-untyped-call]
-    return 0
+    return 1 if failed.is_set() else 0
 
 
 if __name__ == "__main__":

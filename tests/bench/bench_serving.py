@@ -48,7 +48,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -92,6 +91,7 @@ from shared.settings import (
     default_var_dir,
 )
 from shared.topics import TOPICS, Topics, provision
+from tests.integration.helpers import free_port
 from tests.synthetic import render_examples, trained_event
 
 MODULE = "tests.bench.bench_serving"
@@ -131,12 +131,6 @@ class BenchError(RuntimeError):
 
 def condition_of(i: int) -> str:
     return CONDITIONS[i % len(CONDITIONS)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def load_average() -> list[float]:

@@ -70,13 +70,37 @@ def demo(env: dict[str, str], summary: Path, *args: str, timeout: float) -> dict
         env={**os.environ, "COLUMNS": "160", **env},
     )
     print(f"$ streamloop demo {' '.join(args)} -> {out.returncode}\n{out.stdout}{out.stderr}")
-    logs = Path(env["STREAMLOOP_VAR"]) / "logs"
     if out.returncode != 0:
-        for log in sorted(logs.glob("*.log")):
-            print(f"--- {log.name} ---", *log.read_text(errors="replace").splitlines()[-25:])
+        print(explain(env))
     result: dict[str, Any] = json.loads(summary.read_text()) if summary.exists() else {}
     result["returncode"] = out.returncode
     return result
+
+
+def explain(env: dict[str, str]) -> str:
+    """What a failed run did, shortest first: each service's warnings and errors, then the
+    loop's own record from Kafka (retrain requests, lifecycle moves, alerts) in time order."""
+    lines: list[str] = []
+    for log in sorted((Path(env["STREAMLOOP_VAR"]) / "logs").glob("*.log")):
+        text = log.read_text(errors="replace").splitlines()
+        loud = [line for line in text if '"level": "WARNING"' in line or '"level": "ERROR"' in line]
+        lines.append(f"--- {log.name}: {len(text)} lines, {len(loud)} warnings or errors ---")
+        lines.extend(line[:300] for line in loud[-6:])
+    prefix = env["STREAMLOOP_KAFKA_TOPIC_PREFIX"]
+    record: list[tuple[datetime, str]] = []
+    for ev in events(prefix, Topics.RETRAIN_REQUESTS):
+        if isinstance(ev, RetrainRequest):
+            record.append((ev.produced_at, f"retrain {ev.trigger} {ev.idempotency_key}"))
+    for ev in events(prefix, Topics.MODELS_LIFECYCLE):
+        if isinstance(ev, ModelLifecycle):
+            what = f"{ev.action} {ev.model_version} {ev.alias or ''} {ev.reason or ''}"
+            record.append((ev.produced_at, what[:240]))
+    for ev in events(prefix, Topics.ALERTS):
+        if isinstance(ev, Alert):
+            record.append((ev.produced_at, f"alert {ev.kind}: {ev.message[:200]}"))
+    lines.append("--- the loop's record ---")
+    lines.extend(f"{at:%H:%M:%S} {what}" for at, what in sorted(record, key=lambda r: r[0]))
+    return "\n".join(lines)
 
 
 def events(prefix: str, topic: str) -> list[Event]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -47,11 +48,25 @@ def running(loop: Any) -> Iterator[None]:
         thread.join(30)
 
 
+_QUIET_PORTS = range(20000, 32000)
+"""Ports that no process here is handed without asking: below the kernel's ephemeral range
+(32768 and up, where outgoing connections and ``bind(0)`` land) and above Ray's worker ports
+(10002-19999). A port from ``bind(0)`` can be taken by someone else's connection before the
+service under test binds it; one from this range only by a listener that asked for it."""
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now (for a service's /metrics)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port nobody listens on right now, from ``_QUIET_PORTS`` (for a service's HTTP)."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.choice(_QUIET_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")
 
 
 def bare_producer(settings: KafkaSettings) -> KafkaProducer:
