@@ -49,7 +49,15 @@ def start_service(name: str, settings: ServiceSettings) -> Telemetry:
         if settings.provision_topics:
             report = provision(settings.kafka)
             if report.changed:
-                log.info("topics provisioned", extra={"created": report.created})
+                # ("created" itself is a LogRecord attribute: logging refuses it in extra.)
+                log.info(
+                    "topics provisioned",
+                    extra={
+                        "topics_created": report.created,
+                        "topics_updated": sorted(report.updated),
+                        "partitions_added": report.partitions_added,
+                    },
+                )
     except BaseException:
         telemetry.shutdown()
         raise
