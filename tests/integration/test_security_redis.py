@@ -21,7 +21,7 @@ from shared.redis_store import RedisClaims, RedisLeases, connect
 from shared.registry import RedisRegistry
 from shared.settings import KafkaSettings, RedisSettings
 from shared.topics import Topics
-from tests.integration.helpers import Proc, free_port, wait_for
+from tests.integration.helpers import Proc, free_port, read_all, wait_for
 from tests.synthetic import trained_event
 
 USER = "streamloop"
@@ -117,6 +117,7 @@ def test_the_registry_runs_with_the_password_and_refuses_to_run_without(
         "STREAMLOOP_REGISTRY_API_PORT": "0",
         "STREAMLOOP_ARTIFACTS_ROOT": str(tmp_path / "artifacts"),
         "STREAMLOOP_TELEMETRY_TRACES_DIR": str(tmp_path / "traces"),
+        "STREAMLOOP_TELEMETRY_SAMPLE_RATIO": "1.0",
     }
     # No password configured: the service stops at start-up, saying why, and does not loop.
     refused = Proc(["-m", "services.registry"], {**env, **acl_redis.env(with_password=False)})
@@ -142,7 +143,19 @@ def test_the_registry_runs_with_the_password_and_refuses_to_run_without(
         registry = RedisRegistry(connect(acl_redis.settings(password=acl_redis.password)))
         version = wait_for(lambda: registry.get_version(model, "v1"), 60, what="v1 registered")
         assert version.version == "v1"
-        assert all(acl_redis.password not in line for line in proc.lines + refused.lines)
+        # The password is in no log line, no span and no event.
+        lifecycle = read_all(KafkaSettings(), prefix + Topics.MODELS_LIFECYCLE, 1, timeout_s=10)
+        assert lifecycle, "the registry recorded the registration"
+        proc.p.terminate()
+        proc.p.wait(30)
+        spans = "".join(p.read_text() for p in (tmp_path / "traces").rglob("*") if p.is_file())
+        assert "models.trained process" in spans, "the registry's spans were written"
+        for where, text in {
+            "logs": "\n".join(proc.lines + refused.lines),
+            "traces": spans,
+            "events": b"".join(r.value or b"" for r in lifecycle).decode(),
+        }.items():
+            assert acl_redis.password not in text, f"the Redis password leaked into the {where}"
     finally:
         proc.p.terminate()
         proc.p.wait(30)
