@@ -12,8 +12,14 @@ Consumer loop (at-least-once):
 - the handler runs inside a CONSUMER span whose parent is the producer's span; a handler
   that raises is retried ``max_attempts`` times with backoff, then the record is
   dead-lettered and the loop moves on;
+- a handler that fails because a dependency did not answer (``shared.errors.is_transient``:
+  Kafka, Redis or the model tier down) is retried with the capped backoff for as long as
+  ``transient_budget_s`` without using up its attempts: an outage of minutes delays records,
+  it does not dead-letter valid ones;
 - offsets are committed only after the handler returned (or the record was dead-lettered)
-  and after everything the handler published was acknowledged by Kafka;
+  and after everything the handler published was acknowledged by Kafka; when a publish was
+  not acknowledged (the broker was away past the delivery timeout), the batch is not
+  committed and the consumer seeks back to process it again;
 - ``stop()`` (wired to SIGTERM/SIGINT by ``stop_on_signals``) lets the record in hand finish,
   flushes, commits and closes.
 
@@ -42,6 +48,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
+from shared.errors import Unavailable, is_transient
 from shared.events import DecodeError, Event, decode, encode
 from shared.metrics import BUS_METRICS
 from shared.settings import KafkaSettings
@@ -145,10 +152,14 @@ class RetryPolicy:
     max_attempts: int = 3
     backoff_s: float = 0.2
     max_backoff_s: float = 5.0
+    transient_budget_s: float = 900.0
+    """How long a record failing for a dependency's sake is retried before it counts as an
+    ordinary failure. A dependency away for longer is an outage for a person; its records
+    then go to the DLQ, which keeps them for replay."""
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        return float(min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
+        return float(min(self.max_backoff_s, self.backoff_s * 2 ** (min(attempt, 32) - 1)))
 
 
 def _tracer(tracer: trace.Tracer | None) -> trace.Tracer:
@@ -186,6 +197,9 @@ class EventProducer:
         self._producer = KafkaProducer(**config)
         self._tracer = _tracer(tracer)
         self.topic_prefix = settings.topic_prefix
+        self._failed: list[BaseException] = []
+        """Sends Kafka did not acknowledge since the last ``flush`` (appended by the
+        client's sender thread)."""
 
     def publish(
         self,
@@ -215,7 +229,7 @@ class EventProducer:
             f"{topic} publish", context=context, kind=SpanKind.PRODUCER, attributes=attrs
         )
         try:
-            return self._producer.send(
+            future = self._producer.send(
                 topic,
                 value=encode(event),
                 key=key.encode() if key is not None else None,
@@ -223,18 +237,29 @@ class EventProducer:
             )
         finally:
             span.end()
+        future.add_errback(self._failed.append)
+        return future
 
     def publish_raw(
         self, topic: str, value: bytes | None, *, key: bytes | None, headers: Headers
     ) -> FutureRecordMetadata:
         """Send bytes as they are (dead letters keep the original payload)."""
-        return self._producer.send(
+        future = self._producer.send(
             self.topic_prefix + topic, value=value, key=key, headers=inject_headers(headers)
         )
+        future.add_errback(self._failed.append)
+        return future
 
     def flush(self, timeout_s: float | None = None) -> None:
-        """Block until every record sent so far is acknowledged (or raise)."""
+        """Block until every record sent so far is acknowledged. Raises ``Unavailable`` when
+        a record sent since the last flush was not (it is not coming: the caller must send
+        it again), ``KafkaTimeoutError`` when ``timeout_s`` passes first."""
         self._producer.flush(timeout=timeout_s)
+        if self._failed:
+            failed, self._failed = self._failed, []
+            raise Unavailable(
+                f"{len(failed)} records were not acknowledged by Kafka: {failed[0]!r}"
+            ) from failed[0]
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._producer.close(timeout=timeout_s)
@@ -480,7 +505,10 @@ class ConsumerLoop(Generic[E]):
         """Run ``call`` under the retry policy. True on success; on exhaustion dead-letter
         ``recs`` (when asked) and return False."""
         attempts = self._retry.max_attempts
-        for attempt in range(1, attempts + 1):
+        started = time.monotonic()
+        attempt = failures = 0
+        while True:
+            attempt += 1
             try:
                 call()
                 return True
@@ -491,6 +519,13 @@ class ConsumerLoop(Generic[E]):
                     for rec in recs:
                         self._dead_letter(rec, exc.reason, exc.message, attempts=attempt)
                     return True
+                # A dependency's failure does not use up the record's attempts (within the
+                # budget): the record is fine, and retrying is how it gets through.
+                waiting = (
+                    is_transient(exc)
+                    and time.monotonic() - started < self._retry.transient_budget_s
+                )
+                failures += 0 if waiting else 1
                 error = f"{type(exc).__name__}: {exc}"
                 where: dict[str, object] = {
                     "group": self.group_id,
@@ -502,9 +537,14 @@ class ConsumerLoop(Generic[E]):
                         topic=recs[0].topic, partition=recs[0].partition, offset=recs[0].offset
                     )
                 trace.get_current_span().record_exception(exc)
-                if attempt < attempts:
+                if waiting or failures < attempts:
                     BUS_METRICS.retries.labels(recs[0].topic if recs else "batch").inc()
-                    log.warning("handler failed; retrying", extra=where)
+                    log.warning(
+                        "dependency unavailable; retrying"
+                        if waiting
+                        else "handler failed; retrying",
+                        extra=where,
+                    )
                     if self._stop.wait(self._retry.delay(attempt)):
                         # Stopping: give up on retries but keep at-least-once (not committed).
                         raise _Interrupted() from exc
@@ -514,7 +554,6 @@ class ConsumerLoop(Generic[E]):
                     for rec in recs:
                         self._dead_letter(rec, "handler_error", error, attempts=attempt)
                 return False
-        return False
 
     def _dead_letter(self, rec: Any, reason: str, message: str, *, attempts: int) -> None:
         topic = self._dlq_topic_for(self._logical(rec.topic))
@@ -552,7 +591,23 @@ class ConsumerLoop(Generic[E]):
         if not offsets:
             return
         # Outputs (and dead letters) first: a crash after this point redelivers, never loses.
-        self._producer.flush()
+        try:
+            self._producer.flush()
+        except Unavailable as exc:
+            # Something these records produced is not in Kafka: do not commit them, and read
+            # them again from the first of them (their outputs may come twice; none is lost).
+            log.warning(
+                "outputs not acknowledged; processing the records again",
+                extra={"group": self.group_id, "error": str(exc)},
+            )
+            firsts: dict[TopicPartition, int] = {}
+            for rec in records:
+                tp = TopicPartition(rec.topic, rec.partition)
+                firsts[tp] = min(firsts.get(tp, rec.offset), rec.offset)
+            for tp, offset in firsts.items():
+                if tp in consumer.assignment():
+                    consumer.seek(tp, offset)
+            return
         try:
             consumer.commit(offsets)
         except CommitFailedError:
@@ -560,6 +615,14 @@ class ConsumerLoop(Generic[E]):
             log.warning(
                 "commit failed after a rebalance; records will be redelivered",
                 extra={"group": self.group_id},
+            )
+        except KafkaError as exc:
+            if not is_transient(exc):
+                raise
+            # The broker is away: the next commit (after it returns) covers these offsets.
+            log.warning(
+                "commit failed; a later commit covers these records",
+                extra={"group": self.group_id, "error": str(exc)},
             )
 
 

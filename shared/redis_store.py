@@ -13,6 +13,7 @@ from typing import Literal, Protocol
 
 import redis
 
+from shared.errors import Unavailable
 from shared.settings import RedisSettings
 
 __all__ = [
@@ -53,7 +54,7 @@ class Claims(Protocol):
         ...
 
 
-class ClaimsUnavailableError(RuntimeError):
+class ClaimsUnavailableError(Unavailable):
     """The claims store cannot be reached; callers degrade (see each service's docs)."""
 
 

@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import redis
 from pydantic import BaseModel, ConfigDict
 
+from shared.errors import Unavailable
 from shared.events import DatasetSnapshot, ModelLifecycle, utcnow
 
 __all__ = [
@@ -223,7 +224,7 @@ def _by_number(versions: Iterable[VersionView]) -> list[VersionView]:
 # --- the port ---------------------------------------------------------------------------
 
 
-class RegistryUnavailableError(RuntimeError):
+class RegistryUnavailableError(Unavailable):
     """The registry's store cannot be reached."""
 
 

@@ -13,6 +13,7 @@ import pytest
 from shared.bus import ConsumerLoop, DlqHeaders, EventProducer, Message, RetryPolicy
 from shared.events import Alert, encode
 from shared.kafka_admin import KafkaAdmin
+from shared.redis_store import ClaimsUnavailableError
 from shared.settings import KafkaSettings, TelemetrySettings
 from shared.telemetry import read_spans, setup_telemetry
 from shared.topics import Topics
@@ -189,6 +190,37 @@ def test_a_failing_handler_is_retried_then_dead_lettered_and_the_next_record_is_
     assert h[DlqHeaders.ATTEMPTS] == "3"
     assert "cannot handle poison" in h[DlqHeaders.ERROR_MESSAGE]
     assert dead.value == encode(poison)
+
+
+def test_a_dependency_outage_delays_a_record_past_its_attempts_and_never_dead_letters_it(
+    kafka_settings: KafkaSettings, topics: tuple[str, str], prefix: str
+) -> None:
+    topic, dlq = topics
+    producer = EventProducer(kafka_settings)
+    producer.publish(topic, alert("needs redis"), key="k").get(timeout=10)
+    outage = {"left": 6}  # twice the attempts a failing record gets
+    handled: list[str] = []
+
+    def handle(m: Message[Alert]) -> None:
+        if outage["left"] > 0:
+            outage["left"] -= 1
+            raise ClaimsUnavailableError("Error 111 connecting to 127.0.0.1:6379")
+        handled.append(m.event.message)
+
+    loop = ConsumerLoop(
+        kafka_settings,
+        group_id=prefix + "outage",
+        topics=[topic],
+        event_type=Alert,
+        producer=producer,
+        handler=handle,
+        retry=RetryPolicy(max_attempts=3, backoff_s=0.01, max_backoff_s=0.05),
+        dlq_topic_for=lambda _t: dlq,
+    )
+    with running(loop):
+        wait_for(lambda: handled == ["needs redis"], what="the record once Redis is back")
+    producer.close()
+    assert read_all(kafka_settings, dlq, expect=1, timeout_s=2) == []
 
 
 def test_sigkill_after_handling_before_commit_redelivers_and_the_effect_stays_single(

@@ -150,3 +150,40 @@ def test_span_files_record_links() -> None:
         {"trace_id": format(target.trace_id, "032x"), "span_id": format(target.span_id, "016x")}
     ]
     tel.shutdown()
+
+
+def test_dependency_failures_are_transient_and_record_failures_are_not() -> None:
+    import redis.exceptions
+    from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+
+    from shared.errors import Unavailable, is_transient
+    from shared.redis_store import ClaimsUnavailableError
+    from shared.registry import RegistryUnavailableError
+
+    transient = [
+        redis.exceptions.ConnectionError("Error 111"),
+        redis.exceptions.TimeoutError("timed out"),
+        ClaimsUnavailableError("down"),
+        RegistryUnavailableError("down"),
+        KafkaTimeoutError("metadata not available after 60000 ms"),
+        ConnectionRefusedError(111, "refused"),
+        Unavailable("model tier"),
+    ]
+    assert all(is_transient(e) for e in transient)
+    assert not any(
+        is_transient(e)
+        for e in (ValueError("bad frame"), KeyError("x"), MessageSizeTooLargeError("too big"))
+    )
+    # Wrapped in a domain error, the cause still counts.
+    try:
+        try:
+            raise redis.exceptions.ConnectionError("Error 111")
+        except redis.exceptions.ConnectionError as exc:
+            raise RuntimeError("could not write the read model") from exc
+    except RuntimeError as wrapped:
+        assert is_transient(wrapped)
+
+
+def test_backoff_of_a_long_outage_stays_at_the_cap() -> None:
+    p = RetryPolicy(backoff_s=0.2, max_backoff_s=5.0)
+    assert p.delay(10_000) == 5.0
