@@ -109,7 +109,9 @@ class RegistryService:
             return
         self._settle()
         self._publisher.flush()
-        changes = self.state.drain_changes()
+        # Drained only once written: when Redis is away the handler fails, the bus retries
+        # it, and the retry writes what this attempt could not.
+        changes = self.state.pending_changes()
         if not changes.empty:
             self._read_model.apply_changes(
                 self.state.model_name,
@@ -118,6 +120,7 @@ class RegistryService:
                 changes.history,
                 changes.offset,
             )
+        self.state.mark_drained(changes)
 
     def _emit(self, events: list[ModelLifecycle]) -> None:
         """Publish and apply each event in order (so a later one sees the earlier ones), and

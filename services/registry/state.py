@@ -253,13 +253,12 @@ class RegistryState:
         registration order."""
         return [v for v in self._version_views() if self._drained_versions.get(v.version) != v]
 
-    def drain_changes(self) -> Changes:
-        """What changed since the previous drain (or since the start); the next drain starts
-        from here."""
-        versions = self.dirty_versions()
+    def pending_changes(self) -> Changes:
+        """What changed since the previous drain (or since the start), without draining it:
+        the caller writes it, then calls ``mark_drained`` (a failed write keeps it pending)."""
         aliases = dict(sorted(self._aliases.items()))
-        changes = Changes(
-            versions=versions,
+        return Changes(
+            versions=self.dirty_versions(),
             aliases=aliases,
             history=self._history[self._drained_history :],
             offset=self._offset,
@@ -267,10 +266,19 @@ class RegistryState:
             aliases_changed=aliases != self._drained_aliases,
             offset_changed=self._offset != self._drained_offset,
         )
-        self._drained_versions.update({v.version: v for v in versions})
-        self._drained_aliases = aliases
-        self._drained_history = len(self._history)
-        self._drained_offset = self._offset
+
+    def mark_drained(self, changes: Changes) -> None:
+        """``changes`` (from ``pending_changes``, with nothing applied since) are written."""
+        self._drained_versions.update({v.version: v for v in changes.versions})
+        self._drained_aliases = dict(changes.aliases)
+        self._drained_history += len(changes.history)
+        self._drained_offset = changes.offset
+
+    def drain_changes(self) -> Changes:
+        """What changed since the previous drain (or since the start); the next drain starts
+        from here."""
+        changes = self.pending_changes()
+        self.mark_drained(changes)
         return changes
 
     def mark_clean(self) -> None:

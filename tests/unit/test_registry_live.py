@@ -627,3 +627,26 @@ def test_serving_drops_the_challenger_restored_by_a_rollback() -> None:
         tracker.apply(event)
     assert tracker.champion is not None and tracker.champion.version == "aaa"
     assert tracker.challenger is None
+
+
+def test_a_read_model_write_that_fails_is_written_by_the_retry() -> None:
+    from shared.registry import RegistryUnavailableError
+
+    class Flaky(MemoryRegistry):
+        down = True
+
+        def apply_changes(self, *args: Any, **kw: Any) -> None:
+            if self.down:
+                raise RegistryUnavailableError("Error 111 connecting to redis")
+            super().apply_changes(*args, **kw)
+
+    pub, store = FakePublisher(), Flaky()
+    svc = RegistryService(MODEL, promotion="shadow", publisher=pub, read_model=store)
+    svc.replay([])
+    event = trained("aaa")
+    with pytest.raises(RegistryUnavailableError):
+        svc.handle(event)
+    store.down = False
+    svc.handle(event)  # the bus retries the same record
+    assert [v.version for v in store.versions(MODEL)] == ["aaa"]
+    assert [e.action for e in pub.lifecycle()] == ["registered"]  # published once
