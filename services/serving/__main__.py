@@ -180,7 +180,9 @@ def main() -> int:
             loop.run()
         finally:
             follower.stop()
-            if settings.backend == "ray":
+            # A local Ray is this process's own; on a shared cluster other ingress processes
+            # still call the deployment, so it stays.
+            if settings.backend == "ray" and not settings.ray_address:
                 from ray import serve
 
                 serve.shutdown()  # type: ignore[no-untyped-call]

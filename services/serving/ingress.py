@@ -59,6 +59,9 @@ CALL = Histogram(
     "Wall time of one batch call to the model.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+SHADOW_FAILURES = Counter(
+    "streamloop_serving_shadow_failures", "Challenger calls that failed (the champion's went on)."
+)
 VERSION = Gauge(
     "streamloop_serving_model_info", "1 for the version serving each alias.", ["alias", "version"]
 )
@@ -238,15 +241,23 @@ class Ingress:
         for chunk, model, shadow, pending, started in calls:
             try:
                 probs = pending.result()
-            except WrongSizeError as exc:
-                if not shadow:
+            except Exception as exc:
+                if shadow:
+                    # The challenger is on trial: whatever goes wrong with it must never
+                    # hold up, repeat or dead-letter the champion's predictions.
+                    SHADOW_FAILURES.inc()
+                    log.warning(
+                        "shadow prediction failed",
+                        extra={
+                            "version": model[0].version,
+                            "error": f"{type(exc).__name__}: {exc}",
+                        },
+                    )
+                    continue
+                if isinstance(exc, WrongSizeError):
                     rejected.extend(Rejection(m, "wrong_size", str(exc)) for m in chunk)
                     continue
-                log.warning(
-                    "shadow prediction failed",
-                    extra={"version": model[0].version, "error": str(exc)},
-                )
-                continue
+                raise
             CALL.observe(time.perf_counter() - started)
             self._publish(chunk, probs, model, shadow=shadow)
         return rejected

@@ -164,6 +164,23 @@ def test_swaps_happen_between_batches_and_the_challenger_shadows(setup: Any) -> 
     assert [p.model_version for p in producer.of(Topics.PREDICTIONS)][-2:] == [b.version] * 2
 
 
+def test_a_failing_challenger_never_holds_up_the_champions_predictions(setup: Any) -> None:
+    ingress, producer, backend, store = setup
+    a, b = store_model(store, 1), store_model(store, 2)
+    for ev in (registered(a), alias(a.version), registered(b), alias(b.version, "challenger")):
+        ingress.on_lifecycle(ev)
+
+    class Broken:
+        def result(self) -> Any:
+            raise RuntimeError("challenger replica died")
+
+    real = backend.submit
+    backend.submit = lambda ref, px: Broken() if ref.version == b.version else real(ref, px)  # type: ignore[method-assign]
+    assert ingress.handle([frame(i) for i in range(4)]) == []
+    assert [p.model_version for p in producer.of(Topics.PREDICTIONS)] == [a.version] * 4
+    assert producer.of(Topics.PREDICTIONS_SHADOW) == []
+
+
 def test_a_champion_that_fails_verification_is_refused_and_the_old_one_serves(setup: Any) -> None:
     ingress, producer, backend, store = setup
     a = store_model(store, 1)
