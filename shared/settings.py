@@ -19,6 +19,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.auth import MIN_PRODUCTION_TOKEN_LENGTH, HttpAuthSettings
+
 __all__ = [
     "DEFAULT_SECRET_MARKERS",
     "ArtifactSettings",
@@ -258,10 +260,25 @@ class ServiceSettings(BaseSettings):
         }
         if self.kafka.sasl_mechanism:
             secrets["kafka.sasl_password"] = self.kafka.sasl_password
-        for name, value in secrets.items():
+        # A service with an HTTP endpoint carries its tokens in ``http_auth``: the operator
+        # token is required where the endpoint offers operator actions, and any token that
+        # is set must be neither a default nor short enough to guess.
+        tokens: dict[str, SecretStr | None] = {}
+        http_auth = getattr(self, "http_auth", None)
+        if isinstance(http_auth, HttpAuthSettings):
+            if http_auth.operator_actions or http_auth.operator_token is not None:
+                tokens["http_auth.operator_token"] = http_auth.operator_token
+            if http_auth.read_token is not None:
+                tokens["http_auth.read_token"] = http_auth.read_token
+        for name, value in (secrets | tokens).items():
             plain = value.get_secret_value() if value is not None else ""
             if plain.strip().lower() in DEFAULT_SECRET_MARKERS:
                 raise ValueError(
                     f"{name} is empty or a default value; refusing to start in production"
+                )
+            if name in tokens and len(plain.strip()) < MIN_PRODUCTION_TOKEN_LENGTH:
+                raise ValueError(
+                    f"{name} is shorter than {MIN_PRODUCTION_TOKEN_LENGTH} characters; "
+                    "refusing to start in production"
                 )
         return self

@@ -3,6 +3,10 @@
 Reads come from the registry's read model (Redis); changes are events: ``retrain`` publishes a
 retrain request and follows its progress on the topics, ``promote`` and ``rollback`` publish
 operator commands on ``models.lifecycle`` and wait for the registry's answer.
+
+The events and how they are published (``lifecycle_command``, ``retrain_request``,
+``publish_command``, ``publish_retrain``) are shared with the registry's HTTP API, so an
+operator action means the same thing whichever way it arrives.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import argparse
 import getpass
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from kafka import KafkaConsumer, TopicPartition
 from rich.console import Console
@@ -19,7 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.tree import Tree
 
-from shared.bus import EventProducer
+from shared.bus import EventProducer, Publisher
 from shared.events import (
     Alert,
     Event,
@@ -43,7 +47,14 @@ from shared.registry import (
 from shared.settings import KafkaSettings, RedisSettings
 from shared.topics import Topics
 
-__all__ = ["add_commands", "print_versions"]
+__all__ = [
+    "add_commands",
+    "lifecycle_command",
+    "print_versions",
+    "publish_command",
+    "publish_retrain",
+    "retrain_request",
+]
 
 console = Console()
 
@@ -95,16 +106,33 @@ def _pct(value: float | None) -> str:
 # --- retrain ---------------------------------------------------------------------------
 
 
-def cmd_retrain(args: argparse.Namespace) -> int:
-    kafka = KafkaSettings()
-    key = args.key or f"operator:{new_id()}"
-    request = RetrainRequest(
-        source="cli",
-        model_name=args.model,
-        idempotency_key=key,
-        reason=args.reason,
+def retrain_request(
+    model: str, reason: str, key: str | None = None, *, source: str = "cli"
+) -> RetrainRequest:
+    """An operator's retrain request for ``model``; without ``key``, a new idempotency key
+    (so the request trains once, however often it is delivered)."""
+    return RetrainRequest(
+        source=source,
+        model_name=model,
+        idempotency_key=key or f"operator:{new_id()}",
+        reason=reason,
         trigger="operator",
     )
+
+
+def publish_retrain(
+    publisher: Publisher, request: RetrainRequest, timeout_s: float | None = None
+) -> None:
+    """Publish ``request`` on ``retrain.requests`` (keyed by model) and wait for Kafka to
+    acknowledge it."""
+    publisher.publish(Topics.RETRAIN_REQUESTS, request, key=request.model_name)
+    publisher.flush(timeout_s)
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    kafka = KafkaSettings()
+    request = retrain_request(args.model, args.reason, args.key)
+    key = request.idempotency_key
     watch = (
         _Watch(
             kafka,
@@ -120,8 +148,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         else None
     )
     with EventProducer(kafka, client_id="streamloop-cli") as producer:
-        producer.publish(Topics.RETRAIN_REQUESTS, request, key=args.model)
-        producer.flush()
+        publish_retrain(producer, request)
     console.print(f"retrain requested for [bold]{args.model}[/] (key {key})")
     if watch is None:
         return 0
@@ -327,22 +354,57 @@ def _show_version(view: RegistryView, v: VersionView) -> None:
         )
 
 
-def _command(args: argparse.Namespace, action: str, version: str | None) -> int:
-    kafka = KafkaSettings()
-    command = ModelLifecycle(
-        source="cli",
-        model_name=args.model,
+def lifecycle_command(
+    model: str,
+    action: Literal["promote_requested", "rollback_requested"],
+    version: str | None,
+    *,
+    actor: str,
+    reason: str,
+    force: bool = False,
+    source: str = "cli",
+) -> ModelLifecycle:
+    """An operator command for the registry: promote ``version``, or roll the champion back
+    (``version`` None). ``force`` promotes even a version the gate rejected."""
+    return ModelLifecycle(
+        source=source,
+        model_name=model,
         action=action,
         model_version=version,
+        actor=actor,
+        reason=reason,
+        details={"force": True} if force else {},
+    )
+
+
+def publish_command(
+    publisher: Publisher, command: ModelLifecycle, timeout_s: float | None = None
+) -> None:
+    """Publish ``command`` on ``models.lifecycle`` and wait for Kafka to acknowledge it; the
+    registry answers on the same topic with an event whose ``cause_id`` is the command's
+    ``event_id``."""
+    publisher.publish(Topics.MODELS_LIFECYCLE, command, key=lifecycle_key(command))
+    publisher.flush(timeout_s)
+
+
+def _command(
+    args: argparse.Namespace,
+    action: Literal["promote_requested", "rollback_requested"],
+    version: str | None,
+) -> int:
+    kafka = KafkaSettings()
+    command = lifecycle_command(
+        args.model,
+        action,
+        version,
         actor=f"{getpass.getuser()}@cli",
         reason=args.reason,
-        details={"force": True} if getattr(args, "force", False) else {},
+        force=bool(getattr(args, "force", False)),
     )
     watch = _Watch(kafka, [Topics.MODELS_LIFECYCLE])
     try:
         with EventProducer(kafka, client_id="streamloop-cli") as producer:
-            producer.publish(Topics.MODELS_LIFECYCLE, command, key=lifecycle_key(command))
-            producer.flush()
+            publish_command(producer, command)
         for _, ev in watch.events(args.timeout):
             if isinstance(ev, ModelLifecycle) and ev.cause_id == command.event_id:
                 if ev.action == "command_rejected":

@@ -37,6 +37,7 @@ def main() -> int:
         settings.trigger.threshold,
         settings.dashboard_host,
         settings.dashboard_port,
+        auth=settings.http_auth,
     )
     log.info("dashboard listening", extra={"url": dashboard.url})
     try:

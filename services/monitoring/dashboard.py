@@ -10,7 +10,10 @@ Routes, GET only:
   ``error`` field, never a failed request: the charts stay live while Redis is away;
 - ``/healthz``: ``{"status": "ok"}``.
 
-Anything else is a JSON 404, any other method a JSON 405.
+Anything else is a JSON 404, any other method a JSON 405. With a read token configured,
+every route but ``/healthz`` needs it: as a bearer token (scripts), or as the password of
+HTTP Basic credentials with any user name, which is what a browser sends after its login
+prompt, and then sends with the page's own requests too.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from urllib.parse import urlsplit
 from pydantic import TypeAdapter
 
 from services.monitoring.board import DashboardState
+from shared.auth import ApiAuthSettings, HttpAuthSettings, authorize_read
 from shared.http import BackgroundHTTPServer, ReadOnlyHandler
 from shared.registry import RegistryReader, RegistryView
 
@@ -76,9 +80,11 @@ class _Server(ThreadingHTTPServer):
         registry: RegistryReader | None,
         model_name: str,
         threshold: float,
+        auth: HttpAuthSettings,
     ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
+        self.auth = auth
         self.state = state
         self.registry = registry
         self.model_name = model_name
@@ -110,6 +116,10 @@ class _Handler(ReadOnlyHandler):
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
+        if path != "/healthz" and not self.admitted(
+            authorize_read(self.headers.get("Authorization"), self.server.auth, basic=True)
+        ):
+            return
         try:
             match path:
                 case "/" | "/index.html":
@@ -159,9 +169,14 @@ def serve_dashboard(
     threshold: float,
     host: str = "127.0.0.1",
     port: int = 0,
+    *,
+    auth: HttpAuthSettings | None = None,
 ) -> DashboardServer:
     """Serve the dashboard of ``model_name`` on ``host:port`` (0 picks a free port) from a
     daemon thread. ``threshold`` is the accuracy the chart draws as the retrain line;
-    ``registry`` None shows no models table. Raises OSError when the address cannot be
-    bound."""
-    return DashboardServer(_Server((host, port), state, registry, model_name, threshold))
+    ``registry`` None shows no models table; ``auth`` None leaves it open. Raises OSError
+    when the address cannot be bound."""
+    # model_construct: the defaults as they are, without reading the environment, which only
+    # a service's __main__ does.
+    auth = auth or ApiAuthSettings.model_construct()
+    return DashboardServer(_Server((host, port), state, registry, model_name, threshold, auth))

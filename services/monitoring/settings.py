@@ -9,6 +9,7 @@ from services.monitoring.drift import DriftPolicy
 from services.monitoring.monitor import MonitorPolicy
 from services.monitoring.trigger import TriggerPolicy
 from services.monitoring.windows import WindowPolicy
+from shared.auth import ApiAuthSettings
 from shared.registry import DEFAULT_MODEL_NAME
 from shared.settings import ServiceSettings, service_config
 
@@ -48,6 +49,12 @@ class MonitoringSettings(ServiceSettings):
 
     dashboard_port: int = Field(default=8720, ge=0, le=65535)
     """Port of the dashboard; 0 picks a free one."""
+
+    http_auth: ApiAuthSettings = Field(default_factory=ApiAuthSettings)
+    """Tokens of the dashboard (shared ``STREAMLOOP_HTTP_*``; this service only:
+    ``STREAMLOOP_MONITORING_HTTP_AUTH__*``). With a read token, the page and ``/api/state``
+    need it (a browser asks for it: any user name, the token as password); ``/healthz``
+    stays open. The dashboard takes no operator actions."""
 
     def policy(self) -> MonitorPolicy:
         return MonitorPolicy(

@@ -64,8 +64,22 @@ def main() -> int:
             read_model=store,
         )
         service.replay(read_lifecycle(settings.kafka))
-        api = serve_api(store, settings.model_name, settings.api_host, settings.api_port)
-        log.info("registry api listening", extra={"url": api.url})
+        api = serve_api(
+            store,
+            settings.model_name,
+            settings.api_host,
+            settings.api_port,
+            auth=settings.http_auth,
+            publisher=rt.producer,
+        )
+        log.info(
+            "registry api listening",
+            extra={
+                "url": api.url,
+                "operator_actions": settings.http_auth.operator_token is not None,
+                "reads_protected": settings.http_auth.read_token is not None,
+            },
+        )
 
         def handle(msg: Message[Event]) -> None:
             service.handle(msg.event, msg.offset if msg.topic == Topics.MODELS_LIFECYCLE else None)

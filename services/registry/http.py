@@ -1,40 +1,104 @@
-"""The registry's read-only HTTP API (JSON over stdlib ``http.server``).
+"""The registry's HTTP API (JSON over stdlib ``http.server``).
 
-Routes, GET only:
+Reads, GET:
 
 - ``/models``: the model's versions, one summary each;
 - ``/models/{version}``: one ``VersionView`` in full;
 - ``/aliases``: ``{"champion": "<version>", ...}``;
-- ``/healthz``: ``{"status": "ok"}`` (does not touch the store).
+- ``/healthz``: ``{"status": "ok"}`` (does not touch the store, needs no token).
 
-``?model=NAME`` reads another model than the one the API was started for. A version or
+Operator actions, POST with an optional JSON object body:
+
+- ``/models/{version}/promote`` ``{"force": bool, "reason": str}``;
+- ``/rollback`` ``{"reason": str}``;
+- ``/retrain`` ``{"reason": str, "key": str}`` (``key``: the idempotency key).
+
+An action publishes the same event as ``streamloop models promote|rollback`` or
+``streamloop retrain`` and answers 202 with that event's ``event_id``: the registry's
+answer, an event whose ``cause_id`` is that id, follows on ``models.lifecycle``, exactly as
+for the CLI. Actions need the operator token (without one configured they are refused,
+403); reads need the read token when one is set (the operator token also does). A body
+needs ``Content-Length`` (411), may not exceed ``max_body_bytes`` (413, before it is read)
+and must be a JSON object (400).
+
+``?model=NAME`` addresses another model than the one the API was started for. A version or
 model name that is not 1 to 64 of ``A-Za-z0-9._-`` is a 400; an unknown route or version a
-404; any other method a 405; a failing store a 503. Every answer, errors included, is a
-JSON object, and request text only ever reaches the client inside JSON strings.
+404; a method a route does not take a 405; a failing store, or Kafka not taking a command,
+a 503. Every answer, errors included, is a JSON object, and request text only ever reaches
+the client inside JSON strings.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from shared.http import BackgroundHTTPServer, ReadOnlyHandler
-from shared.registry import RegistryReader, VersionView, valid_name
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["RegistryApi", "serve_api"]
+from shared.auth import OperatorApiAuthSettings, authorize_operator, authorize_read
+from shared.bus import Publisher
+from shared.events import Event
+from shared.http import ActionHandler, BackgroundHTTPServer, HttpError
+from shared.registry import RegistryReader, VersionView, valid_name
+from shared.topics import Topics
+from streamloop.models_cli import (
+    lifecycle_command,
+    publish_command,
+    publish_retrain,
+    retrain_request,
+)
+
+__all__ = ["OPERATOR_TOKEN_ENV", "RegistryApi", "serve_api"]
 
 log = logging.getLogger("streamloop.registry.http")
 
+OPERATOR_TOKEN_ENV = "STREAMLOOP_REGISTRY_HTTP_AUTH__OPERATOR_TOKEN"
+"""The variable that enables operator actions (``STREAMLOOP_HTTP_OPERATOR_TOKEN`` sets the
+token of every service at once)."""
 
-class _HttpError(Exception):
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+SOURCE = "registry-api"
+ACTOR = "operator@http"
+"""The ``actor`` of commands that came through the API (the CLI names the user)."""
+
+PUBLISH_TIMEOUT_S = 10.0
+"""How long an action waits for Kafka to acknowledge its event before answering 503."""
+
+
+class _Body(BaseModel):
+    """Fields every action takes; unknown fields and loose types are refused, so a typo in
+    ``force`` cannot silently promote nothing or everything."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    reason: str = Field(default="operator request", min_length=1, max_length=500)
+
+
+class _PromoteBody(_Body):
+    force: bool = False
+
+
+class _RetrainBody(_Body):
+    key: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+_B = TypeVar("_B", bound=_Body)
+_E = TypeVar("_E", bound=Event)
+
+
+def _parse(cls: type[_B], raw: dict[str, Any]) -> _B:
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        # Field names and messages only: the input itself is not echoed back.
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"invalid body: {problems}"[:500]) from None
 
 
 def _summary(v: VersionView) -> dict[str, Any]:
@@ -54,37 +118,64 @@ def _summary(v: VersionView) -> dict[str, Any]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], reader: RegistryReader, model_name: str) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        reader: RegistryReader,
+        model_name: str,
+        auth: OperatorApiAuthSettings,
+        publisher: Publisher | None,
+    ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
         self.reader = reader
         self.model_name = model_name
+        self.auth = auth
+        self.publisher = publisher
 
 
-class _Handler(ReadOnlyHandler):
+_ACTIONS = frozenset({("rollback",), ("retrain",)})
+
+
+class _Handler(ActionHandler):
     server: _Server
     server_version = "streamloop-registry"
     logger = log
 
+    def allowed_methods(self) -> str:
+        parts = _parts(self.path)
+        if tuple(parts) in _ACTIONS or (len(parts) == 3 and parts[::2] == ["models", "promote"]):
+            return "POST"
+        return "GET"
+
     def do_GET(self) -> None:
         try:
             status, body = HTTPStatus.OK, self._route()
-        except _HttpError as exc:
-            status, body = exc.status, {"error": exc.message}
+            headers: tuple[tuple[str, str], ...] = ()
+            allow = None
+        except HttpError as exc:
+            status, body, headers = exc.status, {"error": exc.message}, exc.headers
+            allow = self.allowed_methods() if status is HTTPStatus.METHOD_NOT_ALLOWED else None
         except Exception:
             log.exception("registry read failed", extra={"path": self.path})
             status, body = HTTPStatus.SERVICE_UNAVAILABLE, {"error": "registry unavailable"}
-        self.send_json(status, body)
+            headers, allow = (), None
+        self.send_json(status, body, allow=allow, headers=headers)
 
     def _route(self) -> Any:
         url = urlsplit(self.path)
-        parts = [unquote(p) for p in url.path.split("/") if p]
+        parts = _parts(self.path)
+        if parts == ["healthz"]:
+            return {"status": "ok"}
+        if self.allowed_methods() == "POST":
+            raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed")
+        decision = authorize_read(self.headers.get("Authorization"), self.server.auth)
+        if not decision.allowed:
+            raise HttpError.refused(decision)
         model = self._model(url.query)
         reader = self.server.reader
         match parts:
-            case ["healthz"]:
-                return {"status": "ok"}
             case ["models"]:
                 return {
                     "model_name": model,
@@ -92,22 +183,93 @@ class _Handler(ReadOnlyHandler):
                 }
             case ["models", version]:
                 if not valid_name(version):
-                    raise _HttpError(HTTPStatus.BAD_REQUEST, "invalid version")
+                    raise HttpError(HTTPStatus.BAD_REQUEST, "invalid version")
                 found = reader.get_version(model, version)
                 if found is None:
-                    raise _HttpError(HTTPStatus.NOT_FOUND, f"unknown version {version}")
+                    raise HttpError(HTTPStatus.NOT_FOUND, f"unknown version {version}")
                 return found
             case ["aliases"]:
                 return reader.aliases(model)
-        raise _HttpError(HTTPStatus.NOT_FOUND, "no such route")
+        raise HttpError(HTTPStatus.NOT_FOUND, "no such route")
+
+    def post(self) -> tuple[HTTPStatus, Any]:
+        parts = _parts(self.path)
+        if self.allowed_methods() != "POST":
+            known = parts == ["healthz"] or (
+                bool(parts) and parts[0] in ("models", "aliases") and len(parts) <= 2
+            )
+            if known:
+                raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed")
+            raise HttpError(HTTPStatus.NOT_FOUND, "no such route")
+        auth = self.server.auth
+        decision = authorize_operator(self.headers.get("Authorization"), auth, OPERATOR_TOKEN_ENV)
+        if not decision.allowed:
+            raise HttpError.refused(decision)
+        model = self._model(urlsplit(self.path).query)
+        if parts[0] == "models" and not valid_name(parts[1]):
+            raise HttpError(HTTPStatus.BAD_REQUEST, "invalid version")
+        raw = self.read_json(auth.max_body_bytes)
+        match parts:
+            case ["models", version, "promote"]:
+                promote = _parse(_PromoteBody, raw)
+                command = lifecycle_command(
+                    model,
+                    "promote_requested",
+                    version,
+                    actor=ACTOR,
+                    reason=promote.reason,
+                    force=promote.force,
+                    source=SOURCE,
+                )
+                return self._publish(command, Topics.MODELS_LIFECYCLE, publish_command)
+            case ["rollback"]:
+                body = _parse(_Body, raw)
+                command = lifecycle_command(
+                    model,
+                    "rollback_requested",
+                    None,
+                    actor=ACTOR,
+                    reason=body.reason,
+                    source=SOURCE,
+                )
+                return self._publish(command, Topics.MODELS_LIFECYCLE, publish_command)
+            case _:
+                retrain = _parse(_RetrainBody, raw)
+                request = retrain_request(model, retrain.reason, retrain.key, source=SOURCE)
+                answer = self._publish(request, Topics.RETRAIN_REQUESTS, publish_retrain)
+                answer[1]["idempotency_key"] = request.idempotency_key
+                return answer
+
+    def _publish(
+        self, event: _E, topic: str, publish: Callable[[Publisher, _E, float | None], None]
+    ) -> tuple[HTTPStatus, dict[str, Any]]:
+        publisher = self.server.publisher
+        if publisher is None:
+            raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, "this API cannot publish commands")
+        try:
+            publish(publisher, event, PUBLISH_TIMEOUT_S)
+        except Exception:
+            log.exception("operator action not published", extra={"topic": topic})
+            raise HttpError(
+                HTTPStatus.SERVICE_UNAVAILABLE, "could not publish the command; try again"
+            ) from None
+        log.info(
+            "operator action published",
+            extra={"topic": topic, "event_id": event.event_id, "event_type": event.event_type},
+        )
+        return HTTPStatus.ACCEPTED, {"event_id": event.event_id, "topic": topic}
 
     def _model(self, query: str) -> str:
         names = parse_qs(query).get("model")
         if not names:
             return self.server.model_name
         if len(names) > 1 or not valid_name(names[0]):
-            raise _HttpError(HTTPStatus.BAD_REQUEST, "invalid model name")
+            raise HttpError(HTTPStatus.BAD_REQUEST, "invalid model name")
         return names[0]
+
+
+def _parts(path: str) -> list[str]:
+    return [unquote(p) for p in urlsplit(path).path.split("/") if p]
 
 
 class RegistryApi(BackgroundHTTPServer):
@@ -118,8 +280,19 @@ class RegistryApi(BackgroundHTTPServer):
 
 
 def serve_api(
-    reader: RegistryReader, model_name: str, host: str = "127.0.0.1", port: int = 0
+    reader: RegistryReader,
+    model_name: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    auth: OperatorApiAuthSettings | None = None,
+    publisher: Publisher | None = None,
 ) -> RegistryApi:
     """Serve the API for ``model_name`` on ``host:port`` (0 picks a free port) from a daemon
-    thread. Raises OSError when the address cannot be bound."""
-    return RegistryApi(_Server((host, port), reader, model_name))
+    thread. ``auth`` holds the tokens and body limit (default: reads open, actions closed);
+    ``publisher`` carries operator actions to Kafka (None answers them 503). Raises OSError
+    when the address cannot be bound."""
+    # model_construct: the defaults as they are, without reading the environment, which only
+    # a service's __main__ does.
+    auth = auth or OperatorApiAuthSettings.model_construct()
+    return RegistryApi(_Server((host, port), reader, model_name, auth, publisher))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from services.registry.state import Promotion
+from shared.auth import OperatorApiAuthSettings
 from shared.registry import DEFAULT_MODEL_NAME
 from shared.settings import ServiceSettings, service_config
 
@@ -47,4 +48,10 @@ class RegistrySettings(ServiceSettings):
     """Interface of the read API (``0.0.0.0`` in a container)."""
 
     api_port: int = Field(default=8710, ge=0, le=65535)
-    """Port of the read API (``/models``, ``/models/{version}``, ``/aliases``); 0 picks one."""
+    """Port of the API (reads ``/models``, ``/models/{version}``, ``/aliases``; operator
+    actions ``POST /models/{version}/promote``, ``/rollback``, ``/retrain``); 0 picks one."""
+
+    http_auth: OperatorApiAuthSettings = Field(default_factory=OperatorApiAuthSettings)
+    """Tokens and body limit of the API (shared ``STREAMLOOP_HTTP_*``; this service only:
+    ``STREAMLOOP_REGISTRY_HTTP_AUTH__*``). Without an operator token, operator actions are
+    refused; in production one is required."""

@@ -23,6 +23,8 @@ from starlette.responses import JSONResponse
 from services.serving.core import ModelRef, ServingCore
 from services.serving.settings import ServingSettings
 from shared.artifacts import ArtifactError, ArtifactStore
+from shared.auth import Decision, HttpAuthSettings, authorize_read, check_length
+from shared.errors import Unavailable
 from shared.images import ImageError, decode_image
 from shared.redis_store import connect
 from shared.registry import RedisRegistry, RegistryUnavailableError
@@ -39,7 +41,12 @@ class Classifier:
     """One model replica."""
 
     def __init__(
-        self, artifacts_root: str, torch_threads: int, redis: dict[str, Any], model_name: str
+        self,
+        artifacts_root: str,
+        torch_threads: int,
+        redis: dict[str, Any],
+        model_name: str,
+        http_auth: HttpAuthSettings,
     ) -> None:
         import torch
 
@@ -47,21 +54,38 @@ class Classifier:
         self._core = ServingCore(ArtifactStore(Path(artifacts_root)))
         self._registry = RedisRegistry(connect(RedisSettings.model_validate(redis)))
         self._model_name = model_name
+        self._auth = http_auth
 
     def predict(self, pixels: npt.NDArray[np.uint8], ref: ModelRef) -> npt.NDArray[np.float32]:
         """Probabilities of a batch under ``ref`` (called by the Kafka ingress)."""
         return self._core.probabilities(ref, pixels)
 
     async def __call__(self, request: Request) -> JSONResponse:
-        """``POST /predict`` with a PNG or JPEG body: the champion's answer as JSON."""
+        """``POST /predict`` with a PNG or JPEG body: the champion's answer as JSON. With a
+        read token configured, the request needs it; a body over ``max_body_bytes`` is
+        answered 413 (before it is read when its length is declared)."""
         if not request.url.path.rstrip("/").endswith("/predict"):
             return JSONResponse({"error": "not found; POST an image to /predict"}, 404)
         if request.method != "POST":
             return JSONResponse({"error": "use POST with an image body"}, 405)
-        body = await request.body()
+        limit = self._auth.max_body_bytes
+        for decision in (
+            authorize_read(request.headers.get("authorization"), self._auth),
+            check_length(
+                request.headers.getlist("content-length"),
+                limit,
+                chunked="transfer-encoding" in request.headers,
+                required=False,
+            ),
+        ):
+            if not decision.allowed:
+                return _refusal(decision)
         content_type = request.headers.get("content-type", "").split(";")[0].strip() or None
         if content_type not in (None, "image/png", "image/jpeg", "application/octet-stream"):
             return JSONResponse({"error": f"unsupported content type {content_type}"}, 415)
+        body = await _read_body(request, limit)
+        if body is None:
+            return JSONResponse({"error": f"body larger than {limit} bytes"}, 413)
         try:
             champion = self._registry.champion(self._model_name)
         except RegistryUnavailableError as exc:
@@ -74,7 +98,7 @@ class Classifier:
             pixels = decode_image(
                 body,
                 content_type=None if content_type == "application/octet-stream" else content_type,
-                max_bytes=1_000_000,
+                max_bytes=limit,
                 size=(spec.image_width, spec.image_height),
             )
             probs = self._core.probabilities(ref, pixels[None])[0]
@@ -94,6 +118,26 @@ class Classifier:
         )
 
 
+def _refusal(decision: Decision) -> JSONResponse:
+    assert decision.status is not None
+    return JSONResponse(
+        {"error": decision.message}, int(decision.status), headers=dict(decision.headers)
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it exceeds ``limit`` bytes (a chunked body declares no
+    length, so the cap is kept while reading)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def build_app(settings: ServingSettings) -> serve.Application:
     """The bound application, with autoscaling and fractional CPUs from ``settings``."""
     deployment: Any = Classifier  # the decorator makes it a Deployment; mypy sees the class
@@ -111,6 +155,7 @@ def build_app(settings: ServingSettings) -> serve.Application:
         settings.torch_threads,
         json.loads(settings.redis.model_dump_json()) | _secret(settings.redis),
         settings.model_name,
+        settings.http_auth,
     )
     return app
 
@@ -138,5 +183,12 @@ class _RayCall:
         self._timeout_s = timeout_s
 
     def result(self) -> npt.NDArray[np.float32]:
-        value: npt.NDArray[np.float32] = self._response.result(timeout_s=self._timeout_s)
+        from ray.exceptions import RayActorError
+
+        try:
+            value: npt.NDArray[np.float32] = self._response.result(timeout_s=self._timeout_s)
+        except RayActorError as exc:
+            # A replica died under the call (killed, out of memory): Serve starts another
+            # and routes the retry there. The batch is fine; the model tier was away.
+            raise Unavailable(f"model replica lost: {exc}") from exc
         return value

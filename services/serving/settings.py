@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from shared.auth import HttpAuthSettings
 from shared.registry import DEFAULT_MODEL_NAME
 from shared.settings import ServiceSettings, service_config
 
@@ -51,6 +52,11 @@ class ServingSettings(ServiceSettings):
 
     http_port: int = Field(default=8000, ge=0, le=65535)
     """Port of ``POST /predict`` (Ray Serve's HTTP proxy)."""
+
+    http_auth: HttpAuthSettings = Field(default_factory=HttpAuthSettings)
+    """Token and body limit of ``POST /predict`` (shared ``STREAMLOOP_HTTP_*``; this service
+    only: ``STREAMLOOP_SERVING_HTTP_AUTH__*``). A prediction is a read: it needs the read
+    token when one is set. Bodies up to ``max_body_bytes`` (1 MiB by default)."""
 
     max_poll_records: int = Field(default=128, gt=0)
     """Most frames handled at once (committed together)."""

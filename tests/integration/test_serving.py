@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -291,10 +292,13 @@ def test_ray_serve_predicts_the_stream_and_post_predict_agrees(world: World) -> 
     v1 = world.train(1, epochs=2)
     world.register(v1)
     port = free_port()
+    read_token = f"read-{uuid.uuid4().hex}"
     proc = world.serving(
         "ray",
         STREAMLOOP_SERVING_HTTP_PORT=str(port),
         STREAMLOOP_SERVING_MAX_REPLICAS="1",
+        STREAMLOOP_SERVING_HTTP_AUTH__READ_TOKEN=read_token,
+        STREAMLOOP_SERVING_HTTP_AUTH__MAX_BODY_BYTES="100000",
     )
     try:
         frames = world.frames(200, seed=30)
@@ -328,19 +332,31 @@ def test_ray_serve_predicts_the_stream_and_post_predict_agrees(world: World) -> 
         registry = RedisRegistry(connect(RedisSettings()))
         registry.replace(state.view())
         try:
+            url = f"http://127.0.0.1:{port}/predict"
+            auth = {"Authorization": f"Bearer {read_token}"}
+            # POST /predict is a read: the read token is needed once one is set, and a body
+            # over the configured limit is refused.
+            for headers, data, expected in (
+                ({}, b"png", 401),
+                ({"Authorization": "Bearer wrong"}, b"png", 403),
+                (auth, b"x" * 100_001, 413),
+            ):
+                req = urllib.request.Request(url, data=data, headers=headers)
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    urllib.request.urlopen(req, timeout=30)
+                assert refused.value.code == expected
             by_id = {p.frame_id: p for p in preds}
             for f in frames[:10]:
                 png = encode_image(example_pixels(f.pixels_b64, 64, 64, 3), "image/png")
                 req = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/predict",
-                    data=png,
-                    headers={"Content-Type": "image/png"},
+                    url, data=png, headers={"Content-Type": "image/png", **auth}
                 )
                 with urllib.request.urlopen(req, timeout=30) as resp:
                     answer = json.loads(resp.read())
                 assert answer["model_version"] == v1.model_version
                 assert answer["predicted_class"] == by_id[f.frame_id].predicted_class
                 assert answer["confidence"] == pytest.approx(by_id[f.frame_id].confidence, abs=1e-4)
+            assert read_token not in "\n".join(proc.lines)
         finally:
             for key in registry._redis.scan_iter(f"streamloop:registry:{world.model}:*"):
                 registry._redis.delete(key)
