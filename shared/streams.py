@@ -12,7 +12,7 @@ import faust
 
 from shared.bus import dead_letter_headers
 from shared.metrics import BUS_METRICS
-from shared.settings import KafkaSettings
+from shared.settings import KafkaSettings, default_var_dir
 from shared.topics import dlq_for
 
 __all__ = ["BytesKeyed", "FaustDeadLetters", "broker_options", "new_app", "run_worker"]
@@ -130,6 +130,8 @@ def new_app(app_id: str, kafka: KafkaSettings, *, partitions: int) -> faust.App:
     return faust.App(
         app_id,
         **broker_options(kafka),
+        # faust keeps a data folder per app; by default in the working directory.
+        datadir=str(default_var_dir() / "faust" / f"{app_id}-data"),
         store="memory://",
         web_enabled=False,
         topic_partitions=partitions,
