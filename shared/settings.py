@@ -251,6 +251,20 @@ class ServiceSettings(BaseSettings):
     kafka_wait_s: float = Field(default=120.0, gt=0)
     """How long start-up waits for Kafka to answer before giving up."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _deployment_wide(cls, data: Any) -> Any:
+        """``STREAMLOOP_ENVIRONMENT`` and ``STREAMLOOP_METRICS_PORT`` apply to every service
+        (one line in a compose file); a service's own variable still wins."""
+        if isinstance(data, dict):
+            for field_name, shared in (
+                ("environment", "STREAMLOOP_ENVIRONMENT"),
+                ("metrics_port", "STREAMLOOP_METRICS_PORT"),
+            ):
+                if field_name not in data and os.environ.get(shared):
+                    data = {**data, field_name: os.environ[shared]}
+        return data
+
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> ServiceSettings:
         if self.environment != "production":

@@ -76,3 +76,21 @@ def test_exporter_auto_follows_the_otlp_endpoint(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4318")
     assert TelemetrySettings().resolved_exporter() == "otlp"
     assert TelemetrySettings(exporter="memory").resolved_exporter() == "memory"
+
+
+def test_environment_and_metrics_port_apply_to_every_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAMLOOP_ENVIRONMENT", "production")
+    monkeypatch.setenv("STREAMLOOP_METRICS_PORT", "9400")
+    monkeypatch.setenv("STREAMLOOP_REDIS_PASSWORD", "a-real-one-of-some-length")
+    s = IngestLike()
+    assert (s.environment, s.metrics_port) == ("production", 9400)
+    # The shared value reaches the secret check: a default password is refused.
+    monkeypatch.setenv("STREAMLOOP_REDIS_PASSWORD", "streamloop-dev")
+    with pytest.raises(ValidationError, match=r"redis\.password"):
+        IngestLike()
+    # A service's own variable wins.
+    monkeypatch.setenv("STREAMLOOP_REDIS_PASSWORD", "a-real-one-of-some-length")
+    monkeypatch.setenv("STREAMLOOP_TESTSVC_METRICS_PORT", "9500")
+    assert IngestLike().metrics_port == 9500
