@@ -12,7 +12,7 @@ REDIS := infra/redis/redis.sh
 WITH_INFRA := infra/with-infra.sh
 
 .PHONY: help setup up down status up-cluster down-cluster test test-unit test-integration \
-        test-e2e lint fmt bench drift demo compose-check clean
+        test-e2e test-chaos lint fmt bench drift demo compose-check clean
 
 help: ## Show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,7 +52,7 @@ down-cluster: ## Stop the 3-broker cluster
 	@$(KAFKA) stop cluster
 
 test: setup ## Run every test tier against real Kafka and Redis (starts and stops them as needed)
-	@$(WITH_INFRA) $(BIN)/pytest tests/unit tests/integration tests/e2e
+	@$(WITH_INFRA) $(BIN)/pytest tests/unit tests/integration tests/e2e tests/chaos
 
 test-unit: setup ## Unit tests only (no infrastructure)
 	@$(BIN)/pytest tests/unit
@@ -62,6 +62,9 @@ test-integration: setup ## Integration tests (real Kafka and Redis)
 
 test-e2e: setup ## End-to-end tests (real Kafka and Redis, whole commands)
 	@$(WITH_INFRA) $(BIN)/pytest tests/e2e
+
+test-chaos: setup ## Fault tests: broker and Redis outages under a stream, counted per frame (own Kafka and Redis)
+	@$(BIN)/pytest tests/chaos
 
 lint: setup ## ruff (lint + format check) and mypy on shared/, services/, streamloop/
 	@$(BIN)/ruff check .

@@ -127,11 +127,14 @@ def new_app(app_id: str, kafka: KafkaSettings, *, partitions: int) -> faust.App:
     """A faust app configured the StreamLoop way: raw bytes in and out (our codec does the
     JSON), in-memory tables recovered from their changelogs, ``acks=all``, at-least-once,
     reading from the earliest offset, internal topics with ``partitions`` partitions."""
+    # faust keeps a data folder per app (by default in the working directory); it creates
+    # the folder itself but not its parents.
+    parent = default_var_dir() / "faust"
+    parent.mkdir(parents=True, exist_ok=True)
     return faust.App(
         app_id,
         **broker_options(kafka),
-        # faust keeps a data folder per app; by default in the working directory.
-        datadir=str(default_var_dir() / "faust" / f"{app_id}-data"),
+        datadir=str(parent / f"{app_id}-data"),
         store="memory://",
         web_enabled=False,
         topic_partitions=partitions,

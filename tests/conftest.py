@@ -82,8 +82,8 @@ def provision_prefixed(settings: KafkaSettings, prefix: str, names: list[str]) -
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Tiers follow the folder: tests/unit, tests/integration, tests/e2e.
+    # Tiers follow the folder: tests/unit, tests/integration, tests/e2e, tests/chaos.
     for item in items:
-        for tier in ("unit", "integration", "e2e"):
+        for tier in ("unit", "integration", "e2e", "chaos"):
             if f"{os.sep}{tier}{os.sep}" in str(item.fspath):
                 item.add_marker(getattr(pytest.mark, tier))
