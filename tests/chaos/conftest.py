@@ -342,8 +342,16 @@ class Pipeline:
             self.read_predictions(tally)
 
     def stop(self) -> None:
+        # SIGTERM first: serving then shuts its local Ray down (a SIGKILL would leave Ray's
+        # helper processes behind); SIGKILL for whatever does not stop in time.
         for proc in self.procs.values():
-            proc.kill()
+            if proc.p.poll() is None:
+                proc.p.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.p.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         if self._predictions is not None:
             self._predictions.close()
         self.producer.close()
