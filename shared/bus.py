@@ -296,7 +296,7 @@ class ConsumerLoop(Generic[E]):
         auto_offset_reset: str = "earliest",
         dlq_topic_for: Callable[[str], str] = dlq_for,
         client_id: str | None = None,
-        member_lost_after_s: float = 90.0,
+        member_lost_after_s: float = 30.0,
         **consumer_overrides: Any,
     ) -> None:
         if (handler is None) == (batch_handler is None):
@@ -357,8 +357,10 @@ class ConsumerLoop(Generic[E]):
                         checked = now
                         if member_lost(consumer.metrics(), self._member_lost_after_s):
                             # The client lost its group membership and is not finding its way
-                            # back (seen with kafka-python 3.0 under CPU starvation): start a
-                            # fresh client. Uncommitted records are simply redelivered.
+                            # back (seen with kafka-python 3.0 under CPU starvation, and after
+                            # the broker holding its group coordinator was killed): start a
+                            # fresh client. Uncommitted records are simply redelivered. 30 s
+                            # is three session timeouts: the broker removed the member long ago.
                             log.warning(
                                 "consumer lost its group membership; reconnecting",
                                 extra={"group": self.group_id},
