@@ -376,7 +376,7 @@ class ConsumerLoop(Generic[E]):
         finally:
             try:
                 self._producer.flush(timeout_s=30)
-            except KafkaError:
+            except (KafkaError, Unavailable):
                 log.exception("flush on shutdown failed", extra={"group": self.group_id})
             consumer.close(autocommit=False)
             log.info("consumer stopped", extra={"group": self.group_id})

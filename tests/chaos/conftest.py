@@ -43,23 +43,6 @@ REDIS_SH = ROOT / "infra" / "redis" / "redis.sh"
 RESULTS = ROOT / "var" / "chaos"
 
 
-def _two_free_ports() -> int:
-    """A port whose successor is free too (the broker's controller listens on port + 1)."""
-    import socket
-
-    from tests.integration.helpers import free_port
-
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two consecutive free ports")
-
-
 def _free_run(length: int) -> int:
     """The first of ``length`` consecutive free ports (a 3-node cluster needs six)."""
     import random
@@ -91,7 +74,7 @@ class Infra:
         from tests.integration.helpers import free_port
 
         self.redis_port = free_port()
-        base = _two_free_ports() if mode == "single" else _free_run(6)
+        base = _free_run(2 if mode == "single" else 6)  # each broker's controller: port + 1
         self.kafka_ports = [base] if mode == "single" else [base, base + 2, base + 4]
         self.env = {
             **os.environ,
@@ -165,7 +148,6 @@ class Tally:
     acked: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
     predicted: Counter[str] = field(default_factory=Counter)
-    first_prediction_after: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def ack(self, frame_id: str) -> None:
