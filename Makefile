@@ -12,7 +12,7 @@ REDIS := infra/redis/redis.sh
 WITH_INFRA := infra/with-infra.sh
 
 .PHONY: help setup up down status up-cluster down-cluster test test-unit test-integration \
-        test-e2e test-chaos lint fmt bench drift demo compose-check clean
+        test-e2e test-chaos soak lint fmt bench drift demo compose-check clean
 
 help: ## Show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -63,8 +63,12 @@ test-integration: setup ## Integration tests (real Kafka and Redis)
 test-e2e: setup ## End-to-end tests (real Kafka and Redis, whole commands)
 	@$(WITH_INFRA) $(BIN)/pytest tests/e2e
 
-test-chaos: setup ## Fault tests: broker and Redis outages under a stream, counted per frame (own Kafka and Redis)
+test-chaos: setup ## Fault tests: outages, kills, poison, rebalance, overload; counted per frame (own Kafka and Redis)
 	@$(BIN)/pytest tests/chaos
+
+SOAK_MINUTES ?= 30
+soak: setup ## Soak (not in CI): the stack at half saturation for SOAK_MINUTES (30); memory of every process
+	@STREAMLOOP_SOAK_MINUTES=$(SOAK_MINUTES) $(BIN)/pytest tests/chaos/test_soak.py -s
 
 lint: setup ## ruff (lint + format check) and mypy on shared/, services/, streamloop/
 	@$(BIN)/ruff check .

@@ -28,7 +28,7 @@ from services.training.settings import Hyperparameters
 from services.training.trainer import fit
 from shared.artifacts import ArtifactStore
 from shared.bus import EventProducer
-from shared.events import FrameRaw, ModelLifecycle, Prediction, decode
+from shared.events import FrameRaw, Label, ModelLifecycle, Prediction, decode
 from shared.images import encode_image
 from shared.model import ModelSpec, example_pixels
 from shared.registry import lifecycle_key
@@ -94,6 +94,15 @@ class Infra:
 
     def redis(self, command: str) -> None:
         subprocess.run([str(REDIS_SH), command], env=self.env, check=True)
+
+    def pids(self) -> dict[str, int]:
+        """The running brokers' and Redis's pids, by name (``kafka-1``, ``redis``)."""
+        from tests.chaos.memory import pid_from_file
+
+        base = self.root / ("kafka" if self.mode == "single" else "kafka-cluster")
+        files = {f"kafka-{n}": base / f"node-{n}" / "kafka.pid" for n in (1, 2, 3)}
+        files["redis"] = self.root / "redis" / "redis.pid"
+        return {name: pid for name, f in files.items() if (pid := pid_from_file(f)) is not None}
 
     def settings(self, prefix: str) -> KafkaSettings:
         return KafkaSettings(
@@ -184,6 +193,8 @@ class Pipeline:
         self.producer = EventProducer(self.kafka, client_id="chaos-camera")
         self._predictions: KafkaConsumer | None = None
         self._predicted: Counter[str] = Counter()
+        self.served_at: dict[str, float] = {}
+        """Each predicted frame's first ``served_at`` (epoch seconds)."""
 
     def env(self, service: str, **extra: str) -> dict[str, str]:
         return {
@@ -257,9 +268,23 @@ class Pipeline:
         """How many times the service's process logged its start (1: it never restarted)."""
         return sum('"msg": "starting"' in line for line in self.procs[service].lines)
 
-    def stream(self, tally: Tally, *, rate: float, seconds: float) -> threading.Thread:
-        """Publish rendered PNG frames at ``rate`` for ``seconds`` on a thread of its own;
-        each frame's acknowledgement lands in ``tally``."""
+    def stream(
+        self,
+        tally: Tally,
+        *,
+        rate: float = 0.0,
+        seconds: float = 0.0,
+        schedule: list[tuple[float, float]] | None = None,
+        stop: threading.Event | None = None,
+        limit: int | None = None,
+        label_every: int = 0,
+    ) -> threading.Thread:
+        """Publish rendered PNG frames on a thread of its own, at ``rate`` for ``seconds`` or
+        along ``schedule`` (``(seconds, rate)`` segments one after the other; the last one runs
+        on until ``stop`` is set), at most ``limit`` frames; each frame's acknowledgement lands
+        in ``tally``. With ``label_every`` k, every k-th frame's true class follows on
+        ``labels``."""
+        segments = schedule if schedule is not None else [(seconds, rate)]
         examples = render_examples(64, seed=11)
         images = [
             encode_image(example_pixels(e.pixels_b64, 64, 64, 3), "image/png") for e in examples
@@ -272,14 +297,27 @@ class Pipeline:
             future.add_callback(lambda _m: tally.ack(frame_id))
             future.add_errback(lambda _e: tally.fail(frame_id))
 
+        def due(elapsed: float) -> float | None:
+            """Frames due by ``elapsed`` seconds in; None once the schedule is over."""
+            total = 0.0
+            for i, (length, r) in enumerate(segments):
+                last = i == len(segments) - 1 and stop is not None
+                if elapsed < length or last:
+                    if last and stop is not None and stop.is_set():
+                        return None
+                    return total + elapsed * r
+                total += length * r
+                elapsed -= length
+            return None
+
         def run() -> None:
             start = time.monotonic()
             n = 0
-            while (elapsed := time.monotonic() - start) < seconds:
-                if n > elapsed * rate:
-                    time.sleep(0.005)
+            while (quota := due(time.monotonic() - start)) is not None and n != limit:
+                if n >= quota:
+                    time.sleep(0.002)
                     continue
-                frame_id = f"{self.prefix}f{n:06d}"
+                frame_id = f"{self.prefix}f{n:07d}"
                 ev = FrameRaw(
                     frame_id=frame_id,
                     camera_id=f"cam-{n % 4}",
@@ -289,12 +327,35 @@ class Pipeline:
                 )
                 tally.sent.append(frame_id)
                 ack(frame_id, self.producer.publish(Topics.FRAMES_RAW, ev, key=ev.camera_id))
+                if label_every and n % label_every == 0:
+                    truth = Label(
+                        frame_id=frame_id,
+                        label=examples[n % len(examples)].label,
+                        camera_id=ev.camera_id,
+                        annotator="chaos",
+                    )
+                    self.producer.publish(Topics.LABELS, truth, key=frame_id)
                 n += 1
             self.producer.flush()
 
         thread = threading.Thread(target=run, name="camera", daemon=True)
         thread.start()
         return thread
+
+    def saturation(self) -> tuple[float, float]:
+        """Frames/s the pipeline serves with a backlog: a burst of 3,000 frames published as
+        fast as the camera can, rated over the middle 80 % of their ``served_at`` times (the
+        first calls warm the model up). Also the camera's own rate during the burst."""
+        burst, count = Tally(), 3000
+        started = time.monotonic()
+        camera = self.stream(burst, schedule=[(3600.0, 1e6)], limit=count)
+        camera.join(120)
+        published_s = time.monotonic() - started
+        self.count_predictions(burst, timeout_s=300)
+        assert not burst.lost, f"{len(burst.lost)} burst frames never predicted"
+        served = np.sort([self.served_at[f] for f in burst.sent])
+        lo, hi = int(0.1 * len(served)), int(0.9 * len(served))
+        return (hi - lo) / float(served[hi] - served[lo]), count / published_s
 
     def read_predictions(self, tally: Tally, timeout_ms: int = 200) -> None:
         """Count the ``predictions`` published since the last call into ``tally.predicted``.
@@ -307,13 +368,19 @@ class Pipeline:
                 self.prefix + Topics.PREDICTIONS,
                 auto_offset_reset="earliest",
                 enable_auto_commit=False,
+                max_poll_records=5000,
                 **self.kafka.client_kwargs(),
             )
         for batch in self._predictions.poll(timeout_ms=timeout_ms).values():
-            self._predicted.update(
-                decode(r.value, Prediction).frame_id for r in batch if r.value is not None
-            )
-        tally.predicted = Counter(self._predicted)
+            for r in batch:
+                if r.value is None:
+                    continue
+                p = decode(r.value, Prediction)
+                self._predicted[p.frame_id] += 1
+                self.served_at.setdefault(p.frame_id, p.served_at.timestamp())
+        # The same counter, not a copy: a copy per poll costs more than the poll once a run
+        # has predicted a hundred thousand frames.
+        tally.predicted = self._predicted
 
     def count_predictions(self, tally: Tally, *, timeout_s: float) -> None:
         """Read ``predictions`` until every acknowledged frame has one (or the deadline; the
@@ -351,6 +418,12 @@ def pipeline(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pipelin
         for name, proc in p.procs.items():
             (tmp_path / f"{name}.log").write_text("\n".join(proc.lines))
             print(f"--- {name} (whole log: {tmp_path / name}.log) ---", *proc.lines[-30:], sep="\n")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "soak: long runs under steady load (make soak; skipped unless asked for)"
+    )
 
 
 COLUMNS = ("fault", "injected", "frames_in", "lost", "duplicated", "recovery_s")
