@@ -29,6 +29,7 @@ __all__ = [
     "DecodeError",
     "Event",
     "Example",
+    "ExportRef",
     "FrameRaw",
     "FrameValid",
     "Label",
@@ -310,6 +311,15 @@ class DatasetSnapshot(BaseModel):
     """The sampling policy and split rule that chose the examples."""
 
 
+class ExportRef(BaseModel):
+    """Where one exported form of a model's weights is (``shared.runtimes``)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    uri: str
+    sha256: str
+
+
 class ModelTrained(Event):
     """A candidate model with its lineage (``models.trained``)."""
 
@@ -330,6 +340,9 @@ class ModelTrained(Event):
     """What asked for the model: the retrain request's trigger (monitor, operator, bootstrap)."""
     reason: str = ""
     """The retrain request's reason."""
+    exports: dict[str, ExportRef] = Field(default_factory=dict)
+    """The weights exported for other inference runtimes, by runtime name (``onnx``,
+    ``compiled``); each was checked to agree with the weights before it was stored."""
 
 
 class ModelEvaluated(Event):

@@ -30,6 +30,7 @@ __all__ = [
     "model_cost",
     "predict_proba",
     "preprocess",
+    "to_network_input",
 ]
 
 ARCHITECTURE = "streamloop-cnn-v1"
@@ -104,7 +105,13 @@ def preprocess(pixels: Pixels) -> torch.Tensor:
         pixels = pixels[None]
     if pixels.ndim != 4:
         raise ValueError(f"pixels must have 3 or 4 dimensions, not {pixels.ndim}")
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float().div_(255.0)
+    return to_network_input(torch.from_numpy(np.ascontiguousarray(pixels)))
+
+
+def to_network_input(pixels: torch.Tensor) -> torch.Tensor:
+    """The tensor half of ``preprocess``: uint8 ``(N, H, W, C)`` to float32 ``(N, C, H, W)`` in
+    [0, 1]. Exported graphs (``shared.runtimes``) start with it, so they see what eager sees."""
+    return pixels.permute(0, 3, 1, 2).float() / 255.0
 
 
 def example_pixels(pixels_b64: str, width: int, height: int, channels: int) -> Pixels:

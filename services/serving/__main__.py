@@ -139,7 +139,11 @@ def main() -> int:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-        verifier = ServingCore(ArtifactStore(settings.artifacts.root))
+        verifier = ServingCore(
+            ArtifactStore(settings.artifacts.root),
+            runtime=settings.runtime,
+            threads=settings.torch_threads,
+        )
         backend: Backend = verifier if settings.backend == "local" else _ray_backend(settings)
         ingress = Ingress(
             settings.model_name,

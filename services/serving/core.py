@@ -3,14 +3,20 @@
 ``ServingCore`` turns a batch of pixels into class probabilities with a given model version,
 loading (and sha256-verifying) each version once and keeping the last few in memory. The Ray
 Serve deployment and the in-process backend both wrap it, so the stream path and the HTTP
-path compute exactly the same thing.
+path compute the same thing.
+
+A core runs one inference runtime (``shared.runtimes``): ``eager`` from the weights, or the
+``onnx`` / ``compiled`` export that training stored beside them. A version whose
+``models.trained`` names no such export is served with ``eager``; nothing is ever exported or
+compiled here.
 
 ``AliasTracker`` folds ``models.lifecycle`` into what serving needs: which version is champion
-and which is challenger, and where their weights are.
+and which is challenger, and where their weights and exports are.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -20,11 +26,19 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
-from torch import nn
 
-from shared.artifacts import ArtifactStore
-from shared.events import FrameValid, ModelLifecycle, ModelTrained, Prediction
-from shared.model import ModelSpec, example_pixels, load_model, predict_proba
+from shared.artifacts import ArtifactStore, FormatError
+from shared.events import ExportRef, FrameValid, ModelLifecycle, ModelTrained, Prediction
+from shared.model import ModelSpec, example_pixels, load_model
+from shared.runtimes import (
+    EagerRuntime,
+    ExportError,
+    InferenceRuntime,
+    RuntimeName,
+    compare,
+    load_runtime,
+    probe_pixels,
+)
 
 __all__ = [
     "AliasTracker",
@@ -35,51 +49,114 @@ __all__ = [
     "to_predictions",
 ]
 
+log = logging.getLogger("streamloop.serving")
+
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A model version and where its weights are."""
+    """A model version, where its weights are, and its exports by runtime name."""
 
     model_name: str
     version: str
     uri: str
     sha256: str
+    exports: tuple[tuple[str, ExportRef], ...] = ()
+
+    def export(self, runtime: str) -> ExportRef | None:
+        return dict(self.exports).get(runtime)
 
 
 class ServingCore:
-    """Probabilities for batches of pixels, per model version (thread-safe)."""
+    """Probabilities for batches of pixels, per model version (thread-safe), on ``runtime``.
 
-    def __init__(self, store: ArtifactStore, cache_size: int = 3) -> None:
+    ``threads`` is ONNX Runtime's intra-op thread count; torch's (eager, compiled) is the
+    process's, set by whoever builds the core."""
+
+    def __init__(
+        self,
+        store: ArtifactStore,
+        cache_size: int = 3,
+        *,
+        runtime: RuntimeName = "eager",
+        threads: int = 1,
+    ) -> None:
         self._store = store
-        self._cache: OrderedDict[str, tuple[nn.Module, ModelSpec]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], tuple[InferenceRuntime, ModelSpec]] = (
+            OrderedDict()
+        )
         self._cache_size = cache_size
+        self._runtime = runtime
+        self._threads = threads
+        self._announced: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
-    def model(self, ref: ModelRef) -> tuple[nn.Module, ModelSpec]:
-        """The loaded model of ``ref``; loads and verifies it on first use.
+    def model(self, ref: ModelRef) -> tuple[InferenceRuntime, ModelSpec]:
+        """The runtime serving ``ref`` and its spec; loads and verifies them on first use.
 
-        Raises the artifact store's errors (a model that fails its sha256 is never loaded)."""
+        Raises the artifact store's errors (a model or export that fails its sha256 is never
+        loaded), and FormatError for an export that does not load or does not agree with the
+        weights on a probe batch."""
+        export = None if self._runtime == "eager" else ref.export(self._runtime)
+        key = (ref.sha256, export.sha256 if export else "eager")
         with self._lock:
-            hit = self._cache.get(ref.sha256)
+            hit = self._cache.get(key)
             if hit is not None:
-                self._cache.move_to_end(ref.sha256)
+                self._cache.move_to_end(key)
                 return hit
-        loaded = load_model(self._store, ref.uri, ref.sha256)
+        network, spec = load_model(self._store, ref.uri, ref.sha256)
+        eager = EagerRuntime(network)
+        runtime: InferenceRuntime = eager
+        if export is not None and self._runtime != "eager":
+            runtime = self._load_export(ref, export, eager, spec)
+        self._announce(ref, key, runtime)
+        loaded = (runtime, spec)
         with self._lock:
-            self._cache[ref.sha256] = loaded
+            self._cache[key] = loaded
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return loaded
+
+    def _load_export(
+        self, ref: ModelRef, export: ExportRef, eager: EagerRuntime, spec: ModelSpec
+    ) -> InferenceRuntime:
+        assert self._runtime != "eager"
+        data = self._store.read_verified(export.uri, export.sha256)
+        try:
+            runtime = load_runtime(self._runtime, data, self._threads)
+            # Training checked the export against these weights; this catches a runtime
+            # library that computes differently here, or an export of other weights.
+            probe = probe_pixels(spec)
+            agreement = compare(eager.predict_proba(probe), runtime.predict_proba(probe))
+        except (ExportError, ValueError, RuntimeError) as exc:
+            raise FormatError(f"{self._runtime} export {export.uri} does not load: {exc}") from exc
+        if not agreement.agrees:
+            raise FormatError(
+                f"{self._runtime} export {export.uri} disagrees with the weights of "
+                f"{ref.version} (max |dp| {agreement.max_abs_diff:.2g}, same class: "
+                f"{agreement.same_class})"
+            )
+        return runtime
+
+    def _announce(self, ref: ModelRef, key: tuple[str, str], runtime: InferenceRuntime) -> None:
+        with self._lock:
+            if key in self._announced:
+                return
+            self._announced.add(key)
+        extra = {"version": ref.version, "runtime": runtime.name, "requested": self._runtime}
+        if runtime.name != self._runtime:
+            log.warning("no export for the requested runtime; serving with eager", extra=extra)
+        else:
+            log.info("model runtime", extra=extra)
 
     def probabilities(
         self, ref: ModelRef, pixels: npt.NDArray[np.uint8]
     ) -> npt.NDArray[np.float32]:
         """``(N, K)`` class probabilities of ``(N, H, W, C)`` uint8 pixels under ``ref``."""
-        model, spec = self.model(ref)
+        runtime, spec = self.model(ref)
         expected = (spec.image_height, spec.image_width, spec.channels)
         if pixels.shape[1:] != expected:
             raise WrongSizeError(f"pixels of shape {pixels.shape[1:]}, model expects {expected}")
-        return predict_proba(model, pixels)
+        return runtime.predict_proba(pixels)
 
     def classes(self, ref: ModelRef) -> tuple[str, ...]:
         return self.model(ref)[1].classes
@@ -166,7 +243,11 @@ class AliasTracker:
             except ValidationError:
                 return False
             self._refs[event.model_version] = ModelRef(
-                self.model_name, trained.model_version, trained.artifact_uri, trained.sha256
+                self.model_name,
+                trained.model_version,
+                trained.artifact_uri,
+                trained.sha256,
+                exports=tuple(sorted(trained.exports.items())),
             )
         elif event.action == "alias_set" and event.alias:
             if event.model_version is None:

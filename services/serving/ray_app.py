@@ -28,6 +28,7 @@ from shared.errors import Unavailable
 from shared.images import ImageError, decode_image
 from shared.redis_store import connect
 from shared.registry import RedisRegistry, RegistryUnavailableError
+from shared.runtimes import RuntimeName
 from shared.settings import RedisSettings
 
 __all__ = ["APP_NAME", "Classifier", "RayBackend", "build_app"]
@@ -47,11 +48,14 @@ class Classifier:
         redis: dict[str, Any],
         model_name: str,
         http_auth: HttpAuthSettings,
+        runtime: RuntimeName = "eager",
     ) -> None:
         import torch
 
         torch.set_num_threads(torch_threads)
-        self._core = ServingCore(ArtifactStore(Path(artifacts_root)))
+        self._core = ServingCore(
+            ArtifactStore(Path(artifacts_root)), runtime=runtime, threads=torch_threads
+        )
         self._registry = RedisRegistry(connect(RedisSettings.model_validate(redis)))
         self._model_name = model_name
         self._auth = http_auth
@@ -156,6 +160,7 @@ def build_app(settings: ServingSettings) -> serve.Application:
         json.loads(settings.redis.model_dump_json()) | _secret(settings.redis),
         settings.model_name,
         settings.http_auth,
+        settings.runtime,
     )
     return app
 

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from shared.auth import HttpAuthSettings
 from shared.registry import DEFAULT_MODEL_NAME
+from shared.runtimes import RuntimeName
 from shared.settings import ServiceSettings, service_config
 
 __all__ = ["ServingSettings"]
@@ -42,7 +43,15 @@ class ServingSettings(ServiceSettings):
     """CPUs reserved per replica (fractional, so replicas fit a 2-core machine)."""
 
     torch_threads: int = Field(default=1, gt=0)
-    """Torch threads per replica (and in the ingress with the local backend)."""
+    """Torch threads per replica (and in the ingress with the local backend); also ONNX
+    Runtime's intra-op threads with the ``onnx`` runtime."""
+
+    runtime: RuntimeName = "onnx"
+    """How a replica runs the model: ``onnx`` (ONNX Runtime, the fastest in
+    ``tests.bench.bench_runtimes``), ``eager`` (torch, from the weights) or ``compiled``
+    (AOTInductor). ``onnx`` and ``compiled`` use the export that training stored with the
+    version (``STREAMLOOP_TRAINING_EXPORTS``); a version without one is served with ``eager``.
+    Serving never exports or compiles."""
 
     object_store_mb: int = Field(default=256, ge=64)
     """Object store of a local Ray."""

@@ -5,7 +5,8 @@ Order of effects, chosen so a crash never leaves half a version behind:
 1. acquire the request's idempotency key (a lease in Redis; ``done`` keys are never rerun);
 2. read the examples, build the snapshot, store its manifest;
 3. fit, publishing ``training.progress`` and renewing the lease after every epoch;
-4. store the weights (atomic, content-addressed);
+4. store the weights (atomic, content-addressed), and the exports ``settings.exports`` asks
+   for, each only once it agrees with the weights on a few holdout images;
 5. publish ``models.trained`` and wait for Kafka's acknowledgement;
 6. mark the key done.
 
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
+from torch import nn
 
 from services.training.dataset import build_snapshot, frame_ids_sha256
 from services.training.settings import TrainingSettings
@@ -36,6 +39,7 @@ from shared.datasets import ExampleTable
 from shared.events import (
     Alert,
     DatasetSnapshot,
+    ExportRef,
     ModelTrained,
     RetrainRequest,
     TrainingProgress,
@@ -44,6 +48,14 @@ from shared.events import (
 from shared.model import ModelSpec, build_model, predict_proba
 from shared.redis_store import Leases
 from shared.registry import RegistryReader
+from shared.runtimes import (
+    EXPORT_KIND,
+    EXPORT_SUFFIX,
+    ExportFormat,
+    compare,
+    export_model,
+    load_runtime,
+)
 from shared.topics import Topics
 
 __all__ = [
@@ -55,6 +67,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("streamloop.training")
+
+EXPORT_CHECK_IMAGES = 64
+"""Holdout images (training images when there is no holdout) an export is checked on."""
+
+Exporter = Callable[[nn.Module, ModelSpec, ExportFormat], bytes]
 
 
 class RequestBusyError(RuntimeError):
@@ -99,6 +116,7 @@ class Trainer:
         code_version: str,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        exporter: Exporter = export_model,
     ) -> None:
         self.settings = settings
         self.spec = ModelSpec(
@@ -115,6 +133,7 @@ class Trainer:
         self._code_version = code_version
         self._sleep = sleep
         self._clock = clock
+        self._exporter = exporter
 
     def handle(self, request: RetrainRequest) -> Outcome:
         """Train for ``request`` unless its key already trained.
@@ -255,9 +274,9 @@ class Trainer:
             "epochs_completed": float(len(result.history)),
             "fit_seconds": result.duration_s,
         }
+        model = build_model(self.spec)
+        model.load_state_dict(result.state_dict)
         if snap.holdout:
-            model = build_model(self.spec)
-            model.load_state_dict(result.state_dict)
             probs = predict_proba(model, table.select(snap.holdout))
             truth = np.asarray([self.spec.classes.index(r.label) for r in snap.holdout])
             metrics["holdout_accuracy"] = float((probs.argmax(axis=1) == truth).mean())
@@ -265,6 +284,8 @@ class Trainer:
             result.state_dict,
             self.spec.to_metadata({"snapshot": dataset.snapshot_id, "seed": str(s.seed)}),
         )
+        checked_on = (snap.holdout or snap.train)[:EXPORT_CHECK_IMAGES]
+        exports = self._exports(model, table.select(checked_on), key)
         version = weights.sha256[:12]
         champion = self._registry.champion(s.model_name)
         event = ModelTrained(
@@ -288,8 +309,57 @@ class Trainer:
             duration_s=time.perf_counter() - started,
             trigger=request.trigger,
             reason=request.reason,
+            exports=exports,
         )
         self._publisher.publish(Topics.MODELS_TRAINED, event, key=version)
         self._publisher.flush()
         log.info("model trained", extra={"key": key, "version": version, **metrics})
         return Outcome("trained", version=version, event=event)
+
+    def _exports(
+        self, model: nn.Module, pixels: npt.NDArray[np.uint8], key: str
+    ) -> dict[str, ExportRef]:
+        """Export ``model`` to every format of ``settings.exports`` and store each export
+        that agrees with eager on ``pixels``. One that fails or disagrees is left out (with a
+        warning): serving then runs that version with eager. Renews the lease after each
+        export (a compile takes tens of seconds); raises LeaseLostError when it is gone."""
+        out: dict[str, ExportRef] = {}
+        if not self.settings.exports:
+            return out
+        reference = predict_proba(model, pixels)
+        for fmt in self.settings.exports:
+            started = time.perf_counter()
+            context: dict[str, object] = {"key": key, "format": fmt}
+            try:
+                data = self._exporter(model, self.spec, fmt)
+                runtime = load_runtime(fmt, data, self.settings.torch_threads)
+                agreement = compare(reference, runtime.predict_proba(pixels))
+            except (RuntimeError, ValueError) as exc:
+                log.warning("export failed; not published", extra={**context, "error": str(exc)})
+                self._renew(key, fmt)
+                continue
+            self._renew(key, fmt)
+            context |= {
+                "images": agreement.images,
+                "same_class": agreement.same_class,
+                "max_abs_diff": agreement.max_abs_diff,
+            }
+            if not agreement.agrees:
+                log.warning("export disagrees with the weights; not published", extra=context)
+                continue
+            stored = self._store.put_bytes(data, EXPORT_KIND, EXPORT_SUFFIX[fmt])
+            out[fmt] = ExportRef(uri=stored.uri, sha256=stored.sha256)
+            log.info(
+                "export stored",
+                extra={
+                    **context,
+                    "uri": stored.uri,
+                    "bytes": stored.size,
+                    "seconds": round(time.perf_counter() - started, 2),
+                },
+            )
+        return out
+
+    def _renew(self, key: str, during: str) -> None:
+        if not self._leases.renew(self._lease_key(key), self._owner, self.settings.lease_s):
+            raise LeaseLostError(f"lost the lease on {key} while exporting {during}")

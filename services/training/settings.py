@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.registry import DEFAULT_MODEL_NAME
+from shared.runtimes import ExportFormat
 from shared.settings import ServiceSettings, service_config
 
 __all__ = ["Hyperparameters", "SamplingPolicy", "TrainingSettings"]
@@ -81,6 +82,13 @@ class TrainingSettings(ServiceSettings):
 
     torch_threads: int = Field(default=2, gt=0)
     """Threads torch may use."""
+
+    exports: tuple[ExportFormat, ...] = ("onnx",)
+    """Inference runtimes to export each model for, besides its weights: ``onnx``,
+    ``compiled`` (JSON, ``STREAMLOOP_TRAINING_EXPORTS='["onnx","compiled"]'``; ``[]`` for
+    none). The default is what serving's default runtime needs. ``onnx`` adds a few seconds to
+    a run, ``compiled`` a C++ compile of about half a minute. An export that does not agree
+    with the weights is not published."""
 
     lease_s: int = Field(default=120, ge=2)
     """How long a run holds its idempotency key without renewing it; after a crash the key is
