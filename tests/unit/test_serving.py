@@ -232,3 +232,34 @@ def test_to_predictions_names_the_class_and_confidence() -> None:
     (p,) = to_predictions([f], probs, CLASSES, ref, served_at=f.ingested_at + timedelta(seconds=1))
     assert p.predicted_class == "bus" and p.confidence == pytest.approx(0.6)
     assert p.latency_from_ingest_ms == pytest.approx(1000.0)
+
+
+class _Response:
+    """A Serve response whose ``result`` returns ``value`` or raises ``error``."""
+
+    def __init__(self, value: Any = None, error: Exception | None = None) -> None:
+        self.value, self.error, self.timeouts = value, error, []
+
+    def result(self, timeout_s: float) -> Any:
+        self.timeouts.append(timeout_s)
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def test_a_replica_lost_under_a_call_is_a_dependency_failure_not_bad_input() -> None:
+    from ray.exceptions import RayActorError
+
+    from services.serving.ray_app import _RayCall
+    from shared.errors import Unavailable, is_transient
+
+    with pytest.raises(Unavailable, match="model replica lost") as caught:
+        _RayCall(_Response(error=RayActorError()), timeout_s=7.0).result()
+    # The consumer loop retries it without spending the batch's attempts.
+    assert is_transient(caught.value)
+    ok = _Response(value=np.ones((2, 4), dtype=np.float32))
+    assert _RayCall(ok, timeout_s=7.0).result().shape == (2, 4) and ok.timeouts == [7.0]
+    # Anything else is the handler's own failure, passed on as it is.
+    with pytest.raises(ValueError):
+        _RayCall(_Response(error=ValueError("bad pixels")), timeout_s=7.0).result()
+    assert not is_transient(ValueError("bad pixels"))
