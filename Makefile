@@ -79,8 +79,8 @@ fmt: setup ## Format and auto-fix with ruff
 	@$(BIN)/ruff format .
 	@$(BIN)/ruff check --fix .
 
-bench: setup ## Benchmarks: bus, ingest (vs bare kafka-python), training, evaluation, inference runtimes, serving (see README)
-	@$(WITH_INFRA) sh -c '$(BIN)/python -m tests.bench.bench_bus && $(BIN)/python -m tests.bench.bench_ingest && $(BIN)/python -m tests.bench.bench_training && $(BIN)/python -m tests.bench.bench_runtimes && $(BIN)/python -m tests.bench.bench_serving'
+bench: setup ## Benchmarks: bus, ingest (vs bare kafka-python), training, evaluation, inference runtimes, CPU per stage, serving (see README)
+	@$(WITH_INFRA) sh -c '$(BIN)/python -m tests.bench.bench_bus && $(BIN)/python -m tests.bench.bench_ingest && $(BIN)/python -m tests.bench.bench_training && $(BIN)/python -m tests.bench.bench_runtimes && $(BIN)/python -m tests.bench.bench_profile && $(BIN)/python -m tests.bench.bench_serving'
 
 drift: setup ## Measure how a CNN trained on day frames fares at night and in fog
 	@$(BIN)/python infra/measure_drift.py
