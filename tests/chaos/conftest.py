@@ -134,6 +134,9 @@ def _own_infra(factory: pytest.TempPathFactory, mode: str) -> Iterator[Infra]:
     finally:
         subprocess.run([str(KAFKA_SH), "stop", mode], env=own.env, check=False)
         subprocess.run([str(REDIS_SH), "stop"], env=own.env, check=False)
+        # The brokers' data (gigabytes after the overload test) goes; their logs stay.
+        for data in own.root.glob("kafka*/node-*/data"):
+            shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
