@@ -34,7 +34,7 @@ from shared.model import ModelSpec, example_pixels
 from shared.registry import lifecycle_key
 from shared.settings import KafkaSettings
 from shared.topics import Topics, provision
-from tests.integration.helpers import Proc, wait_for
+from tests.integration.helpers import Proc, free_port, wait_for
 from tests.synthetic import CLASSES, render_examples, trained_event
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,8 +71,6 @@ class Infra:
 
     def __init__(self, root: Path, mode: str = "single") -> None:
         self.root, self.mode = root, mode
-        from tests.integration.helpers import free_port
-
         self.redis_port = free_port()
         base = _free_run(2 if mode == "single" else 6)  # each broker's controller: port + 1
         self.kafka_ports = [base] if mode == "single" else [base, base + 2, base + 4]
@@ -247,6 +245,19 @@ class Pipeline:
             what=f"{service} to be ready",
         )
         return proc
+
+    def serve_on_ray(self) -> Proc:
+        """A champion, ingest, and serving on Ray Serve with one replica, as deployed."""
+        self.champion()
+        self.start("ingest")
+        return self.start(
+            "serving",
+            ready='"champion adopted"',
+            STREAMLOOP_SERVING_BACKEND="ray",
+            STREAMLOOP_SERVING_MIN_REPLICAS="1",
+            STREAMLOOP_SERVING_MAX_REPLICAS="1",
+            STREAMLOOP_SERVING_HTTP_PORT=str(free_port()),
+        )
 
     def serve_frames(self) -> None:
         """A champion, and ingest and serving (model in process) following it."""

@@ -18,7 +18,6 @@ from shared.kafka_admin import KafkaAdmin
 from shared.topics import Topics
 from tests.chaos.conftest import Infra, Pipeline, Tally, record
 from tests.chaos.memory import tree_rss_mib
-from tests.integration.helpers import free_port
 
 pytestmark = pytest.mark.timeout(1500)
 
@@ -33,16 +32,7 @@ SAMPLE_S = 2.0
 def test_twice_saturation_for_two_minutes_drains_afterwards_and_loses_nothing(
     infra: Infra, pipeline: Pipeline
 ) -> None:
-    pipeline.champion()
-    pipeline.start("ingest")
-    pipeline.start(
-        "serving",
-        ready='"champion adopted"',
-        STREAMLOOP_SERVING_BACKEND="ray",
-        STREAMLOOP_SERVING_MIN_REPLICAS="1",
-        STREAMLOOP_SERVING_MAX_REPLICAS="1",
-        STREAMLOOP_SERVING_HTTP_PORT=str(free_port()),
-    )
+    pipeline.serve_on_ray()
     saturation, camera_max = pipeline.saturation()
     assert camera_max > 2 * saturation, (
         f"the camera publishes {camera_max:.0f} frames/s at most, not twice the pipeline's "

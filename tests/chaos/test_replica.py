@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.chaos.conftest import Infra, Pipeline, Tally, record
-from tests.integration.helpers import free_port, wait_for
+from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -40,16 +40,7 @@ def _replica_pids(serving_pid: int) -> list[int]:
 
 
 def test_a_model_replica_killed_mid_batch_loses_no_frame(infra: Infra, pipeline: Pipeline) -> None:
-    pipeline.champion()
-    pipeline.start("ingest")
-    serving = pipeline.start(
-        "serving",
-        ready='"champion adopted"',
-        STREAMLOOP_SERVING_BACKEND="ray",
-        STREAMLOOP_SERVING_MIN_REPLICAS="1",
-        STREAMLOOP_SERVING_MAX_REPLICAS="1",
-        STREAMLOOP_SERVING_HTTP_PORT=str(free_port()),
-    )
+    serving = pipeline.serve_on_ray()
     replicas = wait_for(lambda: _replica_pids(serving.p.pid) or None, 120, what="the replica")
     tally = Tally()
     camera = pipeline.stream(tally, rate=20.0, seconds=60)

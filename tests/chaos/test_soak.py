@@ -19,7 +19,6 @@ import pytest
 
 from tests.chaos.conftest import Infra, Pipeline, Tally, record
 from tests.chaos.memory import rss_kib, tree
-from tests.integration.helpers import free_port
 
 MINUTES = float(os.environ.get("STREAMLOOP_SOAK_MINUTES", "0") or 0)
 SAMPLE_S = 10.0
@@ -79,16 +78,7 @@ def _spark(values: list[float]) -> str:
 def test_half_saturation_for_30_minutes_grows_no_process_by_10_percent(
     infra: Infra, pipeline: Pipeline
 ) -> None:
-    pipeline.champion()
-    pipeline.start("ingest")
-    pipeline.start(
-        "serving",
-        ready='"champion adopted"',
-        STREAMLOOP_SERVING_BACKEND="ray",
-        STREAMLOOP_SERVING_MIN_REPLICAS="1",
-        STREAMLOOP_SERVING_MAX_REPLICAS="1",
-        STREAMLOOP_SERVING_HTTP_PORT=str(free_port()),
-    )
+    pipeline.serve_on_ray()
     pipeline.start("labelling", ready="Worker ready")
     pipeline.start("monitoring", ready="Worker ready", STREAMLOOP_MONITORING_DASHBOARD_PORT="0")
     pipeline.start("registry", STREAMLOOP_REGISTRY_API_PORT="0")
