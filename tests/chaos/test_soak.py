@@ -99,7 +99,9 @@ def test_half_saturation_for_30_minutes_grows_no_process_by_10_percent(
             # Ray may start a helper later; the first sample that sees a process starts its
             # series (earlier points are None).
             for key, pid in _processes(roots).items():
-                if key not in watched:
+                # Ray retitles a worker as it runs tasks: a new name for a known pid is not a
+                # new process.
+                if key not in watched and pid not in watched.values():
                     watched[key] = pid
                     series[key] = [float("nan")] * len(times)
             times.append(round(t, 1))
