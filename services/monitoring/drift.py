@@ -47,6 +47,11 @@ class DriftPolicy(BaseModel):
     min_samples: int = Field(default=100, ge=1)
     """Predictions a window needs before its signals count."""
 
+    min_camera_samples: int = Field(default=30, ge=1)
+    """Predictions a camera needs, in the window and in the reference, before its own
+    confidence counts. A window that closes while a backlog drains can hold only a handful
+    of one camera's frames, and the mean of a handful is noise, not drift."""
+
     label_requests_per_window: int = Field(default=40, ge=0)
     """Least confident frames of the drifting cameras asked to be labelled per window."""
 
@@ -69,8 +74,14 @@ def detect_drift(
     camera_confidence: Mapping[str, float],
     reference_camera_confidence: Mapping[str, float],
     policy: DriftPolicy,
+    camera_samples: Mapping[str, int] | None = None,
+    reference_camera_samples: Mapping[str, int] | None = None,
 ) -> DriftFinding | None:
-    """The drift a window shows against its version's reference window, or None."""
+    """The drift a window shows against its version's reference window, or None.
+
+    A camera's own confidence is compared only where both sides saw at least
+    ``policy.min_camera_samples`` of its predictions; a side whose counts are not given
+    (a reference kept before counts were) is taken as large enough."""
     if samples < policy.min_samples:
         return None
     reasons = []
@@ -82,10 +93,16 @@ def detect_drift(
         and reference_confidence - mean_confidence > policy.confidence_drop
     ):
         reasons.append(f"mean confidence {mean_confidence:.2f} (was {reference_confidence:.2f})")
+
+    def enough(counts: Mapping[str, int] | None, cam: str) -> bool:
+        return counts is None or counts.get(cam, 0) >= policy.min_camera_samples
+
     drops = {
         cam: reference_camera_confidence[cam] - conf
         for cam, conf in camera_confidence.items()
         if cam in reference_camera_confidence
+        and enough(camera_samples, cam)
+        and enough(reference_camera_samples, cam)
     }
     cameras = sorted(
         (cam for cam, d in drops.items() if d > policy.confidence_drop),

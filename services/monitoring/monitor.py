@@ -275,6 +275,8 @@ class Monitor:
             camera_confidence=acc.camera_confidence(),
             reference_camera_confidence=ref.camera_confidence,
             policy=self.policy.drift,
+            camera_samples=acc.camera_samples(),
+            reference_camera_samples=ref.camera_samples,
         )
         version = m.model_version
         if finding is None:

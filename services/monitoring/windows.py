@@ -173,6 +173,9 @@ class WindowAccumulator(BaseModel):
     def camera_confidence(self) -> dict[str, float]:
         return {cam: s / n for cam, (n, s) in sorted(self.cameras.items()) if n}
 
+    def camera_samples(self) -> dict[str, int]:
+        return {cam: int(n) for cam, (n, _) in sorted(self.cameras.items()) if n}
+
     def metrics(
         self,
         classes: Sequence[str],
@@ -232,6 +235,8 @@ class Reference(BaseModel):
     mix: dict[str, float]
     mean_confidence: float | None
     camera_confidence: dict[str, float]
+    camera_samples: dict[str, int] | None = None
+    """Predictions behind each camera's confidence (None in references kept before counts)."""
 
 
 @dataclass
@@ -296,6 +301,7 @@ class WindowBook(BaseModel):
                 mix=dict(metrics.class_mix),
                 mean_confidence=metrics.mean_confidence,
                 camera_confidence=acc.camera_confidence(),
+                camera_samples=acc.camera_samples(),
             )
         self.open = WindowAccumulator()
         return Closed(metrics, acc)

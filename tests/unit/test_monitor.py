@@ -188,3 +188,40 @@ def test_the_comparison_counts_the_same_frames_for_champion_and_challenger() -> 
     assert (c.champion_correct, c.challenger_correct) == (25, 40)
     assert c.champion_accuracy == 0.5 and c.challenger_accuracy == 0.8
     assert (c.champion_version, c.challenger_version) == ("v1", "v2")
+
+
+def test_a_camera_seen_a_handful_of_times_in_a_window_is_not_drift_but_a_full_camera_is() -> None:
+    # While a backlog drains, a window can close with only a few frames of one camera; a
+    # few unsure ones must not read as that camera's drift.
+    policy = POLICY.model_copy(update={"drift": DriftPolicy(min_samples=50)})
+    rng = random.Random(3)
+    i = 0
+
+    def window(cam_1: int, cam_1_confidence: float) -> list[Observation]:
+        nonlocal i
+        out = []
+        cams = ["cam-1"] * cam_1 + [f"cam-{2 + k % 3}" for k in range(150 - cam_1)]
+        for cam in cams:
+            i += 1
+            truth = rng.choice(CLASSES)
+            out.append(
+                Observation(
+                    frame_id=f"f{i}",
+                    camera_id=cam,
+                    condition="day",
+                    predicted=truth,
+                    confidence=cam_1_confidence if cam == "cam-1" else rng.uniform(0.9, 1.0),
+                    served_at=T0 + timedelta(seconds=i / 20),
+                    label=truth if i % 3 == 0 else None,
+                )
+            )
+        return out
+
+    monitor = Monitor("m", CLASSES, policy)
+    first = play(monitor, window(40, 0.95))
+    few = play(monitor, window(3, 0.3))
+    assert [w.sample_count for w in first.windows + few.windows] == [150, 150]
+    assert few.alerts == []
+    many = play(monitor, window(40, 0.6))
+    assert [a.kind for a in many.alerts] == ["drift_detected"]
+    assert "confidence fell on cam-1" in many.alerts[0].message
