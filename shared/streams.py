@@ -3,9 +3,10 @@ that store plain bytes."""
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import faust
@@ -15,7 +16,14 @@ from shared.metrics import BUS_METRICS
 from shared.settings import KafkaSettings, default_var_dir
 from shared.topics import dlq_for
 
-__all__ = ["BytesKeyed", "FaustDeadLetters", "broker_options", "new_app", "run_worker"]
+__all__ = [
+    "BytesKeyed",
+    "ExpiryIndex",
+    "FaustDeadLetters",
+    "broker_options",
+    "new_app",
+    "run_worker",
+]
 
 log = logging.getLogger("streamloop.streams")
 
@@ -74,6 +82,75 @@ class BytesKeyed(MutableMapping[str, dict[str, Any]]):
         return len(self._t)
 
 
+class ExpiryIndex:
+    """When the entries of a partitioned join table fall due, so that a sweep reads only the
+    entries that expire instead of decoding the whole table.
+
+    Entries are dicts that name their partition (``"p"``); ``due_of`` says when one expires
+    (epoch seconds). Every write of an entry is ``add``-ed; a key written again is queued
+    again, and the sweep reads the entry itself before it names it expired, so a stale item
+    costs one lookup. Entries that came back from the changelog (a restart, a rebalance) were
+    never added: after ``forget()`` every partition is scanned once, fully, at its next sweep.
+    The index holds one small tuple per write, for as long as the entry lives."""
+
+    def __init__(self, due_of: Callable[[Mapping[str, Any]], float]) -> None:
+        self._due_of = due_of
+        self._heaps: dict[int, list[tuple[float, str]]] = {}
+        self._scanned: set[int] = set()
+        self._held: dict[int, int] = {}
+
+    def add(self, key: str, entry: Mapping[str, Any], *, new: bool) -> None:
+        """Queue ``entry``'s due time; ``new`` when the table did not hold ``key`` before."""
+        partition = int(entry.get("p", 0))
+        heapq.heappush(self._heaps.setdefault(partition, []), (self._due_of(entry), key))
+        if new:
+            self._held[partition] = self._held.get(partition, 0) + 1
+
+    def forget(self) -> None:
+        """Drop everything known: the table was recovered (call from its ``on_recover``)."""
+        self._heaps.clear()
+        self._scanned.clear()
+        self._held.clear()
+
+    def held(self) -> int:
+        """Entries in the table, as far as writes and sweeps tell (without counting the
+        table, which a disk-backed store does by reading every key)."""
+        return sum(self._held.values())
+
+    def expired(
+        self, table: Mapping[str, dict[str, Any]], partition: int, now: float
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The entries of ``partition`` due at ``now``, each once; the caller deletes them."""
+        if partition not in self._scanned:
+            held = 0
+            for key in list(table):
+                entry = table.get(key)
+                if entry is not None and int(entry.get("p", 0)) == partition:
+                    self.add(key, entry, new=False)
+                    held += 1
+            self._held[partition] = held
+            self._scanned.add(partition)
+        heap = self._heaps.get(partition)
+        out: list[tuple[str, dict[str, Any]]] = []
+        seen: set[str] = set()
+        while heap and heap[0][0] <= now:
+            _, key = heapq.heappop(heap)
+            if key in seen:
+                continue
+            entry = table.get(key)
+            if entry is None or int(entry.get("p", 0)) != partition:
+                continue  # gone already, or it lives in another partition now
+            if self._due_of(entry) > now:
+                continue  # written again since, with a later due time queued
+            seen.add(key)
+            out.append((key, entry))
+        self._held[partition] = max(0, self._held.get(partition, 0) - len(out))
+        return out
+
+    def __len__(self) -> int:
+        return sum(len(h) for h in self._heaps.values())
+
+
 class FaustDeadLetters:
     """Parks records a faust agent cannot handle in the dead-letter topic of their source,
     with the original key, value and headers plus the standard ``dlq.*`` headers."""
@@ -123,10 +200,22 @@ class FaustDeadLetters:
         )
 
 
-def new_app(app_id: str, kafka: KafkaSettings, *, partitions: int) -> faust.App:
+def new_app(
+    app_id: str,
+    kafka: KafkaSettings,
+    *,
+    partitions: int,
+    store: str = "memory://",
+    standby_replicas: int = 1,
+) -> faust.App:
     """A faust app configured the StreamLoop way: raw bytes in and out (our codec does the
-    JSON), in-memory tables recovered from their changelogs, ``acks=all``, at-least-once,
-    reading from the earliest offset, internal topics with ``partitions`` partitions."""
+    JSON), tables recovered from their changelogs (``store``: in memory, or ``rocksdb://`` on
+    disk in the app's data folder), ``acks=all``, at-least-once, reading from the earliest
+    offset, internal topics with ``partitions`` partitions. ``standby_replicas``: workers
+    keeping a warm copy of each table partition; 0 for tables on disk, whose workers on one
+    host share a data folder where a standby would wait forever for the active worker's
+    lock. (A table's own ``store=`` URL is no way round: faust ignores ``rocksdb://`` there,
+    the URL being falsy.)"""
     # faust keeps a data folder per app (by default in the working directory); it creates
     # the folder itself but not its parents.
     parent = default_var_dir() / "faust"
@@ -135,9 +224,10 @@ def new_app(app_id: str, kafka: KafkaSettings, *, partitions: int) -> faust.App:
         app_id,
         **broker_options(kafka),
         datadir=str(parent / f"{app_id}-data"),
-        store="memory://",
+        store=store,
         web_enabled=False,
         topic_partitions=partitions,
+        table_standby_replicas=standby_replicas,
         topic_replication_factor=kafka.replication_factor,
         key_serializer="raw",
         value_serializer="raw",

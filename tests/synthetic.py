@@ -9,9 +9,12 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from services.simulator.render import CameraStyle, render_frame
+from shared.artifacts import ArtifactRef, ArtifactStore
 from shared.datasets import ExampleRecord, ExampleTable
-from shared.events import DatasetSnapshot, Example, ModelTrained
+from shared.events import DatasetSnapshot, Example, ExportRef, ModelTrained
 from shared.images import pixels_to_b64
+from shared.model import load_model
+from shared.runtimes import EXPORT_KIND, EXPORT_SUFFIX, ExportFormat, export_model
 
 CLASSES = ("car", "truck", "bus", "motorcycle")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -108,3 +111,13 @@ def trained_event(
         seed=seed,
         duration_s=duration_s,
     )
+
+
+def store_export(
+    store: ArtifactStore, uri: str, sha256: str, fmt: ExportFormat
+) -> tuple[ExportRef, ArtifactRef]:
+    """Export stored weights to ``fmt`` and store the export, as training does
+    (``services.training.service``), without its agreement check."""
+    network, spec = load_model(store, uri, sha256)
+    stored = store.put_bytes(export_model(network, spec, fmt), EXPORT_KIND, EXPORT_SUFFIX[fmt])
+    return ExportRef(uri=stored.uri, sha256=stored.sha256), stored

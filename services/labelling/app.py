@@ -13,7 +13,9 @@ frame_id onto one internal topic; every entry for a frame then lives in the same
 of the ``pending`` table as of the join topic, whichever worker owns it (faust's
 co-partitioning: a table change goes to the changelog partition of the event being handled).
 Expiry runs inside the stream too: a timer sends a tick to every partition of the join topic,
-and the tick sweeps the expired entries of its own partition.
+and the tick sweeps the expired entries of its own partition, found through an in-memory
+index of due times (rebuilt from the table after recovery), so a sweep never decodes the
+whole table.
 
 At-least-once: faust flushes its producer before it commits an offset, and every output is
 handed to the producer before its input event is acknowledged. No exception escapes an
@@ -65,7 +67,14 @@ def build_app(settings: LabellingSettings) -> faust.App:
     kafka = settings.kafka
     prefix = kafka.topic_prefix
     app_id = prefix + settings.app_id
-    app = new_app(app_id, kafka, partitions=settings.partitions)
+    on_disk = settings.table_store == "rocksdb"
+    app = new_app(
+        app_id,
+        kafka,
+        partitions=settings.partitions,
+        store="rocksdb://" if on_disk else "memory://",
+        standby_replicas=0 if on_disk else 1,
+    )
     joiner = Joiner(
         settings.task.classes,
         frame_ttl_s=settings.frame_ttl_s,
@@ -88,8 +97,21 @@ def build_app(settings: LabellingSettings) -> faust.App:
         key_type=bytes,
         value_type=bytes,
         help="frame_id -> frame and/or label waiting for the other half (JSON)",
+        options={
+            "write_buffer_size": settings.rocksdb_write_buffer_mib << 20,
+            "max_write_buffer_number": 2,
+            "target_file_size_base": settings.rocksdb_write_buffer_mib << 20,
+            "block_cache_size": settings.rocksdb_cache_mib << 20,
+        }
+        if on_disk
+        else None,
     )
     state = BytesKeyed(pending)
+
+    @pending.on_recover
+    async def reindex() -> None:
+        # Entries came back from the changelog: the next sweep of each partition reads it once.
+        joiner.forget_due_times()
 
     dead_letters = FaustDeadLetters(app, prefix, group=app_id)
     dead_letter = dead_letters.send
@@ -175,7 +197,7 @@ def build_app(settings: LabellingSettings) -> faust.App:
                 EXPIRED.labels(kind).inc(n)
         if gone.orphan_labels:
             log.info("labels expired without their frame", extra={"count": gone.orphan_labels})
-        PENDING.set(len(pending))
+        PENDING.set(joiner.pending())
 
     @app.timer(interval=settings.sweep_interval_s)  # type: ignore[untyped-decorator]
     async def tick() -> None:

@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.events import Example, FrameValid, Label
+from shared.streams import ExpiryIndex
 
 __all__ = ["Expired", "Joiner", "UnknownClassError"]
 
@@ -61,13 +62,23 @@ class Joiner:
         self.frame_ttl_s = frame_ttl_s
         self.label_ttl_s = label_ttl_s
         self._clock = clock
+        self._due = ExpiryIndex(lambda e: float(e.get("expires_at", 0.0)))
+
+    def pending(self) -> int:
+        """Entries held, without counting the table (see ``ExpiryIndex.held``)."""
+        return self._due.held()
+
+    def forget_due_times(self) -> None:
+        """The table was recovered from its changelog: rebuild the expiry index from it."""
+        self._due.forget()
 
     def on_frame(
         self, table: MutableMapping[str, Entry], frame: FrameValid, partition: int = 0
     ) -> Example | None:
         """Hold ``frame``; return the example when its label is already there. ``partition``
         is the table partition the entry lives in (see ``expire``)."""
-        entry = dict(table.get(frame.frame_id) or {})
+        held = table.get(frame.frame_id)
+        entry = dict(held or {})
         entry["p"] = partition
         entry["frame"] = {
             "camera_id": frame.camera_id,
@@ -83,6 +94,7 @@ class Joiner:
         )
         example = self._maybe_emit(frame.frame_id, entry)
         table[frame.frame_id] = entry
+        self._due.add(frame.frame_id, entry, new=held is None)
         return example
 
     def on_label(
@@ -94,7 +106,8 @@ class Joiner:
             raise UnknownClassError(
                 f"label {label.label!r} is not one of the classes {list(self.classes)}"
             )
-        entry = dict(table.get(label.frame_id) or {})
+        held = table.get(label.frame_id)
+        entry = dict(held or {})
         entry["p"] = partition
         if entry.get("label", {}).get("event_id") == label.event_id:
             return None  # the same label event again
@@ -110,21 +123,16 @@ class Joiner:
             )
         example = self._maybe_emit(label.frame_id, entry)
         table[label.frame_id] = entry
+        self._due.add(label.frame_id, entry, new=held is None)
         return example
 
-    def expire(self, table: MutableMapping[str, Entry], partition: int | None = None) -> Expired:
-        """Delete every entry past its expiry (only those of ``partition`` when given); say
-        what kinds were removed."""
+    def expire(self, table: MutableMapping[str, Entry], partition: int = 0) -> Expired:
+        """Delete every entry of ``partition`` past its expiry; say what kinds were removed.
+        Reads only the entries that fall due (see ``ExpiryIndex``), not the whole table."""
         now = self._clock()
-        gone = [
-            k
-            for k, e in list(table.items())
-            if float(e.get("expires_at", 0.0)) <= now
-            and (partition is None or e.get("p", 0) == partition)
-        ]
         unlabelled = orphans = labelled = 0
-        for key in gone:
-            entry = table.pop(key)
+        for key, entry in self._due.expired(table, partition, now):
+            del table[key]
             if "frame" not in entry:
                 orphans += 1
             elif "label" not in entry:

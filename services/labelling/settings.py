@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from shared.settings import ServiceSettings, service_config
@@ -26,3 +28,15 @@ class LabellingSettings(ServiceSettings):
 
     partitions: int = Field(default=3, ge=1)
     """Partitions of the internal join topic and of the table's changelog."""
+
+    table_store: Literal["rocksdb", "memory"] = "rocksdb"
+    """Where the join table lives. ``rocksdb``: on disk under ``$STREAMLOOP_VAR/faust``, with
+    a bounded cache, so memory stays flat whatever ``frame_ttl_s`` and the frame rate hold
+    (about 17 KiB of disk per frame held). ``memory``: every held frame, pixels included, in
+    the process (about 25 KiB each)."""
+
+    rocksdb_cache_mib: int = Field(default=16, ge=1)
+    """RocksDB block cache per table partition."""
+
+    rocksdb_write_buffer_mib: int = Field(default=8, ge=1)
+    """RocksDB write buffer per table partition (two of them at most)."""

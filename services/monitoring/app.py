@@ -45,7 +45,7 @@ from services.monitoring.join import FrameJoin, Joined
 from services.monitoring.monitor import Monitor, Outputs
 from services.monitoring.settings import MonitoringSettings
 from shared.events import DecodeError, Event, Label, Prediction, decode, encode, utcnow
-from shared.streams import BytesKeyed, FaustDeadLetters, new_app
+from shared.streams import BytesKeyed, ExpiryIndex, FaustDeadLetters, new_app
 from shared.telemetry import ALWAYS_SAMPLE, inject_headers
 from shared.topics import Topics
 
@@ -131,6 +131,13 @@ class MonitorApp:
         )
         self.pending_table = pending
         self.pending = BytesKeyed(pending)
+        self.due = ExpiryIndex(self.join_rules.due_at)
+
+        @pending.on_recover
+        async def reindex() -> None:
+            # Entries came back from the changelog: the next sweep of each partition reads it.
+            self.due.forget()
+
         self.state = BytesKeyed(
             app.Table(
                 "state",
@@ -209,6 +216,7 @@ class MonitorApp:
         try:
             parsed = decode(event.value, Event, max_bytes=MAX_BYTES)
             entry = self.pending.get(getattr(parsed, "frame_id", ""))
+            new = entry is None
             if isinstance(parsed, Prediction):
                 kind = "prediction"
                 entry, joined = self.join_rules.on_prediction(entry, parsed, now)
@@ -219,6 +227,7 @@ class MonitorApp:
                 raise DecodeError(f"{parsed.event_type} does not belong here")
             entry["p"] = event.message.partition
             self.pending[parsed.frame_id] = entry
+            self.due.add(parsed.frame_id, entry, new=new)
         except DecodeError as exc:
             RECORDS.labels(kind, exc.reason).inc()
             await self.dead_letters.send(event, exc.reason, exc.message, Topics.EVENTS_DLQ)
@@ -240,15 +249,11 @@ class MonitorApp:
 
     def sweep(self, partition: int, now: datetime) -> None:
         """Remove this partition's expired join entries (each entry remembers its partition:
-        the table's mapping view spans every partition this worker holds)."""
-        expired = []
-        for key in self.pending:
-            entry = self.pending[key]
-            if entry.get("p") == partition and self.join_rules.expired(entry, now):
-                expired.append(key)
-        for key in expired:
+        the table's mapping view spans every partition this worker holds), found through
+        the index of due times rather than by reading the whole table."""
+        for key, _ in self.due.expired(self.pending, partition, now.timestamp()):
             del self.pending[key]
-        PENDING.set(len(self.pending_table))
+        PENDING.set(self.due.held())
 
     async def watch(self, event: Any) -> None:
         """Feed one joined observation (or a tick) to the monitor and publish its answer."""

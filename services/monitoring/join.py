@@ -19,6 +19,7 @@ Pure: the caller owns the table and the clock.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -171,6 +172,10 @@ class FrameJoin:
         e["sent"] = sent
         return out
 
+    def due_at(self, entry: Mapping[str, Any]) -> float:
+        """When ``entry`` expires (epoch seconds)."""
+        return (datetime.fromisoformat(entry["t"]) + self.ttl).timestamp()
+
     def expired(self, entry: Entry, now: datetime) -> bool:
         """True when ``entry`` has outlived the TTL."""
-        return now - datetime.fromisoformat(entry["t"]) >= self.ttl
+        return now.timestamp() >= self.due_at(entry)

@@ -96,13 +96,10 @@ from shared.redis_store import connect
 from shared.registry import lifecycle_key
 from shared.runtimes import (
     EXPORT_FORMATS,
-    EXPORT_KIND,
-    EXPORT_SUFFIX,
     EagerRuntime,
     ExportFormat,
     RuntimeName,
     compare,
-    export_model,
 )
 from shared.sdk import FramePublisher
 from shared.settings import (
@@ -114,7 +111,7 @@ from shared.settings import (
 )
 from shared.topics import TOPICS, Topics, provision
 from tests.integration.helpers import free_port
-from tests.synthetic import render_examples, trained_event
+from tests.synthetic import render_examples, store_export, trained_event
 
 MODULE = "tests.bench.bench_serving"
 REPO = Path(__file__).resolve().parents[2]
@@ -573,11 +570,8 @@ def make_fixture(
     fmt = export_format(runtime)
     if fmt is not None:
         # What training does (``services.training.service``), on the stored weights.
-        network, _ = load_model(store, art.uri, art.sha256)
         start = time.perf_counter()
-        data = export_model(network, spec, fmt)
-        stored = store.put_bytes(data, EXPORT_KIND, EXPORT_SUFFIX[fmt])
-        exports[fmt] = ExportRef(uri=stored.uri, sha256=stored.sha256)
+        exports[fmt], stored = store_export(store, art.uri, art.sha256, fmt)
         export = {
             "format": fmt,
             "uri": stored.uri,

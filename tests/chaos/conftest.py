@@ -35,7 +35,7 @@ from shared.registry import lifecycle_key
 from shared.settings import KafkaSettings
 from shared.topics import Topics, provision
 from tests.integration.helpers import Proc, free_port, wait_for
-from tests.synthetic import CLASSES, render_examples, trained_event
+from tests.synthetic import CLASSES, render_examples, store_export, trained_event
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SH = ROOT / "infra" / "kafka" / "kafka.sh"
@@ -220,7 +220,11 @@ class Pipeline:
         store = ArtifactStore(self.root / "artifacts")
         ref = store.put_weights(result.state_dict, spec.to_metadata({"seed": "3"}))
         version = ref.sha256[:12]
-        trained = trained_event(self.model, version, ref.uri, ref.sha256, size=160)
+        # Exported as training does, so serving runs the default runtime (ONNX).
+        onnx, _ = store_export(store, ref.uri, ref.sha256, "onnx")
+        trained = trained_event(self.model, version, ref.uri, ref.sha256, size=160).model_copy(
+            update={"exports": {"onnx": onnx}}
+        )
         for ev in (
             ModelLifecycle(
                 model_name=self.model,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -143,3 +144,13 @@ class Proc:
         if self.p.poll() is None:
             self.p.kill()
         self.p.wait(10)
+
+
+def metric(port: int, name: str) -> float:
+    """The sum of a Prometheus metric's samples (every label set) on ``port``'s /metrics."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )

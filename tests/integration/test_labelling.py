@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from shared.images import pixels_to_b64
 from shared.settings import KafkaSettings
 from shared.topics import Topics
 from tests.conftest import provision_prefixed
-from tests.integration.helpers import Proc, free_port, read_all, wait_for
+from tests.integration.helpers import Proc, free_port, metric, read_all, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -66,15 +65,6 @@ def frame(frame_id: str, camera: str = "cam-1", condition: str = "night") -> Fra
         pixels_b64=pixels_to_b64(px),
         content_sha256="0" * 64,
         condition=condition,
-    )
-
-
-def metric(port: int, name: str) -> float:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in body.splitlines()
-        if line.startswith(name) and not line.startswith("#")
     )
 
 

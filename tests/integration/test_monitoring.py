@@ -18,7 +18,7 @@ from shared.events import Label, Prediction
 from shared.settings import KafkaSettings
 from shared.topics import Topics
 from tests.conftest import provision_prefixed
-from tests.integration.helpers import Proc, bare_producer, free_port, read_all, wait_for
+from tests.integration.helpers import Proc, bare_producer, free_port, metric, read_all, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -245,4 +245,53 @@ def test_shadow_predictions_give_a_live_comparison_on_the_same_frames(
         assert proc.alive()
     finally:
         proc.kill()
+    producer.close()
+
+
+def test_join_entries_expire_also_after_a_restart_recovered_them(
+    env: dict[str, str], kafka_settings: KafkaSettings, prefix: str
+) -> None:
+    env = {
+        **env,
+        "STREAMLOOP_MONITORING_JOIN_TTL_S": "12",
+        "STREAMLOOP_MONITORING_SWEEP_INTERVAL_S": "1",
+    }
+    port = int(env["STREAMLOOP_MONITORING_METRICS_PORT"])
+    producer = EventProducer(KafkaSettings(topic_prefix=prefix))
+    run = uuid.uuid4().hex[:6]
+    frames = [f"{run}-{i}" for i in range(40)]
+    now = datetime.now(UTC)
+    for i, fid in enumerate(frames):
+        cam = f"cam-{i % 4 + 1}"
+        p = prediction(fid, cam, "v1", "car", 0.95, "day", now, shadow=False)
+        producer.publish(Topics.PREDICTIONS, p, key=cam)
+    producer.flush()
+    first = start(env)
+    try:
+        wait_for(lambda: metric(port, "streamloop_monitoring_pending") == 40, 30, what="40 held")
+    finally:
+        first.p.send_signal(signal.SIGTERM)
+        first.p.wait(60)
+    # The restarted worker gets the 40 entries back from the changelog, never having seen
+    # them arrive: labels for half of them still join (one window of 20) ...
+    second = start(env)
+    try:
+        for fid in frames[:20]:
+            producer.publish(Topics.LABELS, Label(frame_id=fid, label="car"), key=fid)
+        producer.flush()
+        assert [w["labelled_count"] for w in windows(kafka_settings, prefix, 1)] == [20]
+        # ... and all of them expire, the recovered ones included.
+        wait_for(lambda: metric(port, "streamloop_monitoring_pending") == 0, 60, what="expiry")
+        for fid in frames[20:]:
+            producer.publish(Topics.LABELS, Label(frame_id=fid, label="car"), key=fid)
+        producer.flush()
+        # Their predictions are gone: the labels wait alone, and no second window closes.
+        wait_for(lambda: metric(port, "streamloop_monitoring_pending") == 20, 30, what="labels")
+        ws = [
+            json.loads(r.value)
+            for r in read_all(kafka_settings, prefix + Topics.METRICS, 10_000, timeout_s=3)
+        ]
+        assert [w["labelled_count"] for w in ws if w["event_type"] == "metrics.window"] == [20]
+    finally:
+        second.kill()
     producer.close()

@@ -74,3 +74,55 @@ def test_entries_expire_per_partition_after_their_time_to_live() -> None:
     assert joiner.expire(table, partition=1).unlabelled_frames == 0, "another partition's"
     assert joiner.expire(table, partition=0).unlabelled_frames == 1
     assert table == {}
+
+
+class CountingTable(dict[str, Any]):
+    """A dict that counts the entries read (each read decodes JSON in the faust table)."""
+
+    reads = 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.reads += 1
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        self.reads += 1
+        return super().__getitem__(key)
+
+
+def test_a_sweep_reads_only_the_entries_that_fall_due() -> None:
+    clock = Clock()
+    table = CountingTable()
+    joiner = Joiner(CLASSES, frame_ttl_s=60, label_ttl_s=60, clock=clock)
+    for i in range(1000):
+        joiner.on_frame(table, frame(f"f{i}"), partition=i % 2)
+        clock.now += 0.01  # ten seconds of frames
+    joiner.expire(table, partition=0)  # the first sweep of a partition indexes it once
+    table.reads = 0
+    clock.now += 50.5  # the first 50 frames' time has come
+    gone = joiner.expire(table, partition=0).unlabelled_frames
+    assert gone == 25 and len(table) == 975
+    assert table.reads <= 2 * gone + 1, table.reads
+    # A frame delivered again stays until its later expiry.
+    joiner.on_frame(table, frame("f60"), partition=0)
+    clock.now += 1
+    joiner.expire(table, partition=0)
+    assert "f60" in table and "f58" not in table and "f62" not in table
+
+
+def test_entries_recovered_from_the_changelog_expire_too() -> None:
+    clock = Clock()
+    table: dict[str, Any] = {}
+    writer = Joiner(CLASSES, frame_ttl_s=60, label_ttl_s=60, clock=clock)
+    writer.on_frame(table, frame("a"), partition=1)
+    writer.on_label(table, Label(frame_id="b", label="car"), partition=1)
+    # Another worker (a restart, a rebalance) holds the recovered table.
+    reader = Joiner(CLASSES, frame_ttl_s=60, label_ttl_s=60, clock=clock)
+    clock.now += 61
+    gone = reader.expire(table, partition=1)
+    assert (gone.unlabelled_frames, gone.orphan_labels, table) == (1, 1, {})
+    # And again after a later recovery that brought entries back.
+    writer.on_frame(table, frame("c"), partition=1)
+    reader.forget_due_times()
+    clock.now += 61
+    assert reader.expire(table, partition=1).unlabelled_frames == 1
