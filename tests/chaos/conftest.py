@@ -196,6 +196,8 @@ class Pipeline:
         self._predicted: Counter[str] = Counter()
         self.served_at: dict[str, float] = {}
         """Each predicted frame's first ``served_at`` (epoch seconds)."""
+        self.settings: dict[str, str] = {}
+        """Settings every service of the run starts with (before a service's own extras)."""
 
     def env(self, service: str, **extra: str) -> dict[str, str]:
         return {
@@ -205,6 +207,7 @@ class Pipeline:
             "STREAMLOOP_ARTIFACTS_ROOT": str(self.root / "artifacts"),
             "STREAMLOOP_TELEMETRY_TRACES_DIR": str(self.root / "traces"),
             "STREAMLOOP_TELEMETRY_SAMPLE_RATIO": "0.01",
+            **self.settings,
             **extra,
         }
 
