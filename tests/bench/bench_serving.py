@@ -1079,11 +1079,16 @@ def bench_end_to_end(
     fx: Fixture,
     root: Path,
     work: Path,
-    args: argparse.Namespace,
     sampler: MemorySampler,
     out: dict[str, Any],
+    *,
+    frames: int,
+    paced_s: float,
+    sample_ratio: float,
+    levels: tuple[float, ...] = LOAD_LEVELS,
 ) -> None:
-    """Fills ``out`` as it goes, so what was measured before a failure is kept."""
+    """Fills ``out`` as it goes, so what was measured before a failure is kept. ``levels``:
+    the paced streams, as shares of the saturation rate (none: saturation only)."""
     prefix = f"bench{uuid.uuid4().hex[:10]}."
     kafka = KafkaSettings(topic_prefix=prefix)
     out["prefix"] = prefix
@@ -1102,7 +1107,7 @@ def bench_end_to_end(
             "STREAMLOOP_KAFKA_TOPIC_PREFIX": prefix,
             "STREAMLOOP_ARTIFACTS_ROOT": str(root),
             "STREAMLOOP_TELEMETRY_TRACES_DIR": str(work / "traces"),
-            "STREAMLOOP_TELEMETRY_SAMPLE_RATIO": str(args.sample_ratio),
+            "STREAMLOOP_TELEMETRY_SAMPLE_RATIO": str(sample_ratio),
         }
         sampler.phase = "c"
         start = time.perf_counter()
@@ -1164,7 +1169,7 @@ def bench_end_to_end(
             waited = e2e.wait("warm", warm, 180)
             console.print(f"  warm-up: {warm} frames predicted after {waited:.1f} s")
 
-            n = args.frames
+            n = frames
             before = cpu_snapshot(serving.p.pid, ingest.p.pid)
             publish_s = e2e.burst(pub, "sat", n)
             console.print(
@@ -1187,13 +1192,13 @@ def bench_end_to_end(
             if full <= 0:
                 raise BenchError("no saturation rate: cannot pace the latency runs")
             out["paced"] = []
-            for level in LOAD_LEVELS:
+            for level in levels:
                 phase = f"pace{round(level * 100)}"
                 rate = full * level
-                paced_n = max(10, int(rate * args.paced_s))
+                paced_n = max(10, int(rate * paced_s))
                 console.print(
                     f"  paced at {level:.0%} of saturation: {paced_n:,} frames at {rate:,.0f}/s "
-                    f"for {args.paced_s:g} s"
+                    f"for {paced_s:g} s"
                 )
                 before = cpu_snapshot(serving.p.pid, ingest.p.pid)
                 pacing = e2e.paced(pub, phase, rate, paced_n)
@@ -1561,7 +1566,17 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"[red](b) failed:[/] {results['ray_error']}")
             results["end_to_end"] = {}
             try:
-                bench_end_to_end(console, fx, root, work, args, sampler, results["end_to_end"])
+                bench_end_to_end(
+                    console,
+                    fx,
+                    root,
+                    work,
+                    sampler,
+                    results["end_to_end"],
+                    frames=args.frames,
+                    paced_s=args.paced_s,
+                    sample_ratio=args.sample_ratio,
+                )
             except Exception as exc:  # noqa: BLE001 - report it, write what was measured
                 failed = True
                 results["end_to_end_error"] = f"{type(exc).__name__}: {exc}"
