@@ -12,7 +12,7 @@ REDIS := infra/redis/redis.sh
 WITH_INFRA := infra/with-infra.sh
 
 .PHONY: help setup up down status up-cluster down-cluster test test-unit test-integration \
-        test-e2e test-chaos soak lint fmt bench drift demo compose-check clean
+        test-e2e test-chaos soak bench-scale bench-baseline lint fmt bench drift demo compose-check clean
 
 help: ## Show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,7 +52,7 @@ down-cluster: ## Stop the 3-broker cluster
 	@$(KAFKA) stop cluster
 
 test: setup ## Run every test tier against real Kafka and Redis (starts and stops them as needed)
-	@$(WITH_INFRA) $(BIN)/pytest tests/unit tests/integration tests/e2e tests/chaos
+	@$(WITH_INFRA) $(BIN)/pytest tests/unit tests/integration tests/e2e tests/perf tests/chaos
 
 test-unit: setup ## Unit tests only (no infrastructure)
 	@$(BIN)/pytest tests/unit
@@ -78,6 +78,12 @@ lint: setup ## ruff (lint + format check) and mypy on shared/, services/, stream
 fmt: setup ## Format and auto-fix with ruff
 	@$(BIN)/ruff format .
 	@$(BIN)/ruff check --fix .
+
+bench-scale: setup ## End-to-end saturation with 1/2/3 serving ingress processes and 1/2 Ray replicas (stops Ray)
+	@$(WITH_INFRA) $(BIN)/python -m tests.bench.bench_scale
+
+bench-baseline: setup ## Re-measure the regression guard's baseline (tests/perf/baseline.json): three runs, the median
+	@$(WITH_INFRA) $(BIN)/python -m tests.perf.test_ratio_guard
 
 bench: setup ## Benchmarks: bus, ingest (vs bare kafka-python), training, evaluation, inference runtimes, CPU per stage, serving (see README)
 	@$(WITH_INFRA) sh -c '$(BIN)/python -m tests.bench.bench_bus && $(BIN)/python -m tests.bench.bench_ingest && $(BIN)/python -m tests.bench.bench_training && $(BIN)/python -m tests.bench.bench_runtimes && $(BIN)/python -m tests.bench.bench_profile && $(BIN)/python -m tests.bench.bench_serving'

@@ -1086,9 +1086,11 @@ def bench_end_to_end(
     paced_s: float,
     sample_ratio: float,
     levels: tuple[float, ...] = LOAD_LEVELS,
+    bursts: int = 1,
 ) -> None:
     """Fills ``out`` as it goes, so what was measured before a failure is kept. ``levels``:
-    the paced streams, as shares of the saturation rate (none: saturation only)."""
+    the paced streams, as shares of the saturation rate (none: saturation only); ``bursts``:
+    saturation bursts one after the other, the fastest is the saturation rate."""
     prefix = f"bench{uuid.uuid4().hex[:10]}."
     kafka = KafkaSettings(topic_prefix=prefix)
     out["prefix"] = prefix
@@ -1170,23 +1172,34 @@ def bench_end_to_end(
             console.print(f"  warm-up: {warm} frames predicted after {waited:.1f} s")
 
             n = frames
-            before = cpu_snapshot(serving.p.pid, ingest.p.pid)
-            publish_s = e2e.burst(pub, "sat", n)
-            console.print(
-                f"  saturation: {n:,} frames published in {publish_s:.1f} s "
-                f"({n / publish_s:,.0f}/s); waiting for their predictions"
-            )
-            e2e.wait("sat", n, max(90.0, n / 20))
-            cpu = {"saturation": cpu_between(before, cpu_snapshot(serving.p.pid, ingest.p.pid), n)}
-            sat = saturation(reader.of("sat"))
-            sat["published_in_s"] = round(publish_s, 2)
+            cpu: dict[str, Any] = {}
+            runs: list[dict[str, Any]] = []
+            for k in range(bursts):
+                phase = "sat" if k == 0 else f"sat{k + 1}"
+                before = cpu_snapshot(serving.p.pid, ingest.p.pid)
+                publish_s = e2e.burst(pub, phase, n)
+                console.print(
+                    f"  saturation: {n:,} frames published in {publish_s:.1f} s "
+                    f"({n / publish_s:,.0f}/s); waiting for their predictions"
+                )
+                e2e.wait(phase, n, max(90.0, n / 20))
+                after = cpu_snapshot(serving.p.pid, ingest.p.pid)
+                sat = saturation(reader.of(phase))
+                sat["published_in_s"] = round(publish_s, 2)
+                console.print(
+                    f"  saturation: {sat['frames_per_s']:,.0f} predictions/s over "
+                    f"{sat['served_span_s']:.1f} s, {sat['model_calls']} model calls "
+                    f"(mean batch {sat['mean_batch']:.0f}); ingest kept "
+                    f"{sat['ingest_frames_per_s']:,.0f} frames/s"
+                )
+                runs.append(sat)
+                if sat is max(runs, key=lambda r: float(r["frames_per_s"] or 0)):
+                    cpu["saturation"] = cpu_between(before, after, n)
+            # Other work only ever slows a burst down: the fastest is the measure.
+            sat = max(runs, key=lambda r: float(r["frames_per_s"] or 0))
             out["saturation"] = sat
-            console.print(
-                f"  saturation: {sat['frames_per_s']:,.0f} predictions/s over "
-                f"{sat['served_span_s']:.1f} s, {sat['model_calls']} model calls "
-                f"(mean batch {sat['mean_batch']:.0f}); ingest kept "
-                f"{sat['ingest_frames_per_s']:,.0f} frames/s"
-            )
+            if bursts > 1:
+                out["saturation_bursts"] = [r["frames_per_s"] for r in runs]
             out["cpu"] = cpu
             full = float(sat["frames_per_s"] or 0)
             if full <= 0:
