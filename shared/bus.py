@@ -118,6 +118,14 @@ class Message(Generic[E]):
     key: str | None
     headers: Headers
     timestamp_ms: int
+    context: Context | None = None
+    """The trace context the consumer loop extracted from ``headers`` (None when the message
+    was built elsewhere); read it through ``trace_context``."""
+
+    def trace_context(self) -> Context:
+        """The producer's trace context, to parent what the handler publishes for this
+        record: extracted from the headers once per record, by the consumer loop."""
+        return self.context if self.context is not None else extract_context(self.headers)
 
 
 class Rejected(Exception):
@@ -407,7 +415,7 @@ class ConsumerLoop(Generic[E]):
             )
         return done
 
-    def _decode(self, rec: Any) -> Message[E] | None:
+    def _decode(self, rec: Any, context: Context | None = None) -> Message[E] | None:
         """Decode a record, dead-lettering it when it does not decode."""
         try:
             event = decode(rec.value, self._event_type, max_bytes=self._max_bytes)
@@ -425,6 +433,7 @@ class ConsumerLoop(Generic[E]):
             key=key,
             headers=list(rec.headers or []),
             timestamp_ms=rec.timestamp,
+            context=context,
         )
 
     def _logical(self, topic: str) -> str:
@@ -444,13 +453,14 @@ class ConsumerLoop(Generic[E]):
 
     def _process_one(self, rec: Any) -> None:
         assert self._handler is not None
+        context = extract_context(rec.headers)
         with self._tracer.start_as_current_span(
             f"{rec.topic} process",
-            context=extract_context(rec.headers),
+            context=context,
             kind=SpanKind.CONSUMER,
             attributes=self._span_attrs(rec),
         ) as span:
-            msg = self._decode(rec)
+            msg = self._decode(rec, context)
             if msg is None:
                 return
             span.set_attribute("messaging.message.id", msg.event.event_id)
@@ -459,8 +469,11 @@ class ConsumerLoop(Generic[E]):
     def _process_batch(self, records: list[Any]) -> None:
         assert self._batch_handler is not None
         links = []
-        for rec in records:
-            parent = trace.get_current_span(extract_context(rec.headers)).get_span_context()
+        # Each record's context is extracted once: it links the batch span here and parents
+        # the handler's publishes (``Message.trace_context``).
+        contexts = [extract_context(rec.headers) for rec in records]
+        for context in contexts:
+            parent = trace.get_current_span(context).get_span_context()
             if parent.is_valid:
                 links.append(Link(parent))
         with self._tracer.start_as_current_span(
@@ -474,7 +487,10 @@ class ConsumerLoop(Generic[E]):
                 "messaging.batch.message_count": len(records),
             },
         ):
-            decoded = [(rec, self._decode(rec)) for rec in records]
+            decoded = [
+                (rec, self._decode(rec, context))
+                for rec, context in zip(records, contexts, strict=True)
+            ]
             good = [(rec, msg) for rec, msg in decoded if msg is not None]
             if not good:
                 return

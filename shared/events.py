@@ -1,9 +1,12 @@
-"""Every event StreamLoop puts on Kafka, and the JSON codec that reads and writes them.
+"""Every event StreamLoop puts on Kafka, and the codec that reads and writes them.
 
 Each event is a frozen pydantic model with the envelope fields ``event_id``, ``event_type``,
 ``schema_version``, ``produced_at`` and ``source``. On the wire an event is one UTF-8 JSON
-object, so any Kafka client in any language can read and write it. Trace context never
-travels in the payload: it rides in Kafka headers (see ``shared.telemetry``).
+object, so any Kafka client in any language can read and write it; the one exception is
+``frame.valid`` (schema version 2), a JSON header followed by the raw pixels, because base64
+and JSON of 12 KB of pixels cost more than the rest of the record (see ``FrameValid``).
+Trace context never travels in the payload: it rides in Kafka headers (see
+``shared.telemetry``).
 
 Readers are tolerant: unknown fields are ignored, so a newer producer may add fields without
 breaking older consumers. A breaking change bumps ``schema_version``.
@@ -14,15 +17,19 @@ breaking older consumers. A breaking change bumps ``schema_version``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
     "EVENT_TYPES",
+    "FRAME_MAGIC",
     "Alert",
     "ClassMetrics",
     "DatasetSnapshot",
@@ -114,9 +121,17 @@ class FrameRaw(Event):
 
 
 class FrameValid(Event):
-    """A validated frame, normalised to what the model needs so nobody decodes it again."""
+    """A validated frame, normalised to what the model needs so nobody decodes it again.
+
+    On the wire it is binary (``encode``): ``FRAME_MAGIC``, the length of a JSON header as a
+    4-byte big-endian unsigned integer, the header (every field below but ``pixels``), then
+    the raw pixels. Schema version 1, one JSON object with the pixels in base64 under
+    ``pixels_b64``, is still read."""
+
+    SCHEMA_VERSION: ClassVar[int] = 2
 
     event_type: Literal["frame.valid"] = "frame.valid"
+    schema_version: int = 2
     frame_id: str
     camera_id: str
     captured_at: datetime
@@ -124,11 +139,36 @@ class FrameValid(Event):
     width: int = Field(gt=0)
     height: int = Field(gt=0)
     channels: int = Field(default=3, gt=0)
-    pixels_b64: str
-    """Raw uint8 pixels, row-major height x width x channels, base64."""
+    pixels: bytes = Field(repr=False, exclude=True)
+    """Raw uint8 pixels, row-major height x width x channels (never in a JSON dump: the
+    binary wire form carries them after the header)."""
     content_sha256: str
     condition: str | None = None
     attributes: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pixels_of_version_1(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "pixels" not in data and "pixels_b64" in data:
+            data = dict(data)
+            text = data.pop("pixels_b64")
+            if not isinstance(text, str):
+                raise ValueError("pixels_b64 must be a base64 string")
+            try:
+                data["pixels"] = base64.b64decode(text, validate=True)
+            except binascii.Error as exc:
+                raise ValueError(f"pixels_b64 is not base64: {exc}") from None
+        return data
+
+    @model_validator(mode="after")
+    def _pixels_fill_the_frame(self) -> FrameValid:
+        expected = self.width * self.height * self.channels
+        if len(self.pixels) != expected:
+            raise ValueError(
+                f"{len(self.pixels)} pixel bytes do not make "
+                f"{self.height}x{self.width}x{self.channels} ({expected} bytes)"
+            )
+        return self
 
 
 class Label(Event):
@@ -435,9 +475,40 @@ class TooLargeError(DecodeError):
     reason = "too_large"
 
 
+FRAME_MAGIC = b"\x00SLF"
+"""First bytes of a binary ``frame.valid`` record; a JSON payload can never start with NUL."""
+
+_HEADER_LENGTH = 4
+
+
 def encode(event: Event) -> bytes:
-    """Serialise an event to its UTF-8 JSON wire form."""
+    """Serialise an event to its wire form: UTF-8 JSON, except ``FrameValid`` (binary)."""
+    if isinstance(event, FrameValid):
+        header = event.model_dump_json().encode()
+        return b"".join(
+            (FRAME_MAGIC, len(header).to_bytes(_HEADER_LENGTH, "big"), header, event.pixels)
+        )
     return event.model_dump_json().encode()
+
+
+def _decode_frame(data: bytes, model: type[E]) -> E:
+    if model is not Event and model is not FrameValid:
+        raise SchemaError(f"{model.__name__}: the payload is a binary frame.valid record")
+    start = len(FRAME_MAGIC) + _HEADER_LENGTH
+    size = int.from_bytes(data[len(FRAME_MAGIC) : start], "big")
+    if len(data) < start or len(data) < start + size:
+        raise SchemaError("FrameValid: the binary record ends inside its header")
+    try:
+        header = json.loads(data[start : start + size])
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise SchemaError(f"FrameValid: the header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise SchemaError("FrameValid: the header is not a JSON object")
+    header["pixels"] = data[start + size :]
+    try:
+        return FrameValid.model_validate(header)  # type: ignore[return-value]
+    except ValidationError as exc:
+        raise SchemaError(f"FrameValid: {_summarise(exc)}") from None
 
 
 def _summarise(exc: ValidationError, limit: int = 5) -> str:
@@ -464,10 +535,10 @@ def decode(data: bytes | None, model: type[E], *, max_bytes: int | None = None) 
         raise NotJsonError("empty payload")
     if max_bytes is not None and len(data) > max_bytes:
         raise TooLargeError(f"payload of {len(data)} bytes exceeds the limit of {max_bytes}")
+    if data[: len(FRAME_MAGIC)] == FRAME_MAGIC:
+        return _decode_frame(data, model)
     target: type[Event] = model
     if model is Event:
-        import json
-
         try:
             obj = json.loads(data)
         except (UnicodeDecodeError, ValueError) as exc:

@@ -195,7 +195,7 @@ def encode_image(pixels: np.ndarray, content_type: str = "image/png", quality: i
 
 
 def pixels_to_b64(pixels: np.ndarray) -> str:
-    """Base64 of the raw uint8 bytes (the ``pixels_b64`` field of ``frames.valid``)."""
+    """Base64 of the raw uint8 bytes (the ``pixels_b64`` field of an ``example``)."""
     return base64.b64encode(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()).decode()
 
 

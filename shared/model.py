@@ -115,7 +115,7 @@ def to_network_input(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def example_pixels(pixels_b64: str, width: int, height: int, channels: int) -> Pixels:
-    """The ``(H, W, C)`` pixel array carried by a ``FrameValid`` or ``Example``."""
+    """The ``(H, W, C)`` pixel array carried by an ``Example``."""
     return pixels_from_b64(pixels_b64, height, width, channels)
 
 

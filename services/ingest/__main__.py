@@ -14,7 +14,6 @@ from shared.bus import ConsumerLoop, EventProducer, Message, Rejection, stop_on_
 from shared.events import FrameRaw
 from shared.redis_store import RedisClaims, connect
 from shared.service import service_runtime
-from shared.telemetry import extract_context
 from shared.topics import Topics
 
 log = logging.getLogger("streamloop.ingest")
@@ -43,7 +42,7 @@ def make_handler(
                 Topics.FRAMES_VALID,
                 frame,
                 key=frame.camera_id,
-                context=extract_context(msg.headers),
+                context=msg.trace_context(),
                 attributes={"streamloop.frame_id": frame.frame_id},
             )
         if out.valid:

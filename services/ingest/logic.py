@@ -24,9 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import numpy as np
+
 from shared.bus import Message, Rejection
 from shared.events import FrameRaw, FrameValid, utcnow
-from shared.images import ImageError, b64decode_strict, decode_image, pixels_to_b64
+from shared.images import ImageError, b64decode_strict, decode_image
 from shared.redis_store import Claims, ClaimsUnavailableError
 
 __all__ = ["IngestOutcome", "Ingestor", "Policy", "Refused", "validate"]
@@ -98,7 +100,7 @@ def validate(frame: FrameRaw, policy: Policy, now: datetime | None = None) -> Fr
         width=width,
         height=height,
         channels=channels,
-        pixels_b64=pixels_to_b64(pixels),
+        pixels=np.ascontiguousarray(pixels, dtype=np.uint8).tobytes(),
         content_sha256=hashlib.sha256(data).hexdigest(),
         condition=frame.condition,
         attributes=frame.attributes,

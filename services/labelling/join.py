@@ -18,6 +18,7 @@ Rules:
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ class Joiner:
             "width": frame.width,
             "height": frame.height,
             "channels": frame.channels,
-            "pixels_b64": frame.pixels_b64,
+            "pixels_b64": base64.b64encode(frame.pixels).decode(),
         }
         entry["expires_at"] = max(
             float(entry.get("expires_at", 0.0)), self._clock() + self.frame_ttl_s

@@ -175,7 +175,3 @@ class FrameJoin:
     def due_at(self, entry: Mapping[str, Any]) -> float:
         """When ``entry`` expires (epoch seconds)."""
         return (datetime.fromisoformat(entry["t"]) + self.ttl).timestamp()
-
-    def expired(self, entry: Entry, now: datetime) -> bool:
-        """True when ``entry`` has outlived the TTL."""
-        return now.timestamp() >= self.due_at(entry)

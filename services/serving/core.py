@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from shared.artifacts import ArtifactStore, FormatError
 from shared.events import ExportRef, FrameValid, ModelLifecycle, ModelTrained, Prediction
-from shared.model import ModelSpec, example_pixels, load_model
+from shared.model import ModelSpec, load_model
 from shared.runtimes import (
     EagerRuntime,
     ExportError,
@@ -183,11 +183,14 @@ class WrongSizeError(ValueError):
 def frame_pixels(frames: Sequence[FrameValid]) -> npt.NDArray[np.uint8]:
     """The frames' pixels stacked ``(N, H, W, C)``. Raises WrongSizeError when the frames do
     not all share one size (ingest normalises them, so this means a misconfiguration)."""
-    arrays = [example_pixels(f.pixels_b64, f.width, f.height, f.channels) for f in frames]
-    shapes = {a.shape for a in arrays}
+    if not frames:
+        return np.zeros((0, 0, 0, 3), dtype=np.uint8)
+    shapes = {(f.height, f.width, f.channels) for f in frames}
     if len(shapes) > 1:
         raise WrongSizeError(f"frames of several sizes in one batch: {sorted(shapes)}")
-    return np.stack(arrays) if arrays else np.zeros((0, 0, 0, 3), dtype=np.uint8)
+    # One copy: the frames' bytes joined into a writable buffer the batch array views.
+    joined = bytearray().join(f.pixels for f in frames)
+    return np.frombuffer(joined, dtype=np.uint8).reshape(len(frames), *shapes.pop())
 
 
 def to_predictions(

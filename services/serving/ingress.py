@@ -36,7 +36,6 @@ from services.serving.core import (
 from shared.artifacts import ArtifactError
 from shared.bus import Message, Rejection
 from shared.events import Alert, Event, FrameValid, ModelLifecycle
-from shared.telemetry import extract_context
 from shared.topics import Topics
 
 __all__ = ["Backend", "Ingress"]
@@ -291,7 +290,7 @@ class Ingress:
                 topic,
                 pred,
                 key=pred.camera_id,
-                context=extract_context(msg.headers),
+                context=msg.trace_context(),
                 attributes={"streamloop.frame_id": pred.frame_id},
             )
             if not shadow:

@@ -16,15 +16,16 @@ ingest side
     settings); ``shared.events.decode`` of ``FrameRaw`` (JSON and pydantic); the rest of the
     consumer loop's batch step (batch span, trace links, ``Message``); the steps of
     ``services.ingest.logic.validate``: base64 of ``image_b64``, ``decode_image`` (PNG decode
-    and checks), base64 of the raw pixels, sha256, ``FrameValid`` construction, and
+    and checks), the raw pixels' bytes, sha256, ``FrameValid`` construction, and
     ``validate`` whole (its rest: the camera check); ``Ingestor.process`` (adds the Redis
     duplicate claims); ``extract_context`` of the record headers; ``encode`` of
     ``FrameValid``; ``EventProducer.publish`` and ``flush`` to ``frames.valid``; the ingest
     handler (``make_handler``) whole (its rest: metrics);
 serving side
     Kafka consume of ``frames.valid``; ``decode`` of ``FrameValid``; the consumer loop's batch
-    step; ``frame_pixels`` (base64 of the pixels, then stacking); ``ServingCore.probabilities``
-    on batches of 128 with the ``onnx`` runtime and, separately, ``eager``; ``to_predictions``;
+    step; ``frame_pixels`` (the frames' pixels joined into one batch array);
+    ``ServingCore.probabilities`` on batches of 128 with the ``onnx`` runtime and, separately,
+    ``eager``; ``to_predictions``;
     ``encode`` of ``Prediction``; publish and flush to ``predictions``; ``Ingress.handle``
     whole with the in-process backend (its rest: grouping, metrics).
 
@@ -89,7 +90,7 @@ from shared.events import (
     encode,
     utcnow,
 )
-from shared.images import b64decode_strict, decode_image, encode_image, pixels_to_b64
+from shared.images import b64decode_strict, decode_image, encode_image
 from shared.kafka_admin import KafkaAdmin
 from shared.model import ModelSpec, build_model, example_pixels, load_model
 from shared.redis_store import RedisClaims, connect
@@ -554,7 +555,13 @@ def ingest_stages(
         ),
         warmup,
     )
-    b64s = timed_each(meter, "ingest: base64 encode pixels", pixels, pixels_to_b64, warmup)
+    raws = timed_each(
+        meter,
+        "ingest: pixels to bytes",
+        pixels,
+        lambda a: np.ascontiguousarray(a, dtype=np.uint8).tobytes(),
+        warmup,
+    )
     shas = timed_each(
         meter, "ingest: sha256 of the image", datas, lambda d: hashlib.sha256(d).hexdigest(), warmup
     )
@@ -562,7 +569,7 @@ def ingest_stages(
     timed_each(
         meter,
         "ingest: FrameValid construction",
-        list(zip(frames, pixels, b64s, shas, strict=True)),
+        list(zip(frames, pixels, raws, shas, strict=True)),
         lambda x: FrameValid(
             frame_id=x[0].frame_id,
             camera_id=x[0].camera_id,
@@ -571,7 +578,7 @@ def ingest_stages(
             width=x[1].shape[1],
             height=x[1].shape[0],
             channels=x[1].shape[2],
-            pixels_b64=x[2],
+            pixels=x[2],
             content_sha256=x[3],
             condition=x[0].condition,
             attributes=x[0].attributes,
@@ -594,7 +601,7 @@ def ingest_stages(
     contexts = timed_each(
         meter, "ingest: extract trace context", msgs, lambda m: extract_context(m.headers), warmup
     )
-    timed_each(meter, "ingest: JSON encode FrameValid", valid, encode, warmup)
+    timed_each(meter, "ingest: encode FrameValid", valid, encode, warmup)
     out: list[list[tuple[Event, Any, str]]] = []
     i = 0
     for b in batches:
@@ -642,13 +649,6 @@ def serving_stages(
     batches = loop_step(meter, "serving: consumer loop step", loop, records, captured, 2)
     frames = [m.event for b in batches for m in b]
     nframes = len(frames)
-    timed_each(
-        meter,
-        "serving: base64 decode pixels",
-        frames,
-        lambda f: example_pixels(f.pixels_b64, f.width, f.height, f.channels),
-        warmup,
-    )
     for b in batches[:2]:
         frame_pixels([m.event for m in b])
     arrays = best_of(
@@ -835,7 +835,7 @@ def table_rows(meter: Meter) -> list[tuple[str, str, float]]:
     validate_parts = [
         "base64 decode image_b64",
         "image decode + checks",
-        "base64 encode pixels",
+        "pixels to bytes",
         "sha256 of the image",
         "FrameValid construction",
     ]
@@ -866,11 +866,11 @@ def table_rows(meter: Meter) -> list[tuple[str, str, float]]:
             u(i + "Ingestor.process whole") - u(i + "validate() whole"),
         ),
         ("trace context from record headers", "ingest", u(i + "extract trace context")),
-        ("JSON encode FrameValid", "ingest", u(i + "JSON encode FrameValid")),
+        ("encode FrameValid (binary: JSON header + pixels)", "ingest", u(i + "encode FrameValid")),
         (
             "produce: span, headers, send() (calling thread)",
             "ingest",
-            u(pub_i, "thread_s") - u(i + "JSON encode FrameValid"),
+            u(pub_i, "thread_s") - u(i + "encode FrameValid"),
         ),
         (
             "produce: kafka-python sender thread + flush",
@@ -897,17 +897,20 @@ def table_rows(meter: Meter) -> list[tuple[str, str, float]]:
             "serving",
             u(s + "Kafka consume frames.valid"),
         ),
-        ("JSON decode + pydantic validation of FrameValid", "serving", u(s + "decode FrameValid")),
+        (
+            "decode FrameValid (JSON header, pydantic, pixels)",
+            "serving",
+            u(s + "decode FrameValid"),
+        ),
         (
             "consumer loop: batch span, trace links, Message",
             "serving",
             u(s + "consumer loop step") - u(s + "decode FrameValid"),
         ),
-        ("batching: base64 decode of pixels (per frame)", "serving", u(s + "base64 decode pixels")),
         (
-            "batching: stack into (N, 64, 64, 3), checks",
+            "batching: join pixels into (N, 64, 64, 3), checks",
             "serving",
-            u(s + "frame_pixels whole") - u(s + "base64 decode pixels"),
+            u(s + "frame_pixels whole"),
         ),
         (f"MODEL: {onnx.removeprefix(s + 'model ')}, batch {BATCH}", "serving", u(onnx)),
         ("Prediction construction (to_predictions)", "serving", u(s + "to_predictions")),

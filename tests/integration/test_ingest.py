@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from shared.bus import DlqHeaders
-from shared.images import encode_image, pixels_from_b64
+from shared.events import FRAME_MAGIC, FrameValid, decode
+from shared.images import encode_image
 from shared.sdk import FramePublisher
 from shared.settings import KafkaSettings
 from shared.topics import Topics
@@ -100,11 +101,12 @@ def test_good_frames_pass_and_each_kind_of_bad_input_lands_in_the_dlq_with_its_r
         assert h[DlqHeaders.SOURCE_TOPIC] == raw and h[DlqHeaders.ERROR_MESSAGE]
 
     valid = read_all(kafka_settings, prefix + Topics.FRAMES_VALID, 4, timeout_s=10)
-    events = [json.loads(r.value) for r in valid]
-    assert sorted(e["frame_id"] for e in events) == sorted(good), "one each, no duplicates"
-    first = next(e for e in events if e["frame_id"] == g1)
-    assert np.array_equal(pixels_from_b64(first["pixels_b64"], 64, 64), px)
-    assert first["event_type"] == "frame.valid" and first["source"] == "ingest"
+    assert all(r.value.startswith(FRAME_MAGIC) for r in valid), "frames.valid is binary (v2)"
+    events = [decode(r.value, FrameValid) for r in valid]
+    assert sorted(e.frame_id for e in events) == sorted(good), "one each, no duplicates"
+    first = next(e for e in events if e.frame_id == g1)
+    assert np.array_equal(np.frombuffer(first.pixels, np.uint8).reshape(64, 64, 3), px)
+    assert first.schema_version == 2 and first.source == "ingest"
 
     def scraped() -> str | None:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()

@@ -14,7 +14,6 @@ import pytest
 
 from shared.bus import DlqHeaders, EventProducer
 from shared.events import FrameValid, Label
-from shared.images import pixels_to_b64
 from shared.settings import KafkaSettings
 from shared.topics import Topics
 from tests.conftest import provision_prefixed
@@ -62,7 +61,7 @@ def frame(frame_id: str, camera: str = "cam-1", condition: str = "night") -> Fra
         ingested_at=now,
         width=64,
         height=64,
-        pixels_b64=pixels_to_b64(px),
+        pixels=px.tobytes(),
         content_sha256="0" * 64,
         condition=condition,
     )

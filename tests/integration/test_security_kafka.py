@@ -20,7 +20,7 @@ from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from shared.bus import EventProducer
-from shared.events import Label, decode
+from shared.events import FrameValid, Label, decode
 from shared.sdk import FramePublisher
 from shared.settings import KafkaSettings
 from shared.topics import TOPICS, Topics, provision
@@ -123,7 +123,7 @@ def test_ingest_and_labelling_run_over_sasl_ssl_configured_by_environment_only(
         frames.publish(px, frame_id=frame_id)
 
     valid = read_all(settings, prefix + Topics.FRAMES_VALID, 1, timeout_s=45, alive=ingest.alive)
-    assert [json.loads(r.value)["frame_id"] for r in valid] == [frame_id], ingest.lines[-20:]
+    assert [decode(r.value, FrameValid).frame_id for r in valid] == [frame_id], ingest.lines[-20:]
 
     with EventProducer(settings, client_id="security-test") as producer:
         producer.publish(Topics.LABELS, Label(frame_id=frame_id, label="bus"), key=frame_id)

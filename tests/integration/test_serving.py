@@ -347,7 +347,9 @@ def test_ray_serve_predicts_the_stream_and_post_predict_agrees(world: World) -> 
                 assert refused.value.code == expected
             by_id = {p.frame_id: p for p in preds}
             for f in frames[:10]:
-                png = encode_image(example_pixels(f.pixels_b64, 64, 64, 3), "image/png")
+                png = encode_image(
+                    np.frombuffer(f.pixels, np.uint8).reshape(64, 64, 3), "image/png"
+                )
                 req = urllib.request.Request(
                     url, data=png, headers={"Content-Type": "image/png", **auth}
                 )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
 
@@ -7,9 +8,11 @@ import pytest
 
 from shared.events import (
     EVENT_TYPES,
+    FRAME_MAGIC,
     Alert,
     Event,
     FrameRaw,
+    FrameValid,
     Label,
     NotJsonError,
     SchemaError,
@@ -104,3 +107,75 @@ def test_events_are_frozen() -> None:
     label = Label(frame_id="f", label="car")
     with pytest.raises(ValueError):
         label.label = "bus"  # type: ignore[misc]
+
+
+def valid_frame(pixels: bytes = bytes(range(12)), **kw: object) -> FrameValid:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    base: dict[str, object] = dict(
+        frame_id="f1",
+        camera_id="cam-01",
+        captured_at=at,
+        ingested_at=at,
+        width=2,
+        height=2,
+        pixels=pixels,
+        content_sha256="0" * 64,
+        condition="fog",
+    )
+    base.update(kw)
+    return FrameValid(**base)  # type: ignore[arg-type]
+
+
+def test_a_valid_frame_travels_binary_its_pixels_raw_after_a_json_header() -> None:
+    f = valid_frame()
+    data = encode(f)
+    assert data.startswith(FRAME_MAGIC)
+    size = int.from_bytes(data[4:8], "big")
+    header = json.loads(data[8 : 8 + size])
+    assert header["event_type"] == "frame.valid" and header["schema_version"] == 2
+    assert "pixels" not in header and "pixels_b64" not in header
+    assert data[8 + size :] == bytes(range(12))
+    assert decode(data, FrameValid) == f
+    assert decode(data, Event) == f
+
+
+def test_a_version_1_valid_frame_with_base64_pixels_is_still_read() -> None:
+    v1 = valid_frame().model_dump(mode="json")
+    v1.update(schema_version=1, pixels_b64=base64.b64encode(bytes(range(12))).decode())
+    data = json.dumps(v1).encode()
+    for model in (FrameValid, Event):
+        got = decode(data, model)
+        assert isinstance(got, FrameValid) and got.pixels == bytes(range(12))
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (FRAME_MAGIC + b"\x00\x00", "ends inside its header"),
+        (FRAME_MAGIC + (40).to_bytes(4, "big") + b"{}", "ends inside its header"),
+        (FRAME_MAGIC + (2).to_bytes(4, "big") + b"[]", "not a JSON object"),
+        (FRAME_MAGIC + (3).to_bytes(4, "big") + b"{x}", "not JSON"),
+    ],
+)
+def test_a_broken_binary_frame_is_a_schema_error(data: bytes, says: str) -> None:
+    with pytest.raises(SchemaError, match=says):
+        decode(data, Event)
+
+
+def test_pixels_that_do_not_fill_the_frame_are_a_schema_error() -> None:
+    whole = encode(valid_frame())
+    with pytest.raises(SchemaError, match="11 pixel bytes do not make 2x2x3"):
+        decode(whole[:-1], FrameValid)
+    v1 = valid_frame().model_dump(mode="json") | {"pixels_b64": "not base64!"}
+    with pytest.raises(SchemaError, match="pixels_b64 is not base64"):
+        decode(json.dumps(v1).encode(), FrameValid)
+
+
+def test_a_binary_frame_where_another_event_is_expected_is_a_schema_error() -> None:
+    with pytest.raises(SchemaError, match=r"binary frame\.valid"):
+        decode(encode(valid_frame()), Label)
+
+
+def test_the_pixels_stay_out_of_repr_and_json_dumps() -> None:
+    f = valid_frame(pixels=b"\x01" * 12)
+    assert "pixels" not in f.model_dump_json() and "x01" not in repr(f)

@@ -13,7 +13,7 @@ from PIL import Image
 from services.ingest.logic import Ingestor, Policy, Refused, validate
 from shared.bus import Message
 from shared.events import FrameRaw
-from shared.images import encode_image, pixels_from_b64
+from shared.images import encode_image
 from shared.redis_store import MemoryClaims
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -55,7 +55,7 @@ def test_a_png_frame_is_normalised_to_raw_rgb_pixels_that_round_trip() -> None:
     px = pixels(3)
     out = validate(frame(encode_image(px)), Policy(), NOW)
     assert (out.width, out.height, out.channels) == (64, 64, 3)
-    assert np.array_equal(pixels_from_b64(out.pixels_b64, 64, 64), px)
+    assert np.array_equal(np.frombuffer(out.pixels, np.uint8).reshape(64, 64, 3), px)
     assert out.ingested_at == NOW and out.frame_id == "f1" and len(out.content_sha256) == 64
 
 
@@ -65,7 +65,7 @@ def test_jpeg_and_grey_or_alpha_images_become_three_channels() -> None:
     buf = io.BytesIO()
     Image.new("LA", (64, 64), (120, 200)).save(buf, format="PNG")
     out = validate(frame(buf.getvalue()), Policy())
-    assert pixels_from_b64(out.pixels_b64, 64, 64)[0, 0].tolist() == [120, 120, 120]
+    assert list(out.pixels[:3]) == [120, 120, 120]
 
 
 @pytest.mark.parametrize(

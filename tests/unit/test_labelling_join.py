@@ -30,7 +30,7 @@ def frame(fid: str) -> FrameValid:
         ingested_at=now,
         width=2,
         height=2,
-        pixels_b64="AAAAAAAAAAAAAAAA",
+        pixels=bytes(12),
         content_sha256="0" * 64,
         condition="fog",
     )

@@ -54,8 +54,7 @@ def test_the_join_passes_each_observation_on_once_whatever_the_order() -> None:
     pair = out[-1]
     assert pair.version == "v1" and pair.challenger == "v2" and pair.challenger_correct is False
     assert join.on_label(e, label("f1", "bus"), T0)[1] == []  # the first label wins
-    assert not join.expired(e, T0 + timedelta(seconds=59))
-    assert join.expired(e, T0 + timedelta(seconds=60))
+    assert join.due_at(e) == (T0 + timedelta(seconds=60)).timestamp()
 
 
 def test_a_label_that_comes_first_waits_for_its_prediction() -> None:

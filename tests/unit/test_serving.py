@@ -24,7 +24,6 @@ from shared.events import (
     ModelLifecycle,
     Prediction,
 )
-from shared.images import pixels_to_b64
 from shared.model import ModelSpec, build_model
 from shared.topics import Topics
 from tests.synthetic import trained_event
@@ -64,7 +63,7 @@ def frame(i: int, size: int = 64) -> Message[FrameValid]:
         ingested_at=now,
         width=size,
         height=size,
-        pixels_b64=pixels_to_b64(px),
+        pixels=px.tobytes(),
         content_sha256="0" * 64,
     )
     return Message(ev, Topics.FRAMES_VALID, 0, i, ev.camera_id, [], 0)

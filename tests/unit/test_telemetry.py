@@ -2,12 +2,16 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
 
+from shared.bus import Message
+from shared.events import Label
 from shared.settings import TelemetrySettings
 from shared.telemetry import (
     JsonFormatter,
@@ -106,3 +110,22 @@ def test_marked_root_spans_are_sampled_whatever_the_ratio_and_their_children_fol
         "evaluation",
     }
     tel.shutdown()
+
+
+def test_a_message_gives_the_context_its_loop_extracted_or_extracts_it_from_its_headers() -> None:
+    tel = setup_telemetry("t", TelemetrySettings(exporter="memory"), set_global=False)
+    with tel.tracer.start_as_current_span("producer") as span:
+        headers = inject_headers()
+    producer_span = span.get_span_context().span_id
+
+    def parent_of(msg: Message[Label]) -> int:
+        got = trace.get_current_span(msg.trace_context()).get_span_context()
+        return got.span_id
+
+    bare: Message[Label] = Message(
+        Label(frame_id="f", label="car"), "labels", 0, 0, None, headers, 0
+    )
+    assert parent_of(bare) == producer_span
+    extracted = extract_context(headers)
+    loop_made = replace(bare, headers=[], context=extracted)
+    assert loop_made.trace_context() is extracted and parent_of(loop_made) == producer_span
