@@ -83,6 +83,7 @@ def main() -> int:
             tracer=rt.tracer,
             max_poll_records=settings.max_poll_records,
             client_id="ingest",
+            **settings.fetch.consumer_kwargs(),
         )
         stop_on_signals(loop)
         loop.run()

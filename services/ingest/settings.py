@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import ServiceSettings, service_config
+from shared.settings import FetchSettings, ServiceSettings, service_config
 
 __all__ = ["IngestSettings"]
 
@@ -34,3 +34,7 @@ class IngestSettings(ServiceSettings):
 
     max_poll_records: int = Field(default=256, gt=0)
     """Largest batch handled at once."""
+
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+    """How ``frames.raw`` is fetched (``STREAMLOOP_INGEST_FETCH__MIN_BYTES``,
+    ``…__MAX_WAIT_MS``)."""

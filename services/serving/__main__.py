@@ -165,6 +165,7 @@ def main() -> int:
             client_id="serving",
             # Before the first champion, a batch waits inside the handler; stay in the group.
             max_poll_interval_ms=3_600_000,
+            **settings.fetch.consumer_kwargs(),
         )
         stop_on_signals(loop, follower)
         failed = threading.Event()

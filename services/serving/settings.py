@@ -9,7 +9,7 @@ from pydantic import Field
 from shared.auth import HttpAuthSettings
 from shared.registry import DEFAULT_MODEL_NAME
 from shared.runtimes import RuntimeName
-from shared.settings import ServiceSettings, service_config
+from shared.settings import FetchSettings, ServiceSettings, service_config
 
 __all__ = ["ServingSettings"]
 
@@ -69,6 +69,10 @@ class ServingSettings(ServiceSettings):
 
     max_poll_records: int = Field(default=128, gt=0)
     """Most frames handled at once (committed together)."""
+
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+    """How ``frames.valid`` is fetched (``STREAMLOOP_SERVING_FETCH__MIN_BYTES``,
+    ``…__MAX_WAIT_MS``)."""
 
     call_size: int = Field(default=64, gt=0)
     """Frames per model call; a batch's calls (and the challenger's) are all in flight at

@@ -94,3 +94,22 @@ def test_environment_and_metrics_port_apply_to_every_service(
     monkeypatch.setenv("STREAMLOOP_REDIS_PASSWORD", "a-real-one-of-some-length")
     monkeypatch.setenv("STREAMLOOP_TESTSVC_METRICS_PORT", "9500")
     assert IngestLike().metrics_port == 9500
+
+
+def test_the_frame_path_fetches_in_batches_and_each_service_can_change_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.ingest.settings import IngestSettings
+    from services.serving.settings import ServingSettings
+
+    assert IngestSettings().fetch.consumer_kwargs() == {
+        "fetch_min_bytes": 131_072,
+        "fetch_max_wait_ms": 10,
+    }
+    monkeypatch.setenv("STREAMLOOP_SERVING_FETCH__MAX_WAIT_MS", "3")
+    monkeypatch.setenv("STREAMLOOP_SERVING_FETCH__MIN_BYTES", "1")
+    assert ServingSettings().fetch.consumer_kwargs() == {
+        "fetch_min_bytes": 1,
+        "fetch_max_wait_ms": 3,
+    }
+    assert IngestSettings().fetch.max_wait_ms == 10, "one service's setting stays its own"
