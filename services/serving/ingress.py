@@ -162,6 +162,12 @@ class Ingress:
             with self._lock:
                 self._challenger = verified
             _set_version("challenger", current, verified[0] if verified else None)
+            if verified is not None:
+                log.info("challenger adopted", extra={"version": verified[0].version})
+            elif challenger is None:
+                log.info(
+                    "challenger removed", extra={"version": current.version if current else None}
+                )
 
     def _verify(self, ref: ModelRef, alias: str) -> tuple[ModelRef, tuple[str, ...]] | None:
         try:

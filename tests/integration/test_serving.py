@@ -209,6 +209,11 @@ def test_every_frame_is_predicted_once_across_a_swap_and_a_refused_artifact(worl
         world.send(first)
         world.predictions(300, alive=proc.alive)
         world.register(v2)  # the champion changes between two parts of the stream
+        wait_for(
+            lambda: sum('"champion adopted"' in ln for ln in proc.lines) >= 2 or not proc.alive(),
+            60,
+            what="v2 adopted",
+        )
         second = world.frames(300, seed=11)
         world.send(second)
         preds = decoded(world.predictions(600, alive=proc.alive))
@@ -248,8 +253,14 @@ def test_every_frame_is_predicted_once_across_a_swap_and_a_refused_artifact(worl
         later = [p for p in preds if p.frame_id in {f.frame_id for f in third}]
         assert len(later) == 100 and {p.model_version for p in later} == {v2.model_version}
 
-        # A challenger is served in shadow on the same frames, never on `predictions`.
+        # A challenger is served in shadow on the same frames, never on `predictions`. Serving
+        # follows the registry on its own: send once it has the challenger loaded.
         world.register(v1, alias="challenger")
+        wait_for(
+            lambda: any('"challenger adopted"' in ln for ln in proc.lines) or not proc.alive(),
+            60,
+            what="the challenger adopted",
+        )
         fourth = world.frames(50, seed=13)
         world.send(fourth)
         shadow = decoded(world.predictions(50, Topics.PREDICTIONS_SHADOW, alive=proc.alive))
