@@ -20,7 +20,12 @@ from kafka.admin import (
     NewTopic,
     OffsetSpec,
 )
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    KafkaError,
+    NodeNotReadyError,
+    TopicAlreadyExistsError,
+    UnknownBrokerIdError,
+)
 
 from shared.settings import KafkaSettings
 
@@ -95,10 +100,26 @@ class KafkaAdmin:
     ) -> None:
         """Create ``(name, partitions, configs)`` topics and wait until they have leaders."""
         new = [NewTopic(n, p, replication_factor, topic_configs=c) for n, p, c in topics]
-        # Another process (a service starting at the same time) may have created some of
-        # them; the broker still creates the rest of the request.
-        with contextlib.suppress(TopicAlreadyExistsError):
-            self._admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
+        deadline = time.monotonic() + timeout_s
+        delay = 0.2
+        while True:
+            try:
+                # Another process (a service starting at the same time) may have created some
+                # of them; the broker still creates the rest of the request.
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    self._admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
+                break
+            except (UnknownBrokerIdError, NodeNotReadyError):
+                # A cluster still starting can name its controller before the client has
+                # that broker's address: ask again with fresh metadata.
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                self._admin.close()
+                self._admin = KafkaAdminClient(
+                    client_id="streamloop-admin", **self._settings.client_kwargs()
+                )
         self._admin.wait_for_topics([n for n, _, _ in topics], timeout_ms=int(timeout_s * 1000))
 
     def delete_topics(self, topics: list[str]) -> None:
