@@ -496,7 +496,7 @@ def _decode_frame(data: bytes, model: type[E]) -> E:
         raise SchemaError(f"{model.__name__}: the payload is a binary frame.valid record")
     start = len(FRAME_MAGIC) + _HEADER_LENGTH
     size = int.from_bytes(data[len(FRAME_MAGIC) : start], "big")
-    if len(data) < start or len(data) < start + size:
+    if len(data) < start + size:
         raise SchemaError("FrameValid: the binary record ends inside its header")
     try:
         header = json.loads(data[start : start + size])

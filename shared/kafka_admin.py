@@ -60,7 +60,10 @@ class KafkaAdmin:
 
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
-        self._admin = KafkaAdminClient(client_id="streamloop-admin", **settings.client_kwargs())
+        self._admin = self._connect()
+
+    def _connect(self) -> KafkaAdminClient:
+        return KafkaAdminClient(client_id="streamloop-admin", **self._settings.client_kwargs())
 
     def __enter__(self) -> KafkaAdmin:
         return self
@@ -117,9 +120,7 @@ class KafkaAdmin:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 self._admin.close()
-                self._admin = KafkaAdminClient(
-                    client_id="streamloop-admin", **self._settings.client_kwargs()
-                )
+                self._admin = self._connect()
         self._admin.wait_for_topics([n for n, _, _ in topics], timeout_ms=int(timeout_s * 1000))
 
     def delete_topics(self, topics: list[str]) -> None:

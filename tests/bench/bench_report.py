@@ -72,7 +72,7 @@ def rows(serving: dict[str, Any], profile: dict[str, Any]) -> list[tuple[str, st
     rate("(c) full path, frames.raw to predictions", e2e.get("saturation", {}).get("frames_per_s"))
 
     for level in e2e.get("paced", []):
-        rec = level.get("record") or level.get("served") or {}
+        rec = level.get("record", {})
         share = level.get("load")
         label = f"{share:.0%} of (c)" if isinstance(share, float) else "paced"
         out.append(
@@ -149,7 +149,7 @@ def rows(serving: dict[str, Any], profile: dict[str, Any]) -> list[tuple[str, st
 def _p99_at(paced: list[dict[str, Any]], load: float) -> str:
     for level in paced:
         if level.get("load") == load:
-            rec = level.get("record") or level.get("served") or {}
+            rec = level.get("record", {})
             return f"{_num(rec.get('p99_ms'), 1)} ms"
     return "—"
 
