@@ -520,10 +520,19 @@ def _summarise(exc: ValidationError, limit: int = 5) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def decode(data: bytes | None, model: type[E], *, max_bytes: int | None = None) -> E:
+def decode(
+    data: bytes | None,
+    model: type[E],
+    *,
+    max_bytes: int | None = None,
+    default: type[Event] | None = None,
+) -> E:
     """Parse ``data`` as one event of type ``model``.
 
-    ``model=Event`` accepts any known event type, chosen by its ``event_type`` field.
+    ``model=Event`` accepts any known event type, chosen by its ``event_type`` field. A
+    payload without ``event_type`` is read as ``default`` when one is given: the event type of
+    the topic it came from (``shared.topics.event_for``), so a client that publishes to
+    ``labels`` need not name the type. A specific ``model`` needs no ``event_type`` either.
 
     Raises:
         TooLargeError: the payload exceeds ``max_bytes``.
@@ -546,6 +555,8 @@ def decode(data: bytes | None, model: type[E], *, max_bytes: int | None = None) 
         if not isinstance(obj, dict):
             raise NotJsonError("JSON payload is not an object")
         etype = obj.get("event_type")
+        if etype is None and default is not None:
+            etype = default.model_fields["event_type"].default
         if etype not in EVENT_TYPES:
             raise UnknownEventTypeError(f"unknown event_type {etype!r}")
         target = EVENT_TYPES[etype]

@@ -20,6 +20,7 @@ __all__ = [
     "TopicSpec",
     "Topics",
     "dlq_for",
+    "event_for",
     "provision",
 ]
 
@@ -120,6 +121,15 @@ TOPICS: dict[str, TopicSpec] = {
         _spec(Topics.EVENTS_DLQ, "source key", "delete", 7 * DAY_MS, None, dlq=None),
     )
 }
+
+
+def event_for(topic: str) -> type[ev.Event] | None:
+    """The event type records of ``topic`` (StreamLoop's name) carry, None for a DLQ topic.
+
+    Readers pass it to ``decode(..., default=...)``: a record published to a topic without an
+    ``event_type`` is that topic's event."""
+    spec = TOPICS.get(topic)
+    return spec.event if spec is not None else None
 
 
 def dlq_for(topic: str) -> str:

@@ -179,3 +179,18 @@ def test_a_binary_frame_where_another_event_is_expected_is_a_schema_error() -> N
 def test_the_pixels_stay_out_of_repr_and_json_dumps() -> None:
     f = valid_frame(pixels=b"\x01" * 12)
     assert "pixels" not in f.model_dump_json() and "x01" not in repr(f)
+
+
+def test_a_record_without_event_type_is_its_topics_event() -> None:
+    """The documented wire format of ``labels`` names no event_type: it is still a label,
+    whatever reader decodes it, and a named but unknown type is still refused."""
+    from shared.events import Event, Label, UnknownEventTypeError, decode
+    from shared.topics import Topics, event_for
+
+    payload = b'{"frame_id":"f-1","label":"car","camera_id":"cam-01","annotator":"me"}'
+    event = decode(payload, Event, default=event_for(Topics.LABELS))
+    assert isinstance(event, Label) and event.label == "car"
+    with pytest.raises(UnknownEventTypeError):
+        decode(payload, Event)
+    with pytest.raises(UnknownEventTypeError):
+        decode(b'{"event_type":"nope","frame_id":"f"}', Event, default=Label)
