@@ -10,6 +10,7 @@ health endpoints (``probe_http``).
 
 from __future__ import annotations
 
+import struct
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,6 +38,7 @@ __all__ = [
     "health_of",
     "http_table",
     "lag_rows",
+    "member_topics",
     "probe_http",
     "service_status",
     "status_table",
@@ -281,6 +283,51 @@ class ServiceStatus:
         }
 
 
+def member_topics(member: object) -> list[str]:
+    """The topics a group member subscribes to, from its entry in ``describe_groups``.
+
+    The admin client decodes a standard consumer subscription into a dict (``topics``); one
+    it cannot decode (a faust worker's) comes back as the raw bytes, or as those bytes made
+    into a string, and its topics are read from the subscription's header (version, then an
+    array of length-prefixed names). Whatever does not fit gives ``[]``: a member is still a
+    member when its subscription cannot be read."""
+    if not isinstance(member, Mapping):
+        return []
+    meta = member.get("member_metadata")
+    if isinstance(meta, Mapping):
+        topics = meta.get("topics")
+        return [t for t in topics if isinstance(t, str)] if isinstance(topics, list) else []
+    if isinstance(meta, str):
+        # The client turned undecodable bytes into text with backslash escapes; the header
+        # and topic names are ASCII, so they come back intact through latin-1.
+        meta = meta.encode("latin-1", errors="replace")
+    if isinstance(meta, bytes | bytearray):
+        return _subscription_topics(bytes(meta))
+    return []
+
+
+def _subscription_topics(raw: bytes) -> list[str]:
+    """Topic names of a raw consumer-protocol subscription: int16 version, int32 count,
+    then per topic an int16 length and the name. [] when ``raw`` is not one."""
+    try:
+        _version, count = struct.unpack_from(">hi", raw, 0)
+        at = 6
+        if not 0 <= count <= len(raw):
+            return []
+        topics: list[str] = []
+        for _ in range(count):
+            (size,) = struct.unpack_from(">h", raw, at)
+            at += 2
+            name = raw[at : at + size]
+            if size < 0 or len(name) != size:
+                return []
+            topics.append(name.decode("ascii"))
+            at += size
+    except (struct.error, UnicodeDecodeError):
+        return []
+    return topics
+
+
 def _strip(name: str, prefix: str) -> str:
     return name[len(prefix) :] if prefix and name.startswith(prefix) else name
 
@@ -304,12 +351,7 @@ def service_status(
     committed on (a faust app's internal topics, for example)."""
     description = description or {}
     members = list(description.get("members") or [])
-    subscribed = [
-        t
-        for m in members
-        for t in ((m.get("member_metadata") or {}).get("topics") or [])
-        if isinstance(m.get("member_metadata"), dict)
-    ]
+    subscribed = [t for m in members for t in member_topics(m)]
     full = [topic_prefix + t for t in spec.topics]
     for t in [*sorted(subscribed), *sorted({tp[0] for tp in committed})]:
         if t not in full:
@@ -465,9 +507,7 @@ def _snapshot(
         topics = set(wanted)
         for desc in snap.descriptions.values():
             for m in desc.get("members") or []:
-                meta = m.get("member_metadata")
-                if isinstance(meta, dict):
-                    topics.update(meta.get("topics") or [])
+                topics.update(member_topics(m))
         for commits in snap.committed.values():
             topics.update(t for t, _ in commits)
         existing = set(admin.list_topics())

@@ -3,7 +3,10 @@ the lag it really has, and down once it leaves."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
+from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -12,9 +15,16 @@ from kafka.structs import OffsetAndMetadata
 
 from shared.settings import KafkaSettings
 from shared.topics import Topics
-from streamloop.status import KafkaUnreachableError, ServiceSpec, ServiceStatus, collect
+from streamloop.cli import cmd_status
+from streamloop.status import (
+    SERVICES,
+    KafkaUnreachableError,
+    ServiceSpec,
+    ServiceStatus,
+    collect,
+)
 from tests.conftest import provision_prefixed
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import Proc, free_port, wait_for
 
 
 def _produce(kafka: KafkaSettings, topic: str, n: int, partition: int = 0) -> None:
@@ -102,3 +112,48 @@ def test_collector_fails_clearly_when_kafka_does_not_answer() -> None:
     with pytest.raises(KafkaUnreachableError, match=r"127\.0\.0\.1:1"):
         collect(nowhere, timeout_s=1.0)
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.timeout(180)
+def test_status_reports_a_running_faust_service(
+    prefix: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A faust worker's group member carries a subscription the admin client does not
+    decode: status reads it as it comes, as a table and as JSON."""
+    kafka = KafkaSettings(topic_prefix=prefix)
+    provision_prefixed(
+        kafka, prefix, [Topics.FRAMES_VALID, Topics.LABELS, Topics.EXAMPLES, Topics.EVENTS_DLQ]
+    )
+    env = {
+        "STREAMLOOP_KAFKA_TOPIC_PREFIX": prefix,
+        "STREAMLOOP_LABELLING_PROVISION_TOPICS": "false",
+        "STREAMLOOP_LABELLING_METRICS_PORT": str(free_port()),
+        "STREAMLOOP_TELEMETRY_TRACES_DIR": str(tmp_path),
+    }
+    proc = Proc(["-m", "services.labelling"], env=env)
+    try:
+        wait_for(
+            lambda: proc.alive() and any("Worker ready" in ln for ln in proc.lines),
+            120,
+            what="labelling ready",
+        )
+        [spec] = [s for s in SERVICES if s.service == "labelling"]
+        [status] = collect(kafka, [spec], timeout_s=10)
+        assert status.group == prefix + "streamloop-labelling"
+        assert (status.members, status.health) == (1, "up")
+        topics = [t.topic for t in status.topics]
+        assert topics[:2] == [Topics.FRAMES_VALID, Topics.LABELS]
+        assert "streamloop-labelling-join" in topics  # the worker's own subscription
+
+        monkeypatch.setenv("STREAMLOOP_KAFKA_TOPIC_PREFIX", prefix)
+        capsys.readouterr()
+        args = argparse.Namespace(json=True, lag_threshold=1000, timeout=10.0)
+        assert cmd_status(args) == 0
+        doc = json.loads(capsys.readouterr().out)
+        [labelling] = [s for s in doc["services"] if s["service"] == "labelling"]
+        assert (labelling["members"], labelling["health"]) == (1, "up")
+    finally:
+        proc.kill()

@@ -16,6 +16,7 @@ from streamloop.status import (
     health_of,
     http_table,
     lag_rows,
+    member_topics,
     probe_http,
     service_status,
     status_table,
@@ -254,3 +255,62 @@ def test_http_probe_reports_ok_and_http_errors() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# A faust worker's member as ``describe_groups`` returns it (kafka-python 3.0): faust's
+# subscription (version 4, with its own user data) is not decoded by the client, so its
+# metadata comes back as the raw bytes turned into a string, not as a dict.
+FAUST_MEMBER = {
+    "member_id": "faust-0.15.3-b9a290f9",
+    "group_instance_id": None,
+    "client_id": "faust-0.15.3",
+    "client_host": "/127.0.0.1",
+    "member_metadata": "\x00\x04\x00\x00\x00\x04\x00&streamloop-labelling-pending-changelog"
+    "\x00\x19streamloop-labelling-join\x00\x0cframes.valid\x00\x06labels\x00\x00\x00\\x91"
+    '{"assignment":{"actives":{},"standbys":{}},"url":"http://vm:6066"}',
+    "member_assignment": {
+        "assigned_partitions": [{"topic": "frames.valid", "partitions": [0, 1, 2]}],
+        "user_data": "x\\x9c\\x9d\\xd0A\n",
+    },
+}
+
+
+def test_a_faust_member_whose_metadata_is_a_string_is_counted_with_its_topics() -> None:
+    spec = ServiceSpec("labelling", "streamloop-labelling", ("frames.valid", "labels"))
+    status = service_status(
+        spec,
+        topic_prefix="",
+        description={"group_state": "Stable", "members": [FAUST_MEMBER, MEMBER]},
+        committed={("frames.valid", 0): 4},
+        partitions={"frames.valid": 1, "labels": 1, "streamloop-labelling-join": 1},
+        begins={},
+        ends={("frames.valid", 0): 4},
+    )
+    assert (status.state, status.members, status.health) == ("Stable", 2, "up")
+    topics = [t.topic for t in status.topics]
+    assert topics[:2] == ["frames.valid", "labels"]
+    # What the faust worker subscribes to is read from the raw subscription.
+    assert "streamloop-labelling-join" in topics
+    assert "streamloop-labelling-pending-changelog" in topics
+    assert status.to_dict()["members"] == 2
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [None, "", "\x00", b"\x00\x04\x00\x00\x00\x09\x00\x03abc", 42, ["x"], {"topics": "bad"}],
+)
+def test_member_topics_reads_what_it_can_and_never_raises(metadata: object) -> None:
+    assert isinstance(member_topics({"member_metadata": metadata}), list)
+
+
+def test_member_topics_of_each_shape() -> None:
+    assert member_topics(MEMBER) == ["p.alerts", "p.extra"]
+    assert member_topics(FAUST_MEMBER) == [
+        "streamloop-labelling-pending-changelog",
+        "streamloop-labelling-join",
+        "frames.valid",
+        "labels",
+    ]
+    raw = b"\x00\x01\x00\x00\x00\x01\x00\x03abc\xff\xff\xff\xff"
+    assert member_topics({"member_metadata": raw}) == ["abc"]
+    assert member_topics("not a member") == []
