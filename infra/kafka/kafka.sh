@@ -3,6 +3,7 @@
 #
 #   kafka.sh jars                      resolve the broker jars into infra/kafka/lib (idempotent)
 #   kafka.sh start  single|cluster [NODE...]   format storage if new, start, wait until it answers
+#                                              (a node that already runs is left as it is, exit 0)
 #   kafka.sh stop   single|cluster [NODE...]   SIGTERM (controlled shutdown), SIGKILL after 30 s
 #   kafka.sh kill   single|cluster NODE...     SIGKILL at once (fault tests)
 #   kafka.sh status [single|cluster]           one line per node: pid, port, resident memory
@@ -66,10 +67,18 @@ render() { # mode node -> path of server.properties
   echo "$dir/server.properties"
 }
 
+# The pid of a node that already runs: ours (its pid file), or a StreamLoop broker of the same
+# mode and node started from another checkout or STREAMLOOP_VAR that holds its port.
+running_pid() { # mode node
+  local mode=$1 n=$2
+  if alive "$mode" "$n"; then pid_of "$mode" "$n"; return 0; fi
+  port_open "$(broker_port "$mode" "$n")" || return 1
+  pgrep -f -- "-Dstreamloop\.kafka\.node=$mode-$n( |\$)" | awk 'NR == 1 { print; found = 1 } END { exit !found }'
+}
+
 start_node() { # mode node ; leaves "<node> <log> <count-before>" on stdout
   local mode=$1 n=$2 cfg dir cid port
   dir="$(base_dir "$mode")/node-$n"; port=$(broker_port "$mode" "$n")
-  if alive "$mode" "$n"; then log "$mode node $n already running (pid $(pid_of "$mode" "$n"))"; return 0; fi
   if port_open "$port"; then die "port $port is taken by another process; stop it or set STREAMLOOP_KAFKA_PORT"; fi
   cfg=$(render "$mode" "$n")
   local idfile; idfile="$(base_dir "$mode")/cluster.id"
@@ -109,9 +118,15 @@ cmd_start() {
   local mode=${1:-single}; shift || true
   local ns=("$@"); [ ${#ns[@]} -gt 0 ] || read -r -a ns <<< "$(nodes_of "$mode")"
   need_java; jars
-  local pending="" n
-  for n in "${ns[@]}"; do pending+="$(start_node "$mode" "$n")"$'\n'; done
-  printf '%s' "$pending" | grep -v '^$' | wait_started "$mode"
+  local pending="" running="" n p
+  for n in "${ns[@]}"; do
+    if p=$(running_pid "$mode" "$n"); then running+="${running:+, }node $n pid $p"; continue; fi
+    pending+="$(start_node "$mode" "$n")"$'\n'
+  done
+  # Starting what already runs is a no-op: one line says so, and the exit status is 0.
+  [ -z "$running" ] || log "$mode already running ($running); left as it is"
+  [ -n "$pending" ] || return 0
+  printf '%s' "$pending" | wait_started "$mode"
 }
 
 stop_node() { # mode node signal
@@ -163,5 +178,5 @@ case "${1:-}" in
   kill) shift; cmd_kill "$@" ;;
   status) shift; cmd_status "$@" ;;
   running) shift; cmd_running "$@" ;;
-  *) sed -n '2,15p' "$0"; exit 2 ;;
+  *) sed -n '2,16p' "$0"; exit 2 ;;
 esac
