@@ -29,6 +29,9 @@ setup: ## Install everything (idempotent): uv, Python deps (locked), Kafka jars,
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } \
 	  || echo "note: chromium not installed; the dashboard's browser test needs it (apt-get install chromium)"
+	@command -v kcat >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q kcat >/dev/null; } \
+	  || echo "note: kcat not installed; the documented Kafka examples and their test need it (apt-get install kcat)"
 	@echo "setup: done"
 
 up: setup ## Start local Kafka (KRaft, 127.0.0.1:9092) and Redis (127.0.0.1:6379); create topics
