@@ -27,17 +27,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import faust
 from prometheus_client import Counter, Gauge
 
 from services.labelling.join import Joiner, UnknownClassError
 from services.labelling.settings import LabellingSettings
-from shared.events import DecodeError, Event, FrameValid, Label, decode, encode
+from shared.events import DecodeError, Event, FrameValid, Label, decode, derived_id, encode
 from shared.streams import BytesKeyed, FaustDeadLetters, new_app
-from shared.topics import Topics
+from shared.topics import Topics, event_for
 
-__all__ = ["build_app"]
+__all__ = ["build_app", "read_source"]
 
 log = logging.getLogger("streamloop.labelling")
 
@@ -60,6 +61,30 @@ MAX_BYTES = 1_500_000
 SOURCE_OF = {"frame": Topics.FRAMES_VALID, "label": Topics.LABELS, "unknown": Topics.EVENTS_DLQ}
 TICK = b'{"event_type":"labelling.tick"}'
 """Sent by the timer to each join partition: sweep your expired entries."""
+
+
+def read_source(
+    value: bytes | None, topic: str, partition: int, offset: int
+) -> tuple[Event, bytes]:
+    """Decode a record read from ``topic`` (a StreamLoop name) at ``partition``/``offset``.
+
+    A record without ``event_type`` is that topic's event (``labels`` as documented names
+    none). Returns the event and the bytes to forward to the join: the record as it is, or,
+    when it named no ``event_type`` or no ``event_id``, the event encoded in full, with an id
+    derived from the record's position, so that a redelivered record keeps its id (and the
+    join drops the copy) and its defaults are fixed once.
+
+    Raises:
+        DecodeError: the record is not such an event.
+    """
+    parsed = decode(value, Event, max_bytes=MAX_BYTES, default=event_for(topic))
+    given = parsed.model_fields_set
+    if value is not None and "event_type" in given and "event_id" in given:
+        return parsed, value
+    if "event_id" not in given:
+        position = derived_id(topic, str(partition), str(offset))
+        parsed = parsed.model_copy(update={"event_id": position})
+    return parsed, encode(parsed)
 
 
 def build_app(settings: LabellingSettings) -> faust.App:
@@ -120,27 +145,27 @@ def build_app(settings: LabellingSettings) -> faust.App:
     @app.agent(sources)
     async def route(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for event in stream.events():
-            try:
-                parsed = decode(event.value, Event, max_bytes=MAX_BYTES)
-            except DecodeError as exc:
-                RECORDS.labels("unknown", exc.reason).inc()
-                await dead_letter(event, exc.reason, exc.message, logical(event))
-                continue
-            if not isinstance(parsed, FrameValid | Label):
-                RECORDS.labels("unknown", "wrong_event_type").inc()
-                await dead_letter(
-                    event,
-                    "wrong_event_type",
-                    f"{parsed.event_type} does not belong here",
-                    logical(event),
-                )
-                continue
-            await join_topic.send(
-                key=parsed.frame_id.encode(),
-                value=event.value,
-                headers=list(event.message.headers or []),
-            )
+            await forward(event)
             yield None
+
+    async def forward(event: Any) -> None:
+        """Re-key a frame or a label by frame id onto the join topic; park anything else."""
+        msg, source = event.message, logical(event)
+        try:
+            parsed, value = read_source(event.value, source, msg.partition, msg.offset)
+        except DecodeError as exc:
+            RECORDS.labels("unknown", exc.reason).inc()
+            await dead_letter(event, exc.reason, exc.message, source)
+            return
+        if not isinstance(parsed, FrameValid | Label):
+            RECORDS.labels("unknown", "wrong_event_type").inc()
+            await dead_letter(
+                event, "wrong_event_type", f"{parsed.event_type} does not belong here", source
+            )
+            return
+        await join_topic.send(
+            key=parsed.frame_id.encode(), value=value, headers=list(msg.headers or [])
+        )
 
     @app.agent(join_topic)
     async def join(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:

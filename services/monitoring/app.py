@@ -44,12 +44,21 @@ from prometheus_client import Counter, Gauge
 from services.monitoring.join import FrameJoin, Joined
 from services.monitoring.monitor import Monitor, Outputs
 from services.monitoring.settings import MonitoringSettings
-from shared.events import DecodeError, Event, Label, Prediction, decode, encode, utcnow
+from shared.events import (
+    DecodeError,
+    Event,
+    Label,
+    Prediction,
+    decode,
+    derived_id,
+    encode,
+    utcnow,
+)
 from shared.streams import BytesKeyed, ExpiryIndex, FaustDeadLetters, new_app
 from shared.telemetry import ALWAYS_SAMPLE, inject_headers
-from shared.topics import Topics
+from shared.topics import Topics, event_for
 
-__all__ = ["MonitorApp", "build_app"]
+__all__ = ["MonitorApp", "build_app", "read_source"]
 
 log = logging.getLogger("streamloop.monitoring")
 
@@ -71,6 +80,30 @@ PENDING = Gauge("streamloop_monitoring_pending", "Frames held in this worker's j
 MAX_BYTES = 1_500_000
 TICK = b'{"event_type":"monitoring.tick"}'
 KEEP_WINDOW_SPANS = 500
+
+
+def read_source(
+    value: bytes | None, topic: str, partition: int, offset: int
+) -> tuple[Event, bytes]:
+    """Decode a record read from ``topic`` (a StreamLoop name) at ``partition``/``offset``.
+
+    A record without ``event_type`` is that topic's event (``labels`` as documented names
+    none). Returns the event and the bytes to forward to the join: the record as it is, or,
+    when it named no ``event_type`` or no ``event_id``, the event encoded in full (an id
+    derived from the record's position, defaults such as ``labelled_at`` fixed once), so the
+    join reads it without knowing where it came from.
+
+    Raises:
+        DecodeError: the record is not such an event.
+    """
+    parsed = decode(value, Event, max_bytes=MAX_BYTES, default=event_for(topic))
+    given = parsed.model_fields_set
+    if value is not None and "event_type" in given and "event_id" in given:
+        return parsed, value
+    if "event_id" not in given:
+        position = derived_id(topic, str(partition), str(offset))
+        parsed = parsed.model_copy(update={"event_id": position})
+    return parsed, encode(parsed)
 
 
 class MonitorApp:
@@ -184,9 +217,9 @@ class MonitorApp:
 
     async def route(self, event: Any) -> None:
         """Re-key a prediction or label by frame id onto the join topic."""
-        source = self.dead_letters.logical(event)
+        msg, source = event.message, self.dead_letters.logical(event)
         try:
-            parsed = decode(event.value, Event, max_bytes=MAX_BYTES)
+            parsed, value = read_source(event.value, source, msg.partition, msg.offset)
         except DecodeError as exc:
             RECORDS.labels("other", exc.reason).inc()
             await self.dead_letters.send(event, exc.reason, exc.message, source)
@@ -201,9 +234,7 @@ class MonitorApp:
             RECORDS.labels("prediction", "other_model").inc()
             return
         await self.join_topic.send(
-            key=parsed.frame_id.encode(),
-            value=event.value,
-            headers=list(event.message.headers or []),
+            key=parsed.frame_id.encode(), value=value, headers=list(msg.headers or [])
         )
 
     async def join(self, event: Any) -> None:

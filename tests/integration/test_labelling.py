@@ -17,7 +17,7 @@ from shared.events import FrameValid, Label
 from shared.settings import KafkaSettings
 from shared.topics import Topics
 from tests.conftest import provision_prefixed
-from tests.integration.helpers import Proc, free_port, metric, read_all, wait_for
+from tests.integration.helpers import Proc, bare_producer, free_port, metric, read_all, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -205,3 +205,30 @@ def test_a_restarted_worker_recovers_its_pending_entries_from_the_changelog(
     finally:
         second.kill()
         producer.close()
+
+
+def test_a_label_published_without_event_type_becomes_an_example(
+    labelling: Proc, kafka_settings: KafkaSettings, prefix: str
+) -> None:
+    """The documented wire format of ``labels`` names no event_type (nor event_id)."""
+    fid = f"{uuid.uuid4().hex[:6]}-plain"
+    producer = EventProducer(KafkaSettings(topic_prefix=prefix))
+    producer.publish(Topics.FRAMES_VALID, frame(fid), key="cam-1")
+    producer.flush()
+    producer.close()
+    raw = bare_producer(kafka_settings)
+    payload = {"frame_id": fid, "label": "car", "camera_id": "cam-1", "annotator": "me"}
+    raw.send(prefix + Topics.LABELS, key=fid.encode(), value=json.dumps(payload).encode())
+    raw.flush()
+    raw.close()
+
+    examples = read_all(
+        kafka_settings, prefix + Topics.EXAMPLES, 1, timeout_s=90, alive=labelling.alive
+    )
+    [example] = [json.loads(r.value) for r in examples]
+    assert (example["event_type"], example["frame_id"], example["label"]) == (
+        "example",
+        fid,
+        "car",
+    )
+    assert read_all(kafka_settings, prefix + Topics.EVENTS_DLQ, 1, timeout_s=3) == []

@@ -295,3 +295,32 @@ def test_join_entries_expire_also_after_a_restart_recovered_them(
     finally:
         second.kill()
     producer.close()
+
+
+def test_labels_published_without_event_type_are_joined(
+    env: dict[str, str], kafka_settings: KafkaSettings, prefix: str
+) -> None:
+    """The documented wire format of ``labels`` names no event_type: such labels count for
+    the window like any other and none is dead-lettered."""
+    producer = EventProducer(KafkaSettings(topic_prefix=prefix))
+    raw = bare_producer(kafka_settings)
+    run = uuid.uuid4().hex[:6]
+    now = datetime.now(UTC)
+    proc = start(env)
+    try:
+        for i in range(20):
+            fid, cam = f"{run}-{i}", f"cam-{i % 4 + 1}"
+            p = prediction(fid, cam, "v1", "car", 0.95, "day", now, shadow=False)
+            producer.publish(Topics.PREDICTIONS, p, key=cam)
+            label = {"frame_id": fid, "label": "car", "camera_id": cam, "annotator": "me"}
+            raw.send(prefix + Topics.LABELS, key=fid.encode(), value=json.dumps(label).encode())
+        producer.flush()
+        raw.flush()
+        [window] = windows(kafka_settings, prefix, 1)
+        assert (window["labelled_count"], window["accuracy"]) == (20, 1.0)
+        assert read_all(kafka_settings, prefix + Topics.EVENTS_DLQ, 1, timeout_s=3) == []
+        assert proc.alive()
+    finally:
+        proc.kill()
+        raw.close()
+        producer.close()
