@@ -17,6 +17,12 @@ and the tick sweeps the expired entries of its own partition, found through an i
 index of due times (rebuilt from the table after recovery), so a sweep never decodes the
 whole table.
 
+Tracing: each record is handled under a CONSUMER span, in ``route`` continuing the trace of
+the record's producer and in ``join`` the trace ``route`` forwarded in the join record's
+headers. An example is published under a PRODUCER span of the trace of the record that
+completed it (its headers carry that span), linked to the span in which the other half was
+joined, so a frame's trace reaches its example whichever half came last.
+
 At-least-once: faust flushes its producer before it commits an offset, and every output is
 handed to the producer before its input event is acknowledged. No exception escapes an
 agent: a record that cannot be handled goes to the dead-letter topic with the standard
@@ -26,16 +32,29 @@ agent: a record that cannot be handled goes to the dead-letter topic with the st
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import faust
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind
 from prometheus_client import Counter, Gauge
 
 from services.labelling.join import Joiner, UnknownClassError
 from services.labelling.settings import LabellingSettings
-from shared.events import DecodeError, Event, FrameValid, Label, decode, derived_id, encode
+from shared.events import (
+    DecodeError,
+    Event,
+    Example,
+    FrameValid,
+    Label,
+    decode,
+    derived_id,
+    encode,
+)
 from shared.streams import BytesKeyed, FaustDeadLetters, new_app
+from shared.telemetry import Headers, extract_context, inject_headers
 from shared.topics import Topics, event_for
 
 __all__ = ["build_app", "read_source"]
@@ -87,8 +106,49 @@ def read_source(
     return parsed, encode(parsed)
 
 
-def build_app(settings: LabellingSettings) -> faust.App:
-    """The configured faust app (not started)."""
+def record_headers(message: Any) -> Headers:
+    """A faust message's headers as (key, bytes) pairs, whichever shape faust hands them in."""
+    headers = message.headers or []
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return [(str(k), v) for k, v in pairs if isinstance(v, bytes)]
+
+
+def consumer_span(tracer: trace.Tracer, message: Any) -> AbstractContextManager[trace.Span]:
+    """The current CONSUMER span for handling ``message``, continuing its producer's trace."""
+    return tracer.start_as_current_span(
+        f"{message.topic} process",
+        context=extract_context(record_headers(message)),
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.destination.name": message.topic,
+            "messaging.destination.partition.id": message.partition,
+            "messaging.kafka.offset": message.offset,
+        },
+    )
+
+
+def traceparent_of(span: trace.Span) -> str | None:
+    """The W3C ``traceparent`` of ``span``; None when it has no valid context."""
+    value = dict(inject_headers(None, trace.set_span_in_context(span))).get("traceparent")
+    return value.decode() if value is not None else None
+
+
+def links_to(traceparents: Iterable[str], own: trace.Span) -> list[Link]:
+    """Links to the spans named by ``traceparents``, ``own`` left out."""
+    mine = own.get_span_context().span_id
+    links = []
+    for tp in traceparents:
+        ctx = trace.get_current_span(extract_context([("traceparent", tp.encode())]))
+        other = ctx.get_span_context()
+        if other.is_valid and other.span_id != mine:
+            links.append(Link(other))
+    return links
+
+
+def build_app(settings: LabellingSettings, tracer: trace.Tracer | None = None) -> faust.App:
+    """The configured faust app (not started). ``tracer``: default, the global provider's."""
+    tracer = tracer or trace.get_tracer("streamloop.labelling")
     kafka = settings.kafka
     prefix = kafka.topic_prefix
     app_id = prefix + settings.app_id
@@ -114,7 +174,8 @@ def build_app(settings: LabellingSettings) -> faust.App:
         partitions=settings.partitions,
         internal=True,
     )
-    examples = app.topic(prefix + Topics.EXAMPLES, key_type=bytes, value_type=bytes)
+    examples_name = prefix + Topics.EXAMPLES
+    examples = app.topic(examples_name, key_type=bytes, value_type=bytes)
     pending = app.Table(
         "pending",
         default=None,
@@ -149,67 +210,98 @@ def build_app(settings: LabellingSettings) -> faust.App:
             yield None
 
     async def forward(event: Any) -> None:
-        """Re-key a frame or a label by frame id onto the join topic; park anything else."""
+        """Re-key a frame or a label by frame id onto the join topic, with the trace context
+        of this step; park anything else."""
         msg, source = event.message, logical(event)
-        try:
-            parsed, value = read_source(event.value, source, msg.partition, msg.offset)
-        except DecodeError as exc:
-            RECORDS.labels("unknown", exc.reason).inc()
-            await dead_letter(event, exc.reason, exc.message, source)
-            return
-        if not isinstance(parsed, FrameValid | Label):
-            RECORDS.labels("unknown", "wrong_event_type").inc()
-            await dead_letter(
-                event, "wrong_event_type", f"{parsed.event_type} does not belong here", source
+        with consumer_span(tracer, msg) as span:
+            try:
+                parsed, value = read_source(event.value, source, msg.partition, msg.offset)
+            except DecodeError as exc:
+                RECORDS.labels("unknown", exc.reason).inc()
+                await dead_letter(event, exc.reason, exc.message, source)
+                return
+            span.set_attribute("messaging.message.id", parsed.event_id)
+            if not isinstance(parsed, FrameValid | Label):
+                RECORDS.labels("unknown", "wrong_event_type").inc()
+                await dead_letter(
+                    event, "wrong_event_type", f"{parsed.event_type} does not belong here", source
+                )
+                return
+            await join_topic.send(
+                key=parsed.frame_id.encode(),
+                value=value,
+                headers=inject_headers(record_headers(msg)),
             )
-            return
-        await join_topic.send(
-            key=parsed.frame_id.encode(), value=value, headers=list(msg.headers or [])
-        )
 
     @app.agent(join_topic)
     async def join(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for event in stream.events():
-            kind = "unknown"
-            partition = event.message.partition
             if event.value == TICK:
-                sweep(partition)
-                yield None
-                continue
+                sweep(event.message.partition)
+            else:
+                await handle(event)
+            yield None
+
+    async def handle(event: Any) -> None:
+        """Join one frame or label (under a CONSUMER span of its trace); publish the example
+        it completes, park what cannot be joined."""
+        msg = event.message
+        with consumer_span(tracer, msg) as span:
+            kind = "unknown"
+            here = traceparent_of(span)
             try:
                 parsed = decode(event.value, Event, max_bytes=MAX_BYTES)
+                span.set_attribute("messaging.message.id", parsed.event_id)
                 if isinstance(parsed, FrameValid):
                     kind = "frame"
-                    example = joiner.on_frame(state, parsed, partition)
+                    example = joiner.on_frame(state, parsed, msg.partition, traceparent=here)
                 elif isinstance(parsed, Label):
                     kind = "label"
-                    example = joiner.on_label(state, parsed, partition)
+                    example = joiner.on_label(state, parsed, msg.partition, traceparent=here)
                 else:
                     raise DecodeError(f"{parsed.event_type} does not belong here")
             except UnknownClassError as exc:
                 RECORDS.labels(kind, exc.reason).inc()
                 await dead_letter(event, exc.reason, str(exc), SOURCE_OF[kind])
-                continue
+                return
             except DecodeError as exc:
                 RECORDS.labels(kind, exc.reason).inc()
                 await dead_letter(event, exc.reason, exc.message, SOURCE_OF[kind])
-                continue
+                return
             except Exception as exc:  # a bug must not stop the stream: park the record
-                log.exception("join failed", extra={"offset": event.message.offset})
+                log.exception("join failed", extra={"offset": msg.offset})
                 RECORDS.labels(kind, "handler_error").inc()
                 await dead_letter(
                     event, "handler_error", f"{type(exc).__name__}: {exc}", SOURCE_OF[kind]
                 )
-                continue
+                return
             RECORDS.labels(kind, "held" if example is None else "joined").inc()
             if example is not None:
-                await examples.send(
-                    key=example.frame_id.encode(),
-                    value=encode(example),
-                    headers=list(event.message.headers or []),
-                )
-                EXAMPLES.inc()
-            yield None
+                links = links_to(joiner.traceparents(state, example.frame_id), span)
+                await publish(example, record_headers(msg), links)
+
+    async def publish(example: Example, headers: Headers, links: list[Link]) -> None:
+        """Send ``example`` under a PRODUCER span (child of the current span, linked to
+        ``links``) whose context its headers carry."""
+        span = tracer.start_span(
+            f"{examples_name} publish",
+            kind=SpanKind.PRODUCER,
+            links=links,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": examples_name,
+                "messaging.message.id": example.event_id,
+            },
+        )
+        try:
+            await examples.send(
+                key=example.frame_id.encode(),
+                value=encode(example),
+                headers=inject_headers(headers, trace.set_span_in_context(span)),
+            )
+        finally:
+            span.end()
+        EXAMPLES.inc()
 
     def sweep(partition: int) -> None:
         gone = joiner.expire(state, partition)

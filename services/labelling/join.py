@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.events import Example, FrameValid, Label
-from shared.streams import ExpiryIndex
+from shared.expiry import ExpiryIndex
 
 __all__ = ["Expired", "Joiner", "UnknownClassError"]
 
@@ -74,10 +74,16 @@ class Joiner:
         self._due.forget()
 
     def on_frame(
-        self, table: MutableMapping[str, Entry], frame: FrameValid, partition: int = 0
+        self,
+        table: MutableMapping[str, Entry],
+        frame: FrameValid,
+        partition: int = 0,
+        *,
+        traceparent: str | None = None,
     ) -> Example | None:
         """Hold ``frame``; return the example when its label is already there. ``partition``
-        is the table partition the entry lives in (see ``expire``)."""
+        is the table partition the entry lives in (see ``expire``); ``traceparent``, the
+        span that handled the frame, is kept for ``traceparents``."""
         held = table.get(frame.frame_id)
         entry = dict(held or {})
         entry["p"] = partition
@@ -90,6 +96,8 @@ class Joiner:
             "channels": frame.channels,
             "pixels_b64": base64.b64encode(frame.pixels).decode(),
         }
+        if traceparent is not None:
+            entry["frame"]["traceparent"] = traceparent
         entry["expires_at"] = max(
             float(entry.get("expires_at", 0.0)), self._clock() + self.frame_ttl_s
         )
@@ -99,10 +107,16 @@ class Joiner:
         return example
 
     def on_label(
-        self, table: MutableMapping[str, Entry], label: Label, partition: int = 0
+        self,
+        table: MutableMapping[str, Entry],
+        label: Label,
+        partition: int = 0,
+        *,
+        traceparent: str | None = None,
     ) -> Example | None:
         """Hold ``label`` (replacing an earlier one); return the example when the frame is
-        there. Raises ``UnknownClassError`` for a class outside the configured list."""
+        there. ``traceparent`` as for ``on_frame``. Raises ``UnknownClassError`` for a class
+        outside the configured list."""
         if label.label not in self._known:
             raise UnknownClassError(
                 f"label {label.label!r} is not one of the classes {list(self.classes)}"
@@ -118,6 +132,8 @@ class Joiner:
             "labelled_at": label.labelled_at.isoformat(),
             "camera_id": label.camera_id,
         }
+        if traceparent is not None:
+            entry["label"]["traceparent"] = traceparent
         if "frame" not in entry:
             entry["expires_at"] = max(
                 float(entry.get("expires_at", 0.0)), self._clock() + self.label_ttl_s
@@ -126,6 +142,13 @@ class Joiner:
         table[label.frame_id] = entry
         self._due.add(label.frame_id, entry, new=held is None)
         return example
+
+    def traceparents(self, table: MutableMapping[str, Entry], frame_id: str) -> list[str]:
+        """The ``traceparent`` of the spans that handled the frame and the label held for
+        ``frame_id`` (those that were given one), frame first."""
+        entry = table.get(frame_id) or {}
+        parts = (entry.get("frame"), entry.get("label"))
+        return [p["traceparent"] for p in parts if isinstance(p, dict) and "traceparent" in p]
 
     def expire(self, table: MutableMapping[str, Entry], partition: int = 0) -> Expired:
         """Delete every entry of ``partition`` past its expiry; say what kinds were removed.

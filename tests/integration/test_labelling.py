@@ -8,13 +8,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from shared.bus import DlqHeaders, EventProducer
-from shared.events import FrameValid, Label
+from shared.events import FrameValid, Label, encode
 from shared.settings import KafkaSettings
+from shared.telemetry import read_spans
 from shared.topics import Topics
 from tests.conftest import provision_prefixed
 from tests.integration.helpers import Proc, bare_producer, free_port, metric, read_all, wait_for
@@ -232,3 +234,68 @@ def test_a_label_published_without_event_type_becomes_an_example(
         "car",
     )
     assert read_all(kafka_settings, prefix + Topics.EVENTS_DLQ, 1, timeout_s=3) == []
+
+
+def _traceparent(trace_id: str, span_id: str) -> list[tuple[str, bytes]]:
+    return [("traceparent", f"00-{trace_id}-{span_id}-01".encode())]
+
+
+def test_frames_and_labels_are_traced_through_to_their_example(
+    labelling: Proc, kafka_settings: KafkaSettings, prefix: str, tmp_path: Path
+) -> None:
+    """Each record gets a CONSUMER span continuing its producer's trace; the example carries
+    the trace of the record that completed it, and its span links to the other half's."""
+    fid = f"{uuid.uuid4().hex[:6]}-traced"
+    frame_trace, frame_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    label_trace, label_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    raw = bare_producer(kafka_settings)
+    raw.send(
+        prefix + Topics.FRAMES_VALID,
+        key=b"cam-1",
+        value=encode(frame(fid)),
+        headers=_traceparent(frame_trace, frame_span),
+    )
+    raw.flush()
+    time.sleep(1)  # the frame first, as usual: the label completes the example
+    label = Label(frame_id=fid, label="car")
+    raw.send(
+        prefix + Topics.LABELS,
+        key=fid.encode(),
+        value=encode(label),
+        headers=_traceparent(label_trace, label_span),
+    )
+    raw.flush()
+    raw.close()
+
+    [example] = read_all(
+        kafka_settings, prefix + Topics.EXAMPLES, 1, timeout_s=90, alive=labelling.alive
+    )
+    carried = dict(example.headers)["traceparent"].decode().split("-")
+    assert carried[1] == label_trace
+
+    def spans() -> list[dict] | None:  # type: ignore[type-arg]
+        got = read_spans(tmp_path)
+        publish = [s for s in got if s["kind"] == "PRODUCER" and s["trace_id"] == label_trace]
+        return got if publish else None
+
+    got = wait_for(spans, 30, what="labelling's spans in its trace file")
+    assert {s["service"] for s in got} == {"labelling"}
+    by_id = {s["span_id"]: s for s in got}
+    for trace_id, parent in ((frame_trace, frame_span), (label_trace, label_span)):
+        own = [s for s in got if s["trace_id"] == trace_id]
+        consumers = [s for s in own if s["kind"] == "CONSUMER"]
+        # One span where the record is read from its topic, one where the join handles it.
+        assert len(consumers) == 2, own
+        [first] = [s for s in consumers if s["parent_span_id"] == parent]
+        assert first["attributes"]["messaging.destination.name"] in (
+            prefix + Topics.FRAMES_VALID,
+            prefix + Topics.LABELS,
+        )
+        [second] = [s for s in consumers if s is not first]
+        assert second["parent_span_id"] == first["span_id"]
+    [publish] = [s for s in got if s["kind"] == "PRODUCER" and s["trace_id"] == label_trace]
+    assert publish["span_id"] == carried[2]
+    assert publish["attributes"]["messaging.destination.name"] == prefix + Topics.EXAMPLES
+    assert by_id[publish["parent_span_id"]]["kind"] == "CONSUMER"
+    # The frame's trace reaches the example through a link.
+    assert [link["trace_id"] for link in publish["links"]] == [frame_trace]
