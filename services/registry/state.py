@@ -1,7 +1,9 @@
 """The registry's domain: folding ``models.lifecycle`` into state, and deciding what follows.
 
 ``RegistryState`` holds one model. It is pure: the service feeds it events and publishes
-what it returns; nothing here talks to Kafka, Redis or HTTP.
+what it returns; nothing here talks to Kafka, Redis or HTTP. A lifecycle event whose details
+do not validate is kept in the history only, logged and counted
+(``streamloop_registry_malformed_events``).
 
 The loop the service runs:
 
@@ -37,11 +39,13 @@ frames) closes the loop without an operator:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from shared.events import (
@@ -60,9 +64,26 @@ from shared.registry import (
     VersionView,
 )
 
-__all__ = ["LIVE_ACTOR", "SOURCE", "Changes", "Probation", "Promotion", "RegistryState"]
+__all__ = [
+    "LIVE_ACTOR",
+    "MALFORMED",
+    "SOURCE",
+    "Changes",
+    "Probation",
+    "Promotion",
+    "RegistryState",
+]
+
+log = logging.getLogger("streamloop.registry")
 
 SOURCE = "registry"
+
+MALFORMED = Counter(
+    "streamloop_registry_malformed_events",
+    "Lifecycle events whose details the registry cannot read (kept in the history only), "
+    "by action (registered, evaluated).",
+    ["action"],
+)
 
 LIVE_ACTOR = "live-evidence"
 """The actor of lifecycle events the registry raises on live evidence (``LiveComparison``)."""
@@ -304,9 +325,9 @@ class RegistryState:
             return False
         match event.action:
             case "registered":
-                self._apply_registered(event)
+                self._apply_registered(event, offset)
             case "evaluated":
-                self._apply_evaluated(event)
+                self._apply_evaluated(event, offset)
             case "alias_set":
                 self._apply_alias_set(event)
             case "rolled_back":
@@ -323,12 +344,27 @@ class RegistryState:
         self._updated_at = self._clock()
         return True
 
-    def _apply_registered(self, event: ModelLifecycle) -> None:
+    def _malformed(self, event: ModelLifecycle, exc: ValidationError, offset: int | None) -> None:
+        """``event``'s details do not validate: say so and count it. A record the registry
+        cannot read is kept in the history only: one bad record must not stop the registry
+        from folding the rest of the log."""
+        MALFORMED.labels(event.action).inc()
+        log.warning(
+            "malformed lifecycle event kept in the history only",
+            extra={
+                "event_id": event.event_id,
+                "action": event.action,
+                "model_version": event.model_version,
+                "offset": offset,
+                "reason": _why(exc),
+            },
+        )
+
+    def _apply_registered(self, event: ModelLifecycle, offset: int | None) -> None:
         try:
             trained = ModelTrained.model_validate(event.details)
-        except ValidationError:
-            # A record the registry cannot read is kept in the history only: one bad
-            # record must not stop the registry from folding the rest of the log.
+        except ValidationError as exc:
+            self._malformed(event, exc, offset)
             return
         version = event.model_version or trained.model_version
         if version in self._versions:
@@ -343,10 +379,11 @@ class RegistryState:
         if pending is not None:
             self._attach(version, *pending)
 
-    def _apply_evaluated(self, event: ModelLifecycle) -> None:
+    def _apply_evaluated(self, event: ModelLifecycle, offset: int | None) -> None:
         try:
             evaluated = ModelEvaluated.model_validate(event.details)
-        except ValidationError:
+        except ValidationError as exc:
+            self._malformed(event, exc, offset)
             return
         version = event.model_version or evaluated.model_version
         verdict = EvaluationView(
@@ -782,6 +819,16 @@ class RegistryState:
                 reason=cause.reason or "rolled back by operator",
             )
         ]
+
+
+def _why(exc: ValidationError, limit: int = 3) -> str:
+    """The first ``limit`` validation errors, one ``field: message`` each."""
+    parts = [
+        f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+        for err in exc.errors()[:limit]
+    ]
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 def _evidence_of(cause: ModelLifecycle) -> dict[str, object]:

@@ -563,3 +563,41 @@ def test_lifecycle_keys() -> None:
     assert lifecycle_key(cmd) == f"{MODEL}/promote_requested/{'c' * 32}"
     alias = lp.answers_to(ev)[0]
     assert lifecycle_key(alias) == f"{MODEL}/alias_set/{alias.event_id}"
+
+
+def _malformed_count(action: str) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(
+        "streamloop_registry_malformed_events_total", {"action": action}
+    )
+    return value or 0.0
+
+
+@pytest.mark.parametrize(
+    ("action", "details"),
+    [
+        ("evaluated", {"model_name": MODEL, "model_version": "aaa", "verdict": "splendid"}),
+        ("evaluated", {}),
+        ("registered", {"model_name": MODEL, "model_version": "aaa"}),
+    ],
+)
+def test_a_malformed_event_is_logged_and_counted_and_kept_in_the_history(
+    action: str, details: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    state = RegistryState(clock=lambda: T0)
+    event = ModelLifecycle(model_name=MODEL, action=action, model_version="aaa", details=details)
+    before = _malformed_count(action)
+    with caplog.at_level("WARNING", logger="streamloop.registry"):
+        assert state.apply(event, offset=3)
+    assert _malformed_count(action) == before + 1
+    [record] = [r for r in caplog.records if getattr(r, "event_id", None) == event.event_id]
+    assert record.levelname == "WARNING"
+    assert record.__dict__["action"] == action and record.__dict__["offset"] == 3
+    assert record.__dict__["reason"]  # why pydantic refused it
+    # The rest of the log still folds; the event is in the history and nothing else changed.
+    assert [h.event_id for h in state.view().history] == [event.event_id]
+    assert state.version("aaa") is None
+    # Read again (a replay), an event already applied is neither logged nor counted twice.
+    assert not state.apply(event, offset=3)
+    assert _malformed_count(action) == before + 1
