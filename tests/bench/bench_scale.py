@@ -25,10 +25,8 @@ refuses to start while another Ray runs. Figures go to ``var/bench/scale.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -39,45 +37,61 @@ from typing import Any
 from rich.console import Console
 
 from shared.sdk import FramePublisher
-from shared.settings import KafkaSettings, default_var_dir
+from shared.settings import KafkaSettings
 from shared.topics import TOPICS, Topics, provision
-from tests.bench.bench_serving import (
-    BATCH,
+from tests.bench.lib.control import Service, preflight, ray_cli, workdir
+from tests.bench.lib.e2e import (
+    CHAMPION_ADOPTED,
+    CONSUMER_STARTED,
     TOPIC_NAMES,
-    BenchError,
     EndToEnd,
-    Fixture,
     PredictionReader,
-    Service,
-    announce,
-    bench_inprocess,
     cleanup_end_to_end,
-    is_ray,
-    load_average,
-    make_fixture,
-    preflight,
-    saturation,
-    scan_procs,
-    workdir,
+    service_env,
+    start_ingest,
 )
+from tests.bench.lib.fixtures import Fixture, announce, make_fixture
+from tests.bench.lib.measure import saturation
+from tests.bench.lib.procs import is_ray, load_average, scan_procs
+from tests.bench.lib.report import write_figures
+from tests.bench.lib.serving import BATCH, bench_inprocess
 from tests.integration.helpers import free_port
 
 RAY_CPUS = 2
 """CPUs the Ray head offers: the machine's, shared with Kafka, Redis and the services."""
 
 
-def ray(*args: str) -> None:
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        # A head started by ``ray start`` asks for an auth token by default, which clients
-        # started without the token file refuse to send; a benchmark's private head needs none.
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"},
+def start_serving(
+    fx: Fixture,
+    prefix: str,
+    common: dict[str, str],
+    i: int,
+    ray_port: int,
+    http_port: int,
+    replicas: int,
+    threads: int,
+) -> Service:
+    """Serving process ``i`` of the combination, joining the head on ``ray_port``, started."""
+    serving = Service(
+        f"serving-{i + 1}",
+        "services.serving",
+        {
+            **common,
+            "RAY_ADDRESS": f"127.0.0.1:{ray_port}",
+            "STREAMLOOP_SERVING_PROVISION_TOPICS": "false",
+            "STREAMLOOP_SERVING_MODEL_NAME": fx.ref.model_name,
+            "STREAMLOOP_SERVING_GROUP_ID": f"{prefix}serving",
+            "STREAMLOOP_SERVING_BACKEND": "ray",
+            "STREAMLOOP_SERVING_HTTP_PORT": str(http_port),
+            "STREAMLOOP_SERVING_MIN_REPLICAS": str(replicas),
+            "STREAMLOOP_SERVING_MAX_REPLICAS": str(replicas),
+            "STREAMLOOP_SERVING_REPLICA_CPUS": str(RAY_CPUS / replicas),
+            "STREAMLOOP_SERVING_TORCH_THREADS": str(threads),
+            "STREAMLOOP_SERVING_RUNTIME": fx.runtime,
+        },
+        (CONSUMER_STARTED, CHAMPION_ADOPTED),
     )
-    if out.returncode != 0:
-        raise BenchError(f"ray {' '.join(args)} failed: {(out.stderr or out.stdout)[-800:]}")
+    return serving
 
 
 def one_combination(
@@ -98,7 +112,7 @@ def one_combination(
     services: list[Service] = []
     reader: PredictionReader | None = None
     console.print(f"{ingress} ingress, {replicas} replica(s) of {threads} thread(s)")
-    ray(
+    ray_cli(
         "start",
         "--head",
         f"--object-store-memory={256 * 2**20}",
@@ -109,50 +123,17 @@ def one_combination(
     try:
         provision(kafka, [TOPICS[n] for n in TOPIC_NAMES], name_prefix=prefix, timeout_s=30)
         announce(kafka, fx.trained)
-        common = {
-            "STREAMLOOP_KAFKA_TOPIC_PREFIX": prefix,
-            "STREAMLOOP_ARTIFACTS_ROOT": str(root),
-            "STREAMLOOP_TELEMETRY_TRACES_DIR": str(work / "traces"),
-        }
+        common = service_env(prefix, root, work)
         start = time.perf_counter()
-        services.append(
-            Service(
-                "ingest",
-                "services.ingest",
-                {
-                    **common,
-                    "STREAMLOOP_INGEST_PROVISION_TOPICS": "false",
-                    "STREAMLOOP_INGEST_GROUP_ID": f"{prefix}ingest",
-                },
-                ('"consumer started"',),
-            )
-        )
+        services.append(start_ingest(prefix, common))
         http_port = free_port()
         for i in range(ingress):
-            serving = Service(
-                f"serving-{i + 1}",
-                "services.serving",
-                {
-                    **common,
-                    "RAY_ADDRESS": f"127.0.0.1:{port}",
-                    "STREAMLOOP_SERVING_PROVISION_TOPICS": "false",
-                    "STREAMLOOP_SERVING_MODEL_NAME": fx.ref.model_name,
-                    "STREAMLOOP_SERVING_GROUP_ID": f"{prefix}serving",
-                    "STREAMLOOP_SERVING_BACKEND": "ray",
-                    "STREAMLOOP_SERVING_HTTP_PORT": str(http_port),
-                    "STREAMLOOP_SERVING_MIN_REPLICAS": str(replicas),
-                    "STREAMLOOP_SERVING_MAX_REPLICAS": str(replicas),
-                    "STREAMLOOP_SERVING_REPLICA_CPUS": str(RAY_CPUS / replicas),
-                    "STREAMLOOP_SERVING_TORCH_THREADS": str(threads),
-                    "STREAMLOOP_SERVING_RUNTIME": fx.runtime,
-                },
-                ('"consumer started"', '"champion adopted"'),
-            )
+            serving = start_serving(fx, prefix, common, i, port, http_port, replicas, threads)
             services.append(serving)
             # One at a time: each deploys the application, and the next finds it running.
-            serving.wait_for('"consumer started"', 240, "consumer start (Ray and the deployment)")
-            serving.wait_for('"champion adopted"', 60, "adopted champion")
-        services[0].wait_for('"consumer started"', 90, "consumer start")
+            serving.wait_for(CONSUMER_STARTED, 240, "consumer start (Ray and the deployment)")
+            serving.wait_for(CHAMPION_ADOPTED, 60, "adopted champion")
+        services[0].wait_for(CONSUMER_STARTED, 90, "consumer start")
         out["services_ready_s"] = round(time.perf_counter() - start, 1)
         reader = PredictionReader(prefix + Topics.PREDICTIONS, prefix)
         reader.start()
@@ -177,7 +158,7 @@ def one_combination(
         for s in reversed(services):
             s.stop(60 if s.name.startswith("serving") else 20)
         try:
-            ray("stop", "--force")
+            ray_cli("stop", "--force")
         finally:
             cleanup_end_to_end(console, prefix, [prefix + n for n in TOPIC_NAMES])
     return out
@@ -200,6 +181,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if min(args.ingress) < 1 or min(args.replicas) < 1 or max(args.replicas) > RAY_CPUS:
         ap.error(f"counts are at least 1, and at most {RAY_CPUS} replicas")
     return args
+
+
+def print_table(console: Console, runs: list[dict[str, Any]], ceiling: float) -> None:
+    console.print("| ingress | replicas | frames/s | of the ceiling | mean batch |")
+    console.print("|---:|---:|---:|---:|---:|")
+    for run in runs:
+        sat = run.get("saturation") or {}
+        rate = sat.get("frames_per_s")
+        console.print(
+            f"| {run['ingress']} | {run['replicas']} | "
+            + (
+                f"{rate:,.0f} | {rate / ceiling:.2f} | {sat['mean_batch']:.0f} |"
+                if rate
+                else "failed |||"
+            )
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,22 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["runs"].append(run)
     a = ceiling["frames_per_s"]
     console.print(f"\nin-process ceiling ({fx.runtime}, 2 threads): {a:,.0f} frames/s\n")
-    console.print("| ingress | replicas | frames/s | of the ceiling | mean batch |")
-    console.print("|---:|---:|---:|---:|---:|")
-    for run in results["runs"]:
-        sat = run.get("saturation") or {}
-        rate = sat.get("frames_per_s")
-        console.print(
-            f"| {run['ingress']} | {run['replicas']} | "
-            + (
-                f"{rate:,.0f} | {rate / a:.2f} | {sat['mean_batch']:.0f} |"
-                if rate
-                else "failed |||"
-            )
-        )
-    path = default_var_dir() / "bench" / "scale.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, default=str))
+    print_table(console, results["runs"], a)
+    path = write_figures("scale", results)
     console.print(f"\nfigures in {path}")
     return 1 if failed else 0
 

@@ -23,12 +23,10 @@ import pytest
 from rich.console import Console
 
 from services.serving.settings import ServingSettings
-from tests.bench.bench_serving import (
-    MemorySampler,
-    bench_end_to_end,
-    bench_inprocess,
-    make_fixture,
-)
+from tests.bench.lib.e2e import bench_end_to_end
+from tests.bench.lib.fixtures import make_fixture
+from tests.bench.lib.procs import MemorySampler
+from tests.bench.lib.serving import bench_inprocess
 
 pytestmark = [pytest.mark.perf, pytest.mark.timeout(900)]
 

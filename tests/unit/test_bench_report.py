@@ -5,7 +5,9 @@ import os
 import time
 from pathlib import Path
 
-from tests.bench import bench_report
+import pytest
+
+from tests.bench.lib.report import FiguresError, summary, summary_rows
 
 SERVING = {
     "started_at": "2026-01-01T00:00:00+00:00",
@@ -31,7 +33,7 @@ PROFILE = {
 
 
 def test_the_table_gives_every_rate_as_a_share_of_the_ceiling_and_each_stage_of_the_path() -> None:
-    rows = {(r[0], r[1]): r[2:] for r in bench_report.rows(SERVING, PROFILE)}
+    rows = {(r[0], r[1]): r[2:] for r in summary_rows(SERVING, PROFILE)}
     assert rows[("throughput", "(c) full path, frames.raw to predictions")] == (
         "1,000 frames/s",
         "0.10 of (a)",
@@ -41,15 +43,23 @@ def test_the_table_gives_every_rate_as_a_share_of_the_ceiling_and_each_stage_of_
     latency = rows[("latency, publish to prediction record", "50% of (c), 500 frames/s offered")]
     assert "p99 120.0 ms" in latency[0]
     assert rows[("target", "p99 at 50% of (c) at most 100 ms")] == ("120.0 ms", "missed")
+    assert rows[("peak memory", "serving ingress")] == ("800 MiB RSS", "")
 
 
 def test_figures_older_than_the_run_are_refused(tmp_path: Path) -> None:
     (tmp_path / "serving.json").write_text(json.dumps(SERVING))
     (tmp_path / "profile.json").write_text(json.dumps(PROFILE))
     out = tmp_path / "report.md"
-    assert bench_report.main(["--dir", str(tmp_path), "--out", str(out)]) == 0
-    assert "| throughput | (a) in process, onnx: the ceiling | 10,000 frames/s |" in out.read_text()
+    text = summary(tmp_path, None, out)
+    assert "| throughput | (a) in process, onnx: the ceiling | 10,000 frames/s |" in text
+    assert out.read_text() == text
     old = time.time() - 3600
     os.utime(tmp_path / "profile.json", (old, old))
-    since = str(time.time() - 60)
-    assert bench_report.main(["--dir", str(tmp_path), "--since", since, "--out", str(out)]) == 1
+    with pytest.raises(FiguresError, match="older than this run"):
+        summary(tmp_path, time.time() - 60, out)
+
+
+def test_a_missing_figure_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "serving.json").write_text(json.dumps(SERVING))
+    with pytest.raises(FiguresError, match=r"profile\.json is missing"):
+        summary(tmp_path, None, tmp_path / "report.md")
