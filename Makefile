@@ -73,10 +73,11 @@ SOAK_MINUTES ?= 30
 soak: setup ## Soak (not in CI): the stack at half saturation for SOAK_MINUTES (30); memory of every process
 	@STREAMLOOP_SOAK_MINUTES=$(SOAK_MINUTES) $(BIN)/pytest tests/chaos/test_soak.py -s
 
-lint: setup ## ruff (lint + format check) and mypy on shared/, services/, streamloop/
+lint: setup ## ruff (lint + format check), mypy, and the import rule (infra/check_imports.py)
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
 	@$(BIN)/mypy
+	@$(BIN)/python infra/check_imports.py
 
 fmt: setup ## Format and auto-fix with ruff
 	@$(BIN)/ruff format .

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
@@ -48,9 +48,18 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from shared.errors import Unavailable, is_transient
+from shared.errors import is_transient
 from shared.events import DecodeError, Event, decode, encode
 from shared.metrics import BUS_METRICS
+from shared.ports import (
+    BatchHandler,
+    Handler,
+    Message,
+    Publisher,
+    Rejected,
+    Rejection,
+    Unavailable,
+)
 from shared.settings import KafkaSettings
 from shared.telemetry import Headers, extract_context, inject_headers
 from shared.topics import dlq_for
@@ -107,53 +116,6 @@ class DlqHeaders:
 
 
 @dataclass(frozen=True)
-class Message(Generic[E]):
-    """One decoded record as handlers see it."""
-
-    event: E
-    topic: str
-    """StreamLoop's name of the topic (without ``KafkaSettings.topic_prefix``)."""
-    partition: int
-    offset: int
-    key: str | None
-    headers: Headers
-    timestamp_ms: int
-    context: Context | None = None
-    """The trace context the consumer loop extracted from ``headers`` (None when the message
-    was built elsewhere); read it through ``trace_context``."""
-
-    def trace_context(self) -> Context:
-        """The producer's trace context, to parent what the handler publishes for this
-        record: extracted from the headers once per record, by the consumer loop."""
-        return self.context if self.context is not None else extract_context(self.headers)
-
-
-class Rejected(Exception):
-    """Raised by a handler for input that can never succeed: the record goes to the DLQ at
-    once, without retries, with ``reason`` as its ``dlq.error`` header."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Rejection(Generic[E]):
-    """A batch handler's verdict that one message of its batch is refused (see ``Rejected``)."""
-
-    message: Message[E]
-    reason: str
-    detail: str
-
-
-Handler = Callable[[Message[E]], None]
-BatchHandler = Callable[[list[Message[E]]], Sequence[Rejection[E]] | None]
-"""Handles one poll's decodable messages; returns those it refuses (dead-lettered by the loop
-after it returns) or None."""
-
-
-@dataclass(frozen=True)
 class RetryPolicy:
     """How often a failing handler is tried before its record is dead-lettered."""
 
@@ -175,14 +137,6 @@ def _tracer(tracer: trace.Tracer | None) -> trace.Tracer:
 
 
 # --- producer --------------------------------------------------------------------------
-
-
-class Publisher(Protocol):
-    """The part of ``EventProducer`` that service logic needs (fakes implement it in tests)."""
-
-    def publish(self, topic: str, event: Event, *, key: str | None = None) -> object: ...
-
-    def flush(self, timeout_s: float | None = None) -> None: ...
 
 
 class EventProducer:

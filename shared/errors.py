@@ -12,11 +12,9 @@ from __future__ import annotations
 import redis.exceptions
 from kafka.errors import KafkaError
 
+from shared.ports import Unavailable
+
 __all__ = ["Unavailable", "is_transient"]
-
-
-class Unavailable(RuntimeError):
-    """A dependency did not answer; the same call can succeed later."""
 
 
 _TRANSIENT: tuple[type[BaseException], ...] = (

@@ -6,14 +6,20 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from collections.abc import Sequence
 
 import redis
 
-from shared.errors import Unavailable
+from shared.ports import (
+    DONE_PREFIX,
+    LEASE_PREFIX,
+    Claims,
+    ClaimsUnavailableError,
+    Lease,
+    Leases,
+    MemoryClaims,
+    MemoryLeases,
+)
 from shared.settings import RedisSettings
 
 __all__ = [
@@ -44,20 +50,6 @@ def connect(settings: RedisSettings) -> redis.Redis:
     return redis.Redis.from_url(settings.url, **kwargs)
 
 
-class Claims(Protocol):
-    """First-writer-wins keys with a time to live (duplicate detection)."""
-
-    def claim(self, items: Sequence[tuple[str, str]], ttl_s: int) -> list[str | None]:
-        """For each ``(key, value)`` in order: store ``value`` if the key is free (for
-        ``ttl_s`` seconds). Returns, per item, the value already stored, or None when this
-        call claimed the key. Raises ``ClaimsUnavailableError`` when the store cannot be reached."""
-        ...
-
-
-class ClaimsUnavailableError(Unavailable):
-    """The claims store cannot be reached; callers degrade (see each service's docs)."""
-
-
 class RedisClaims:
     """``Claims`` in Redis: one pipelined round trip of ``SET key value NX GET EX ttl`` per call."""
 
@@ -77,64 +69,6 @@ class RedisClaims:
             raise ClaimsUnavailableError(str(exc)) from exc
         return [r.decode() if isinstance(r, bytes) else r for r in replies]
 
-
-class MemoryClaims:
-    """``Claims`` in a dict (tests, and single-process tools)."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._data: dict[str, tuple[str, float]] = {}
-        self._clock = clock
-        self.available = True
-        """Set False to simulate an outage."""
-
-    def claim(self, items: Sequence[tuple[str, str]], ttl_s: int) -> list[str | None]:
-        if not self.available:
-            raise ClaimsUnavailableError("memory claims switched off")
-        now = self._clock()
-        out: list[str | None] = []
-        for key, value in items:
-            held = self._data.get(key)
-            if held is not None and held[1] > now:
-                out.append(held[0])
-            else:
-                self._data[key] = (value, now + ttl_s)
-                out.append(None)
-        return out
-
-
-@dataclass(frozen=True)
-class Lease:
-    """What ``Leases.acquire`` found: ``acquired`` (the caller now holds the key), ``held``
-    (another owner holds a live lease) or ``done`` (the work finished; ``value`` says how)."""
-
-    state: Literal["acquired", "held", "done"]
-    value: str = ""
-
-
-class Leases(Protocol):
-    """Exactly-once work keyed by an idempotency key.
-
-    A worker ``acquire``s a key with a lease it must ``renew`` while it works; when it dies
-    the lease runs out and the key is free again. ``finish`` replaces the lease with a long
-    lived "done" record, so the same key never runs twice."""
-
-    def acquire(self, key: str, owner: str, lease_s: int) -> Lease: ...
-
-    def renew(self, key: str, owner: str, lease_s: int) -> bool:
-        """Extend the caller's lease; False when it no longer holds it."""
-        ...
-
-    def finish(self, key: str, owner: str, value: str, ttl_s: int) -> bool:
-        """Mark the key done with ``value``; False when the caller no longer held it."""
-        ...
-
-    def release(self, key: str, owner: str) -> None:
-        """Give the key up without finishing (the work may run again later)."""
-        ...
-
-
-_LEASE_PREFIX = "lease:"
-_DONE_PREFIX = "done:"
 
 # Compare-and-set on the owner: only the holder of a lease may renew, finish or release it.
 _RENEW = """
@@ -170,66 +104,26 @@ class RedisLeases:
 
     def acquire(self, key: str, owner: str, lease_s: int) -> Lease:
         k = self._prefix + key
-        if self._redis.set(k, _LEASE_PREFIX + owner, nx=True, ex=lease_s):
+        if self._redis.set(k, LEASE_PREFIX + owner, nx=True, ex=lease_s):
             return Lease("acquired")
         raw = self._redis.get(k)
         current = raw.decode() if isinstance(raw, bytes) else (raw or "")
-        if current.startswith(_DONE_PREFIX):
-            return Lease("done", current[len(_DONE_PREFIX) :])
+        if current.startswith(DONE_PREFIX):
+            return Lease("done", current[len(DONE_PREFIX) :])
         if not current:  # expired between the two calls
             return self.acquire(key, owner, lease_s)
-        return Lease("held", current[len(_LEASE_PREFIX) :])
+        return Lease("held", current[len(LEASE_PREFIX) :])
 
     def renew(self, key: str, owner: str, lease_s: int) -> bool:
-        return bool(self._renew(keys=[self._prefix + key], args=[_LEASE_PREFIX + owner, lease_s]))
+        return bool(self._renew(keys=[self._prefix + key], args=[LEASE_PREFIX + owner, lease_s]))
 
     def finish(self, key: str, owner: str, value: str, ttl_s: int) -> bool:
         return bool(
             self._finish(
                 keys=[self._prefix + key],
-                args=[_LEASE_PREFIX + owner, _DONE_PREFIX + value, ttl_s],
+                args=[LEASE_PREFIX + owner, DONE_PREFIX + value, ttl_s],
             )
         )
 
     def release(self, key: str, owner: str) -> None:
-        self._release(keys=[self._prefix + key], args=[_LEASE_PREFIX + owner])
-
-
-class MemoryLeases:
-    """``Leases`` in a dict (unit tests)."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._data: dict[str, tuple[str, float]] = {}
-        self._clock = clock
-
-    def _get(self, key: str) -> str | None:
-        held = self._data.get(key)
-        if held is None or held[1] <= self._clock():
-            self._data.pop(key, None)
-            return None
-        return held[0]
-
-    def acquire(self, key: str, owner: str, lease_s: int) -> Lease:
-        current = self._get(key)
-        if current is None:
-            self._data[key] = (_LEASE_PREFIX + owner, self._clock() + lease_s)
-            return Lease("acquired")
-        if current.startswith(_DONE_PREFIX):
-            return Lease("done", current[len(_DONE_PREFIX) :])
-        return Lease("held", current[len(_LEASE_PREFIX) :])
-
-    def renew(self, key: str, owner: str, lease_s: int) -> bool:
-        if self._get(key) != _LEASE_PREFIX + owner:
-            return False
-        self._data[key] = (_LEASE_PREFIX + owner, self._clock() + lease_s)
-        return True
-
-    def finish(self, key: str, owner: str, value: str, ttl_s: int) -> bool:
-        if self._get(key) != _LEASE_PREFIX + owner:
-            return False
-        self._data[key] = (_DONE_PREFIX + value, self._clock() + ttl_s)
-        return True
-
-    def release(self, key: str, owner: str) -> None:
-        if self._get(key) == _LEASE_PREFIX + owner:
-            del self._data[key]
+        self._release(keys=[self._prefix + key], args=[LEASE_PREFIX + owner])

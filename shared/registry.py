@@ -4,9 +4,9 @@ The registry's truth is the ``models.lifecycle`` topic; the registry service fol
 the views defined here and keeps them in Redis so that serving, the CLI, evaluation and the
 dashboards can read the current state without replaying the log.
 
-``RegistryReader`` is the port readers talk to. ``RedisRegistry`` is the real adapter (its
-writer methods are for the registry service alone) and ``MemoryRegistry`` the in-process
-fake for unit tests.
+``RegistryReader`` (in ``shared.ports``) is the port readers talk to.
+``shared.redis_registry.RedisRegistry`` is the real adapter (its writer methods are for the
+registry service alone) and ``MemoryRegistry`` the in-process fake for unit tests.
 
 Redis layout, per model, under ``<prefix>:<model>:``:
 
@@ -21,23 +21,21 @@ A model with none of these keys reads as empty (no versions, offset -1).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, TypeVar
 
-import redis
 from pydantic import BaseModel, ConfigDict
 
-from shared.errors import Unavailable
 from shared.events import DatasetSnapshot, ModelLifecycle, utcnow
+from shared.ports import RegistryReader, Unavailable
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "EvaluationView",
     "HistoryEntry",
     "MemoryRegistry",
-    "RedisRegistry",
     "RegistryReader",
     "RegistryUnavailableError",
     "RegistryView",
@@ -217,7 +215,7 @@ class RegistryView(_View):
         return self.version(target) if target is not None else None
 
 
-def _by_number(versions: Iterable[VersionView]) -> list[VersionView]:
+def by_number(versions: Iterable[VersionView]) -> list[VersionView]:
     return sorted(versions, key=lambda v: (v.number, v.version))
 
 
@@ -228,180 +226,7 @@ class RegistryUnavailableError(Unavailable):
     """The registry's store cannot be reached."""
 
 
-class RegistryReader(Protocol):
-    """Read access to the registry. Every method raises ``RegistryUnavailableError`` when
-    the store cannot be reached; an unknown model reads as empty."""
-
-    def view(self, model_name: str) -> RegistryView:
-        """Everything about ``model_name``, read as one consistent snapshot."""
-        ...
-
-    def versions(self, model_name: str) -> list[VersionView]:
-        """Every version, in registration order."""
-        ...
-
-    def get_version(self, model_name: str, version: str) -> VersionView | None:
-        """One version, or None when it is not registered."""
-        ...
-
-    def aliases(self, model_name: str) -> dict[str, str]:
-        """``alias -> version`` (only the aliases that are set)."""
-        ...
-
-    def champion(self, model_name: str) -> VersionView | None:
-        """The champion, or None when there is none."""
-        ...
-
-
-# --- Redis ------------------------------------------------------------------------------
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-class RedisRegistry:
-    """``RegistryReader`` on Redis, plus the writer methods the registry service uses.
-
-    Every write is one MULTI/EXEC transaction, and ``view`` reads in one too, so a reader
-    never sees a model half written. Works with clients with or without
-    ``decode_responses``.
-    """
-
-    def __init__(self, client: redis.Redis, prefix: str = "streamloop:registry") -> None:
-        self._redis = client
-        self._prefix = prefix.rstrip(":")
-
-    def _key(self, model_name: str, part: str) -> str:
-        return f"{self._prefix}:{model_name}:{part}"
-
-    def _keys(self, model_name: str) -> list[str]:
-        return [self._key(model_name, p) for p in ("versions", "aliases", "history", "meta")]
-
-    def _run(self, call: Callable[[], T]) -> T:
-        try:
-            return call()
-        except redis.RedisError as exc:
-            raise RegistryUnavailableError(str(exc)) from exc
-
-    # readers
-
-    def view(self, model_name: str) -> RegistryView:
-        def read() -> list[Any]:
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.hgetall(self._key(model_name, "versions"))
-            pipe.hgetall(self._key(model_name, "aliases"))
-            pipe.lrange(self._key(model_name, "history"), 0, -1)
-            pipe.hgetall(self._key(model_name, "meta"))
-            return pipe.execute()
-
-        raw_versions, raw_aliases, raw_history, raw_meta = self._run(read)
-        meta = {_text(k): _text(v) for k, v in raw_meta.items()}
-        return RegistryView(
-            model_name=model_name,
-            versions=_by_number(VersionView.model_validate_json(v) for v in raw_versions.values()),
-            aliases={_text(k): _text(v) for k, v in raw_aliases.items()},
-            history=[HistoryEntry.model_validate_json(h) for h in raw_history],
-            offset=int(meta.get("offset", -1)),
-            updated_at=datetime.fromisoformat(meta["updated_at"]) if "updated_at" in meta else None,
-        )
-
-    def versions(self, model_name: str) -> list[VersionView]:
-        raw = self._run(lambda: self._redis.hvals(self._key(model_name, "versions")))
-        return _by_number(VersionView.model_validate_json(v) for v in raw)
-
-    def get_version(self, model_name: str, version: str) -> VersionView | None:
-        raw = self._run(lambda: self._redis.hget(self._key(model_name, "versions"), version))
-        return VersionView.model_validate_json(raw) if raw is not None else None
-
-    def aliases(self, model_name: str) -> dict[str, str]:
-        raw = self._run(lambda: self._redis.hgetall(self._key(model_name, "aliases")))
-        return {_text(k): _text(v) for k, v in raw.items()}
-
-    def champion(self, model_name: str) -> VersionView | None:
-        # Two reads: a replace between them still leaves both answers valid, because a
-        # version the alias names is always written in the same transaction as the alias.
-        target = self._run(lambda: self._redis.hget(self._key(model_name, "aliases"), "champion"))
-        return self.get_version(model_name, _text(target)) if target is not None else None
-
-    def is_empty(self, model_name: str) -> bool:
-        """True when nothing at all is stored for ``model_name``."""
-        return self._run(lambda: self._redis.exists(*self._keys(model_name))) == 0
-
-    # writers (the registry service only)
-
-    def replace(self, view: RegistryView) -> None:
-        """Make the stored model exactly ``view``: every key of the model is deleted and
-        rewritten in one MULTI/EXEC transaction."""
-
-        def write() -> None:
-            name = view.model_name
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.delete(*self._keys(name))
-            self._queue_versions(pipe, name, view.versions)
-            self._queue_aliases(pipe, name, view.aliases)
-            if view.history:
-                pipe.rpush(self._key(name, "history"), *(h.model_dump_json() for h in view.history))
-            self._queue_meta(pipe, name, view.offset, view.updated_at or utcnow())
-            pipe.execute()
-
-        self._run(write)
-
-    def apply_changes(
-        self,
-        model_name: str,
-        versions: list[VersionView],
-        aliases: dict[str, str],
-        history: list[HistoryEntry],
-        offset: int,
-        updated_at: datetime | None = None,
-    ) -> None:
-        """In one MULTI/EXEC transaction: upsert ``versions``, replace the aliases with the
-        full mapping ``aliases``, append ``history`` and record ``offset`` and
-        ``updated_at`` (now when None).
-
-        Raises ValueError when a version belongs to another model."""
-        _check_model(model_name, versions)
-
-        def write() -> None:
-            pipe = self._redis.pipeline(transaction=True)
-            self._queue_versions(pipe, model_name, versions)
-            pipe.delete(self._key(model_name, "aliases"))
-            self._queue_aliases(pipe, model_name, aliases)
-            if history:
-                pipe.rpush(
-                    self._key(model_name, "history"), *(h.model_dump_json() for h in history)
-                )
-            self._queue_meta(pipe, model_name, offset, updated_at or utcnow())
-            pipe.execute()
-
-        self._run(write)
-
-    def _queue_versions(
-        self, pipe: redis.client.Pipeline, model_name: str, versions: list[VersionView]
-    ) -> None:
-        if versions:
-            pipe.hset(
-                self._key(model_name, "versions"),
-                mapping={v.version: v.model_dump_json() for v in versions},
-            )
-
-    def _queue_aliases(
-        self, pipe: redis.client.Pipeline, model_name: str, aliases: dict[str, str]
-    ) -> None:
-        if aliases:
-            pipe.hset(self._key(model_name, "aliases"), mapping={a: v for a, v in aliases.items()})
-
-    def _queue_meta(
-        self, pipe: redis.client.Pipeline, model_name: str, offset: int, updated_at: datetime
-    ) -> None:
-        pipe.hset(
-            self._key(model_name, "meta"),
-            mapping={"offset": str(offset), "updated_at": updated_at.isoformat()},
-        )
-
-
-def _check_model(model_name: str, versions: Iterable[VersionView]) -> None:
+def check_model(model_name: str, versions: Iterable[VersionView]) -> None:
     for v in versions:
         if v.model_name != model_name:
             raise ValueError(f"version {v.version} belongs to {v.model_name}, not {model_name}")
@@ -436,7 +261,7 @@ class MemoryRegistry:
         s = self._get(model_name)
         return RegistryView(
             model_name=model_name,
-            versions=_by_number(s.versions.values()),
+            versions=by_number(s.versions.values()),
             aliases=dict(s.aliases),
             history=list(s.history),
             offset=s.offset,
@@ -444,7 +269,7 @@ class MemoryRegistry:
         )
 
     def versions(self, model_name: str) -> list[VersionView]:
-        return _by_number(self._get(model_name).versions.values())
+        return by_number(self._get(model_name).versions.values())
 
     def get_version(self, model_name: str, version: str) -> VersionView | None:
         return self._get(model_name).versions.get(version)
@@ -462,7 +287,7 @@ class MemoryRegistry:
         return model_name not in self._models
 
     def replace(self, view: RegistryView) -> None:
-        _check_model(view.model_name, view.versions)
+        check_model(view.model_name, view.versions)
         self._get(view.model_name)
         self._models[view.model_name] = _Stored(
             versions={v.version: v for v in view.versions},
@@ -481,7 +306,7 @@ class MemoryRegistry:
         offset: int,
         updated_at: datetime | None = None,
     ) -> None:
-        _check_model(model_name, versions)
+        check_model(model_name, versions)
         self._get(model_name)
         s = self._models.setdefault(model_name, _Stored())
         s.versions.update({v.version: v for v in versions})

@@ -2,21 +2,25 @@
 
 ``service_runtime`` configures logging and tracing, serves ``/metrics``, waits for Kafka,
 provisions the topics (when the settings say so) and opens the shared producer; on exit it
-flushes and closes everything in reverse order.
+flushes and closes everything in reverse order. The ``Runtime`` it yields builds the
+service's consumer loops (``consumer_loop``) and runs them until SIGTERM/SIGINT (``run``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from opentelemetry import trace
 
-from shared.bus import EventProducer
+from shared.bus import ConsumerLoop, EventProducer, stop_on_signals
+from shared.events import Event
 from shared.kafka_admin import wait_for_kafka
 from shared.metrics import serve_metrics
+from shared.ports import BatchHandler, Handler
 from shared.settings import ServiceSettings
 from shared.telemetry import Telemetry, configure_logging, setup_telemetry
 from shared.topics import provision
@@ -24,6 +28,8 @@ from shared.topics import provision
 __all__ = ["Runtime", "service_runtime", "start_service"]
 
 log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Event)
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,39 @@ class Runtime:
     name: str
     tracer: trace.Tracer
     producer: EventProducer
+    settings: ServiceSettings
+
+    def consumer_loop(
+        self,
+        topics: Sequence[str],
+        event_type: type[E],
+        *,
+        group_id: str,
+        handler: Handler[E] | None = None,
+        batch_handler: BatchHandler[E] | None = None,
+        **options: Any,
+    ) -> ConsumerLoop[E]:
+        """A consumer loop of this service on ``topics`` (StreamLoop names): the service's
+        Kafka settings, producer (for its outputs and dead letters), tracer and client id;
+        ``options`` are ``ConsumerLoop``'s (retry, max_poll_records, fetch settings...)."""
+        return ConsumerLoop(
+            self.settings.kafka,
+            group_id=group_id,
+            topics=list(topics),
+            event_type=event_type,
+            producer=self.producer,
+            handler=handler,
+            batch_handler=batch_handler,
+            tracer=self.tracer,
+            client_id=self.name,
+            **options,
+        )
+
+    def run(self, loop: ConsumerLoop[Any], *also_stop: Any) -> None:
+        """Run ``loop`` until SIGTERM/SIGINT, which also stops ``also_stop`` (anything with
+        a ``stop()``)."""
+        stop_on_signals(loop, *also_stop)
+        loop.run()
 
 
 def start_service(name: str, settings: ServiceSettings) -> Telemetry:
@@ -72,7 +111,7 @@ def service_runtime(name: str, settings: ServiceSettings) -> Iterator[Runtime]:
     try:
         producer = EventProducer(settings.kafka, client_id=name, tracer=telemetry.tracer)
         try:
-            yield Runtime(name, telemetry.tracer, producer)
+            yield Runtime(name, telemetry.tracer, producer, settings)
         finally:
             producer.close()
     finally:

@@ -309,6 +309,15 @@ def cmd_publish(args: argparse.Namespace) -> int:
         f"published [bold]{len(published)}[/] frames from camera [bold]{args.camera}[/] "
         f"and {n_labels} labels" + (f"; frame ids in {args.map}" if args.map else "")
     )
+    if n_labels:
+        from services.training.settings import TrainingSettings
+
+        need = TrainingSettings().bootstrap_min_examples
+        console.print(
+            f"until a first model exists, training starts by itself at {need:,} labelled "
+            "examples (STREAMLOOP_TRAINING_BOOTSTRAP_MIN_EXAMPLES);\n"
+            "`streamloop retrain` trains on the examples present now"
+        )
     for name, error in failed:
         console.print(f"[red]skipped {name}: {error}")
     return 1 if failed else 0
@@ -318,7 +327,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from rich.live import Live
     from rich.text import Text
 
-    from services.simulator.__main__ import run
+    from services.simulator.app import run
     from services.simulator.runner import Stats
     from services.simulator.settings import SimulatorSettings
 

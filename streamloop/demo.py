@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -48,8 +47,10 @@ from shared.events import (
     decode,
 )
 from shared.kafka_admin import wait_for_kafka
+from shared.reader import TopicReader
+from shared.redis_registry import RedisRegistry
 from shared.redis_store import connect
-from shared.registry import DEFAULT_MODEL_NAME, RedisRegistry
+from shared.registry import DEFAULT_MODEL_NAME
 from shared.settings import KafkaSettings, RedisSettings, default_var_dir
 from shared.topics import Topics, provision
 
@@ -332,7 +333,6 @@ def _simulate(
 
 def _watch(kafka: KafkaSettings, story: LoopStory, stop: threading.Event) -> None:
     """Feed the loop's topics to ``story`` and count frames, examples, predictions."""
-    consumer = KafkaConsumer(enable_auto_commit=False, **kafka.client_kwargs())
     names = [
         Topics.METRICS,
         Topics.ALERTS,
@@ -342,43 +342,25 @@ def _watch(kafka: KafkaSettings, story: LoopStory, stop: threading.Event) -> Non
         Topics.MODELS_EVALUATED,
         Topics.MODELS_LIFECYCLE,
     ]
-
-    def parts(topic: str) -> list[TopicPartition]:
-        name = kafka.topic_prefix + topic
-        return [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())]
-
-    tps = [tp for t in names for tp in parts(t)]
-    counted = {
-        t: parts(t)
-        for t in (Topics.FRAMES_RAW, Topics.EXAMPLES, Topics.PREDICTIONS, Topics.LABELS_REQUESTS)
-    }
-    consumer.assign(tps)
-    consumer.seek_to_end(*tps)
-    for tp in tps:
-        consumer.position(tp)
-    try:
-        while not stop.is_set():
-            for topic, ps in counted.items():
-                ends, starts = consumer.end_offsets(ps), consumer.beginning_offsets(ps)
-                n = sum(ends[tp] - starts[tp] for tp in ps)
-                if topic == Topics.EXAMPLES:
-                    story.examples = n
-                elif topic == Topics.PREDICTIONS:
-                    story.predictions = n
-                elif topic == Topics.LABELS_REQUESTS:
-                    story.label_requests = n
-                else:
-                    story.frames = n
-            for batch in consumer.poll(timeout_ms=500).values():
-                for rec in batch:
-                    if rec.value is None:
-                        continue
-                    try:
-                        story.observe(decode(rec.value, Event))
-                    except ValueError:
-                        continue
-    finally:
-        consumer.close()
+    counted = [Topics.FRAMES_RAW, Topics.EXAMPLES, Topics.PREDICTIONS, Topics.LABELS_REQUESTS]
+    with (
+        TopicReader(kafka, names, start="end") as reader,
+        TopicReader(kafka, counted, start="end") as counter,
+    ):
+        counted_at = 0.0
+        for rec in reader.follow(stop=stop):
+            if time.monotonic() - counted_at >= 0.5:
+                counted_at = time.monotonic()
+                story.frames = counter.count(Topics.FRAMES_RAW)
+                story.examples = counter.count(Topics.EXAMPLES)
+                story.predictions = counter.count(Topics.PREDICTIONS)
+                story.label_requests = counter.count(Topics.LABELS_REQUESTS)
+            if rec is None or rec.value is None:
+                continue
+            try:
+                story.observe(decode(rec.value, Event))
+            except ValueError:
+                continue
 
 
 def _panel(story: LoopStory, procs: dict[str, subprocess.Popen[bytes]], phase: str) -> Group:

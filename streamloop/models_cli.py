@@ -4,9 +4,8 @@ Reads come from the registry's read model (Redis); changes are events: ``retrain
 retrain request and follows its progress on the topics, ``promote`` and ``rollback`` publish
 operator commands on ``models.lifecycle`` and wait for the registry's answer.
 
-The events and how they are published (``lifecycle_command``, ``retrain_request``,
-``publish_command``, ``publish_retrain``) are shared with the registry's HTTP API, so an
-operator action means the same thing whichever way it arrives.
+The events and how they are published live in ``shared.commands``, shared with the
+registry's HTTP API.
 """
 
 from __future__ import annotations
@@ -17,44 +16,30 @@ import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from kafka import KafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.tree import Tree
 
-from shared.bus import EventProducer, Publisher
+from shared.bus import EventProducer
+from shared.commands import lifecycle_command, publish_command, publish_retrain, retrain_request
 from shared.events import (
     Alert,
     Event,
     ModelEvaluated,
     ModelLifecycle,
     ModelTrained,
-    RetrainRequest,
     TrainingProgress,
     decode,
-    new_id,
 )
+from shared.reader import TopicReader
+from shared.redis_registry import RedisRegistry
 from shared.redis_store import connect
-from shared.registry import (
-    DEFAULT_MODEL_NAME,
-    RedisRegistry,
-    RegistryView,
-    VersionView,
-    lifecycle_key,
-    valid_name,
-)
+from shared.registry import DEFAULT_MODEL_NAME, RegistryView, VersionView, valid_name
 from shared.settings import KafkaSettings, RedisSettings
 from shared.topics import Topics
 
-__all__ = [
-    "add_commands",
-    "lifecycle_command",
-    "print_versions",
-    "publish_command",
-    "publish_retrain",
-    "retrain_request",
-]
+__all__ = ["add_commands", "print_versions"]
 
 console = Console()
 
@@ -63,36 +48,22 @@ class _Watch:
     """Events on ``topics`` published after the watch was opened (no consumer group)."""
 
     def __init__(self, settings: KafkaSettings, topics: list[str]) -> None:
-        self._prefix = settings.topic_prefix
-        self._consumer = KafkaConsumer(enable_auto_commit=False, **settings.client_kwargs())
-        tps = [
-            TopicPartition(self._prefix + t, p)
-            for t in topics
-            for p in sorted(self._consumer.partitions_for_topic(self._prefix + t) or ())
-        ]
-        self._consumer.assign(tps)
-        self._consumer.seek_to_end(*tps)
-        for tp in tps:  # resolve the positions now, before anything is published
-            self._consumer.position(tp)
+        self._reader = TopicReader(settings, topics, start="end")
 
     def events(self, timeout_s: float) -> Iterator[tuple[str, Event | None]]:
         """Events as they come; ``(topic, None)`` after each quiet poll, so callers can look
         elsewhere in between. Raises TimeoutError after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            polled = self._consumer.poll(timeout_ms=300)
-            if not polled:
+        for rec in self._reader.follow(timeout_s=timeout_s, poll_ms=300):
+            if rec is None:
                 yield "", None
-            for tp, batch in polled.items():
-                for rec in batch:
-                    try:
-                        yield tp.topic[len(self._prefix) :], decode(rec.value, Event)
-                    except ValueError:
-                        continue
-        raise TimeoutError(f"no answer within {timeout_s:.0f}s")
+                continue
+            try:
+                yield self._reader.logical(rec.topic), decode(rec.value, Event)
+            except ValueError:
+                continue
 
     def close(self) -> None:
-        self._consumer.close()
+        self._reader.close()
 
 
 def _registry() -> RedisRegistry:
@@ -104,29 +75,6 @@ def _pct(value: float | None) -> str:
 
 
 # --- retrain ---------------------------------------------------------------------------
-
-
-def retrain_request(
-    model: str, reason: str, key: str | None = None, *, source: str = "cli"
-) -> RetrainRequest:
-    """An operator's retrain request for ``model``; without ``key``, a new idempotency key
-    (so the request trains once, however often it is delivered)."""
-    return RetrainRequest(
-        source=source,
-        model_name=model,
-        idempotency_key=key or f"operator:{new_id()}",
-        reason=reason,
-        trigger="operator",
-    )
-
-
-def publish_retrain(
-    publisher: Publisher, request: RetrainRequest, timeout_s: float | None = None
-) -> None:
-    """Publish ``request`` on ``retrain.requests`` (keyed by model) and wait for Kafka to
-    acknowledge it."""
-    publisher.publish(Topics.RETRAIN_REQUESTS, request, key=request.model_name)
-    publisher.flush(timeout_s)
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
@@ -352,39 +300,6 @@ def _show_version(view: RegistryView, v: VersionView) -> None:
             f"CPU latency: {lat['median_ms']:.1f} ms per batch of {lat['batch_size']} "
             f"({lat['per_item_ms']:.3f} ms per image)"
         )
-
-
-def lifecycle_command(
-    model: str,
-    action: Literal["promote_requested", "rollback_requested"],
-    version: str | None,
-    *,
-    actor: str,
-    reason: str,
-    force: bool = False,
-    source: str = "cli",
-) -> ModelLifecycle:
-    """An operator command for the registry: promote ``version``, or roll the champion back
-    (``version`` None). ``force`` promotes even a version the gate rejected."""
-    return ModelLifecycle(
-        source=source,
-        model_name=model,
-        action=action,
-        model_version=version,
-        actor=actor,
-        reason=reason,
-        details={"force": True} if force else {},
-    )
-
-
-def publish_command(
-    publisher: Publisher, command: ModelLifecycle, timeout_s: float | None = None
-) -> None:
-    """Publish ``command`` on ``models.lifecycle`` and wait for Kafka to acknowledge it; the
-    registry answers on the same topic with an event whose ``cause_id`` is the command's
-    ``event_id``."""
-    publisher.publish(Topics.MODELS_LIFECYCLE, command, key=lifecycle_key(command))
-    publisher.flush(timeout_s)
 
 
 def _command(

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from kafka import KafkaConsumer, TopicPartition
 from rich.table import Table
 from rich.text import Text
 
@@ -24,6 +22,7 @@ from shared.events import (
     WindowMetrics,
     decode,
 )
+from shared.reader import TopicReader
 from shared.sdk import PredictionFilter
 from shared.settings import KafkaSettings
 from shared.topics import Topics
@@ -64,37 +63,17 @@ def follow(
     ones already there per partition, then new ones as they come. No consumer group is used,
     so tailing never disturbs a service. Stops after ``max_records``, or after
     ``idle_timeout_s`` without a record."""
-    consumer = KafkaConsumer(enable_auto_commit=False, **settings.client_kwargs())
-    try:
-        tps = [
-            TopicPartition(settings.topic_prefix + t, p)
-            for t in topics
-            for p in sorted(consumer.partitions_for_topic(settings.topic_prefix + t) or ())
-        ]
-        consumer.assign(tps)
-        ends = consumer.end_offsets(tps)
-        begins = consumer.beginning_offsets(tps)
-        for tp in tps:
-            consumer.seek(tp, max(begins[tp], ends[tp] - last))
-        seen = 0
-        idle_since = time.monotonic()
-        while max_records is None or seen < max_records:
-            polled = consumer.poll(timeout_ms=200)
-            records = sorted(
-                (r for batch in polled.values() for r in batch), key=lambda r: r.timestamp
-            )
-            if not records:
-                if idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
-                    return
+    seen = 0
+    with TopicReader(settings, topics, start=last) as reader:
+        if max_records is not None and max_records <= 0:
+            return
+        for rec in reader.follow(idle_timeout_s=idle_timeout_s, poll_ms=200, by_time=True):
+            if rec is None:
                 continue
-            idle_since = time.monotonic()
-            for rec in records:
-                yield rec
-                seen += 1
-                if max_records is not None and seen >= max_records:
-                    return
-    finally:
-        consumer.close()
+            yield rec
+            seen += 1
+            if max_records is not None and seen >= max_records:
+                return
 
 
 def _text(value: bytes | None) -> tuple[str, bool]:

@@ -26,10 +26,10 @@ from services.evaluation.gate import Check, GateResult, gate
 from services.evaluation.metrics import Report, classification_report, latency_per_batch
 from services.evaluation.settings import EvaluationSettings
 from shared.artifacts import ArtifactError, ArtifactStore
-from shared.bus import Publisher
 from shared.datasets import ExampleRecord, ExampleTable, split_of
 from shared.events import ModelEvaluated, ModelTrained, derived_id
 from shared.model import load_model, predict_proba
+from shared.ports import Publisher
 from shared.registry import RegistryReader
 from shared.topics import Topics
 

@@ -26,10 +26,9 @@ from datetime import datetime
 
 import numpy as np
 
-from shared.bus import Message, Rejection
 from shared.events import FrameRaw, FrameValid, utcnow
 from shared.images import ImageError, b64decode_strict, decode_image
-from shared.redis_store import Claims, ClaimsUnavailableError
+from shared.ports import Claims, ClaimsUnavailableError, Message, Rejection
 
 __all__ = ["IngestOutcome", "Ingestor", "Policy", "Refused", "validate"]
 

@@ -15,8 +15,8 @@ from services.monitoring.board import DashboardState
 from services.monitoring.dashboard import serve_dashboard
 from services.monitoring.feed import DashboardFeed
 from services.monitoring.settings import MonitoringSettings
+from shared.redis_registry import RedisRegistry
 from shared.redis_store import connect
-from shared.registry import RedisRegistry
 from shared.service import start_service
 from shared.streams import run_worker
 

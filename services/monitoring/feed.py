@@ -15,13 +15,13 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from services.monitoring.board import DLQ_TOPICS, DashboardState
 from shared.bus import DEFAULT_MAX_MESSAGE_BYTES, DlqHeaders
 from shared.events import DecodeError, Event, decode
+from shared.reader import TopicReader
 from shared.settings import KafkaSettings
 from shared.topics import Topics
 
@@ -138,23 +138,23 @@ class DashboardFeed:
     # --- the thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        consumer = self._connect()
-        if consumer is None:
+        reader = self._connect()
+        if reader is None:
             return
         try:
-            next_refresh = 0.0
+            next_refresh = time.monotonic() + self._refresh_s
             failing = False
             while not self._stop.is_set():
                 try:
                     if time.monotonic() >= next_refresh:
-                        self._refresh(consumer)
+                        self._note(reader.refresh())
                         next_refresh = time.monotonic() + self._refresh_s
                     if not self._assigned:
                         self._stop.wait(min(self._refresh_s, 0.5))
                         continue
-                    batches = consumer.poll(timeout_ms=self._poll_ms, max_records=500)
-                    for tp, records in batches.items():
-                        self._fold(tp.topic, records)
+                    for rec in reader.poll(self._poll_ms, max_records=500):
+                        self.records += 1
+                        fold_record(self._state, reader.logical(rec.topic), rec.value, rec.headers)
                     if failing:
                         failing = False
                         log.info("dashboard feed recovered")
@@ -168,51 +168,35 @@ class DashboardFeed:
                     failing = True
                     self._stop.wait(1.0)
         finally:
-            consumer.close()
+            reader.close()
 
-    def _connect(self) -> KafkaConsumer | None:
+    def _connect(self) -> TopicReader | None:
+        """A reader of the feed's topics, each partition ``history`` records before its end
+        (or at its beginning); retried until Kafka answers or the feed stops."""
         delay = 0.5
         while not self._stop.is_set():
             try:
-                return KafkaConsumer(
-                    group_id=None,
-                    enable_auto_commit=False,
+                reader = TopicReader(
+                    self._kafka,
+                    FEED_TOPICS,
+                    start=self._history,
                     auto_offset_reset="earliest",
                     client_id="streamloop-dashboard",
-                    **self._kafka.client_kwargs(),
                 )
             except Exception:
                 log.warning("dashboard feed cannot reach Kafka; retrying", exc_info=True)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
+                continue
+            self._note(set(reader.partitions))
+            return reader
         return None
 
-    def _refresh(self, consumer: KafkaConsumer) -> None:
-        """Assign the partitions that appeared since the last check, each positioned
-        ``history`` records before its end (or at its beginning)."""
-        present = consumer.topics()
-        wanted = set()
-        for name in self.topics:
-            if name in present:
-                for p in consumer.partitions_for_topic(name) or ():
-                    wanted.add(TopicPartition(name, p))
-        new = wanted - self._assigned
+    def _note(self, new: set[TopicPartition]) -> None:
         if not new:
             return
-        ends: dict[TopicPartition, int] = consumer.end_offsets(list(new))
-        begins: dict[TopicPartition, int] = consumer.beginning_offsets(list(new))
-        # Partitions already read keep their positions across a re-assignment.
-        consumer.assign(sorted(self._assigned | new))
-        for tp in new:
-            consumer.seek(tp, max(begins.get(tp, 0), ends.get(tp, 0) - self._history))
         self._assigned = self._assigned | new
         log.info(
             "dashboard feed reads new partitions",
             extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in new)},
         )
-
-    def _fold(self, topic: str, records: list[Any]) -> None:
-        logical = topic[len(self._prefix) :] if topic.startswith(self._prefix) else topic
-        for rec in records:
-            self.records += 1
-            fold_record(self._state, logical, rec.value, rec.headers)

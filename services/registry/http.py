@@ -41,17 +41,17 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.auth import OperatorApiAuthSettings, authorize_operator, authorize_read
-from shared.bus import Publisher
-from shared.events import Event
-from shared.http import ActionHandler, BackgroundHTTPServer, HttpError
-from shared.registry import RegistryReader, VersionView, valid_name
-from shared.topics import Topics
-from streamloop.models_cli import (
+from shared.commands import (
     lifecycle_command,
     publish_command,
     publish_retrain,
     retrain_request,
 )
+from shared.events import Event
+from shared.http import ActionHandler, BackgroundHTTPServer, HttpError
+from shared.ports import Publisher
+from shared.registry import RegistryReader, VersionView, valid_name
+from shared.topics import Topics
 
 __all__ = ["OPERATOR_TOKEN_ENV", "RegistryApi", "serve_api"]
 
@@ -295,4 +295,13 @@ def serve_api(
     # model_construct: the defaults as they are, without reading the environment, which only
     # a service's __main__ does.
     auth = auth or OperatorApiAuthSettings.model_construct()
-    return RegistryApi(_Server((host, port), reader, model_name, auth, publisher))
+    api = RegistryApi(_Server((host, port), reader, model_name, auth, publisher))
+    log.info(
+        "registry api listening",
+        extra={
+            "url": api.url,
+            "operator_actions": auth.operator_token is not None,
+            "reads_protected": auth.read_token is not None,
+        },
+    )
+    return api

@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from typing import Literal, Protocol
 
 from services.registry.state import SOURCE, Promotion, RegistryState
-from shared.bus import Publisher
 from shared.events import (
     Alert,
     Event,
@@ -27,6 +26,7 @@ from shared.events import (
     ModelTrained,
     derived_id,
 )
+from shared.ports import Message, Publisher
 from shared.registry import HistoryEntry, RegistryView, VersionView, lifecycle_key
 from shared.topics import Topics
 
@@ -92,6 +92,11 @@ class RegistryService:
             extra={"events": n, "answered": answered, "versions": len(self.state.view().versions)},
         )
         return n
+
+    def on_message(self, msg: Message[Event]) -> None:
+        """``handle`` for the consumer loop: a lifecycle event's offset is the read model's
+        position in the log."""
+        self.handle(msg.event, msg.offset if msg.topic == Topics.MODELS_LIFECYCLE else None)
 
     def handle(self, event: Event, offset: int | None = None) -> None:
         """One event from ``models.trained``, ``models.evaluated``, ``models.lifecycle`` or

@@ -16,13 +16,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-from opentelemetry.context import Context
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.serving.core import (
@@ -34,8 +33,8 @@ from services.serving.core import (
     to_predictions,
 )
 from shared.artifacts import ArtifactError
-from shared.bus import Message, Rejection
-from shared.events import Alert, Event, FrameValid, ModelLifecycle
+from shared.events import Alert, FrameValid, ModelLifecycle
+from shared.ports import Message, Rejection, TracingPublisher
 from shared.topics import Topics
 
 __all__ = ["Backend", "Ingress"]
@@ -99,20 +98,6 @@ class _Failed:
         raise self._error
 
 
-class Producer(Protocol):
-    def publish(
-        self,
-        topic: str,
-        event: Event,
-        *,
-        key: str | None = None,
-        context: Context | None = None,
-        attributes: Mapping[str, str] | None = None,
-    ) -> object: ...
-
-    def flush(self, timeout_s: float | None = None) -> None: ...
-
-
 class Ingress:
     """Serving's batch handler and model tracker (see the module docstring)."""
 
@@ -122,7 +107,7 @@ class Ingress:
         *,
         backend: Backend,
         verifier: ServingCore,
-        producer: Producer,
+        producer: TracingPublisher,
         call_size: int = 64,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:

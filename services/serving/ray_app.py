@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
@@ -24,14 +27,22 @@ from services.serving.core import ModelRef, ServingCore
 from services.serving.settings import ServingSettings
 from shared.artifacts import ArtifactError, ArtifactStore
 from shared.auth import Decision, HttpAuthSettings, authorize_read, check_length
-from shared.errors import Unavailable
 from shared.images import ImageError, decode_image
+from shared.ports import Unavailable
+from shared.redis_registry import RedisRegistry
 from shared.redis_store import connect
-from shared.registry import RedisRegistry, RegistryUnavailableError
+from shared.registry import RegistryUnavailableError
 from shared.runtimes import RuntimeName
 from shared.settings import RedisSettings
 
-__all__ = ["APP_NAME", "Classifier", "RayBackend", "build_app"]
+__all__ = [
+    "APP_NAME",
+    "Classifier",
+    "RayBackend",
+    "build_app",
+    "start_ray_backend",
+    "stop_ray_backend",
+]
 
 APP_NAME = "streamloop"
 log = logging.getLogger("streamloop.serving")
@@ -197,3 +208,45 @@ class _RayCall:
             # and routes the retry there. The batch is fine; the model tier was away.
             raise Unavailable(f"model replica lost: {exc}") from exc
         return value
+
+
+def start_ray_backend(settings: ServingSettings) -> RayBackend:
+    """Start (or join, with ``ray_address``) Ray and Ray Serve, run the application, and
+    return the backend that calls it."""
+    # On a busy machine a fresh proxy takes longer than Serve's 5 s readiness check to import
+    # its web stack; three failed checks get it killed and ``serve.start`` raises. A longer
+    # check (inherited by a local Ray's processes) and a retry below ride that out.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
+    ray.init(
+        address=settings.ray_address or None,
+        object_store_memory=None if settings.ray_address else settings.object_store_mb * 2**20,
+        include_dashboard=False,
+        log_to_driver=False,
+        ignore_reinit_error=True,
+    )
+    for attempt in range(1, 4):
+        try:
+            serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+            break
+        except (ray.exceptions.RayError, TimeoutError) as exc:
+            # The controller stays up and starts another proxy; connecting again finds it.
+            if attempt == 3:
+                raise
+            log.warning(
+                "ray serve proxy not ready; connecting again",
+                extra={"attempt": attempt, "error": str(exc).splitlines()[0]},
+            )
+            time.sleep(2.0 * attempt)
+    handle = serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+    log.info(
+        "ray serve application running",
+        extra={"url": f"http://{settings.http_host}:{settings.http_port}/predict"},
+    )
+    return RayBackend(handle, settings.call_timeout_s)
+
+
+def stop_ray_backend(settings: ServingSettings) -> None:
+    """Shut Ray Serve down when this process started Ray itself; on a shared cluster other
+    ingress processes still call the deployment, so it stays."""
+    if not settings.ray_address:
+        serve.shutdown()  # type: ignore[no-untyped-call]

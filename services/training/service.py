@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
 
@@ -34,7 +35,6 @@ from services.training.dataset import build_snapshot, frame_ids_sha256
 from services.training.settings import TrainingSettings
 from services.training.trainer import EpochStats, fit
 from shared.artifacts import ArtifactStore
-from shared.bus import Publisher
 from shared.datasets import ExampleTable
 from shared.events import (
     Alert,
@@ -46,7 +46,7 @@ from shared.events import (
     derived_id,
 )
 from shared.model import ModelSpec, build_model, predict_proba
-from shared.redis_store import Leases
+from shared.ports import Leases, Publisher
 from shared.registry import RegistryReader
 from shared.runtimes import (
     EXPORT_KIND,
@@ -98,6 +98,18 @@ def code_version(package_version: str, files: list[Path]) -> str:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return f"{package_version}+{h.hexdigest()[:10]}"
+
+
+def installed_code_version() -> str:
+    """``code_version`` of this installation: the package version and the model and
+    training code as they are on disk."""
+    try:
+        pkg = version("streamloop")
+    except PackageNotFoundError:
+        pkg = "0+unknown"
+    root = Path(__file__).resolve().parent.parent.parent
+    files = [root / "shared" / "model.py", *sorted((root / "services" / "training").glob("*.py"))]
+    return code_version(pkg, [f for f in files if f.exists()])
 
 
 class Trainer:

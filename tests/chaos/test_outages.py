@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from shared.redis_registry import RedisRegistry
 from shared.redis_store import connect
-from shared.registry import RedisRegistry
 from shared.settings import RedisSettings
 from shared.topics import Topics
 from tests.chaos.conftest import Infra, Pipeline, Tally, record

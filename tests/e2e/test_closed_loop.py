@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from shared.events import Alert, Event, ModelLifecycle, RetrainRequest, WindowMetrics, decode
+from shared.redis_registry import RedisRegistry
 from shared.redis_store import connect
-from shared.registry import RedisRegistry
 from shared.settings import KafkaSettings, RedisSettings
 from shared.telemetry import read_spans
 from shared.topics import Topics

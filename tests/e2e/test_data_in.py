@@ -134,6 +134,9 @@ def test_publish_label_and_tail_dlq_from_the_command_line(
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "published 6 frames from camera cam-cli and 2 labels" in out.stdout
+    # A user publishing a labelled set learns when a first model trains, and how to start it.
+    assert "STREAMLOOP_TRAINING_BOOTSTRAP_MIN_EXAMPLES" in out.stdout
+    assert "streamloop retrain" in out.stdout
     rows = [line.split(",") for line in mapping.read_text().splitlines()[1:]]
     ids = {Path(r[0]).name: r[1] for r in rows}
 

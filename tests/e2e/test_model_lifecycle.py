@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.redis_registry import RedisRegistry
 from shared.redis_store import connect
-from shared.registry import RedisRegistry
 from shared.settings import KafkaSettings, RedisSettings
 from shared.topics import Topics, provision
 from tests.integration.helpers import Proc, read_all, wait_for

@@ -11,8 +11,9 @@ import argparse
 import sys
 import threading
 
-from shared.bus import ConsumerLoop, EventProducer, Message, RetryPolicy, stop_on_signals
+from shared.bus import ConsumerLoop, EventProducer, RetryPolicy, stop_on_signals
 from shared.events import Alert
+from shared.ports import Message
 from shared.redis_store import connect
 from shared.settings import KafkaSettings, RedisSettings, TelemetrySettings
 from shared.telemetry import setup_telemetry

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.bus import ConsumerLoop, DlqHeaders, EventProducer, Message, RetryPolicy
+from shared.bus import ConsumerLoop, DlqHeaders, EventProducer, RetryPolicy
 from shared.events import Alert, encode
 from shared.kafka_admin import KafkaAdmin
-from shared.redis_store import ClaimsUnavailableError
+from shared.ports import ClaimsUnavailableError, Message
 from shared.settings import KafkaSettings, TelemetrySettings
 from shared.telemetry import read_spans, setup_telemetry
 from shared.topics import Topics

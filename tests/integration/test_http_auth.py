@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from shared.events import ModelLifecycle, RetrainRequest, decode
+from shared.redis_registry import RedisRegistry
 from shared.redis_store import connect
-from shared.registry import RedisRegistry
 from shared.settings import KafkaSettings, RedisSettings
 from shared.topics import Topics
 from tests.conftest import provision_prefixed

@@ -28,8 +28,9 @@ from shared.events import (
     RetrainRequest,
     decode,
 )
+from shared.redis_registry import RedisRegistry
 from shared.redis_store import connect
-from shared.registry import RedisRegistry, RegistryView
+from shared.registry import RegistryView
 from shared.settings import KafkaSettings, RedisSettings
 from shared.topics import Topics
 from tests.conftest import new_prefix, provision_prefixed

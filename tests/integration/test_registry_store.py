@@ -15,7 +15,8 @@ from redis.retry import Retry
 
 from services.registry.state import RegistryState
 from shared.events import DatasetSnapshot, ModelEvaluated, ModelLifecycle, ModelTrained
-from shared.registry import RedisRegistry, RegistryUnavailableError, RegistryView
+from shared.redis_registry import RedisRegistry
+from shared.registry import RegistryUnavailableError, RegistryView
 
 PREFIX = "streamloop:registry"
 

@@ -17,8 +17,8 @@ import pytest
 import redis
 
 from shared.bus import EventProducer
+from shared.redis_registry import RedisRegistry
 from shared.redis_store import RedisClaims, RedisLeases, connect
-from shared.registry import RedisRegistry
 from shared.settings import KafkaSettings, RedisSettings
 from shared.topics import Topics
 from tests.integration.helpers import Proc, free_port, read_all, wait_for

@@ -320,8 +320,8 @@ def test_ray_serve_predicts_the_stream_and_post_predict_agrees(world: World) -> 
         # The same frame as a PNG over HTTP gets the same class from the same champion.
         # (The HTTP path reads the champion from the registry's read model.)
         from services.registry.state import RegistryState
+        from shared.redis_registry import RedisRegistry
         from shared.redis_store import connect
-        from shared.registry import RedisRegistry
         from shared.settings import RedisSettings
 
         state = RegistryState(world.model)

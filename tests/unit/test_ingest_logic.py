@@ -11,10 +11,9 @@ import pytest
 from PIL import Image
 
 from services.ingest.logic import Ingestor, Policy, Refused, validate
-from shared.bus import Message
 from shared.events import FrameRaw
 from shared.images import encode_image
-from shared.redis_store import MemoryClaims
+from shared.ports import MemoryClaims, Message
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

@@ -157,7 +157,7 @@ def test_dependency_failures_are_transient_and_record_failures_are_not() -> None
     from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
     from shared.errors import Unavailable, is_transient
-    from shared.redis_store import ClaimsUnavailableError
+    from shared.ports import ClaimsUnavailableError
     from shared.registry import RegistryUnavailableError
 
     transient = [

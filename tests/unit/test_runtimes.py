@@ -19,7 +19,7 @@ from services.training.settings import Hyperparameters, SamplingPolicy, Training
 from shared.artifacts import ArtifactStore, FormatError, IntegrityError
 from shared.events import ExportRef, ModelLifecycle, ModelTrained, RetrainRequest
 from shared.model import ModelSpec, build_model, load_model, predict_proba
-from shared.redis_store import MemoryLeases
+from shared.ports import MemoryLeases
 from shared.registry import MemoryRegistry
 from shared.runtimes import (
     EXPORT_KIND,

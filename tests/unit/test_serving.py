@@ -16,7 +16,6 @@ import torch
 from services.serving.core import AliasTracker, Done, ModelRef, ServingCore, to_predictions
 from services.serving.ingress import Ingress
 from shared.artifacts import ArtifactStore, IntegrityError
-from shared.bus import Message
 from shared.events import (
     Alert,
     Event,
@@ -25,6 +24,7 @@ from shared.events import (
     Prediction,
 )
 from shared.model import ModelSpec, build_model
+from shared.ports import Message
 from shared.topics import Topics
 from tests.synthetic import trained_event
 

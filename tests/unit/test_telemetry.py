@@ -10,8 +10,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
 
-from shared.bus import Message
 from shared.events import Label
+from shared.ports import Message
 from shared.settings import TelemetrySettings
 from shared.telemetry import (
     JsonFormatter,

@@ -15,7 +15,7 @@ from shared.artifacts import ArtifactStore
 from shared.datasets import ExampleTable, split_of
 from shared.events import Alert, Event, ModelTrained, RetrainRequest, TrainingProgress
 from shared.model import load_model
-from shared.redis_store import MemoryLeases
+from shared.ports import MemoryLeases
 from shared.registry import MemoryRegistry
 from shared.topics import Topics
 from tests.synthetic import CLASSES, render_examples, table_of
@@ -200,7 +200,7 @@ def test_bootstrap_asks_once_per_registry_state_and_never_while_a_version_awaits
     tmp_path: Path,
 ) -> None:
     from services.registry.state import RegistryState
-    from services.training.__main__ import Bootstrapper
+    from services.training.bootstrap import Bootstrapper
     from shared.events import ModelEvaluated
     from tests.synthetic import trained_event
 
@@ -236,7 +236,8 @@ def test_bootstrap_asks_once_per_registry_state_and_never_while_a_version_awaits
     registered()
     assert boot.check() is None  # too few examples
     count["n"] = 500
-    assert boot.check() == "bootstrap:vehicle-classifier:0"
+    assert boot.check() is None  # enough, but still arriving
+    assert boot.check() == "bootstrap:vehicle-classifier:0"  # settled: all of them train
     assert boot.check() is None  # the same state asks once
     registered(("v1", None))
     assert boot.check() is None  # v1 awaits its verdict
@@ -248,3 +249,35 @@ def test_bootstrap_asks_once_per_registry_state_and_never_while_a_version_awaits
         "bootstrap:vehicle-classifier:0",
         "bootstrap:vehicle-classifier:1",
     ]
+
+
+def test_bootstrap_trains_on_a_whole_set_and_says_when_it_is_too_small(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A labelled set being published is not cut at the minimum: the request waits until
+    the count stops growing. A set below the minimum that stopped growing is named in a
+    warning that says how to train on it anyway, once."""
+    from services.training.bootstrap import Bootstrapper
+
+    pub = FakePublisher()
+    count = {"n": 0}
+    boot = Bootstrapper(
+        settings(tmp_path, bootstrap_min_examples=2000),
+        MemoryRegistry(),
+        pub,
+        count_examples=lambda: count["n"],
+    )
+    for n in (400, 1400, 1400, 1400):
+        count["n"] = n
+        assert boot.check() is None
+    waiting = [r for r in caplog.records if "bootstrap waits" in r.getMessage()]
+    assert len(waiting) == 1
+    assert "streamloop retrain" in waiting[0].getMessage()
+    assert waiting[0].__dict__["examples"] == 1400
+    for n in (2100, 3000, 4200):  # over the minimum, still arriving
+        count["n"] = n
+        assert boot.check() is None
+    assert pub.of(Topics.RETRAIN_REQUESTS) == []
+    assert boot.check() == "bootstrap:vehicle-classifier:0"
+    (request,) = pub.of(Topics.RETRAIN_REQUESTS)
+    assert "4200 examples" in request.reason

@@ -1,0 +1,235 @@
+"""Reading topics without a consumer group: the one reader behind every replay and viewer.
+
+A ``TopicReader`` assigns itself the partitions of its topics and seeks, so it never joins
+a group, never commits, and never takes partitions from the services that own the topics:
+the registry replays ``models.lifecycle``, serving follows it, training and evaluation read
+``examples``, and the CLI, the demo and the dashboard watch whatever they show. Where each
+partition starts is the ``start`` policy: its beginning, its end, or its last N records.
+
+Topics are named as StreamLoop names them; the settings' prefix is added here, and
+``logical`` takes it off a record's topic again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+from shared.settings import KafkaSettings
+
+__all__ = ["ConsumerRecord", "RecordCounter", "Start", "TopicReader"]
+
+Start = Literal["beginning", "end"] | int
+"""Where a partition is first read: ``"beginning"``, ``"end"`` (only what comes after), or
+an int N (its last N records, or its beginning when it holds fewer)."""
+
+
+class TopicReader:
+    """Records of ``topics`` read without a consumer group; close it (or use ``with``).
+
+    A topic that does not exist yet is not an error: it holds no partitions until it
+    appears and ``refresh`` is called. Positions are resolved at construction (or at the
+    ``refresh`` that finds a partition), so a record published after that is always read.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topics: Sequence[str],
+        *,
+        start: Start = "beginning",
+        **consumer_kwargs: Any,
+    ) -> None:
+        self._prefix = settings.topic_prefix
+        self._names = [self._prefix + t for t in topics]
+        self._start = start
+        self._consumer = KafkaConsumer(
+            group_id=None,
+            enable_auto_commit=False,
+            **{**settings.client_kwargs(), **consumer_kwargs},
+        )
+        self._assigned: list[TopicPartition] = []
+        try:
+            self.refresh()
+        except BaseException:
+            self._consumer.close()
+            raise
+
+    # --- partitions ----------------------------------------------------------------------
+
+    @property
+    def partitions(self) -> list[TopicPartition]:
+        """The partitions read so far, in topic and partition order."""
+        return list(self._assigned)
+
+    def refresh(self) -> set[TopicPartition]:
+        """Assign the partitions that appeared since the last call, each positioned by the
+        start policy; partitions already read keep their positions. Returns the new ones."""
+        known = self._consumer.topics()
+        found: list[TopicPartition] = []
+        for name in self._names:
+            if name not in known:
+                continue
+            for p in sorted(self._consumer.partitions_for_topic(name) or ()):
+                found.append(TopicPartition(name, p))
+        new = [tp for tp in found if tp not in set(self._assigned)]
+        if not new:
+            return set()
+        self._assigned = sorted(set(self._assigned) | set(new))
+        self._consumer.assign(self._assigned)
+        self._position(new)
+        return set(new)
+
+    def _position(self, tps: list[TopicPartition]) -> None:
+        if self._start == "beginning":
+            self._consumer.seek_to_beginning(*tps)
+        elif self._start == "end":
+            self._consumer.seek_to_end(*tps)
+        else:
+            ends = self._consumer.end_offsets(tps)
+            begins = self._consumer.beginning_offsets(tps)
+            for tp in tps:
+                self._consumer.seek(tp, max(begins[tp], ends[tp] - self._start))
+        for tp in tps:  # resolve now: what is published from here on is read
+            self._consumer.position(tp)
+
+    def end_offsets(self) -> dict[TopicPartition, int]:
+        """Each partition's end offset now (the offset its next record will get)."""
+        return dict(self._consumer.end_offsets(self._assigned)) if self._assigned else {}
+
+    def count(self, topic: str | None = None) -> int:
+        """Records held now (end minus beginning offsets) by ``topic``, or by every topic:
+        an upper bound on what a compacted topic holds, cheap enough to poll."""
+        tps = [tp for tp in self._assigned if topic is None or tp.topic == self._prefix + topic]
+        if not tps:
+            return 0
+        ends = self._consumer.end_offsets(tps)
+        begins = self._consumer.beginning_offsets(tps)
+        return sum(max(ends[tp] - begins[tp], 0) for tp in tps)
+
+    def logical(self, topic: str) -> str:
+        """StreamLoop's name of a record's ``topic`` (the prefix taken off)."""
+        return topic[len(self._prefix) :] if topic.startswith(self._prefix) else topic
+
+    # --- records -------------------------------------------------------------------------
+
+    def poll(self, timeout_ms: int = 500, max_records: int | None = None) -> list[ConsumerRecord]:
+        """One poll's records, in partition order."""
+        if not self._assigned:
+            time.sleep(timeout_ms / 1000)
+            return []
+        polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        return [rec for batch in polled.values() for rec in batch]
+
+    def until_end(
+        self,
+        ends: dict[TopicPartition, int] | None = None,
+        *,
+        timeout_s: float | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+        progress_every: int = 5000,
+        max_records: int | None = None,
+    ) -> Iterator[ConsumerRecord]:
+        """Every record from the current positions up to the end offsets taken when the
+        iteration starts (or up to ``ends``, from ``end_offsets``, when the caller must know
+        the cut it read): a well-defined cut of the log. ``on_progress(read, total)`` is
+        called every ``progress_every`` records and once at the end.
+
+        Raises TimeoutError when the end is not reached within ``timeout_s``."""
+        ends = self.end_offsets() if ends is None else ends
+        positions = {tp: self._consumer.position(tp) for tp in self._assigned}
+        total = sum(max(ends[tp] - positions[tp], 0) for tp in self._assigned)
+        remaining = {tp for tp in self._assigned if positions[tp] < ends[tp]}
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        read, next_report = 0, progress_every
+        while remaining:
+            if deadline is not None and time.monotonic() > deadline:
+                names = sorted({tp.topic for tp in remaining})
+                raise TimeoutError(
+                    f"reading {', '.join(names)} did not reach its end in {timeout_s}s"
+                )
+            polled = self._consumer.poll(timeout_ms=500, max_records=max_records)
+            for tp, batch in polled.items():
+                end = ends[tp]
+                for rec in batch:
+                    if rec.offset < end:
+                        read += 1
+                        yield rec
+            remaining = {tp for tp in remaining if self._consumer.position(tp) < ends[tp]}
+            if on_progress is not None and read >= next_report:
+                on_progress(read, total)
+                next_report = read + progress_every
+        if on_progress is not None:
+            on_progress(read, total)
+
+    def follow(
+        self,
+        *,
+        stop: threading.Event | None = None,
+        timeout_s: float | None = None,
+        idle_timeout_s: float | None = None,
+        poll_ms: int = 500,
+        by_time: bool = False,
+    ) -> Iterator[ConsumerRecord | None]:
+        """Records as they come, in partition order (or, ``by_time``, in timestamp order
+        within each poll, for people reading several topics), and ``None`` after each poll
+        that brought nothing (so a caller can look elsewhere in between). Ends when ``stop``
+        is set or after ``idle_timeout_s`` without a record.
+
+        Raises TimeoutError after ``timeout_s``."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        idle_since = time.monotonic()
+        while stop is None or not stop.is_set():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"nothing more within {timeout_s:.0f}s")
+            records = self.poll(poll_ms)
+            if by_time:
+                records.sort(key=lambda r: r.timestamp)
+            if not records:
+                if idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
+                    return
+                yield None
+                continue
+            idle_since = time.monotonic()
+            yield from records
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> TopicReader:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class RecordCounter:
+    """Counts the records ``topic`` holds (``TopicReader.count``) each time it is called,
+    with one reader, opened on the first call, that also finds the topic once it exists."""
+
+    def __init__(self, settings: KafkaSettings, topic: str) -> None:
+        self._settings = settings
+        self._topic = topic
+        self._reader: TopicReader | None = None
+
+    def __call__(self) -> int:
+        if self._reader is None:
+            self._reader = TopicReader(self._settings, [self._topic], start="end")
+        else:
+            self._reader.refresh()
+        return self._reader.count()
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+    def __enter__(self) -> RecordCounter:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

@@ -1,0 +1,99 @@
+"""The topic reader against the real broker: where it starts, the cut it reads, following,
+and topics that appear later."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from shared.bus import EventProducer
+from shared.events import Label
+from shared.reader import RecordCounter, TopicReader
+from shared.settings import KafkaSettings
+from shared.topics import Topics
+from tests.conftest import provision_prefixed
+
+
+def _labels(kafka: KafkaSettings, ids: list[str]) -> None:
+    with EventProducer(kafka, client_id="reader-test") as producer:
+        for frame_id in ids:
+            producer.publish(Topics.LABELS, Label(frame_id=frame_id, label="car"), key=frame_id)
+
+
+def _ids(records: list[object]) -> list[str]:
+    from shared.events import decode
+
+    return [decode(r.value, Label).frame_id for r in records]  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def kafka(kafka_settings: KafkaSettings, prefix: str) -> KafkaSettings:
+    settings = kafka_settings.model_copy(update={"topic_prefix": prefix})
+    provision_prefixed(settings, prefix, [Topics.LABELS])
+    return settings
+
+
+def test_start_policies_and_the_cut_until_the_end(kafka: KafkaSettings) -> None:
+    _labels(kafka, [f"f{i}" for i in range(30)])
+    with TopicReader(kafka, [Topics.LABELS]) as reader:
+        ends = reader.end_offsets()
+        _labels(kafka, ["late"])  # after the cut: not part of it
+        cut = list(reader.until_end(ends, timeout_s=30))
+    assert sorted(_ids(cut)) == sorted(f"f{i}" for i in range(30))
+    assert all(reader.logical(r.topic) == Topics.LABELS for r in cut)
+
+    with TopicReader(kafka, [Topics.LABELS], start=2) as reader:
+        last = list(reader.until_end(timeout_s=30))
+        partitions = len(reader.partitions)
+    # The last two of every partition that holds that many: "late" is among them.
+    assert "late" in _ids(last)
+    assert len(last) <= 2 * partitions < 31
+
+    with TopicReader(kafka, [Topics.LABELS], start="end") as reader:
+        assert list(reader.until_end(timeout_s=10)) == []
+        assert reader.count() == 31
+        assert reader.count(Topics.LABELS) == 31 and reader.count(Topics.EXAMPLES) == 0
+
+
+def test_follow_reads_what_comes_and_stops_when_asked(kafka: KafkaSettings) -> None:
+    _labels(kafka, ["old"])
+    stop = threading.Event()
+    got: list[str] = []
+    with TopicReader(kafka, [Topics.LABELS], start="end") as reader:
+        _labels(kafka, ["new1", "new2"])
+        for rec in reader.follow(stop=stop, timeout_s=30, poll_ms=100):
+            if rec is not None:
+                got += _ids([rec])
+            if len(got) == 2:
+                stop.set()
+    assert sorted(got) == ["new1", "new2"]
+
+    with (
+        TopicReader(kafka, [Topics.LABELS], start="end") as reader,
+        pytest.raises(TimeoutError),
+    ):
+        for _ in reader.follow(timeout_s=1, poll_ms=100):
+            pass
+
+
+def test_a_topic_that_appears_later_is_read_after_refresh(
+    kafka: KafkaSettings,
+) -> None:
+    counter = RecordCounter(kafka, Topics.EXAMPLES)
+    try:
+        assert counter() == 0  # the topic does not exist yet
+        with TopicReader(kafka, [Topics.LABELS, Topics.EXAMPLES]) as reader:
+            assert {reader.logical(tp.topic) for tp in reader.partitions} == {Topics.LABELS}
+            provision_prefixed(kafka, kafka.topic_prefix, [Topics.EXAMPLES])
+            deadline = time.monotonic() + 30
+            while not any(Topics.EXAMPLES in tp.topic for tp in reader.partitions):
+                assert time.monotonic() < deadline, "the new topic was never assigned"
+                reader.refresh()
+                time.sleep(0.5)
+        with EventProducer(kafka, client_id="reader-test") as producer:
+            producer.publish(Topics.EXAMPLES, Label(frame_id="x", label="car"), key="x")
+        assert counter() == 1
+    finally:
+        counter.close()
