@@ -11,10 +11,11 @@ from typing import Any
 import faust
 
 from shared.bus import dead_letter_headers
+from shared.events import Event, decode, derived_id, encode
 from shared.expiry import ExpiryIndex
 from shared.metrics import BUS_METRICS
 from shared.settings import KafkaSettings, default_var_dir
-from shared.topics import dlq_for
+from shared.topics import dlq_for, event_for
 
 __all__ = [
     "BytesKeyed",
@@ -22,6 +23,7 @@ __all__ = [
     "FaustDeadLetters",
     "broker_options",
     "new_app",
+    "read_source",
     "run_worker",
 ]
 
@@ -80,6 +82,41 @@ class BytesKeyed(MutableMapping[str, dict[str, Any]]):
 
     def __len__(self) -> int:
         return len(self._t)
+
+
+MAX_RECORD_BYTES = 1_500_000
+"""Largest record a faust service decodes (a frame of 1 MB grows by a third in base64)."""
+
+
+def read_source(
+    value: bytes | None,
+    topic: str,
+    partition: int,
+    offset: int,
+    *,
+    max_bytes: int = MAX_RECORD_BYTES,
+) -> tuple[Event, bytes]:
+    """Decode a record read from ``topic`` (a StreamLoop name) at ``partition``/``offset``,
+    for a service that forwards it to a join topic of its own.
+
+    A record without ``event_type`` is that topic's event (``labels`` as documented names
+    none). Returns the event and the bytes to forward: the record as it is, or, when it
+    named no ``event_type`` or no ``event_id``, the event encoded in full, with an id derived
+    from the record's position, so that a redelivered record keeps its id (and the join
+    drops the copy), its defaults (``labelled_at``) are fixed once, and the join reads it
+    without knowing where it came from.
+
+    Raises:
+        DecodeError: the record is not such an event.
+    """
+    parsed = decode(value, Event, max_bytes=max_bytes, default=event_for(topic))
+    given = parsed.model_fields_set
+    if value is not None and "event_type" in given and "event_id" in given:
+        return parsed, value
+    if "event_id" not in given:
+        position = derived_id(topic, str(partition), str(offset))
+        parsed = parsed.model_copy(update={"event_id": position})
+    return parsed, encode(parsed)
 
 
 class FaustDeadLetters:

@@ -50,14 +50,13 @@ from shared.events import (
     FrameValid,
     Label,
     decode,
-    derived_id,
     encode,
 )
-from shared.streams import BytesKeyed, FaustDeadLetters, new_app
+from shared.streams import MAX_RECORD_BYTES, BytesKeyed, FaustDeadLetters, new_app, read_source
 from shared.telemetry import Headers, extract_context, inject_headers
-from shared.topics import Topics, event_for
+from shared.topics import Topics
 
-__all__ = ["build_app", "read_source"]
+__all__ = ["LabellingApp", "build_app"]
 
 log = logging.getLogger("streamloop.labelling")
 
@@ -74,36 +73,13 @@ EXPIRED = Counter(
 )
 PENDING = Gauge("streamloop_labelling_pending", "Entries held in this worker's join table.")
 
-MAX_BYTES = 1_500_000
+MAX_BYTES = MAX_RECORD_BYTES
 # Where a record of the join topic came from, by what it turned out to be (for its DLQ);
 # anything else falls back to events.dlq.
 SOURCE_OF = {"frame": Topics.FRAMES_VALID, "label": Topics.LABELS, "unknown": Topics.EVENTS_DLQ}
+KIND_OF: dict[type[Event], str] = {FrameValid: "frame", Label: "label"}
 TICK = b'{"event_type":"labelling.tick"}'
 """Sent by the timer to each join partition: sweep your expired entries."""
-
-
-def read_source(
-    value: bytes | None, topic: str, partition: int, offset: int
-) -> tuple[Event, bytes]:
-    """Decode a record read from ``topic`` (a StreamLoop name) at ``partition``/``offset``.
-
-    A record without ``event_type`` is that topic's event (``labels`` as documented names
-    none). Returns the event and the bytes to forward to the join: the record as it is, or,
-    when it named no ``event_type`` or no ``event_id``, the event encoded in full, with an id
-    derived from the record's position, so that a redelivered record keeps its id (and the
-    join drops the copy) and its defaults are fixed once.
-
-    Raises:
-        DecodeError: the record is not such an event.
-    """
-    parsed = decode(value, Event, max_bytes=MAX_BYTES, default=event_for(topic))
-    given = parsed.model_fields_set
-    if value is not None and "event_type" in given and "event_id" in given:
-        return parsed, value
-    if "event_id" not in given:
-        position = derived_id(topic, str(partition), str(offset))
-        parsed = parsed.model_copy(update={"event_id": position})
-    return parsed, encode(parsed)
 
 
 def record_headers(message: Any) -> Headers:
@@ -146,155 +122,168 @@ def links_to(traceparents: Iterable[str], own: trace.Span) -> list[Link]:
     return links
 
 
-def build_app(settings: LabellingSettings, tracer: trace.Tracer | None = None) -> faust.App:
-    """The configured faust app (not started). ``tracer``: default, the global provider's."""
-    tracer = tracer or trace.get_tracer("streamloop.labelling")
-    kafka = settings.kafka
-    prefix = kafka.topic_prefix
-    app_id = prefix + settings.app_id
-    on_disk = settings.table_store == "rocksdb"
-    app = new_app(
-        app_id,
-        kafka,
-        partitions=settings.partitions,
-        store="rocksdb://" if on_disk else "memory://",
-        standby_replicas=0 if on_disk else 1,
-    )
-    joiner = Joiner(
-        settings.task.classes,
-        frame_ttl_s=settings.frame_ttl_s,
-        label_ttl_s=settings.label_ttl_s,
-    )
-    frames_valid, labels = prefix + Topics.FRAMES_VALID, prefix + Topics.LABELS
-    sources = app.topic(frames_valid, labels, key_type=bytes, value_type=bytes)
-    join_topic = app.topic(
-        f"{app_id}-join",
-        key_type=bytes,
-        value_type=bytes,
-        partitions=settings.partitions,
-        internal=True,
-    )
-    examples_name = prefix + Topics.EXAMPLES
-    examples = app.topic(examples_name, key_type=bytes, value_type=bytes)
-    pending = app.Table(
-        "pending",
-        default=None,
-        partitions=settings.partitions,
-        key_type=bytes,
-        value_type=bytes,
-        help="frame_id -> frame and/or label waiting for the other half (JSON)",
-        options={
-            "write_buffer_size": settings.rocksdb_write_buffer_mib << 20,
-            "max_write_buffer_number": 2,
-            "target_file_size_base": settings.rocksdb_write_buffer_mib << 20,
-            "block_cache_size": settings.rocksdb_cache_mib << 20,
-        }
-        if on_disk
-        else None,
-    )
-    state = BytesKeyed(pending)
+class LabellingApp:
+    """The configured faust app and what its agents share (``build_app`` makes one)."""
 
-    @pending.on_recover
-    async def reindex() -> None:
-        # Entries came back from the changelog: the next sweep of each partition reads it once.
-        joiner.forget_due_times()
+    def __init__(self, settings: LabellingSettings, tracer: trace.Tracer | None = None) -> None:
+        self.settings = settings
+        self.tracer = tracer or trace.get_tracer("streamloop.labelling")
+        prefix = settings.kafka.topic_prefix
+        self.app_id = app_id = prefix + settings.app_id
+        on_disk = settings.table_store == "rocksdb"
+        self.app = app = new_app(
+            app_id,
+            settings.kafka,
+            partitions=settings.partitions,
+            store="rocksdb://" if on_disk else "memory://",
+            standby_replicas=0 if on_disk else 1,
+        )
+        self.joiner = Joiner(
+            settings.task.classes,
+            frame_ttl_s=settings.frame_ttl_s,
+            label_ttl_s=settings.label_ttl_s,
+        )
+        self.sources = app.topic(
+            prefix + Topics.FRAMES_VALID, prefix + Topics.LABELS, key_type=bytes, value_type=bytes
+        )
+        self.join_topic = app.topic(
+            f"{app_id}-join",
+            key_type=bytes,
+            value_type=bytes,
+            partitions=settings.partitions,
+            internal=True,
+        )
+        self.examples_name = prefix + Topics.EXAMPLES
+        self.examples = app.topic(self.examples_name, key_type=bytes, value_type=bytes)
+        mib = 1 << 20
+        self.pending = app.Table(
+            "pending",
+            default=None,
+            partitions=settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            help="frame_id -> frame and/or label waiting for the other half (JSON)",
+            options={
+                "write_buffer_size": settings.rocksdb_write_buffer_mib * mib,
+                "max_write_buffer_number": 2,
+                "target_file_size_base": settings.rocksdb_write_buffer_mib * mib,
+                "block_cache_size": settings.rocksdb_cache_mib * mib,
+            }
+            if on_disk
+            else None,
+        )
+        self.state = BytesKeyed(self.pending)
+        self.dead_letters = FaustDeadLetters(app, prefix, group=app_id)
+        self._wire()
 
-    dead_letters = FaustDeadLetters(app, prefix, group=app_id)
-    dead_letter = dead_letters.send
-    logical = dead_letters.logical
+    # --- agents ---------------------------------------------------------------------------
 
-    @app.agent(sources)
-    async def route(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        async for event in stream.events():
-            await forward(event)
-            yield None
+    def _wire(self) -> None:
+        app, settings = self.app, self.settings
 
-    async def forward(event: Any) -> None:
+        @self.pending.on_recover
+        async def reindex() -> None:
+            # Entries came back from the changelog: the next sweep of each partition reads
+            # it once.
+            self.joiner.forget_due_times()
+
+        @app.agent(self.sources)
+        async def route(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+            async for event in stream.events():
+                await self.forward(event)
+                yield None
+
+        @app.agent(self.join_topic)
+        async def join(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+            async for event in stream.events():
+                if event.value == TICK:
+                    self.sweep(event.message.partition)
+                else:
+                    await self.handle(event)
+                yield None
+
+        @app.timer(interval=settings.sweep_interval_s)  # type: ignore[untyped-decorator]
+        async def tick() -> None:
+            for partition in range(settings.partitions):
+                await self.join_topic.send(value=TICK, partition=partition)
+
+    async def forward(self, event: Any) -> None:
         """Re-key a frame or a label by frame id onto the join topic, with the trace context
         of this step; park anything else."""
-        msg, source = event.message, logical(event)
-        with consumer_span(tracer, msg) as span:
+        msg, source = event.message, self.dead_letters.logical(event)
+        with consumer_span(self.tracer, msg) as span:
             try:
-                parsed, value = read_source(event.value, source, msg.partition, msg.offset)
+                parsed, value = read_source(
+                    event.value, source, msg.partition, msg.offset, max_bytes=MAX_BYTES
+                )
             except DecodeError as exc:
                 RECORDS.labels("unknown", exc.reason).inc()
-                await dead_letter(event, exc.reason, exc.message, source)
+                await self.dead_letters.send(event, exc.reason, exc.message, source)
                 return
             span.set_attribute("messaging.message.id", parsed.event_id)
             if not isinstance(parsed, FrameValid | Label):
                 RECORDS.labels("unknown", "wrong_event_type").inc()
-                await dead_letter(
-                    event, "wrong_event_type", f"{parsed.event_type} does not belong here", source
-                )
+                why = f"{parsed.event_type} does not belong here"
+                await self.dead_letters.send(event, "wrong_event_type", why, source)
                 return
-            await join_topic.send(
+            await self.join_topic.send(
                 key=parsed.frame_id.encode(),
                 value=value,
                 headers=inject_headers(record_headers(msg)),
             )
 
-    @app.agent(join_topic)
-    async def join(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        async for event in stream.events():
-            if event.value == TICK:
-                sweep(event.message.partition)
-            else:
-                await handle(event)
-            yield None
-
-    async def handle(event: Any) -> None:
+    async def handle(self, event: Any) -> None:
         """Join one frame or label (under a CONSUMER span of its trace); publish the example
         it completes, park what cannot be joined."""
         msg = event.message
-        with consumer_span(tracer, msg) as span:
+        with consumer_span(self.tracer, msg) as span:
             kind = "unknown"
-            here = traceparent_of(span)
             try:
                 parsed = decode(event.value, Event, max_bytes=MAX_BYTES)
                 span.set_attribute("messaging.message.id", parsed.event_id)
-                if isinstance(parsed, FrameValid):
-                    kind = "frame"
-                    example = joiner.on_frame(state, parsed, msg.partition, traceparent=here)
-                elif isinstance(parsed, Label):
-                    kind = "label"
-                    example = joiner.on_label(state, parsed, msg.partition, traceparent=here)
-                else:
-                    raise DecodeError(f"{parsed.event_type} does not belong here")
-            except UnknownClassError as exc:
+                kind = KIND_OF.get(type(parsed), "unknown")
+                example = self._join(parsed, msg.partition, traceparent_of(span))
+            except (DecodeError, UnknownClassError) as exc:
                 RECORDS.labels(kind, exc.reason).inc()
-                await dead_letter(event, exc.reason, str(exc), SOURCE_OF[kind])
-                return
-            except DecodeError as exc:
-                RECORDS.labels(kind, exc.reason).inc()
-                await dead_letter(event, exc.reason, exc.message, SOURCE_OF[kind])
+                await self.dead_letters.send(event, exc.reason, str(exc), SOURCE_OF[kind])
                 return
             except Exception as exc:  # a bug must not stop the stream: park the record
                 log.exception("join failed", extra={"offset": msg.offset})
                 RECORDS.labels(kind, "handler_error").inc()
-                await dead_letter(
-                    event, "handler_error", f"{type(exc).__name__}: {exc}", SOURCE_OF[kind]
-                )
+                why = f"{type(exc).__name__}: {exc}"
+                await self.dead_letters.send(event, "handler_error", why, SOURCE_OF[kind])
                 return
             RECORDS.labels(kind, "held" if example is None else "joined").inc()
             if example is not None:
-                links = links_to(joiner.traceparents(state, example.frame_id), span)
-                await publish(example, record_headers(msg), links)
+                links = links_to(self.joiner.traceparents(self.state, example.frame_id), span)
+                await self.publish(example, record_headers(msg), links)
 
-    async def publish(example: Example, headers: Headers, links: list[Link]) -> None:
+    def _join(self, parsed: Event, partition: int, here: str | None) -> Example | None:
+        """The example ``parsed`` (a frame or a label) completes, if any.
+
+        Raises ``DecodeError`` for any other event, ``UnknownClassError`` for a label of a
+        class the task does not have."""
+        if isinstance(parsed, FrameValid):
+            return self.joiner.on_frame(self.state, parsed, partition, traceparent=here)
+        if isinstance(parsed, Label):
+            return self.joiner.on_label(self.state, parsed, partition, traceparent=here)
+        raise DecodeError(f"{parsed.event_type} does not belong here")
+
+    async def publish(self, example: Example, headers: Headers, links: list[Link]) -> None:
         """Send ``example`` under a PRODUCER span (child of the current span, linked to
         ``links``) whose context its headers carry."""
-        span = tracer.start_span(
-            f"{examples_name} publish",
+        span = self.tracer.start_span(
+            f"{self.examples_name} publish",
             kind=SpanKind.PRODUCER,
             links=links,
             attributes={
                 "messaging.system": "kafka",
-                "messaging.destination.name": examples_name,
+                "messaging.destination.name": self.examples_name,
                 "messaging.message.id": example.event_id,
             },
         )
         try:
-            await examples.send(
+            await self.examples.send(
                 key=example.frame_id.encode(),
                 value=encode(example),
                 headers=inject_headers(headers, trace.set_span_in_context(span)),
@@ -303,8 +292,8 @@ def build_app(settings: LabellingSettings, tracer: trace.Tracer | None = None) -
             span.end()
         EXAMPLES.inc()
 
-    def sweep(partition: int) -> None:
-        gone = joiner.expire(state, partition)
+    def sweep(self, partition: int) -> None:
+        gone = self.joiner.expire(self.state, partition)
         for kind, n in (
             ("unlabelled_frame", gone.unlabelled_frames),
             ("orphan_label", gone.orphan_labels),
@@ -314,11 +303,9 @@ def build_app(settings: LabellingSettings, tracer: trace.Tracer | None = None) -
                 EXPIRED.labels(kind).inc(n)
         if gone.orphan_labels:
             log.info("labels expired without their frame", extra={"count": gone.orphan_labels})
-        PENDING.set(joiner.pending())
+        PENDING.set(self.joiner.pending())
 
-    @app.timer(interval=settings.sweep_interval_s)  # type: ignore[untyped-decorator]
-    async def tick() -> None:
-        for partition in range(settings.partitions):
-            await join_topic.send(value=TICK, partition=partition)
 
-    return app
+def build_app(settings: LabellingSettings, tracer: trace.Tracer | None = None) -> faust.App:
+    """The configured faust app (not started). ``tracer``: default, the global provider's."""
+    return LabellingApp(settings, tracer).app

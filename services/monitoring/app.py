@@ -50,15 +50,15 @@ from shared.events import (
     Label,
     Prediction,
     decode,
-    derived_id,
     encode,
     utcnow,
 )
-from shared.streams import BytesKeyed, ExpiryIndex, FaustDeadLetters, new_app
+from shared.expiry import ExpiryIndex
+from shared.streams import MAX_RECORD_BYTES, BytesKeyed, FaustDeadLetters, new_app, read_source
 from shared.telemetry import ALWAYS_SAMPLE, inject_headers
-from shared.topics import Topics, event_for
+from shared.topics import Topics
 
-__all__ = ["MonitorApp", "build_app", "read_source"]
+__all__ = ["MonitorApp", "build_app"]
 
 log = logging.getLogger("streamloop.monitoring")
 
@@ -77,33 +77,9 @@ LIVE_ACCURACY = Gauge(
 )
 PENDING = Gauge("streamloop_monitoring_pending", "Frames held in this worker's join table.")
 
-MAX_BYTES = 1_500_000
+MAX_BYTES = MAX_RECORD_BYTES
 TICK = b'{"event_type":"monitoring.tick"}'
 KEEP_WINDOW_SPANS = 500
-
-
-def read_source(
-    value: bytes | None, topic: str, partition: int, offset: int
-) -> tuple[Event, bytes]:
-    """Decode a record read from ``topic`` (a StreamLoop name) at ``partition``/``offset``.
-
-    A record without ``event_type`` is that topic's event (``labels`` as documented names
-    none). Returns the event and the bytes to forward to the join: the record as it is, or,
-    when it named no ``event_type`` or no ``event_id``, the event encoded in full (an id
-    derived from the record's position, defaults such as ``labelled_at`` fixed once), so the
-    join reads it without knowing where it came from.
-
-    Raises:
-        DecodeError: the record is not such an event.
-    """
-    parsed = decode(value, Event, max_bytes=MAX_BYTES, default=event_for(topic))
-    given = parsed.model_fields_set
-    if value is not None and "event_type" in given and "event_id" in given:
-        return parsed, value
-    if "event_id" not in given:
-        position = derived_id(topic, str(partition), str(offset))
-        parsed = parsed.model_copy(update={"event_id": position})
-    return parsed, encode(parsed)
 
 
 class MonitorApp:
