@@ -101,3 +101,21 @@ def test_a_logic_module_that_is_gone_is_reported(tmp_path: Path) -> None:
 
 def test_the_project_keeps_the_rule() -> None:
     assert [str(v) for v in check(ROOT)] == []
+
+
+def test_no_test_and_no_script_imports_a_bench_script() -> None:
+    """Benchmarks are a library (tests/bench/lib) and thin scripts; what a test or another
+    script needs lives in the library."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            if any(n.startswith("tests.bench.bench_") for n in names):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
