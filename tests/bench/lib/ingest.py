@@ -11,13 +11,13 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 from rich.console import Console
 from rich.table import Table
-from services.simulator.sink import KafkaSink
 
 from services.ingest.handler import make_handler
 from services.ingest.logic import Ingestor, Policy
 from services.simulator.fleet import Annotators, Fleet
 from services.simulator.runner import Simulator
 from services.simulator.scenario import load
+from services.simulator.sink import KafkaSink
 from shared.bus import PRODUCER_DEFAULTS, ConsumerLoop, EventProducer, Message
 from shared.events import FrameRaw
 from shared.redis_store import RedisClaims, connect
