@@ -329,7 +329,11 @@ class ConsumerLoop(Generic[E]):
                             )
                             BUS_METRICS.reconnects.labels(self.group_id).inc()
                             consumer.close(autocommit=False)
-                            consumer = self._new_consumer()
+                            fresh = self._reconnect()
+                            if fresh is None:
+                                consumer = None
+                                break
+                            consumer = fresh
                             created = time.monotonic()
                     continue
                 idle_since = time.monotonic()
@@ -340,13 +344,32 @@ class ConsumerLoop(Generic[E]):
                 self._producer.flush(timeout_s=30)
             except (KafkaError, Unavailable):
                 log.exception("flush on shutdown failed", extra={"group": self.group_id})
-            consumer.close(autocommit=False)
+            if consumer is not None:
+                consumer.close(autocommit=False)
             log.info("consumer stopped", extra={"group": self.group_id})
 
     def _new_consumer(self) -> KafkaConsumer:
         consumer = KafkaConsumer(**self._consumer_config)
         consumer.subscribe([self._prefix + t for t in self.topics])
         return consumer
+
+    def _reconnect(self) -> KafkaConsumer | None:
+        """A fresh client for one that lost its group. The watchdog fires when polls come
+        back empty, which is also what a broker outage looks like: while no broker answers,
+        building the client is retried with a capped backoff instead of failing the
+        service. None when the loop is stopped meanwhile."""
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                return self._new_consumer()
+            except KafkaError as exc:
+                log.warning(
+                    "cannot reach Kafka to rebuild the consumer; retrying",
+                    extra={"group": self.group_id, "error": str(exc), "retry_in_s": delay},
+                )
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+        return None
 
     # -- processing --------------------------------------------------------------------
 

@@ -17,9 +17,10 @@ log = logging.getLogger("streamloop.training")
 
 
 class Bootstrapper:
-    """Until the registry has a champion, asks for a training once enough examples exist
-    and their count has stopped growing for one check (so a labelled set being published
-    trains as a whole). Below the minimum, once the count stops growing, it says so once.
+    """Until the registry has a champion, asks for a training once enough examples exist,
+    one check after the count first reaches the minimum unless it has stopped growing (so a
+    labelled set being published trains as a whole). Below the minimum, once the count stops
+    growing, it says so once.
 
     The request's key is ``bootstrap:<model>:<versions registered>``: one request per state of
     the registry, so a rejected first model leads to a new attempt, never to a storm. A
@@ -65,9 +66,11 @@ class Bootstrapper:
                     extra={"examples": count, "bootstrap_min_examples": s.bootstrap_min_examples},
                 )
             return None
-        if count != previous:
-            # Still arriving (a directory being published): train on all of it, once it
-            # has stopped growing for one interval, not on the first examples over the bar.
+        if count != previous and (previous is None or previous < s.bootstrap_min_examples):
+            # Just over the bar and still arriving (a directory being published): give it
+            # one interval to land, so the first model trains on all of it, not on the
+            # first examples over the bar. A live stream never stops growing: it waits no
+            # longer than that one interval.
             return None
         self._publisher.publish(
             Topics.RETRAIN_REQUESTS,

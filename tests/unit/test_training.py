@@ -254,9 +254,10 @@ def test_bootstrap_asks_once_per_registry_state_and_never_while_a_version_awaits
 def test_bootstrap_trains_on_a_whole_set_and_says_when_it_is_too_small(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A labelled set being published is not cut at the minimum: the request waits until
-    the count stops growing. A set below the minimum that stopped growing is named in a
-    warning that says how to train on it anyway, once."""
+    """A labelled set being published is not cut at the minimum: the request waits one
+    interval after the count reaches it (no longer, or a live stream would never get a
+    model). A set below the minimum that stopped growing is named in a warning that says how
+    to train on it anyway, once."""
     from services.training.bootstrap import Bootstrapper
 
     pub = FakePublisher()
@@ -274,10 +275,10 @@ def test_bootstrap_trains_on_a_whole_set_and_says_when_it_is_too_small(
     assert len(waiting) == 1
     assert "streamloop retrain" in waiting[0].getMessage()
     assert waiting[0].__dict__["examples"] == 1400
-    for n in (2100, 3000, 4200):  # over the minimum, still arriving
-        count["n"] = n
-        assert boot.check() is None
+    count["n"] = 2100  # over the minimum, still arriving: one interval to land
+    assert boot.check() is None
     assert pub.of(Topics.RETRAIN_REQUESTS) == []
+    count["n"] = 4200  # still growing (a live stream): asked for now, on all of it
     assert boot.check() == "bootstrap:vehicle-classifier:0"
     (request,) = pub.of(Topics.RETRAIN_REQUESTS)
     assert "4200 examples" in request.reason
