@@ -77,10 +77,11 @@ class TopicReader:
                 continue
             for p in sorted(self._consumer.partitions_for_topic(name) or ()):
                 found.append(TopicPartition(name, p))
-        new = [tp for tp in found if tp not in set(self._assigned)]
+        assigned = set(self._assigned)
+        new = [tp for tp in found if tp not in assigned]
         if not new:
             return set()
-        self._assigned = sorted(set(self._assigned) | set(new))
+        self._assigned = sorted(assigned | set(new))
         self._consumer.assign(self._assigned)
         self._position(new)
         return set(new)

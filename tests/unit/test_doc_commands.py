@@ -60,14 +60,13 @@ def test_the_docs_name_commands() -> None:
 
 @pytest.mark.parametrize(("path", "span"), SPANS, ids=[s for _, s in SPANS])
 def test_a_documented_command_parses(path: str, span: str) -> None:
-    argv = _argv(span)
     if any(mark in span for mark in _SYNOPSIS):
         words = span.replace("|", " ").split()[1:]
         command = [w for w in words if re.fullmatch(r"[a-z][a-z-]*", w)][:2]
         error = _parse([*command, "--help"])
         assert error is None, f"{path}: `{span}`: {error}"
         return
-    error = _parse(argv)
+    error = _parse(_argv(span))
     # A command or option named in passing without its value (``streamloop models promote``,
     # ``streamloop publish --labels``) is fine; anything else the parser refuses is a
     # documented command or option that does not exist.

@@ -3,7 +3,6 @@ them, and the example's span links to the half that did not complete it."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,25 +13,11 @@ from opentelemetry.trace import SpanKind
 
 from services.labelling.app import consumer_span, links_to, record_headers, traceparent_of
 from services.labelling.join import Joiner
-from shared.events import FrameValid, Label
+from shared.events import Label
+from tests.unit.test_labelling_join import frame
 
 FRAME_TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"
-
-
-def frame(fid: str) -> FrameValid:
-    now = datetime.now(UTC)
-    return FrameValid(
-        frame_id=fid,
-        camera_id="cam-1",
-        captured_at=now,
-        ingested_at=now,
-        width=2,
-        height=2,
-        pixels=bytes(12),
-        content_sha256="0" * 64,
-        condition="day",
-    )
 
 
 def message(headers: Any) -> SimpleNamespace:
