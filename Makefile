@@ -55,7 +55,7 @@ down-cluster: ## Stop the 3-broker cluster
 	@$(KAFKA) stop cluster
 
 test: setup ## Run every test tier against real Kafka and Redis (starts and stops them as needed)
-	@$(WITH_INFRA) $(BIN)/pytest tests/unit tests/integration tests/e2e tests/perf tests/chaos
+	@$(WITH_INFRA) $(BIN)/pytest --durations=30 tests/unit tests/integration tests/e2e tests/perf tests/chaos
 
 test-unit: setup ## Unit tests only (no infrastructure)
 	@$(BIN)/pytest tests/unit

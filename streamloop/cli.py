@@ -553,10 +553,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--scenario", default="day-to-night", help="drift scenario (name or TOML)")
     p.add_argument(
-        "--bootstrap-scenario", default="steady-day", help="scenario that trains the first model"
+        "--bootstrap-scenario", default="labelled-day", help="scenario that trains the first model"
     )
     p.add_argument(
-        "--bootstrap-seconds", type=float, default=400.0, help="scenario seconds of bootstrap"
+        "--bootstrap-seconds", type=float, default=150.0, help="scenario seconds of bootstrap"
     )
     p.add_argument("--rate", type=float, help="frames per second (default: the scenario's)")
     p.add_argument("--timeout", type=float, default=1500.0, help="give up after this long")

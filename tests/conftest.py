@@ -42,18 +42,10 @@ def new_prefix() -> str:
     return name
 
 
-@pytest.fixture
-def prefix() -> str:
-    """A namespace so each test has topics (and groups) of its own."""
-    return new_prefix()
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _delete_test_topics() -> Iterator[None]:
-    """Tests create topics under prefixes of their own; delete them at the end, so that a
-    developer's broker does not pile up thousands of partitions (and start slowly) over runs."""
-    yield
-    if not _PREFIXES:
+def delete_topics_under(prefixes: set[str]) -> None:
+    """Delete every topic whose name starts with one of ``prefixes`` (the broker may be gone:
+    then there is nothing to tidy)."""
+    if not prefixes:
         return
     from kafka.errors import KafkaError
 
@@ -61,11 +53,31 @@ def _delete_test_topics() -> Iterator[None]:
 
     try:
         with KafkaAdmin(KafkaSettings()) as admin:
-            ours = [t for t in admin.list_topics() if any(t.startswith(p) for p in _PREFIXES)]
+            ours = [t for t in admin.list_topics() if t.startswith(tuple(prefixes))]
             for i in range(0, len(ours), 100):
                 admin.delete_topics(ours[i : i + 100])
     except (KafkaError, OSError):
-        pass  # the broker is already gone: nothing to tidy
+        pass
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace so each test has topics (and groups) of its own, deleted after the test
+    (after every fixture that uses it has stopped): a broker holding every earlier test's
+    partitions answers later tests ever more slowly."""
+    name = new_prefix()
+    yield name
+    if any(request.node.get_closest_marker(m) for m in ("integration", "e2e")):
+        delete_topics_under({name})
+        _PREFIXES.discard(name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _delete_test_topics() -> Iterator[None]:
+    """What is left under the session's prefixes goes at the end, so that a developer's
+    broker does not pile up partitions (and start slowly) over runs."""
+    yield
+    delete_topics_under(_PREFIXES)
 
 
 @pytest.fixture

@@ -188,7 +188,7 @@ def test_a_corrupted_label_feed_never_replaces_the_champion(
     summary = demo(
         env,
         Path(env["STREAMLOOP_VAR"]) / "summary.json",
-        *("--scenario", str(SCENARIOS / "bad-annotator.toml"), "--timeout", "420"),
+        *("--scenario", str(SCENARIOS / "bad-annotator.toml"), "--timeout", "600"),
         timeout=900,
     )
     assert summary["returncode"] == 1, summary
