@@ -104,7 +104,7 @@ def test_the_frame_path_fetches_in_batches_and_each_service_can_change_it(
 
     assert IngestSettings().fetch.consumer_kwargs() == {
         "fetch_min_bytes": 131_072,
-        "fetch_max_wait_ms": 10,
+        "fetch_max_wait_ms": 100,
     }
     monkeypatch.setenv("STREAMLOOP_SERVING_FETCH__MAX_WAIT_MS", "3")
     monkeypatch.setenv("STREAMLOOP_SERVING_FETCH__MIN_BYTES", "1")
@@ -112,4 +112,4 @@ def test_the_frame_path_fetches_in_batches_and_each_service_can_change_it(
         "fetch_min_bytes": 1,
         "fetch_max_wait_ms": 3,
     }
-    assert IngestSettings().fetch.max_wait_ms == 10, "one service's setting stays its own"
+    assert IngestSettings().fetch.max_wait_ms == 100, "one service's setting stays its own"
