@@ -188,6 +188,7 @@ class Pipeline:
         self.prefix = f"c{uuid.uuid4().hex[:8]}."
         self.kafka = infra.settings(self.prefix)
         self.model = f"chaos-{uuid.uuid4().hex[:6]}"
+        self._streams = 0
         self.root = root
         self.procs: dict[str, Proc] = {}
         provision(self.kafka)
@@ -337,6 +338,11 @@ class Pipeline:
                 elapsed -= length
             return None
 
+        # Frame ids are unique across the streams of a run: a second stream reusing the
+        # first one's ids (with the same images) would be dropped by ingest as duplicates.
+        self._streams += 1
+        stem = f"{self.prefix}s{self._streams}f"
+
         def run() -> None:
             start = time.monotonic()
             n = 0
@@ -344,7 +350,7 @@ class Pipeline:
                 if n >= quota:
                     time.sleep(0.002)
                     continue
-                frame_id = f"{self.prefix}f{n:07d}"
+                frame_id = f"{stem}{n:07d}"
                 camera_id = f"cam-{n % 4}"
                 head = (
                     f'{{"event_type":"frame.raw","event_id":"{uuid.uuid4().hex}",'
