@@ -11,7 +11,7 @@ KAFKA := infra/kafka/kafka.sh
 REDIS := infra/redis/redis.sh
 WITH_INFRA := infra/with-infra.sh
 
-.PHONY: help setup up down status up-cluster down-cluster test test-unit test-integration \
+.PHONY: help setup up down status up-cluster down-cluster test test-slow test-unit test-integration \
         test-e2e test-chaos soak bench-scale bench-baseline lint fmt bench drift demo compose-check clean
 
 help: ## Show this help
@@ -54,8 +54,11 @@ up-cluster: setup ## Start a 3-broker KRaft cluster on 127.0.0.1:9192/9194/9196 
 down-cluster: ## Stop the 3-broker cluster
 	@$(KAFKA) stop cluster
 
-test: setup ## Run every test tier against real Kafka and Redis (starts and stops them as needed)
-	@$(WITH_INFRA) $(BIN)/pytest --durations=30 tests/unit tests/integration tests/e2e tests/perf tests/chaos
+test: setup ## Run every test tier against real Kafka and Redis, the slow tests aside (starts and stops what it needs)
+	@$(WITH_INFRA) $(BIN)/pytest --durations=30 -m "not slow" tests/unit tests/integration tests/e2e tests/perf tests/chaos
+
+test-slow: setup ## The slow tests make test leaves out: the corrupted-label closed loop, the overload
+	@$(WITH_INFRA) $(BIN)/pytest --durations=10 -m slow tests/e2e tests/chaos
 
 test-unit: setup ## Unit tests only (no infrastructure)
 	@$(BIN)/pytest tests/unit

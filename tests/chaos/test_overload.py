@@ -19,7 +19,7 @@ from shared.topics import Topics
 from tests.chaos.conftest import Infra, Pipeline, Tally, record
 from tests.chaos.memory import tree_rss_mib
 
-pytestmark = pytest.mark.timeout(1500)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 WARM_S = 20.0
 OVERLOAD_S = 120.0

@@ -177,6 +177,7 @@ def test_day_to_night_one_retrain_a_promotion_and_recovery(
     assert any(s["name"] == "serving model swap" for s in chain)
 
 
+@pytest.mark.slow  # a demo run to its deadline; test_lifecycle.py refuses such a candidate too
 @pytest.mark.timeout(1200)
 def test_a_corrupted_label_feed_never_replaces_the_champion(
     stack: dict[str, str], prefix: str
