@@ -360,7 +360,7 @@ RUN: dict[str, Callable[[Snippet, Context], None]] = {
 
 SKIP: dict[str, str] = {
     "first-screen": "make demo and make test take minutes: the demo is "
-    "tests/e2e/test_closed_loop.py, make test is the whole suite",
+    "tests/e2e/test_closed_loop.py, make test is this suite",
     "try-data-path": "starts services in the background and simulates for 4 minutes: "
     "tests/e2e/test_data_in.py",
     "try-model-lifecycle": "starts every model service and trains: "
