@@ -256,7 +256,6 @@ def test_frames_and_labels_are_traced_through_to_their_example(
         headers=_traceparent(frame_trace, frame_span),
     )
     raw.flush()
-    time.sleep(1)  # the frame first, as usual
     label = Label(frame_id=fid, label="car")
     raw.send(
         prefix + Topics.LABELS,
