@@ -4,7 +4,8 @@ Order of effects, chosen so a crash never leaves half a version behind:
 
 1. acquire the request's idempotency key (a lease in Redis; ``done`` keys are never rerun);
 2. read the examples, build the snapshot, store its manifest;
-3. fit, publishing ``training.progress`` and renewing the lease after every epoch;
+3. fit, publishing ``training.progress``; the lease is renewed after every epoch and export,
+   and in between by a thread (``services.training.lease``);
 4. store the weights (atomic, content-addressed), and the exports ``settings.exports`` asks
    for, each only once it agrees with the weights on a few holdout images;
 5. publish ``models.trained`` and wait for Kafka's acknowledgement;
@@ -32,6 +33,7 @@ import numpy.typing as npt
 from torch import nn
 
 from services.training.dataset import build_snapshot, frame_ids_sha256
+from services.training.lease import LeaseKeeper, LeaseLostError
 from services.training.settings import TrainingSettings
 from services.training.trainer import EpochStats, fit
 from shared.artifacts import ArtifactStore
@@ -76,10 +78,6 @@ Exporter = Callable[[nn.Module, ModelSpec, ExportFormat], bytes]
 
 class RequestBusyError(RuntimeError):
     """Another live worker holds the request's lease; retry later."""
-
-
-class LeaseLostError(RuntimeError):
-    """The lease ran out during the run (another worker may have taken over): abandon it."""
 
 
 @dataclass(frozen=True)
@@ -172,7 +170,13 @@ class Trainer:
                 raise RequestBusyError(f"request {key} is held by {lease.value}")
             self._sleep(1.0)
         try:
-            outcome = self._train(request)
+            # Held for the time budget plus reading, exporting and storing: as long as the
+            # consumer's poll interval lets the request stay with this worker.
+            max_hold_s = s.time_budget_s + s.lease_s + 300
+            with LeaseKeeper(
+                self._leases, lease_key, self._owner, s.lease_s, max_hold_s=max_hold_s
+            ) as keeper:
+                outcome = self._train(request, keeper)
         except BaseException:
             self._leases.release(lease_key, self._owner)
             raise
@@ -186,7 +190,7 @@ class Trainer:
         # Idempotency keys are unique per model, not across models.
         return f"{self.settings.model_name}/{key}"
 
-    def _train(self, request: RetrainRequest) -> Outcome:
+    def _train(self, request: RetrainRequest, lease: LeaseKeeper) -> Outcome:
         s = self.settings
         key = request.idempotency_key
         started = time.perf_counter()
@@ -257,8 +261,7 @@ class Trainer:
                 ),
                 key=key,
             )
-            if not self._leases.renew(self._lease_key(key), self._owner, s.lease_s):
-                raise LeaseLostError(f"lost the lease on {key} during epoch {stats.epoch}")
+            lease.check(f"during epoch {stats.epoch}")
             log.info(
                 "epoch",
                 extra={
@@ -297,7 +300,7 @@ class Trainer:
             self.spec.to_metadata({"snapshot": dataset.snapshot_id, "seed": str(s.seed)}),
         )
         checked_on = (snap.holdout or snap.train)[:EXPORT_CHECK_IMAGES]
-        exports = self._exports(model, table.select(checked_on), key)
+        exports = self._exports(model, table.select(checked_on), key, lease)
         version = weights.sha256[:12]
         champion = self._registry.champion(s.model_name)
         event = ModelTrained(
@@ -329,12 +332,12 @@ class Trainer:
         return Outcome("trained", version=version, event=event)
 
     def _exports(
-        self, model: nn.Module, pixels: npt.NDArray[np.uint8], key: str
+        self, model: nn.Module, pixels: npt.NDArray[np.uint8], key: str, lease: LeaseKeeper
     ) -> dict[str, ExportRef]:
         """Export ``model`` to every format of ``settings.exports`` and store each export
         that agrees with eager on ``pixels``. One that fails or disagrees is left out (with a
-        warning): serving then runs that version with eager. Renews the lease after each
-        export (a compile takes tens of seconds); raises LeaseLostError when it is gone."""
+        warning): serving then runs that version with eager. Checks the lease after each
+        export; raises LeaseLostError when it is gone."""
         out: dict[str, ExportRef] = {}
         if not self.settings.exports:
             return out
@@ -348,9 +351,9 @@ class Trainer:
                 agreement = compare(reference, runtime.predict_proba(pixels))
             except (RuntimeError, ValueError) as exc:
                 log.warning("export failed; not published", extra={**context, "error": str(exc)})
-                self._renew(key, fmt)
+                lease.check(f"while exporting {fmt}")
                 continue
-            self._renew(key, fmt)
+            lease.check(f"while exporting {fmt}")
             context |= {
                 "images": agreement.images,
                 "same_class": agreement.same_class,
@@ -371,7 +374,3 @@ class Trainer:
                 },
             )
         return out
-
-    def _renew(self, key: str, during: str) -> None:
-        if not self._leases.renew(self._lease_key(key), self._owner, self.settings.lease_s):
-            raise LeaseLostError(f"lost the lease on {key} while exporting {during}")
