@@ -41,6 +41,8 @@ LOGIC: dict[str, tuple[str, ...]] = {
         "datasets",
         "events",
         "expiry",
+        "fitting",
+        "image_errors",
         "images",
         "model",
         "ports",

@@ -62,7 +62,7 @@ from shared.ports import (
 )
 from shared.settings import KafkaSettings
 from shared.telemetry import Headers, extract_context, inject_headers
-from shared.topics import dlq_for
+from shared.topics import FRAME_DLQ_MAX_BYTES, dlq_for
 
 __all__ = [
     "PRODUCER_DEFAULTS",
@@ -93,7 +93,9 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     # Frames on frames.valid are ~16 KB: 1 MB batches cut the sender thread's per-record cost
     # (measured: 82 us against 136 us per 16.5 KB record with 256 KB batches).
     "batch_size": 1024 * 1024,
-    "max_request_size": 2 * 1024 * 1024,
+    # The client-side cap on one record: large enough for a camera frame on frames.raw (and
+    # its dead letter); each topic's max.message.bytes still bounds what the broker takes.
+    "max_request_size": FRAME_DLQ_MAX_BYTES,
 }
 """kafka-python producer settings of ``EventProducer`` (overridable per producer)."""
 

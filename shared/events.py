@@ -145,6 +145,11 @@ class FrameValid(Event):
     content_sha256: str
     condition: str | None = None
     attributes: dict[str, str] = Field(default_factory=dict)
+    source_width: int | None = Field(default=None, gt=0)
+    """Width of the image as published, before ingest fitted it to ``width``; None in
+    records written before ingest recorded it."""
+    source_height: int | None = Field(default=None, gt=0)
+    """Height of the image as published (None when unknown, as ``source_width``)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -229,6 +234,11 @@ class Prediction(Event):
     latency_from_ingest_ms: float
     shadow: bool = False
     condition: str | None = None
+    source_width: int | None = Field(default=None, gt=0)
+    """Width of the camera's image before ingest fitted it (the frame's ``source_width``);
+    None when the frame did not carry it."""
+    source_height: int | None = Field(default=None, gt=0)
+    """Height of the camera's image before ingest fitted it."""
 
 
 # --- monitoring ------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 """Image bytes in and out: decode PNG/JPEG to the model's pixel layout, encode pixels back.
 
 StreamLoop's pixel layout is an ``H x W x 3`` ``uint8`` RGB array, row-major. ``frames.valid``
-carries it as base64 of the raw bytes (``pixels_to_b64`` / ``pixels_from_b64``), so nothing
-after ingest decodes an image file again.
+carries it raw and ``examples`` as base64 (``pixels_to_b64`` / ``pixels_from_b64``), so
+nothing after ingest decodes an image file again. ``read_image`` decodes an image of any size
+and fits it to the model's input (``shared.fitting``); ingest and ``POST /predict`` both use
+it, so the stream and the HTTP path see the same pixels.
 
-Every failure is an ``ImageError`` whose ``reason`` is a stable code (the DLQ's error header).
+Every failure is an ``ImageError`` (``shared.image_errors``, re-exported here) whose
+``reason`` is a stable code (the DLQ's error header).
 """
 
 from __future__ import annotations
@@ -12,19 +15,37 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from typing import ClassVar, Literal
+import struct
+from dataclasses import dataclass
+from typing import Final, Literal
 
 import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
+from shared.fitting import FitPolicy, fit_image, plan_fit, reduced_decode_size
+from shared.image_errors import (
+    BadBase64Error,
+    ContentTypeMismatchError,
+    ImageError,
+    ImageTooLargeError,
+    NotImageError,
+    TooManyPixelsError,
+    TruncatedImageError,
+    WrongSizeError,
+)
+
 __all__ = [
     "CONTENT_TYPES",
+    "DEFAULT_MAX_PIXELS",
+    "MAX_PIXELS_CEILING",
     "BadBase64Error",
     "ContentTypeMismatchError",
+    "DecodedImage",
     "ImageError",
     "ImageTooLargeError",
     "NotImageError",
+    "TooManyPixelsError",
     "TruncatedImageError",
     "WrongSizeError",
     "b64decode_strict",
@@ -32,6 +53,7 @@ __all__ = [
     "encode_image",
     "pixels_from_b64",
     "pixels_to_b64",
+    "read_image",
     "sniff_content_type",
     "to_rgb_array",
 ]
@@ -41,40 +63,6 @@ CONTENT_TYPES: dict[str, ContentType] = {"PNG": "image/png", "JPEG": "image/jpeg
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
-
-
-class ImageError(ValueError):
-    """An image that cannot be used. ``reason`` is a stable, machine-readable code."""
-
-    reason: ClassVar[str] = "bad_image"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class BadBase64Error(ImageError):
-    reason = "bad_base64"
-
-
-class ImageTooLargeError(ImageError):
-    reason = "too_large"
-
-
-class NotImageError(ImageError):
-    reason = "not_image"
-
-
-class ContentTypeMismatchError(ImageError):
-    reason = "content_type_mismatch"
-
-
-class TruncatedImageError(ImageError):
-    reason = "truncated_image"
-
-
-class WrongSizeError(ImageError):
-    reason = "wrong_size"
 
 
 def b64decode_strict(text: str) -> bytes:
@@ -94,23 +82,53 @@ def sniff_content_type(data: bytes) -> ContentType | None:
     return None
 
 
-def decode_image(
+DEFAULT_MAX_PIXELS: Final = 4096 * 4096
+"""Default pixel limit of a decoded image: 4096 x 4096 (16.8 M pixels, 50 MB as RGB)."""
+
+MAX_PIXELS_CEILING: Final = 64 * 1024 * 1024
+"""Highest pixel limit allowed. It stays below Pillow's own decompression-bomb limit
+(``Image.MAX_IMAGE_PIXELS``, about 89 M pixels), so Pillow never refuses or warns about an
+image this module accepts, and every pixel bomb is refused here as ``too_many_pixels``."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """What ``read_image`` returns."""
+
+    pixels: np.ndarray
+    """``H x W x 3`` uint8 RGB; the fitted pixels when a size was asked for."""
+    source_width: int
+    """Width of the image as encoded (from its header)."""
+    source_height: int
+    """Height of the image as encoded."""
+
+
+def read_image(
     data: bytes,
     *,
     content_type: str | None = None,
     max_bytes: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     size: tuple[int, int] | None = None,
-    resize: bool = False,
-) -> np.ndarray:
-    """Decode PNG or JPEG ``data`` to an ``H x W x 3`` uint8 RGB array.
+    fit: FitPolicy = "refuse",
+) -> DecodedImage:
+    """Decode PNG or JPEG ``data`` and fit it to ``size`` (width, height) by ``fit``.
 
-    ``content_type`` (when given) must match the bytes. ``size`` is the required
-    ``(width, height)``: other sizes raise ``WrongSizeError``, or are resized when ``resize``.
-    The size is checked from the header, before the pixels are decoded, so a huge image costs
-    nothing. Grey, palette and alpha images are converted to RGB (alpha is dropped).
+    In this order, each before any pixel is decoded: more than ``max_bytes`` bytes raise
+    ``ImageTooLargeError``; bytes that are not PNG or JPEG ``NotImageError``; a
+    ``content_type`` (when given) other than the bytes' ``ContentTypeMismatchError``; more
+    than ``max_pixels`` pixels in the header ``TooManyPixelsError``; another size than
+    ``size`` under ``refuse`` ``WrongSizeError``. Then the image is decoded (grey, palette and
+    alpha images become RGB; alpha is dropped) and fitted (``shared.fitting``). A JPEG much
+    larger than what the fit keeps is decoded at a reduced DCT scale (1/2 to 1/8), which
+    skips most of the decoding work; the fit's geometry is still the full image's.
 
-    Raises an ``ImageError`` subclass; never anything else for bad bytes.
+    Without ``size`` the pixels are the image's own. Raises an ``ImageError`` subclass for bad
+    bytes, never anything else; ValueError for a ``max_pixels`` outside
+    (0, ``MAX_PIXELS_CEILING``] or an unknown ``fit``.
     """
+    if not 0 < max_pixels <= MAX_PIXELS_CEILING:
+        raise ValueError(f"max_pixels must be in (0, {MAX_PIXELS_CEILING}], got {max_pixels}")
     if max_bytes is not None and len(data) > max_bytes:
         raise ImageTooLargeError(f"image of {len(data)} bytes exceeds the limit of {max_bytes}")
     sniffed = sniff_content_type(data)
@@ -120,44 +138,115 @@ def decode_image(
         raise ContentTypeMismatchError(
             f"content_type says {content_type} but the bytes are {sniffed}"
         )
-    if sniffed == "image/jpeg":
-        pixels = _fast_jpeg(data, size, resize)
-        if pixels is not None:
-            return pixels
+    source = _header_size(data, sniffed)
+    if source is not None:
+        _check_size(source, max_pixels, size, fit)
+        if sniffed == "image/jpeg":
+            fast = _fast_jpeg(data, source, size, fit)
+            if fast is not None:
+                return fast
+    return _pillow(data, sniffed, max_pixels, size, fit)
+
+
+def decode_image(
+    data: bytes,
+    *,
+    content_type: str | None = None,
+    max_bytes: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    size: tuple[int, int] | None = None,
+    fit: FitPolicy = "refuse",
+) -> np.ndarray:
+    """The pixels of ``read_image`` (same arguments, same errors)."""
+    return read_image(
+        data,
+        content_type=content_type,
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
+        size=size,
+        fit=fit,
+    ).pixels
+
+
+def _header_size(data: bytes, kind: ContentType) -> tuple[int, int] | None:
+    """``(width, height)`` from the header alone, or None when this reader cannot tell
+    (Pillow then reads the header and gives the verdict)."""
+    if kind == "image/png":
+        # Signature (8 bytes), then the IHDR chunk: length (4), type (4), width, height.
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            return None
+        width, height = struct.unpack(">II", data[16:24])
+        return (width, height) if width > 0 and height > 0 else None
+    try:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    return (width, height)
+
+
+def _check_size(
+    source: tuple[int, int], max_pixels: int, size: tuple[int, int] | None, fit: FitPolicy
+) -> None:
+    width, height = source
+    if width * height > max_pixels:
+        raise TooManyPixelsError(
+            f"image is {width}x{height} ({width * height} pixels), more than the limit of "
+            f"{max_pixels}"
+        )
+    if size is not None:
+        plan_fit(source, size, fit)  # WrongSizeError under refuse
+
+
+def _fast_jpeg(
+    data: bytes, source: tuple[int, int], size: tuple[int, int] | None, fit: FitPolicy
+) -> DecodedImage | None:
+    """libjpeg-turbo straight to an RGB array (about a third of Pillow's cost on small crops),
+    at a reduced scale when the fit keeps much less than the image. None hands over to
+    Pillow, for anything libjpeg-turbo will not decode strictly (CMYK, a damaged file), so
+    that Pillow gives the verdict and the error."""
+    least = reduced_decode_size(source, size, fit) if size is not None else None
+    try:
+        pixels: np.ndarray = simplejpeg.decode_jpeg(
+            data,
+            colorspace="RGB",
+            strict=True,
+            min_width=least[0] if least else 0,
+            min_height=least[1] if least else 0,
+        )
+    except ValueError:
+        return None
+    if size is not None:
+        pixels = fit_image(pixels, size, fit, source_size=source)
+    return DecodedImage(pixels, *source)
+
+
+def _pillow(
+    data: bytes,
+    kind: ContentType,
+    max_pixels: int,
+    size: tuple[int, int] | None,
+    fit: FitPolicy,
+) -> DecodedImage:
     try:
         img: Image.Image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise NotImageError(f"cannot read {sniffed}: {exc}") from None
-    if size is not None and img.size != size and not resize:
-        raise WrongSizeError(f"image is {img.size[0]}x{img.size[1]}, expected {size[0]}x{size[1]}")
+    except Image.DecompressionBombError as exc:
+        raise TooManyPixelsError(f"{kind} declares too many pixels: {exc}") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise NotImageError(f"cannot read {kind}: {exc}") from None
+    source = img.size
+    _check_size(source, max_pixels, size, fit)
+    least = reduced_decode_size(source, size, fit) if size is not None else None
+    if least is not None and kind == "image/jpeg":
+        img.draft(None, least)  # the same reduced DCT scale libjpeg-turbo's path uses
     try:
         img.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise TruncatedImageError(f"{sniffed} does not decode completely: {exc}") from None
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    if size is not None and img.size != size:
-        img = img.resize(size, Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
-
-
-def _fast_jpeg(data: bytes, size: tuple[int, int] | None, resize: bool) -> np.ndarray | None:
-    """libjpeg-turbo straight to an RGB array (about a third of Pillow's cost on small crops).
-    None hands over to Pillow: for resizing, and for anything libjpeg-turbo will not decode
-    strictly (CMYK, a damaged file), so that Pillow gives the verdict and the error."""
-    try:
-        width, height, _, _ = simplejpeg.decode_jpeg_header(data)
-    except ValueError:
-        return None
-    if size is not None and (width, height) != size:
-        if not resize:
-            raise WrongSizeError(f"image is {width}x{height}, expected {size[0]}x{size[1]}")
-        return None
-    try:
-        pixels: np.ndarray = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
-    except ValueError:
-        return None
-    return pixels
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise TruncatedImageError(f"{kind} does not decode completely: {exc}") from None
+    if size is None:
+        pixels = np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
+    else:
+        pixels = fit_image(img, size, fit, source_size=source)
+    return DecodedImage(pixels, *source)
 
 
 def to_rgb_array(image: np.ndarray | Image.Image) -> np.ndarray:

@@ -16,10 +16,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.auth import MIN_PRODUCTION_TOKEN_LENGTH, HttpAuthSettings
+from shared.fitting import DEFAULT_FIT, FitPolicy
 
 __all__ = [
     "DEFAULT_SECRET_MARKERS",
@@ -202,6 +203,24 @@ class TaskSettings(BaseSettings):
 
     image_height: int = Field(default=64, gt=0, le=4096)
     """Height in pixels of the model's input."""
+
+    image_fit: FitPolicy = DEFAULT_FIT
+    """How an image of another size is brought to the model's input (``shared.fitting``):
+    ``letterbox`` (keep the aspect ratio, pad with black), ``center-crop`` (keep the aspect
+    ratio, cut the overhang), ``stretch`` or ``refuse`` (dead-letter it as ``wrong_size``).
+    Ingest fits every frame by it and ``POST /predict`` fits its image by it, so the stream
+    and the HTTP path see the same pixels."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_resize(cls, data: Any) -> Any:
+        """``STREAMLOOP_INGEST_RESIZE=true``, which resized frames of another size before
+        fit policies existed, still means ``stretch`` unless ``image_fit`` is set."""
+        if isinstance(data, dict) and "image_fit" not in data:
+            legacy = os.environ.get("STREAMLOOP_INGEST_RESIZE")
+            if legacy and TypeAdapter(bool).validate_python(legacy.strip()):
+                data = {**data, "image_fit": "stretch"}
+        return data
 
     @model_validator(mode="after")
     def _check_classes(self) -> TaskSettings:

@@ -15,6 +15,9 @@ from shared import events as ev
 from shared.settings import KafkaSettings
 
 __all__ = [
+    "FRAME_DLQ_MAX_BYTES",
+    "FRAME_RECORD_MAX_BYTES",
+    "RECORD_MAX_BYTES",
     "TOPICS",
     "ProvisionReport",
     "TopicSpec",
@@ -27,6 +30,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DAY_MS = 24 * 60 * 60 * 1000
+
+RECORD_MAX_BYTES = 2 * 1024 * 1024
+"""``max.message.bytes`` of every topic but the two that carry camera images as published."""
+
+FRAME_RECORD_MAX_BYTES = 12 * 1024 * 1024
+"""``max.message.bytes`` of ``frames.raw``: an image of up to 9 MB
+(``STREAMLOOP_INGEST_MAX_IMAGE_BYTES``) in base64 with its envelope. A topic-level setting
+overrides the broker's ``message.max.bytes``, so the brokers need no change."""
+
+FRAME_DLQ_MAX_BYTES = FRAME_RECORD_MAX_BYTES + 64 * 1024
+"""``max.message.bytes`` of ``frames.dlq``: a refused ``frames.raw`` record, kept whole, plus
+the dead-letter headers."""
 
 
 class Topics:
@@ -73,8 +88,7 @@ class TopicSpec:
         cfg = {
             "cleanup.policy": self.cleanup,
             "min.insync.replicas": str(settings.min_insync_replicas),
-            # Frames are up to 1 MB of image wrapped in JSON/base64.
-            "max.message.bytes": "2097152",
+            "max.message.bytes": str(RECORD_MAX_BYTES),
         }
         if self.retention_ms is not None:
             cfg["retention.ms"] = str(self.retention_ms)
@@ -91,11 +105,27 @@ def _spec(*args: object, **kw: object) -> TopicSpec:
 TOPICS: dict[str, TopicSpec] = {
     s.name: s
     for s in (
-        _spec(Topics.FRAMES_RAW, "camera_id", "delete", DAY_MS, ev.FrameRaw, dlq=Topics.FRAMES_DLQ),
+        _spec(
+            Topics.FRAMES_RAW,
+            "camera_id",
+            "delete",
+            DAY_MS,
+            ev.FrameRaw,
+            dlq=Topics.FRAMES_DLQ,
+            extra={"max.message.bytes": str(FRAME_RECORD_MAX_BYTES)},
+        ),
         _spec(
             Topics.FRAMES_VALID, "camera_id", "delete", DAY_MS, ev.FrameValid, dlq=Topics.FRAMES_DLQ
         ),
-        _spec(Topics.FRAMES_DLQ, "source key", "delete", 7 * DAY_MS, None, dlq=None),
+        _spec(
+            Topics.FRAMES_DLQ,
+            "source key",
+            "delete",
+            7 * DAY_MS,
+            None,
+            dlq=None,
+            extra={"max.message.bytes": str(FRAME_DLQ_MAX_BYTES)},
+        ),
         _spec(Topics.PREDICTIONS, "camera_id", "delete", 7 * DAY_MS, ev.Prediction),
         _spec(Topics.PREDICTIONS_SHADOW, "camera_id", "delete", 7 * DAY_MS, ev.Prediction),
         _spec(Topics.LABELS, "frame_id", "delete", 30 * DAY_MS, ev.Label),

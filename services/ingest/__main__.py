@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 
 from services.ingest.handler import make_handler
-from services.ingest.logic import Ingestor, Policy
+from services.ingest.logic import Ingestor, Policy, record_limit
 from services.ingest.settings import IngestSettings
 from shared.events import FrameRaw
 from shared.redis_store import RedisClaims, connect
 from shared.service import service_runtime
-from shared.topics import Topics
+from shared.topics import FRAME_RECORD_MAX_BYTES, Topics
 
 
 def main() -> int:
@@ -18,8 +18,9 @@ def main() -> int:
     policy = Policy(
         width=settings.task.image_width,
         height=settings.task.image_height,
-        resize=settings.resize,
+        fit=settings.task.image_fit,
         max_image_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_pixels,
         camera_id_pattern=settings.camera_id_pattern,
         allowed_cameras=settings.allowed_cameras,
     )
@@ -32,6 +33,8 @@ def main() -> int:
             group_id=settings.group_id,
             batch_handler=make_handler(ingestor, rt.producer),
             max_poll_records=settings.max_poll_records,
+            max_message_bytes=record_limit(settings.max_image_bytes),
+            max_partition_fetch_bytes=FRAME_RECORD_MAX_BYTES,
             **settings.fetch.consumer_kwargs(),
         )
         rt.run(loop)

@@ -27,12 +27,24 @@ from datetime import datetime
 import numpy as np
 
 from shared.events import FrameRaw, FrameValid, utcnow
-from shared.images import ImageError, b64decode_strict, decode_image
+from shared.fitting import DEFAULT_FIT, FitPolicy
+from shared.images import DEFAULT_MAX_PIXELS, ImageError, b64decode_strict, read_image
 from shared.ports import Claims, ClaimsUnavailableError, Message, Rejection
 
-__all__ = ["IngestOutcome", "Ingestor", "Policy", "Refused", "validate"]
+__all__ = [
+    "DEFAULT_MAX_IMAGE_BYTES",
+    "IngestOutcome",
+    "Ingestor",
+    "Policy",
+    "Refused",
+    "record_limit",
+    "validate",
+]
 
 SOURCE = "ingest"
+
+DEFAULT_MAX_IMAGE_BYTES = 8_000_000
+"""Largest encoded image accepted by default: a 4000x3000 JPEG at quality 90 fits."""
 
 
 class Refused(ValueError):
@@ -46,12 +58,17 @@ class Refused(ValueError):
 
 @dataclass(frozen=True)
 class Policy:
-    """What a valid frame is."""
+    """What a valid frame is, and how it is brought to the model's input.
+
+    ``width`` x ``height`` is the model's input; an image of another size is fitted by
+    ``fit`` (``shared.fitting``). An image over ``max_image_bytes`` encoded bytes or
+    ``max_pixels`` pixels is refused before it is decoded."""
 
     width: int = 64
     height: int = 64
-    resize: bool = False
-    max_image_bytes: int = 1_000_000
+    fit: FitPolicy = DEFAULT_FIT
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
     camera_id_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
     allowed_cameras: frozenset[str] = frozenset()
     _camera_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
@@ -69,8 +86,17 @@ class Policy:
             raise Refused("unknown_camera", f"camera_id {camera_id!r} is not an allowed camera")
 
 
+def record_limit(max_image_bytes: int) -> int:
+    """Largest ``frames.raw`` record that can hold an image of ``max_image_bytes``: base64
+    grows it by 4/3, and the JSON envelope and attributes get 64 KiB."""
+    return (max_image_bytes * 4) // 3 + 4 + 64 * 1024
+
+
 def validate(frame: FrameRaw, policy: Policy, now: datetime | None = None) -> FrameValid:
-    """The normalised ``FrameValid`` of ``frame``, or ``Refused`` with the reason."""
+    """The normalised ``FrameValid`` of ``frame``, or ``Refused`` with the reason.
+
+    The pixels are the image fitted to the policy's size; ``source_width`` and
+    ``source_height`` keep the size it was published at."""
     policy.check_camera(frame.camera_id)
     # base64 grows data by 4/3: refuse an oversized image before decoding it.
     if len(frame.image_b64) > (policy.max_image_bytes * 4) // 3 + 4:
@@ -81,15 +107,17 @@ def validate(frame: FrameRaw, policy: Policy, now: datetime | None = None) -> Fr
         )
     try:
         data = b64decode_strict(frame.image_b64)
-        pixels = decode_image(
+        image = read_image(
             data,
             content_type=frame.content_type,
             max_bytes=policy.max_image_bytes,
+            max_pixels=policy.max_pixels,
             size=(policy.width, policy.height),
-            resize=policy.resize,
+            fit=policy.fit,
         )
     except ImageError as exc:
         raise Refused(exc.reason, exc.message) from None
+    pixels = image.pixels
     height, width, channels = pixels.shape
     return FrameValid(
         frame_id=frame.frame_id,
@@ -103,6 +131,8 @@ def validate(frame: FrameRaw, policy: Policy, now: datetime | None = None) -> Fr
         content_sha256=hashlib.sha256(data).hexdigest(),
         condition=frame.condition,
         attributes=frame.attributes,
+        source_width=image.source_width,
+        source_height=image.source_height,
         source=SOURCE,
     )
 

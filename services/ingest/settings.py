@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from services.ingest.logic import DEFAULT_MAX_IMAGE_BYTES
+from shared.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING
 from shared.settings import FetchSettings, ServiceSettings, service_config
 
 __all__ = ["IngestSettings"]
@@ -15,12 +17,15 @@ class IngestSettings(ServiceSettings):
     group_id: str = "streamloop-ingest"
     """Consumer group; run more processes with the same group to share the partitions."""
 
-    resize: bool = False
-    """Resize frames of another size to the model's (``STREAMLOOP_TASK_IMAGE_*``) instead of
-    refusing them."""
+    max_image_bytes: int = Field(default=DEFAULT_MAX_IMAGE_BYTES, gt=0, le=9_000_000)
+    """Largest encoded image accepted (after base64 decoding). At most 9 MB: in base64 with
+    its envelope the record must stay under ``frames.raw``'s 12 MiB ``max.message.bytes``."""
 
-    max_image_bytes: int = Field(default=1_000_000, gt=0)
-    """Largest encoded image accepted (after base64 decoding)."""
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, gt=0, le=MAX_PIXELS_CEILING)
+    """Largest image accepted, in pixels (width x height, default 4096 x 4096), read from the
+    header before anything is decoded: a larger one is refused as ``too_many_pixels``. At
+    most 64 Mi pixels, below Pillow's own decompression-bomb limit. How a frame is fitted
+    to the model's input is ``STREAMLOOP_TASK_IMAGE_FIT``."""
 
     camera_id_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
     """Regular expression every camera id must match."""

@@ -222,6 +222,8 @@ def to_predictions(
                 latency_from_ingest_ms=(served_at - frame.ingested_at).total_seconds() * 1e3,
                 shadow=shadow,
                 condition=frame.condition,
+                source_width=frame.source_width,
+                source_height=frame.source_height,
             )
         )
     return out

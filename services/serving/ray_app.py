@@ -27,6 +27,7 @@ from services.serving.core import ModelRef, ServingCore
 from services.serving.settings import ServingSettings
 from shared.artifacts import ArtifactError, ArtifactStore
 from shared.auth import Decision, HttpAuthSettings, authorize_read, check_length
+from shared.fitting import DEFAULT_FIT, FitPolicy
 from shared.images import ImageError, decode_image
 from shared.ports import Unavailable
 from shared.redis_registry import RedisRegistry
@@ -60,6 +61,7 @@ class Classifier:
         model_name: str,
         http_auth: HttpAuthSettings,
         runtime: RuntimeName = "eager",
+        image_fit: FitPolicy = DEFAULT_FIT,
     ) -> None:
         import torch
 
@@ -70,15 +72,18 @@ class Classifier:
         self._registry = RedisRegistry(connect(RedisSettings.model_validate(redis)))
         self._model_name = model_name
         self._auth = http_auth
+        self._fit = image_fit
 
     def predict(self, pixels: npt.NDArray[np.uint8], ref: ModelRef) -> npt.NDArray[np.float32]:
         """Probabilities of a batch under ``ref`` (called by the Kafka ingress)."""
         return self._core.probabilities(ref, pixels)
 
     async def __call__(self, request: Request) -> JSONResponse:
-        """``POST /predict`` with a PNG or JPEG body: the champion's answer as JSON. With a
-        read token configured, the request needs it; a body over ``max_body_bytes`` is
-        answered 413 (before it is read when its length is declared)."""
+        """``POST /predict`` with a PNG or JPEG body: the champion's answer as JSON. The image
+        is fitted to the model's input by ``STREAMLOOP_TASK_IMAGE_FIT``, as ingest fits a
+        frame, so a frame and the same image posted here get the same answer. With a read
+        token configured, the request needs it; a body over ``max_body_bytes`` is answered
+        413 (before it is read when its length is declared)."""
         if not request.url.path.rstrip("/").endswith("/predict"):
             return JSONResponse({"error": "not found; POST an image to /predict"}, 404)
         if request.method != "POST":
@@ -115,6 +120,7 @@ class Classifier:
                 content_type=None if content_type == "application/octet-stream" else content_type,
                 max_bytes=limit,
                 size=(spec.image_width, spec.image_height),
+                fit=self._fit,
             )
             probs = self._core.probabilities(ref, pixels[None])[0]
         except ImageError as exc:
@@ -172,6 +178,7 @@ def build_app(settings: ServingSettings) -> serve.Application:
         settings.model_name,
         settings.http_auth,
         settings.runtime,
+        settings.task.image_fit,
     )
     return app
 

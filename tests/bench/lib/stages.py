@@ -307,8 +307,9 @@ def validate_stages(
             fd[1],
             content_type=fd[0].content_type,
             max_bytes=policy.max_image_bytes,
+            max_pixels=policy.max_pixels,
             size=size,
-            resize=policy.resize,
+            fit=policy.fit,
         ),
         warmup,
     )
