@@ -15,6 +15,7 @@ from shared.events import (
     FrameValid,
     Label,
     NotJsonError,
+    Prediction,
     SchemaError,
     TooLargeError,
     UnknownEventTypeError,
@@ -137,6 +138,43 @@ def test_a_valid_frame_travels_binary_its_pixels_raw_after_a_json_header() -> No
     assert data[8 + size :] == bytes(range(12))
     assert decode(data, FrameValid) == f
     assert decode(data, Event) == f
+
+
+def test_the_source_size_travels_on_valid_frames_and_predictions_and_may_be_absent() -> None:
+    sized = valid_frame(source_width=1920, source_height=1080)
+    back = decode(encode(sized), FrameValid)
+    assert back == sized and (back.source_width, back.source_height) == (1920, 1080)
+    # A record written before the fields existed: its header has no source size.
+    old = encode(valid_frame())
+    header_size = int.from_bytes(old[4:8], "big")
+    header = json.loads(old[8 : 8 + header_size])
+    for name in ("source_width", "source_height"):
+        header.pop(name)
+    raw = json.dumps(header).encode()
+    legacy = FRAME_MAGIC + len(raw).to_bytes(4, "big") + raw + old[8 + header_size :]
+    got = decode(legacy, FrameValid)
+    assert (got.source_width, got.source_height) == (None, None)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    prediction = Prediction(
+        frame_id="f1",
+        camera_id="cam-01",
+        captured_at=at,
+        model_name="m",
+        model_version="v",
+        predicted_class="car",
+        probabilities={"car": 1.0},
+        confidence=1.0,
+        served_at=at,
+        latency_from_capture_ms=0.0,
+        latency_from_ingest_ms=0.0,
+    )
+    wire = json.loads(encode(prediction))
+    del wire["source_width"], wire["source_height"]
+    assert decode(json.dumps(wire).encode(), Prediction).source_width is None
+    sized_prediction = prediction.model_copy(update={"source_width": 37, "source_height": 91})
+    assert decode(encode(sized_prediction), Prediction) == sized_prediction
+    with pytest.raises(SchemaError, match="source_width"):
+        decode(json.dumps(wire | {"source_width": 0}).encode(), Prediction)
 
 
 def test_a_version_1_valid_frame_with_base64_pixels_is_still_read() -> None:

@@ -10,10 +10,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.ingest.logic import Ingestor, Policy, Refused, validate
+from services.ingest.logic import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    Ingestor,
+    Policy,
+    Refused,
+    record_limit,
+    validate,
+)
 from shared.events import FrameRaw
+from shared.fitting import FIT_POLICIES, FitPolicy
 from shared.images import encode_image
 from shared.ports import MemoryClaims, Message
+from shared.topics import FRAME_RECORD_MAX_BYTES
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -73,7 +82,6 @@ def test_jpeg_and_grey_or_alpha_images_become_three_channels() -> None:
         (lambda: frame(b64="not base64 at all!"), "bad_base64"),
         (lambda: frame(b"GIF89a" + bytes(100)), "not_image"),
         (lambda: frame(encode_image(pixels())[:200]), "truncated_image"),
-        (lambda: frame(encode_image(pixels(size=(32, 48)))), "wrong_size"),
         (lambda: frame(encode_image(pixels()), content_type="image/jpeg"), "content_type_mismatch"),
         (lambda: frame(camera_id="../etc/passwd"), "bad_camera_id"),
         (lambda: frame(camera_id="cam 1"), "bad_camera_id"),
@@ -89,12 +97,55 @@ def test_an_image_over_the_byte_limit_is_refused_before_decoding() -> None:
     assert validate(frame(big), Policy(max_image_bytes=len(big)))
 
 
-def test_resize_policy_accepts_other_sizes_and_allowlist_limits_cameras() -> None:
-    odd = frame(encode_image(pixels(size=(80, 60))))
-    assert validate(odd, Policy(resize=True)).width == 64
+def test_the_allowlist_limits_cameras() -> None:
     assert reason_of(frame(camera_id="cam-9"), Policy(allowed_cameras=frozenset({"cam-1"}))) == (
         "unknown_camera"
     )
+
+
+def test_by_default_a_frame_of_another_size_is_letterboxed_and_keeps_its_size() -> None:
+    assert Policy().fit == "letterbox" and Policy().max_image_bytes == 8_000_000
+    out = validate(frame(encode_image(np.full((32, 64, 3), 50, np.uint8))), Policy())
+    assert (out.width, out.height, out.source_width, out.source_height) == (64, 64, 64, 32)
+    px = np.frombuffer(out.pixels, np.uint8).reshape(64, 64, 3)
+    assert not px[:16].any() and not px[48:].any() and (px[16:48] == 50).all()
+
+
+@pytest.mark.parametrize("fit", ["letterbox", "center-crop", "stretch"])
+@pytest.mark.parametrize(
+    ("size", "content_type"),
+    [((80, 60), "image/png"), ((37, 91), "image/png"), ((400, 300), "image/jpeg")],
+)
+def test_each_fit_policy_brings_any_size_to_the_models(
+    fit: FitPolicy, size: tuple[int, int], content_type: str
+) -> None:
+    data = encode_image(pixels(size=size), content_type)
+    out = validate(frame(data, content_type=content_type), Policy(fit=fit))
+    assert (out.width, out.height, out.channels) == (64, 64, 3)
+    assert (out.source_width, out.source_height) == size
+    assert len(out.pixels) == 64 * 64 * 3
+
+
+def test_refuse_keeps_the_old_contract_and_the_right_size_passes_untouched() -> None:
+    odd = frame(encode_image(pixels(size=(32, 48))))
+    assert reason_of(odd, Policy(fit="refuse")) == "wrong_size"
+    px = pixels(4)
+    for fit in FIT_POLICIES:
+        out = validate(frame(encode_image(px)), Policy(fit=fit))
+        assert out.pixels == px.tobytes() and (out.source_width, out.source_height) == (64, 64)
+
+
+def test_a_frame_with_too_many_pixels_is_refused_from_its_header() -> None:
+    small = encode_image(pixels(size=(80, 60)))
+    assert reason_of(frame(small), Policy(max_pixels=80 * 60 - 1)) == "too_many_pixels"
+    assert validate(frame(small), Policy(max_pixels=80 * 60)).source_width == 80
+
+
+def test_a_frames_raw_record_holds_the_largest_image_allowed() -> None:
+    assert record_limit(9_000_000) <= FRAME_RECORD_MAX_BYTES
+    b64 = base64.b64encode(bytes(DEFAULT_MAX_IMAGE_BYTES)).decode()
+    envelope = frame().model_copy(update={"image_b64": b64}).model_dump_json()
+    assert len(envelope) <= record_limit(DEFAULT_MAX_IMAGE_BYTES)
 
 
 def test_duplicates_are_dropped_redeliveries_pass_and_conflicts_are_refused() -> None:

@@ -2,27 +2,43 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 import torch
+from starlette.requests import Request
 
-from services.serving.core import AliasTracker, Done, ModelRef, ServingCore, to_predictions
+from services.serving.core import (
+    AliasTracker,
+    Done,
+    ModelRef,
+    ServingCore,
+    frame_pixels,
+    to_predictions,
+)
 from services.serving.ingress import Ingress
 from shared.artifacts import ArtifactStore, IntegrityError
+from shared.auth import HttpAuthSettings
 from shared.events import (
     Alert,
     Event,
+    FrameRaw,
     FrameValid,
     ModelLifecycle,
     Prediction,
 )
+from shared.fitting import FitPolicy
+from shared.images import encode_image
 from shared.model import ModelSpec, build_model
 from shared.ports import Message
 from shared.topics import Topics
@@ -231,6 +247,16 @@ def test_to_predictions_names_the_class_and_confidence() -> None:
     (p,) = to_predictions([f], probs, CLASSES, ref, served_at=f.ingested_at + timedelta(seconds=1))
     assert p.predicted_class == "bus" and p.confidence == pytest.approx(0.6)
     assert p.latency_from_ingest_ms == pytest.approx(1000.0)
+    assert (p.source_width, p.source_height) == (None, None), "a frame from before sizes"
+
+
+def test_a_prediction_carries_the_size_the_camera_published() -> None:
+    f = frame(1).event.model_copy(update={"source_width": 1920, "source_height": 1080})
+    probs = np.asarray([[0.1, 0.2, 0.6, 0.1]], dtype=np.float32)
+    (p,) = to_predictions(
+        [f], probs, CLASSES, ModelRef(MODEL, "v", "u", "s"), served_at=f.ingested_at
+    )
+    assert (p.source_width, p.source_height) == (1920, 1080)
 
 
 class _Response:
@@ -262,3 +288,74 @@ def test_a_replica_lost_under_a_call_is_a_dependency_failure_not_bad_input() -> 
     with pytest.raises(ValueError):
         _RayCall(_Response(error=ValueError("bad pixels")), timeout_s=7.0).result()
     assert not is_transient(ValueError("bad pixels"))
+
+
+class _OneChampion:
+    """The registry port, reduced to what ``POST /predict`` asks of it."""
+
+    def __init__(self, ref: ModelRef) -> None:
+        self.ref = ref
+
+    def champion(self, model_name: str) -> SimpleNamespace:
+        return SimpleNamespace(
+            version=self.ref.version, artifact_uri=self.ref.uri, sha256=self.ref.sha256
+        )
+
+
+def _post(replica: Any, body: bytes, content_type: str) -> tuple[int, dict[str, Any]]:
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    response = asyncio.run(replica(Request(scope, receive)))
+    return response.status_code, json.loads(response.body)
+
+
+@pytest.mark.parametrize("fit", ["letterbox", "center-crop"])
+def test_predict_fits_a_large_image_exactly_as_ingest_fits_the_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fit: FitPolicy
+) -> None:
+    from services.ingest.logic import Policy, validate
+    from services.serving import ray_app
+
+    store = ArtifactStore(tmp_path)
+    ref = store_model(store, 3)
+    monkeypatch.setattr(ray_app, "RedisRegistry", lambda client: _OneChampion(ref))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the process's, not ours
+    replica = ray_app.Classifier.func_or_class(
+        str(tmp_path), 1, {}, MODEL, HttpAuthSettings(), "eager", fit
+    )
+    y, x = np.mgrid[0:1080, 0:1920]
+    scene = np.stack([x * 255 // 1920, y * 255 // 1080, (x // 40 + y // 30) % 2 * 200], -1)
+    image = encode_image(scene.astype(np.uint8), "image/jpeg")  # under the 1 MiB body limit
+    status, answer = _post(replica, image, "image/jpeg")
+    assert status == 200, answer
+    raw = FrameRaw(
+        frame_id="f",
+        camera_id="cam-1",
+        captured_at=datetime.now(UTC),
+        content_type="image/jpeg",
+        image_b64=base64.b64encode(image).decode(),
+    )
+    valid = validate(raw, Policy(fit=fit))
+    streamed = ServingCore(store).probabilities(ref, frame_pixels([valid]))[0]
+    assert answer["probabilities"] == {c: float(p) for c, p in zip(CLASSES, streamed, strict=True)}
+    refusing = ray_app.Classifier.func_or_class(
+        str(tmp_path), 1, {}, MODEL, HttpAuthSettings(), "eager", "refuse"
+    )
+    assert _post(refusing, image, "image/jpeg") == (
+        400,
+        {"error": "image is 1920x1080, expected 64x64", "reason": "wrong_size"},
+    )

@@ -113,3 +113,46 @@ def test_the_frame_path_fetches_in_batches_and_each_service_can_change_it(
         "fetch_max_wait_ms": 3,
     }
     assert IngestSettings().fetch.max_wait_ms == 100, "one service's setting stays its own"
+
+
+def test_the_fit_policy_is_the_tasks_and_the_old_resize_switch_means_stretch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.serving.settings import ServingSettings
+    from shared.settings import TaskSettings
+
+    assert TaskSettings().image_fit == "letterbox"
+    monkeypatch.setenv("STREAMLOOP_TASK_IMAGE_FIT", "center-crop")
+    assert IngestLike().task.image_fit == ServingSettings().task.image_fit == "center-crop"
+    monkeypatch.setenv("STREAMLOOP_TASK_IMAGE_FIT", "squash")
+    with pytest.raises(ValidationError, match="letterbox"):
+        TaskSettings()
+    monkeypatch.delenv("STREAMLOOP_TASK_IMAGE_FIT")
+    monkeypatch.setenv("STREAMLOOP_INGEST_RESIZE", "true")
+    assert TaskSettings().image_fit == "stretch"
+    monkeypatch.setenv("STREAMLOOP_INGEST_RESIZE", "false")
+    assert TaskSettings().image_fit == "letterbox"
+    monkeypatch.setenv("STREAMLOOP_INGEST_RESIZE", "1")
+    monkeypatch.setenv("STREAMLOOP_TASK_IMAGE_FIT", "refuse")
+    assert TaskSettings().image_fit == "refuse", "the new setting wins"
+
+
+def test_ingest_limits_bytes_and_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.ingest.settings import IngestSettings
+
+    defaults = IngestSettings()
+    assert (defaults.max_image_bytes, defaults.max_pixels) == (8_000_000, 4096 * 4096)
+    monkeypatch.setenv("STREAMLOOP_INGEST_MAX_PIXELS", "1000000")
+    monkeypatch.setenv("STREAMLOOP_INGEST_MAX_IMAGE_BYTES", "9000000")
+    assert (IngestSettings().max_pixels, IngestSettings().max_image_bytes) == (
+        1_000_000,
+        9_000_000,
+    )
+    for name, value in (
+        ("STREAMLOOP_INGEST_MAX_PIXELS", str(64 * 1024 * 1024 + 1)),
+        ("STREAMLOOP_INGEST_MAX_IMAGE_BYTES", "9000001"),
+    ):
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            with pytest.raises(ValidationError):
+                IngestSettings()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from shared.events import Example, FrameRaw
 from shared.settings import KafkaSettings
-from shared.topics import TOPICS, Topics, dlq_for
+from shared.topics import FRAME_DLQ_MAX_BYTES, FRAME_RECORD_MAX_BYTES, TOPICS, Topics, dlq_for
 
 
 def test_table_matches_the_design() -> None:
@@ -34,3 +34,13 @@ def test_configs_carry_cleanup_retention_and_min_isr() -> None:
     assert cfg["retention.ms"] == "-1"
     assert cfg["min.insync.replicas"] == "2"
     assert TOPICS[Topics.FRAMES_RAW].configs(KafkaSettings())["retention.ms"] == "86400000"
+
+
+def test_only_the_topics_of_published_images_take_large_records() -> None:
+    from shared.bus import PRODUCER_DEFAULTS
+
+    limits = {n: int(s.configs(KafkaSettings())["max.message.bytes"]) for n, s in TOPICS.items()}
+    assert limits.pop(Topics.FRAMES_RAW) == FRAME_RECORD_MAX_BYTES == 12 * 1024 * 1024
+    assert limits.pop(Topics.FRAMES_DLQ) == FRAME_DLQ_MAX_BYTES > FRAME_RECORD_MAX_BYTES
+    assert set(limits.values()) == {2 * 1024 * 1024}
+    assert PRODUCER_DEFAULTS["max_request_size"] >= FRAME_DLQ_MAX_BYTES
