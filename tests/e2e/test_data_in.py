@@ -20,6 +20,7 @@ from shared.settings import KafkaSettings
 from shared.telemetry import read_spans
 from shared.topics import Topics, provision
 from streamloop.trace_view import select_trace
+from tests.bombs import png_declaring
 from tests.integration.helpers import Proc, read_all, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,7 +117,7 @@ def test_publish_label_and_tail_dlq_from_the_command_line(
         px = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
         (images / f"crop{i}.png").write_bytes(encode_image(px))
     (images / "crop9.jpg").write_bytes(encode_image(px, "image/jpeg"))
-    (images / "big.png").write_bytes(encode_image(rng.integers(0, 256, (80, 80, 3), np.uint8)))
+    (images / "bomb.png").write_bytes(png_declaring(20_000, 20_000))
     labels = tmp_path / "labels.csv"
     labels.write_text("file,label\ncrop0.png,car\ncrop1.png,bus\n")
     mapping = tmp_path / "map.csv"
@@ -152,14 +153,14 @@ def test_publish_label_and_tail_dlq_from_the_command_line(
         ids["crop1.png"]: "bus",
         ids["crop2.png"]: "truck",
     }
-    # The 80x80 image is refused by ingest; tail shows it with its reason.
+    # The 20000x20000 pixel bomb is refused by ingest; tail shows it with its reason.
     out = cli(stack, "tail", "dlq", "--json", "--max", "1", "--idle-exit", "60")
     assert out.returncode == 0, out.stdout + out.stderr
     letter = json.loads(out.stdout.strip().splitlines()[-1])
-    assert letter["reason"] == "wrong_size" and "80x80" in letter["message"]
-    assert json.loads(letter["payload"])["frame_id"] == ids["big.png"]
+    assert letter["reason"] == "too_many_pixels" and "20000x20000" in letter["message"]
+    assert json.loads(letter["payload"])["frame_id"] == ids["bomb.png"]
     out = cli(stack, "tail", "dlq", "--max", "1", "--idle-exit", "30")
-    assert out.returncode == 0 and "wrong_size" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "too_many_pixels" in out.stdout, out.stdout + out.stderr
 
 
 def test_the_simulator_labels_every_frame_asked_for_on_labels_requests(

@@ -18,6 +18,7 @@ from shared.images import encode_image
 from shared.sdk import FramePublisher
 from shared.settings import KafkaSettings
 from shared.topics import Topics
+from tests.bombs import png_declaring
 from tests.conftest import provision_prefixed
 from tests.integration.helpers import Proc, bare_producer, free_port, read_all, wait_for
 
@@ -38,6 +39,8 @@ def ingest(kafka_settings: KafkaSettings, prefix: str, tmp_path) -> Iterator[tup
             "STREAMLOOP_INGEST_METRICS_PORT": str(port),
             "STREAMLOOP_INGEST_GROUP_ID": f"{prefix}ingest",
             "STREAMLOOP_TELEMETRY_TRACES_DIR": str(tmp_path),
+            # The 1.1 MB image below is too large without an 11 MB record on the broker.
+            "STREAMLOOP_INGEST_MAX_IMAGE_BYTES": "1000000",
         },
     )
     yield proc, port
@@ -72,7 +75,7 @@ def test_good_frames_pass_and_each_kind_of_bad_input_lands_in_the_dlq_with_its_r
         "bad_base64": wire(f"{run}-b64", b"", image_b64="@@@not-base64@@@"),
         "not_image": wire(f"{run}-notimg", b"hello, I am text"),
         "truncated_image": wire(f"{run}-trunc", png[: len(png) // 2]),
-        "wrong_size": wire(f"{run}-size", encode_image(px[:32, :48])),
+        "too_many_pixels": wire(f"{run}-bomb", png_declaring(20_000, 20_000)),
         "too_large": wire(f"{run}-big", b"\x89PNG\r\n\x1a\n" + bytes(1_100_000)),
         "bad_camera_id": wire(f"{run}-cam", png, camera_id="no spaces allowed"),
         "duplicate_frame_id": wire(g2, encode_image(px[::-1])),  # g2 again, another image
@@ -115,5 +118,7 @@ def test_good_frames_pass_and_each_kind_of_bad_input_lands_in_the_dlq_with_its_r
 
     metrics = wait_for(scraped, 20, what="ingest metrics")
     assert 'streamloop_ingest_frames_total{outcome="valid",reason=""} 3.0' in metrics
-    assert 'streamloop_ingest_frames_total{outcome="rejected",reason="wrong_size"} 1.0' in metrics
+    assert (
+        'streamloop_ingest_frames_total{outcome="rejected",reason="too_many_pixels"} 1.0' in metrics
+    )
     assert proc.p.poll() is None, "ingest keeps running"

@@ -5,9 +5,7 @@ the pixels of a full decode."""
 from __future__ import annotations
 
 import io
-import struct
 import tracemalloc
-import zlib
 from typing import Any
 
 import numpy as np
@@ -29,6 +27,7 @@ from shared.images import (
     read_image,
     sniff_content_type,
 )
+from tests.bombs import jpeg_declaring, png_declaring
 
 
 def crop(seed: int) -> np.ndarray:
@@ -81,23 +80,6 @@ def scene(width: int, height: int) -> np.ndarray:
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     red = 127 + 100 * np.sin(x / 97) * np.cos(y / 53)
     return np.clip(np.stack([red, 255 * x / width, 255 * y / height], -1), 0, 255).astype(np.uint8)
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A 1x1 PNG whose header says ``width x height`` (the CRC fixed to match): a bomb."""
-    data = bytearray(encode_image(np.zeros((1, 1, 3), np.uint8)))
-    assert data[12:16] == b"IHDR"
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
-
-
-def jpeg_declaring(width: int, height: int) -> bytes:
-    """An 8x8 JPEG whose frame header (SOF0) says ``width x height``."""
-    data = bytearray(encode_image(np.zeros((8, 8, 3), np.uint8), "image/jpeg"))
-    sof = data.index(b"\xff\xc0")
-    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
 
 
 @pytest.fixture
