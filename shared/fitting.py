@@ -15,9 +15,10 @@ Resampling is Pillow's ``BILINEAR``. When Pillow reduces, it widens the kernel w
 so every source pixel contributes and a reduction does not alias; with ``reducing_gap`` 3.0
 a reduction by more than three first averages whole blocks (``Image.reduce``, cheap), and the
 remaining factor of at most three goes through the bilinear kernel. Pillow documents that
-from 3.0 on the result is indistinguishable from the plain filter in most cases; for a 1080p
-frame to 64 pixels it costs about a third of the plain filter. Both steps are deterministic:
-the same pixels in give the same pixels out.
+from 3.0 on the result is indistinguishable from the plain filter in most cases (measured on
+noise: values differ by 0.3 on average), and a 1080p frame reduced to 64 x 36 costs a quarter
+of the plain filter's time, to 224 x 126 about half. Both steps are deterministic: the same
+pixels in give the same pixels out.
 
 The geometry (how large the image lands, where, and which part of it) is computed from the
 *source* size, which may be larger than the pixels at hand: a JPEG decoded at a reduced DCT
