@@ -44,7 +44,7 @@ __all__ = [
 SOURCE = "ingest"
 
 DEFAULT_MAX_IMAGE_BYTES = 8_000_000
-"""Largest encoded image accepted by default: a 4000x3000 JPEG at quality 90 fits."""
+"""Largest encoded image accepted by default: room for a 12-megapixel (4000x3000) camera JPEG."""
 
 
 class Refused(ValueError):
