@@ -25,3 +25,19 @@ def jpeg_declaring(width: int, height: int) -> bytes:
     sof = data.index(b"\xff\xc0")
     data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
+
+
+def png_of_black(width: int, height: int) -> bytes:
+    """A real, fully valid PNG of ``width x height`` black RGB pixels. Deflate packs the
+    zeros about a thousand to one, so 20000 x 20000 (1.2 GB decoded) is about 1.2 MB."""
+    row = b"\x00" + bytes(width * 3)  # filter type 0, then the row's pixels
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
