@@ -45,8 +45,9 @@ __all__ = [
     "check_length",
 ]
 
-PREDICT_BODY_BYTES = 1024 * 1024
-"""Default body limit of ``POST /predict``: an encoded image of a few hundred kilobytes."""
+PREDICT_BODY_BYTES = 8_000_000
+"""Default body limit of ``POST /predict``: ingest's default image limit
+(``STREAMLOOP_INGEST_MAX_IMAGE_BYTES``), so an image the stream accepts is accepted here."""
 
 SMALL_BODY_BYTES = 64 * 1024
 """Default body limit of the registry API and the dashboard, whose bodies are small JSON

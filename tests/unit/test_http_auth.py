@@ -133,7 +133,11 @@ def test_tokens_are_masked_and_blank_means_unset() -> None:
 
 
 def test_body_limits_per_service() -> None:
-    assert ServingSettings().http_auth.max_body_bytes == PREDICT_BODY_BYTES == 1024 * 1024
+    from services.ingest.logic import DEFAULT_MAX_IMAGE_BYTES
+
+    # An image the stream accepts is accepted by POST /predict.
+    assert ServingSettings().http_auth.max_body_bytes == PREDICT_BODY_BYTES
+    assert PREDICT_BODY_BYTES == DEFAULT_MAX_IMAGE_BYTES == 8_000_000
     assert RegistrySettings().http_auth.max_body_bytes == SMALL_BODY_BYTES == 64 * 1024
     assert MonitoringSettings().http_auth.max_body_bytes == SMALL_BODY_BYTES
 
