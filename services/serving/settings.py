@@ -65,7 +65,8 @@ class ServingSettings(ServiceSettings):
     http_auth: HttpAuthSettings = Field(default_factory=HttpAuthSettings)
     """Token and body limit of ``POST /predict`` (shared ``STREAMLOOP_HTTP_*``; this service
     only: ``STREAMLOOP_SERVING_HTTP_AUTH__*``). A prediction is a read: it needs the read
-    token when one is set. Bodies up to ``max_body_bytes`` (8 MB by default, ingest's image limit)."""
+    token when one is set. Bodies up to ``max_body_bytes`` (8 MB by default, ingest's image
+    limit)."""
 
     max_poll_records: int = Field(default=128, gt=0)
     """Most frames handled at once (committed together)."""
