@@ -49,6 +49,7 @@ LOGIC: dict[str, tuple[str, ...]] = {
         "registry",
         "settings",
         "telemetry",
+        "zoo",
     ),
 }
 """The logic modules, by package. A name here that is not a module is itself a violation, so

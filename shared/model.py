@@ -2,8 +2,10 @@
 
 Training, evaluation and serving all build the network with ``build_model`` and turn pixels
 into its input with ``preprocess``, so what a model sees in serving is exactly what it saw in
-training. ``ModelSpec`` is what the weights alone do not say (classes in output order, input
-size); it travels as metadata inside the safetensors artifact.
+training. ``ModelSpec`` is what the weights alone do not say (architecture, classes in output
+order, input size, input normalisation); it travels as metadata inside the safetensors
+artifact, so evaluation and serving build the network an artifact was trained as, whatever
+architecture training is configured with today.
 """
 
 from __future__ import annotations
@@ -19,11 +21,22 @@ from torch import nn
 
 from shared.artifacts import ArtifactStore, FormatError
 from shared.images import pixels_from_b64
+from shared.zoo import (
+    BUILTIN_CNN,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TORCHVISION,
+    InputNormalization,
+    check_architecture,
+    check_input_size,
+    default_normalization,
+)
 
 __all__ = [
     "ARCHITECTURE",
     "ModelCost",
     "ModelSpec",
+    "NormalizedInput",
     "build_model",
     "example_pixels",
     "load_model",
@@ -33,28 +46,59 @@ __all__ = [
     "to_network_input",
 ]
 
-ARCHITECTURE = "streamloop-cnn-v1"
-"""Name of the network ``build_model`` returns; bumped whenever the layers change."""
+ARCHITECTURE = BUILTIN_CNN
+"""Name of the built-in CNN, the default architecture; bumped whenever its layers change."""
+
+_OPTIONAL_SPEC_FIELDS = frozenset({"input_normalization"})
+"""Spec fields written to an artifact only when set: a spec that leaves them unset serialises
+as it did before they existed, so a built-in CNN keeps its bytes, sha256 and version."""
 
 Pixels = npt.NDArray[np.uint8]
 
 
 class ModelSpec(BaseModel):
-    """What a set of weights is for: architecture, class order and input size."""
+    """What a set of weights is for: architecture, class order, input size and input
+    normalisation. A spec without an architecture is the built-in CNN."""
 
     model_config = ConfigDict(frozen=True)
 
     architecture: str = ARCHITECTURE
+    """``streamloop-cnn-v1`` or a torchvision classifier (``shared.zoo``)."""
     classes: tuple[str, ...] = Field(min_length=2)
     image_height: int = Field(gt=0)
     image_width: int = Field(gt=0)
     channels: int = Field(default=3, gt=0)
+    input_normalization: InputNormalization | None = None
+    """``imagenet``: the network subtracts ImageNet's per-channel mean from its ``[0, 1]``
+    input and divides by the standard deviation, as its first step (so exported graphs do
+    too). None: the input as ``to_network_input`` makes it."""
+
+    @classmethod
+    def for_architecture(
+        cls, architecture: str, classes: Sequence[str], image_height: int, image_width: int
+    ) -> ModelSpec:
+        """The spec of a new model of ``architecture``, with the input normalisation that
+        architecture takes (``shared.zoo``). For the built-in CNN it is the spec of old.
+        Raises ValueError for an unknown architecture."""
+        return cls(
+            architecture=check_architecture(architecture),
+            classes=tuple(classes),
+            image_height=image_height,
+            image_width=image_width,
+            input_normalization=default_normalization(architecture),
+        )
 
     def to_metadata(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         """safetensors metadata: one entry holding canonical JSON of the spec and ``extra``.
         One entry because safetensors writes several in no fixed order, and the artifact's
-        bytes (hence its sha256 and version) must depend only on its content."""
-        doc = {"spec": self.model_dump(mode="json"), **(extra or {})}
+        bytes (hence its sha256 and version) must depend only on its content. Optional fields
+        that are unset are left out, so older specs keep their exact bytes."""
+        spec = {
+            k: v
+            for k, v in self.model_dump(mode="json").items()
+            if not (k in _OPTIONAL_SPEC_FIELDS and v is None)
+        }
+        doc = {"spec": spec, **(extra or {})}
         return {"streamloop": json.dumps(doc, sort_keys=True, separators=(",", ":"))}
 
     @classmethod
@@ -73,19 +117,51 @@ def _block(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
 
 
-def build_model(spec: ModelSpec) -> nn.Module:
-    """A fresh, untrained network for ``spec``: three conv/ReLU/max-pool blocks (16, 32, 64
-    channels) and one linear layer. About 40 thousand parameters and 22 MFLOPs per 64x64
-    image (``model_cost``), so a CPU serves hundreds of frames a second.
+class NormalizedInput(nn.Module):
+    """``network`` behind a fixed per-channel ``(x - mean) / std``. The statistics are
+    constants of the spec, not weights: they are not in the state dict."""
 
-    Raises ValueError for an architecture this code does not know, or an input whose sides are
-    not multiples of 8 (three 2x poolings)."""
-    if spec.architecture != ARCHITECTURE:
-        raise ValueError(
-            f"unknown architecture {spec.architecture!r} (this build has {ARCHITECTURE})"
-        )
-    if spec.image_height % 8 or spec.image_width % 8:
-        raise ValueError("image height and width must be multiples of 8")
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, network: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.network = network
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.network((x - self.mean) / self.std)
+        return out
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """A fresh, untrained network for ``spec``, initialised from torch's generator (seed it
+    for the same weights).
+
+    The built-in CNN (``streamloop-cnn-v1``): three conv/ReLU/max-pool blocks (16, 32, 64
+    channels) and one linear layer. About 40 thousand parameters and 22 MFLOPs per 64x64
+    image (``model_cost``), so a CPU serves hundreds of frames a second. A torchvision
+    classifier (``shared.zoo``): torchvision's network with ``weights=None`` and a head of
+    ``len(spec.classes)`` outputs; nothing is downloaded.
+
+    Raises ValueError for an architecture this code does not know, an input size it cannot
+    take (``shared.zoo.check_input_size``), or a channel count it cannot take."""
+    check_input_size(spec.architecture, spec.image_height, spec.image_width)
+    if spec.architecture == ARCHITECTURE:
+        network = _builtin_cnn(spec)
+    elif spec.channels != 3:
+        raise ValueError(f"{spec.architecture} takes 3-channel images, not {spec.channels}")
+    else:
+        network = TORCHVISION[spec.architecture].build(len(spec.classes))
+    if spec.input_normalization == "imagenet":
+        if spec.channels != len(IMAGENET_MEAN):
+            raise ValueError(f"imagenet normalisation needs 3 channels, not {spec.channels}")
+        return NormalizedInput(network, IMAGENET_MEAN, IMAGENET_STD)
+    return network
+
+
+def _builtin_cnn(spec: ModelSpec) -> nn.Module:
     features = 64 * (spec.image_height // 8) * (spec.image_width // 8)
     return nn.Sequential(
         *_block(spec.channels, 16),
@@ -162,7 +238,7 @@ class ModelCost(BaseModel):
 
 def model_cost(spec: ModelSpec) -> ModelCost:
     """Parameters and FLOPs per image of ``build_model(spec)``, counted on a real forward pass."""
-    model = build_model(spec)
+    model = build_model(spec).eval()
     flops = 0
 
     def count(module: nn.Module, _inputs: Sequence[torch.Tensor], output: torch.Tensor) -> None:

@@ -16,16 +16,26 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.auth import MIN_PRODUCTION_TOKEN_LENGTH, HttpAuthSettings
 from shared.fitting import DEFAULT_FIT, FitPolicy
+from shared.zoo import BUILTIN_CNN, check_architecture
 
 __all__ = [
     "DEFAULT_SECRET_MARKERS",
     "ArtifactSettings",
     "KafkaSettings",
+    "ModelSettings",
     "RedisSettings",
     "ServiceSettings",
     "TaskSettings",
@@ -227,6 +237,24 @@ class TaskSettings(BaseSettings):
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
             raise ValueError("classes must name at least two distinct classes")
         return self
+
+
+class ModelSettings(BaseSettings):
+    """What network training gives a new model (``STREAMLOOP_MODEL_*``). Evaluation and
+    serving never read it: they build every model from the spec inside its artifact."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMLOOP_MODEL_", frozen=True, extra="ignore")
+
+    architecture: str = BUILTIN_CNN
+    """``streamloop-cnn-v1`` (the built-in CNN), or a torchvision classifier trained from
+    scratch: ``resnet18``, ``resnet34``, ``resnet50``, ``mobilenet_v3_small``,
+    ``mobilenet_v3_large``, ``efficientnet_b0`` (``shared.zoo``). An unknown name stops the
+    service at start-up."""
+
+    @field_validator("architecture")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return check_architecture(value)
 
 
 class FetchSettings(BaseModel):

@@ -106,7 +106,11 @@ def installed_code_version() -> str:
     except PackageNotFoundError:
         pkg = "0+unknown"
     root = Path(__file__).resolve().parent.parent.parent
-    files = [root / "shared" / "model.py", *sorted((root / "services" / "training").glob("*.py"))]
+    files = [
+        root / "shared" / "model.py",
+        root / "shared" / "zoo.py",
+        *sorted((root / "services" / "training").glob("*.py")),
+    ]
     return code_version(pkg, [f for f in files if f.exists()])
 
 
@@ -129,8 +133,9 @@ class Trainer:
         exporter: Exporter = export_model,
     ) -> None:
         self.settings = settings
-        self.spec = ModelSpec(
-            classes=settings.task.classes,
+        self.spec = ModelSpec.for_architecture(
+            settings.model.architecture,
+            settings.task.classes,
             image_height=settings.task.image_height,
             image_width=settings.task.image_width,
         )

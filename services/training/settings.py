@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.registry import DEFAULT_MODEL_NAME
 from shared.runtimes import ExportFormat
-from shared.settings import ServiceSettings, service_config
+from shared.settings import ModelSettings, ServiceSettings, service_config
+from shared.zoo import check_input_size
 
 __all__ = ["Hyperparameters", "SamplingPolicy", "TrainingSettings"]
 
@@ -66,6 +67,9 @@ class TrainingSettings(ServiceSettings):
     model_name: str = DEFAULT_MODEL_NAME
     """The model this service trains (requests for other names are ignored)."""
 
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    """The architecture of the models it trains (shared ``STREAMLOOP_MODEL_*``)."""
+
     policy: SamplingPolicy = Field(default_factory=SamplingPolicy)
     """Dataset snapshot policy (``STREAMLOOP_TRAINING_POLICY__RECENT_EXAMPLES`` ...)."""
 
@@ -107,3 +111,10 @@ class TrainingSettings(ServiceSettings):
 
     bootstrap_interval_s: float = Field(default=10.0, gt=0)
     """How often the bootstrap condition is checked."""
+
+    @model_validator(mode="after")
+    def _architecture_takes_the_input(self) -> TrainingSettings:
+        """An architecture that cannot take the task's image size stops training at start-up
+        rather than failing every retrain request."""
+        check_input_size(self.model.architecture, self.task.image_height, self.task.image_width)
+        return self

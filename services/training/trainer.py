@@ -69,6 +69,11 @@ def fit(
         model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay
     )
     loss_fn = nn.CrossEntropyLoss()
+    # Batch norm cannot normalise a batch of one image whose feature map has shrunk to one
+    # pixel (torchvision models at small inputs), so a last batch of one joins the batch
+    # before it. Networks without batch norm (the built-in CNN) keep their batches, and so
+    # their weights, exactly as before.
+    merge_single = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     # Kept as uint8 and preprocessed per batch: a float copy of the whole set would take
     # four times the memory of the pixels.
     x = torch.from_numpy(np.ascontiguousarray(pixels))
@@ -85,8 +90,7 @@ def fit(
             break
         perm = torch.randperm(len(y), generator=order)
         total_loss, correct = 0.0, 0
-        for i in range(0, len(perm), hp.batch_size):
-            idx = perm[i : i + hp.batch_size]
+        for idx in _batches(perm, hp.batch_size, merge_single):
             optimiser.zero_grad()
             logits = model(preprocess(x[idx].numpy()))
             loss = loss_fn(logits, y[idx])
@@ -107,3 +111,12 @@ def fit(
     model.eval()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return FitResult(state, history, time.perf_counter() - start, stopped)
+
+
+def _batches(perm: torch.Tensor, size: int, merge_single: bool) -> list[torch.Tensor]:
+    """``perm`` in slices of ``size``; with ``merge_single``, a last slice of one index is
+    appended to the slice before it."""
+    batches = [perm[i : i + size] for i in range(0, len(perm), size)]
+    if merge_single and len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
