@@ -247,7 +247,8 @@ def _image_files(paths: list[str]) -> list[Path]:
 
 
 def _read_labels(csv_path: str) -> dict[str, str]:
-    """``file,label`` rows (a header row is optional); keys are file names and paths."""
+    """``file,label`` rows (a header row is optional); keys are file names or paths, in
+    ``/`` form (``./a.png`` is ``a.png``)."""
     import csv
 
     out: dict[str, str] = {}
@@ -255,8 +256,40 @@ def _read_labels(csv_path: str) -> dict[str, str]:
         for row in csv.reader(f):
             if len(row) < 2 or not row[0].strip() or row[0].strip().lower() in ("file", "path"):
                 continue
-            out[row[0].strip()] = row[1].strip()
+            out[Path(row[0].strip()).as_posix()] = row[1].strip()
     return out
+
+
+def label_keys(path: Path, folders: list[Path], csv_dir: Path | None) -> list[str]:
+    """The names a labels CSV may give the image ``path`` by, the most specific first: the
+    path as found, the path from the CSV's folder, from each folder published, and the bare
+    file name. So ``train/cat/1.jpg,cat`` beside ``train/`` labels ``train/cat/1.jpg`` whether
+    ``train`` or ``train/cat`` is published."""
+    keys = [path.as_posix()]
+    resolved = path.resolve()
+    for base in ([csv_dir] if csv_dir is not None else []) + folders:
+        try:
+            keys.append(resolved.relative_to(base.resolve()).as_posix())
+        except ValueError:
+            continue
+    keys.append(path.name)
+    return list(dict.fromkeys(keys))
+
+
+def match_labels(
+    files: list[Path], labels: dict[str, str], folders: list[Path], csv_dir: Path | None
+) -> tuple[dict[Path, str], list[str]]:
+    """Each file's label from ``labels`` (``_read_labels``), by ``label_keys``; and the CSV
+    keys that named none of the files, in CSV order (a typo, or another folder's file)."""
+    found: dict[Path, str] = {}
+    used: set[str] = set()
+    for path in files:
+        for key in label_keys(path, folders, csv_dir):
+            if key in labels:
+                found[path] = labels[key]
+                used.add(key)
+                break
+    return found, [k for k in labels if k not in used]
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -269,7 +302,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if not files:
         console.print("[red]no image files found[/]")
         return 1
-    labels = _read_labels(args.labels) if args.labels else {}
+    rows = _read_labels(args.labels) if args.labels else {}
+    folders = [Path(p) for p in args.paths if Path(p).is_dir()]
+    csv_dir = Path(args.labels).parent if args.labels else None
+    labels, unmatched = match_labels(files, rows, folders, csv_dir)
     classes = set(TaskSettings().classes)
     unknown = sorted({c for c in labels.values() if c not in classes})
     if unknown:
@@ -292,7 +328,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             except (OSError, ValueError) as exc:
                 failed.append((str(path), str(exc)))
             else:
-                label = labels.get(str(path)) or labels.get(path.name)
+                label = labels.get(path)
                 if label:
                     labeller.publish(frame_id, label, camera_id=args.camera)
                 published.append((str(path), frame_id, label))
@@ -317,6 +353,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
             f"until a first model exists, training starts by itself at {need:,} labelled "
             "examples (STREAMLOOP_TRAINING_BOOTSTRAP_MIN_EXAMPLES);\n"
             "`streamloop retrain` trains on the examples present now"
+        )
+    if unmatched:
+        shown = ", ".join(unmatched[:3]) + (", ..." if len(unmatched) > 3 else "")
+        console.print(
+            f"[yellow]{len(unmatched)} rows of {args.labels} name no file published here "
+            f"({shown}); a row names a file by its name, its path, or its path from the "
+            "CSV's folder or from a folder published[/]"
         )
     for name, error in failed:
         console.print(f"[red]skipped {name}: {error}")
