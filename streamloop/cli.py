@@ -366,6 +366,21 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_shapes(args: argparse.Namespace) -> int:
+    from streamloop.shapes import classes_env, write_set
+
+    out = Path(args.out)
+    written = write_set(out, args.per_class, args.seed)
+    total = sum(written.per_class.values())
+    console.print(
+        f"wrote [bold]{total}[/] images of {len(written.per_class)} classes to {written.images}"
+        f" and their labels to {written.labels}\nconfigure the task for them with:"
+    )
+    # Plain print: the line is meant to be copied, and rich would wrap or colour it.
+    print(f"export STREAMLOOP_TASK_CLASSES='{classes_env()}'")
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from rich.live import Live
     from rich.text import Text
@@ -624,6 +639,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="frame_id prefix (default random)")
     p.add_argument("--summary", help="write a JSON summary of what was sent here")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "shapes", help="write a ten-class set of shape images and labels.csv (a task of one's own)"
+    )
+    p.add_argument("out", metavar="OUT_DIR", help="writes OUT_DIR/images/ and OUT_DIR/labels.csv")
+    p.add_argument("--per-class", type=int, default=100, help="images per class (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed writes the same files")
+    p.set_defaults(func=cmd_shapes)
 
     p = sub.add_parser("publish", help="publish image files to frames.raw")
     p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
