@@ -125,7 +125,7 @@ CLASSES: tuple[str, ...] = tuple(_PAINTERS)
 
 def classes_env() -> str:
     """``CLASSES`` as ``STREAMLOOP_TASK_CLASSES`` takes it: a JSON list."""
-    return json.dumps(list(CLASSES))
+    return json.dumps(list(CLASSES), separators=(",", ":"))
 
 
 def _colours(rng: np.random.Generator) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
