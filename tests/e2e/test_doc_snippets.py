@@ -349,6 +349,47 @@ def partitions_raised(snippet: Snippet, ctx: Context) -> None:
     assert "models.lifecycle ->" not in out.stdout
 
 
+def own_task_settings(snippet: Snippet, ctx: Context) -> None:
+    """The task the page configures is the set ``streamloop shapes`` writes, at 48x48, and
+    every model service gets the same model name."""
+    from streamloop.shapes import CLASSES
+
+    check = (
+        f"{sys.executable} -c 'import json; from shared.settings import TaskSettings as T; "
+        "t = T(); print(json.dumps([list(t.classes), t.image_width, t.image_height]))'\n"
+        "env | grep _MODEL_NAME= | sort"
+    )
+    out = run_snippet(snippet, ctx.prefix(provisioned=False), text=f"{snippet.text}\n{check}")
+    lines = out.stdout.splitlines()
+    assert json.loads(lines[0]) == [list(CLASSES), 48, 48], lines[0]
+    services = ("EVALUATION", "MONITORING", "REGISTRY", "SERVING", "TRAINING")
+    assert lines[1:] == [f"STREAMLOOP_{s}_MODEL_NAME=shapes" for s in services]
+
+
+def own_task_publish(snippet: Snippet, ctx: Context) -> None:
+    """Generating the set and publishing it with its labels, under the task of
+    ``own-task-env`` (a few images per class instead of a hundred)."""
+    env = next(s for s in SNIPPETS if s.name == "own-task-env")
+    assert "--per-class 100" in snippet.text
+    prefix = ctx.prefix()
+    text = snippet.text.replace("--per-class 100", "--per-class 2")
+    out = run_snippet(snippet, prefix, text=f"{env.text}\n{text}", cwd=ctx.tmp_path)
+    assert "published 20 frames from camera cam-shapes and 20 labels" in out.stdout, out.stdout
+    assert "no file published" not in out.stdout
+    labels = dict(
+        line.split(",") for line in (ctx.tmp_path / "var/shapes/labels.csv").read_text().split()
+    )
+    counted = 0
+
+    def labelled(value: bytes) -> bool:
+        nonlocal counted
+        obj = json.loads(value)
+        counted += obj.get("label") in labels.values()
+        return counted == 20
+
+    assert read_until(prefix + Topics.LABELS, labelled, 30), f"{counted} of 20 labels arrived"
+
+
 RUN: dict[str, Callable[[Snippet, Context], None]] = {
     "label-kcat": label_becomes_example,
     "label-kcat-events": label_becomes_example,
@@ -356,6 +397,8 @@ RUN: dict[str, Callable[[Snippet, Context], None]] = {
     "readme-sdk": python_publishes_a_frame,
     "sdk-publish": python_publishes_a_frame,
     "partitions-6": partitions_raised,
+    "own-task-env": own_task_settings,
+    "own-task-publish": own_task_publish,
 }
 
 SKIP: dict[str, str] = {
@@ -372,6 +415,14 @@ SKIP: dict[str, str] = {
     "predictions-kafka-python": "reads forever: tests/integration/test_prediction_subscriber.py "
     "runs the same code (README_SNIPPET, checked identical below)",
     "predictions-sdk": "reads forever: tests/integration/test_prediction_subscriber.py",
+    "own-task-services": "starts every service in the background: tests/e2e/test_own_task.py "
+    "starts the same services under the same task settings",
+    "own-task-watch": "needs the services and a bootstrapped champion: "
+    "tests/e2e/test_own_task.py checks the champion and its predictions",
+    "own-task-new-images": "needs a champion to predict: tests/e2e/test_own_task.py publishes "
+    "unseen shapes with --map and tails their predictions",
+    "own-task-retrain": "trains a second model: the retrain and the gate are "
+    "tests/e2e/test_model_lifecycle.py (the same code for any task)",
 }
 
 
