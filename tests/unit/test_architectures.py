@@ -29,6 +29,7 @@ from shared.model import (
     ModelSpec,
     NormalizedInput,
     build_model,
+    example_pixels,
     load_model,
     predict_proba,
     preprocess,
@@ -322,6 +323,31 @@ def test_a_torchvision_model_trains_deterministically_on_a_handful_of_images() -
     model = build_model(spec)
     model.load_state_dict(a, strict=True)
     assert predict_proba(model, images).shape == (9, len(CLASSES))
+
+
+def test_batch_norm_statistics_are_those_of_the_final_weights() -> None:
+    """After a short fit from scratch, serving (eval mode, running statistics) predicts what
+    the network predicts on its training images with batch statistics. Without recomputing
+    them, mobilenet_v3_small's running averages (momentum 0.01) still describe the initial
+    network, and eval-mode answers are near chance."""
+    from tests.synthetic import CLASSES as VEHICLES
+
+    spec = ModelSpec.for_architecture("mobilenet_v3_small", VEHICLES, 64, 64)
+    examples = render_examples(320, seed=5)
+    images = np.stack([example_pixels(e.pixels_b64, 64, 64, 3) for e in examples])
+    labels = np.asarray([VEHICLES.index(e.label) for e in examples], dtype=np.int64)
+    result = fit(
+        spec, images, labels, Hyperparameters(epochs=2), seed=0, time_budget_s=120, threads=2
+    )
+    model = build_model(spec)
+    model.load_state_dict(result.state_dict, strict=True)
+    served = predict_proba(model, images).argmax(axis=1)  # eval mode: running statistics
+    model.train()
+    with torch.no_grad():
+        batch = torch.cat(
+            [model(preprocess(images[i : i + 64])) for i in range(0, len(images), 64)]
+        ).argmax(dim=1)
+    assert (served == batch.numpy()).mean() >= 0.9
 
 
 def test_an_exported_graph_of_a_torchvision_model_holds_its_normalisation(
