@@ -60,57 +60,29 @@ class ZooArchitecture:
     which lets weights trained elsewhere on ImageNet statistics be imported unchanged)."""
 
 
-def _resnet18(num_classes: int) -> nn.Module:
-    from torchvision.models import resnet18
+def _torchvision(name: str) -> Callable[[int], nn.Module]:
+    """The builder of torchvision's classifier ``name``: untrained, ``num_classes`` outputs."""
 
-    network: nn.Module = resnet18(weights=None, progress=False, num_classes=num_classes)
-    return network
+    def build(num_classes: int) -> nn.Module:
+        import torchvision.models
 
+        network: nn.Module = torchvision.models.get_model(
+            name, weights=None, progress=False, num_classes=num_classes
+        )
+        return network
 
-def _resnet34(num_classes: int) -> nn.Module:
-    from torchvision.models import resnet34
-
-    network: nn.Module = resnet34(weights=None, progress=False, num_classes=num_classes)
-    return network
-
-
-def _resnet50(num_classes: int) -> nn.Module:
-    from torchvision.models import resnet50
-
-    network: nn.Module = resnet50(weights=None, progress=False, num_classes=num_classes)
-    return network
-
-
-def _mobilenet_v3_small(num_classes: int) -> nn.Module:
-    from torchvision.models import mobilenet_v3_small
-
-    network: nn.Module = mobilenet_v3_small(weights=None, progress=False, num_classes=num_classes)
-    return network
-
-
-def _mobilenet_v3_large(num_classes: int) -> nn.Module:
-    from torchvision.models import mobilenet_v3_large
-
-    network: nn.Module = mobilenet_v3_large(weights=None, progress=False, num_classes=num_classes)
-    return network
-
-
-def _efficientnet_b0(num_classes: int) -> nn.Module:
-    from torchvision.models import efficientnet_b0
-
-    network: nn.Module = efficientnet_b0(weights=None, progress=False, num_classes=num_classes)
-    return network
+    return build
 
 
 TORCHVISION: dict[str, ZooArchitecture] = {
     a.name: a
     for a in (
-        ZooArchitecture("resnet18", _resnet18),
-        ZooArchitecture("resnet34", _resnet34),
-        ZooArchitecture("resnet50", _resnet50),
-        ZooArchitecture("mobilenet_v3_small", _mobilenet_v3_small),
-        ZooArchitecture("mobilenet_v3_large", _mobilenet_v3_large),
-        ZooArchitecture("efficientnet_b0", _efficientnet_b0),
+        ZooArchitecture("resnet18", _torchvision("resnet18")),
+        ZooArchitecture("resnet34", _torchvision("resnet34")),
+        ZooArchitecture("resnet50", _torchvision("resnet50")),
+        ZooArchitecture("mobilenet_v3_small", _torchvision("mobilenet_v3_small")),
+        ZooArchitecture("mobilenet_v3_large", _torchvision("mobilenet_v3_large")),
+        ZooArchitecture("efficientnet_b0", _torchvision("efficientnet_b0")),
     )
 }
 """The torchvision classifiers, by the name of their torchvision builder."""

@@ -121,3 +121,14 @@ def store_export(
     network, spec = load_model(store, uri, sha256)
     stored = store.put_bytes(export_model(network, spec, fmt), EXPORT_KIND, EXPORT_SUFFIX[fmt])
     return ExportRef(uri=stored.uri, sha256=stored.sha256), stored
+
+
+def camera_scene(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A ``height x width`` RGB scene, smooth with 8x8 blocks of texture: it compresses like
+    a photograph, not like noise (tests and benchmarks of large camera frames)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / width * 200, y / height * 200, (x + y) / (width + height) * 255], -1)
+    texture = rng.integers(0, 24, (height // 8 + 1, width // 8 + 1, 1), dtype=np.uint8)
+    texture = texture.repeat(8, 0).repeat(8, 1)[:height, :width]
+    return np.clip(base + texture, 0, 255).astype(np.uint8)

@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import simplejpeg
 from rich.console import Console
 from rich.table import Table
@@ -31,19 +30,10 @@ from rich.table import Table
 from shared.fitting import fit_image
 from shared.images import encode_image, read_image
 from tests.bench.lib.report import write_figures
+from tests.synthetic import camera_scene
 
 SOURCE = (1920, 1080)
 SIZES = ((64, 64), (128, 128), (224, 224))
-
-
-def camera_jpeg(width: int, height: int, seed: int = 0) -> bytes:
-    """A smooth scene with 8x8 blocks of texture, as a quality-90 JPEG."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([x / width * 200, y / height * 200, (x + y) / (width + height) * 255], -1)
-    texture = rng.integers(0, 24, (height // 8 + 1, width // 8 + 1, 1), dtype=np.uint8)
-    texture = texture.repeat(8, 0).repeat(8, 1)[:height, :width]
-    return encode_image(np.clip(base + texture, 0, 255).astype(np.uint8), "image/jpeg")
 
 
 def per_call_ms(fn: Callable[[], object], repeat: int) -> float:
@@ -58,7 +48,7 @@ def per_call_ms(fn: Callable[[], object], repeat: int) -> float:
 
 
 def measure(repeat: int) -> dict[str, Any]:
-    data = camera_jpeg(*SOURCE)
+    data = encode_image(camera_scene(*SOURCE), "image/jpeg")
     full = simplejpeg.decode_jpeg(data, colorspace="RGB")
     decode_ms = per_call_ms(lambda: simplejpeg.decode_jpeg(data, colorspace="RGB"), repeat)
     rows = []

@@ -9,7 +9,6 @@ import subprocess
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from shared.bus import DlqHeaders
@@ -21,20 +20,11 @@ from tests.bombs import png_of_black
 from tests.conftest import provision_prefixed
 from tests.integration.helpers import Proc, read_all, wait_for
 from tests.integration.test_serving import TOPICS, World
+from tests.synthetic import camera_scene
 
 pytestmark = pytest.mark.timeout(400)
 
 RSS_LIMIT_MB = 300
-
-
-def camera_image(width: int, height: int, seed: int) -> np.ndarray:
-    """A smooth scene with some texture: compresses like a photograph, not like noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([x / width * 200, y / height * 200, (x + y) / (width + height) * 255], -1)
-    texture = rng.integers(0, 24, (height // 8 + 1, width // 8 + 1, 1), dtype=np.uint8)
-    texture = texture.repeat(8, 0).repeat(8, 1)[:height, :width]
-    return np.clip(base + texture, 0, 255).astype(np.uint8)
 
 
 def kcat_publish(path: Path, frame_id: str, content_type: str, topic: str) -> None:
@@ -86,7 +76,7 @@ def test_frames_of_any_size_are_predicted_and_a_pixel_bomb_is_refused_from_its_h
         }
         for i, (frame_id, (w, h, ctype)) in enumerate(shots.items()):
             path = tmp_path / f"{frame_id}.{ctype.split('/')[1]}"
-            path.write_bytes(encode_image(camera_image(w, h, seed=i), ctype))
+            path.write_bytes(encode_image(camera_scene(w, h, seed=i), ctype))
             kcat_publish(path, frame_id, ctype, prefix + Topics.FRAMES_RAW)
         bomb = tmp_path / "bomb.png"
         bomb.write_bytes(png_of_black(20_000, 20_000))
