@@ -46,6 +46,7 @@ __all__ = [
     "IntegrityError",
     "LoadedWeights",
     "UnsafeReferenceError",
+    "parse_safetensors",
     "sha256_bytes",
 ]
 
@@ -187,13 +188,7 @@ class ArtifactStore:
 
         Raises UnsafeReferenceError, ArtifactNotFoundError, IntegrityError, FormatError (not a
         safetensors file, for example a pickle)."""
-        data = self.read_verified(uri, sha256)
-        metadata = _safetensors_metadata(data, uri)
-        try:
-            tensors = st_load(data)
-        except (SafetensorError, ValueError, RuntimeError) as exc:
-            raise FormatError(f"artifact {uri} is not a valid safetensors file: {exc}") from exc
-        return LoadedWeights(tensors=tensors, metadata=metadata)
+        return parse_safetensors(self.read_verified(uri, sha256), f"artifact {uri}")
 
     def load_json(self, uri: str, sha256: str) -> Any:
         """A verified JSON artifact. Raises like ``read_verified``, and FormatError."""
@@ -204,24 +199,36 @@ class ArtifactStore:
             raise FormatError(f"artifact {uri} is not JSON: {exc}") from exc
 
 
+def parse_safetensors(data: bytes, name: str) -> LoadedWeights:
+    """The tensors and metadata of safetensors ``data``; ``name`` says what it is in errors
+    (``"artifact models/…"``, ``"file x.safetensors"``). The framing is checked before the
+    parser sees the bytes. Raises FormatError (not safetensors, for example a pickle)."""
+    metadata = _safetensors_metadata(data, name)
+    try:
+        tensors = st_load(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise FormatError(f"{name} is not a valid safetensors file: {exc}") from exc
+    return LoadedWeights(tensors=tensors, metadata=metadata)
+
+
 def _safetensors_metadata(data: bytes, uri: str) -> dict[str, str]:
     """Check the safetensors framing (8-byte little-endian header length, JSON header) and
     return its ``__metadata__``. A pickle or zip fails here, before any parsing library sees it."""
     if len(data) < 8:
-        raise FormatError(f"artifact {uri} is too short to be safetensors")
+        raise FormatError(f"{uri} is too short to be safetensors")
     (length,) = struct.unpack("<Q", data[:8])
     if length < 2 or length > min(_MAX_HEADER, len(data) - 8):
         raise FormatError(
-            f"artifact {uri} is not a safetensors file (weights must be safetensors; "
+            f"{uri} is not a safetensors file (weights must be safetensors; "
             "pickled checkpoints are refused)"
         )
     try:
         header = json.loads(data[8 : 8 + length])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"artifact {uri} has no readable safetensors header") from exc
+        raise FormatError(f"{uri} has no readable safetensors header") from exc
     if not isinstance(header, dict):
-        raise FormatError(f"artifact {uri} has a malformed safetensors header")
+        raise FormatError(f"{uri} has a malformed safetensors header")
     meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise FormatError(f"artifact {uri} has malformed metadata")
+        raise FormatError(f"{uri} has malformed metadata")
     return dict(meta)

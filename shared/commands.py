@@ -10,12 +10,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from shared.events import ModelLifecycle, RetrainRequest, new_id
+from shared.events import ImportedWeights, ModelLifecycle, RetrainRequest, new_id
 from shared.ports import Publisher
 from shared.registry import lifecycle_key
 from shared.topics import Topics
 
-__all__ = ["lifecycle_command", "publish_command", "publish_retrain", "retrain_request"]
+__all__ = [
+    "import_request",
+    "lifecycle_command",
+    "publish_command",
+    "publish_retrain",
+    "retrain_request",
+]
 
 
 def retrain_request(
@@ -29,6 +35,20 @@ def retrain_request(
         idempotency_key=key or f"operator:{new_id()}",
         reason=reason,
         trigger="operator",
+    )
+
+
+def import_request(model: str, imported: ImportedWeights, *, source: str = "cli") -> RetrainRequest:
+    """The request that makes ``imported`` a candidate of ``model``. Its idempotency key is
+    the artifact's version, so the same weights imported twice register once."""
+    note = f": {imported.note}" if imported.note else ""
+    return RetrainRequest(
+        source=source,
+        model_name=model,
+        idempotency_key=f"import:{imported.artifact_sha256[:12]}",
+        reason=f"imported {imported.file_name} by {imported.actor}{note}"[:1000],
+        trigger="import",
+        imported=imported,
     )
 
 

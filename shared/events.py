@@ -39,6 +39,7 @@ __all__ = [
     "ExportRef",
     "FrameRaw",
     "FrameValid",
+    "ImportedWeights",
     "Label",
     "LabelRequest",
     "LiveComparison",
@@ -298,15 +299,37 @@ class LiveComparison(Event):
     until: datetime
 
 
+class ImportedWeights(BaseModel):
+    """Weights trained elsewhere and imported (``streamloop models import``): where they came
+    from and the artifact they became."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file_name: str = Field(min_length=1, max_length=255)
+    """The imported file's name, as given (no directories)."""
+    file_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """sha256 of the file's bytes as received."""
+    artifact_uri: str
+    """The weights as a StreamLoop artifact: the file's tensors with the model's spec."""
+    artifact_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    actor: str
+    """Who imported them (the CLI's user, or the HTTP API's operator)."""
+    note: str = Field(default="", max_length=500)
+
+
 class RetrainRequest(Event):
-    """Ask for a new model (``retrain.requests``). The idempotency key trains once."""
+    """Ask for a new model (``retrain.requests``). The idempotency key trains once.
+
+    With ``imported``, the request registers those weights as a candidate instead of
+    training one: same snapshot, exports and gate as a trained model."""
 
     event_type: Literal["retrain.request"] = "retrain.request"
     model_name: str
     idempotency_key: str = Field(min_length=1)
     reason: str
-    trigger: Literal["monitor", "operator", "bootstrap"]
+    trigger: Literal["monitor", "operator", "bootstrap", "import"]
     window_ids: list[str] = Field(default_factory=list)
+    imported: ImportedWeights | None = None
 
 
 class Alert(Event):
@@ -393,6 +416,11 @@ class ModelTrained(Event):
     exports: dict[str, ExportRef] = Field(default_factory=dict)
     """The weights exported for other inference runtimes, by runtime name (``onnx``,
     ``compiled``); each was checked to agree with the weights before it was stored."""
+    init: str = "scratch"
+    """How the weights began: ``scratch`` (initialised from the seed), ``imported:VERSION``
+    (fine-tuned from that version's weights) or ``imported`` (not trained here at all: the
+    imported weights themselves, described by ``imported``)."""
+    imported: ImportedWeights | None = None
 
 
 class ModelEvaluated(Event):

@@ -177,25 +177,31 @@ class ActionHandler(ReadOnlyHandler):
         if pending:
             self._discard_input()
 
-    def read_json(self, limit: int) -> dict[str, Any]:
-        """The request's body as a JSON object; no body (``Content-Length: 0``) is ``{}``.
+    def read_body(self, limit: int, content_type: str) -> bytes:
+        """The request's body, of ``content_type`` (or none stated); no body is ``b""``.
 
         Raises HttpError: 411 without ``Content-Length`` (chunked bodies are not taken),
-        400 for an invalid length, a short body or a body that is not a JSON object, 413
-        when the length exceeds ``limit`` (before reading any of it), 415 for a content
-        type other than JSON."""
+        400 for an invalid length or a short body, 413 when the length exceeds ``limit``
+        (before reading any of it), 415 for another content type."""
         lengths = self.headers.get_all("Content-Length") or []
         declared = check_length(lengths, limit, chunked=bool(self.headers.get("Transfer-Encoding")))
         if not declared.allowed:
             raise HttpError.refused(declared)
         length = int(lengths[0])
-        content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if length and content_type not in ("", "application/json"):
-            raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send application/json")
+        stated = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if length and stated not in ("", content_type):
+            raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"send {content_type}")
         raw = self.rfile.read(length) if length else b""
         self._body_pending = False
         if len(raw) < length:
             raise HttpError(HTTPStatus.BAD_REQUEST, "incomplete body")
+        return raw
+
+    def read_json(self, limit: int) -> dict[str, Any]:
+        """The request's body as a JSON object; no body (``Content-Length: 0``) is ``{}``.
+
+        Raises HttpError like ``read_body``, and 400 for a body that is not a JSON object."""
+        raw = self.read_body(limit, "application/json")
         if not raw.strip():
             return {}
         try:

@@ -28,7 +28,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.events import DatasetSnapshot, ModelLifecycle, utcnow
+from shared.events import DatasetSnapshot, ImportedWeights, ModelLifecycle, utcnow
 from shared.ports import RegistryReader, Unavailable
 
 __all__ = [
@@ -121,6 +121,11 @@ class VersionView(_View):
     idempotency_key: str
     tags: dict[str, str]
     evaluation: EvaluationView | None = None
+    init: str = "scratch"
+    """How the weights began (``ModelTrained.init``): ``scratch``, ``imported`` or
+    ``imported:VERSION``."""
+    imported: ImportedWeights | None = None
+    """Where imported weights came from: file name, sha256, who and note."""
 
     @property
     def verdict(self) -> str | None:

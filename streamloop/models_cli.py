@@ -14,6 +14,7 @@ import argparse
 import getpass
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 from rich.console import Console
@@ -22,13 +23,20 @@ from rich.table import Table
 from rich.tree import Tree
 
 from shared.bus import EventProducer
-from shared.commands import lifecycle_command, publish_command, publish_retrain, retrain_request
+from shared.commands import (
+    import_request,
+    lifecycle_command,
+    publish_command,
+    publish_retrain,
+    retrain_request,
+)
 from shared.events import (
     Alert,
     Event,
     ModelEvaluated,
     ModelLifecycle,
     ModelTrained,
+    RetrainRequest,
     TrainingProgress,
     decode,
 )
@@ -36,7 +44,7 @@ from shared.reader import TopicReader
 from shared.redis_registry import RedisRegistry
 from shared.redis_store import connect
 from shared.registry import DEFAULT_MODEL_NAME, RegistryView, VersionView, valid_name
-from shared.settings import KafkaSettings, RedisSettings
+from shared.settings import ArtifactSettings, KafkaSettings, RedisSettings, TaskSettings
 from shared.topics import Topics
 
 __all__ = ["add_commands", "print_versions"]
@@ -78,8 +86,13 @@ def _pct(value: float | None) -> str:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    kafka = KafkaSettings()
     request = retrain_request(args.model, args.reason, args.key)
+    return _request(request, args)
+
+
+def _request(request: RetrainRequest, args: argparse.Namespace) -> int:
+    """Publish ``request`` and, unless ``--no-wait``, follow it to the gate's verdict."""
+    kafka = KafkaSettings()
     key = request.idempotency_key
     watch = (
         _Watch(
@@ -97,7 +110,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     )
     with EventProducer(kafka, client_id="streamloop-cli") as producer:
         publish_retrain(producer, request)
-    console.print(f"retrain requested for [bold]{args.model}[/] (key {key})")
+    console.print(f"{request.trigger} request for [bold]{args.model}[/] (key {key})")
     if watch is None:
         return 0
     try:
@@ -245,6 +258,11 @@ def _show_version(view: RegistryView, v: VersionView) -> None:
     tree = Tree(f"[bold]{v.model_name} {v.version}[/] (#{v.number}) {_aliases(v)}")
     lineage = tree.add("lineage")
     lineage.add(f"parent: {v.parent_version or '—'}")
+    lineage.add(f"init: {v.init}")
+    if v.imported is not None:
+        i = v.imported
+        note = f": {i.note}" if i.note else ""
+        lineage.add(f"imported: {i.file_name} (sha256 {i.file_sha256[:16]}…) by {i.actor}{note}")
     lineage.add(
         f"request: {v.idempotency_key} ({v.tags.get('trigger', '?')}: {v.tags.get('reason', '')})"
     )
@@ -349,6 +367,53 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
     return _command(args, "rollback_requested", None)
 
 
+def cmd_models_import(args: argparse.Namespace) -> int:
+    # torch and torchvision load only for the commands that need them.
+    from shared.artifacts import ArtifactStore, FormatError
+    from shared.imports import ImportRefusedError, import_weights, spec_for_import
+
+    path = Path(args.file)
+    try:
+        spec = spec_for_import(args.architecture, args.classes, args.input, TaskSettings())
+        data = path.read_bytes()
+        imported = import_weights(
+            data,
+            path.name,
+            spec,
+            ArtifactStore(ArtifactSettings().root),
+            actor=f"{getpass.getuser()}@cli",
+            note=args.note,
+        )
+    except (ImportRefusedError, FormatError, OSError) as exc:
+        console.print(f"[red]not imported:[/] {exc}")
+        return 1
+    version = imported.artifact_sha256[:12]
+    known = _registry().get_version(args.model, version)
+    if known is not None:
+        console.print(
+            f"{path.name} is already version {version} of {args.model} "
+            f"({known.verdict or 'not evaluated yet'}); nothing to do"
+        )
+        return 0
+    console.print(
+        f"{path.name}: a {spec.architecture} for {len(spec.classes)} classes at "
+        f"{spec.image_width}x{spec.image_height}, stored as version {version}"
+    )
+    return _request(import_request(args.model, imported), args)
+
+
+def cmd_models_convert(args: argparse.Namespace) -> int:
+    from shared.imports import ImportRefusedError, convert_checkpoint
+
+    try:
+        count = convert_checkpoint(Path(args.checkpoint), Path(args.output))
+    except (ImportRefusedError, OSError) as exc:
+        console.print(f"[red]not converted:[/] {exc}")
+        return 1
+    console.print(f"{count} tensors written to {args.output}")
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     """Add ``retrain`` and ``models`` to the CLI's sub-parsers."""
     p = sub.add_parser("retrain", help="request a training run and follow it to its verdict")
@@ -359,7 +424,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=900.0, help="seconds to follow the run")
     p.set_defaults(func=cmd_retrain)
 
-    p = sub.add_parser("models", help="list, show, promote and roll back model versions")
+    p = sub.add_parser("models", help="list, show, promote, roll back and import model versions")
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     for name, func, helptext in (
         ("list", cmd_models_list, "versions with aliases, data size, accuracy and verdict"),
@@ -377,3 +442,24 @@ def add_commands(sub: Any) -> None:
         if name == "promote":
             q.add_argument("--force", action="store_true", help="even a version the gate rejected")
         q.set_defaults(func=func)
+
+    q = msub.add_parser(
+        "import",
+        help="register weights trained elsewhere (safetensors) as a candidate for the gate",
+    )
+    q.add_argument("file", help="a .safetensors state dict")
+    q.add_argument("--architecture", required=True, help="streamloop-cnn-v1 or a torchvision name")
+    q.add_argument("--classes", required=True, help="class names in output order: c1,c2,...")
+    q.add_argument("--input", help="input size WxH (default: the task's)")
+    q.add_argument("--note", default="", help="why, where from (kept in the lineage)")
+    q.add_argument("--model", default=DEFAULT_MODEL_NAME)
+    q.add_argument("--no-wait", action="store_true", help="publish the request and return")
+    q.add_argument("--timeout", type=float, default=900.0, help="seconds to follow it")
+    q.set_defaults(func=cmd_models_import)
+
+    q = msub.add_parser(
+        "convert", help="a torch checkpoint's state dict to safetensors (weights_only loading)"
+    )
+    q.add_argument("checkpoint", help="a torch .pt/.pth file holding a state dict")
+    q.add_argument("output", help="the .safetensors file to write")
+    q.set_defaults(func=cmd_models_convert)

@@ -99,6 +99,12 @@ class Evaluator:
                     f"candidate predicts {list(spec.classes)}, "
                     f"this deployment has {list(self.classes)}"
                 )
+            task = s.task
+            if (spec.image_width, spec.image_height) != (task.image_width, task.image_height):
+                raise ArtifactError(
+                    f"candidate takes {spec.image_width}x{spec.image_height} images, frames "
+                    f"here are fitted to {task.image_width}x{task.image_height}"
+                )
             manifest = self._store.load_json(
                 trained.dataset.manifest_uri, trained.dataset.manifest_sha256
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from services.registry.http import serve_api
+from services.registry.http import ImportTarget, serve_api
 from services.registry.replay import read_lifecycle
 from services.registry.service import RegistryService
 from services.registry.settings import RegistrySettings
@@ -37,6 +37,7 @@ def main() -> int:
             settings.api_port,
             auth=settings.http_auth,
             publisher=rt.producer,
+            imports=ImportTarget(settings.artifacts.root, settings.task, settings.import_max_bytes),
         )
 
         topics = [Topics.MODELS_TRAINED, Topics.MODELS_EVALUATED, Topics.MODELS_LIFECYCLE]

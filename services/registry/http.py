@@ -11,7 +11,13 @@ Operator actions, POST with an optional JSON object body:
 
 - ``/models/{version}/promote`` ``{"force": bool, "reason": str}``;
 - ``/rollback`` ``{"reason": str}``;
-- ``/retrain`` ``{"reason": str, "key": str}`` (``key``: the idempotency key).
+- ``/retrain`` ``{"reason": str, "key": str}`` (``key``: the idempotency key);
+- ``/models/import?architecture=A&classes=c1,c2,…[&input=WxH][&note=…][&file_name=…]`` with
+  a safetensors file as the body (``application/octet-stream``, at most ``import_max_bytes``):
+  the file is checked against the architecture, stored, and its import request published,
+  as ``streamloop models import`` does; 202 with the ``version`` it will be, 200 when that
+  version is already registered, 422 when the file is refused (not safetensors, or tensors
+  that do not fit).
 
 An action publishes the same event as ``streamloop models promote|rollback`` or
 ``streamloop retrain`` and answers 202 with that event's ``event_id``: the registry's
@@ -33,8 +39,10 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -42,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.auth import OperatorApiAuthSettings, authorize_operator, authorize_read
 from shared.commands import (
+    import_request,
     lifecycle_command,
     publish_command,
     publish_retrain,
@@ -51,9 +60,10 @@ from shared.events import Event
 from shared.http import ActionHandler, BackgroundHTTPServer, HttpError
 from shared.ports import Publisher
 from shared.registry import RegistryReader, VersionView, valid_name
+from shared.settings import TaskSettings
 from shared.topics import Topics
 
-__all__ = ["OPERATOR_TOKEN_ENV", "RegistryApi", "serve_api"]
+__all__ = ["OPERATOR_TOKEN_ENV", "ImportTarget", "RegistryApi", "serve_api"]
 
 log = logging.getLogger("streamloop.registry.http")
 
@@ -115,6 +125,16 @@ def _summary(v: VersionView) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class ImportTarget:
+    """What ``POST /models/import`` needs: the artifact store's root, the task imported
+    weights default to, and the largest file taken."""
+
+    store_root: Path
+    task: TaskSettings
+    max_bytes: int
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -125,6 +145,7 @@ class _Server(ThreadingHTTPServer):
         model_name: str,
         auth: OperatorApiAuthSettings,
         publisher: Publisher | None,
+        imports: ImportTarget | None,
     ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
@@ -133,9 +154,10 @@ class _Server(ThreadingHTTPServer):
         self.model_name = model_name
         self.auth = auth
         self.publisher = publisher
+        self.imports = imports
 
 
-_ACTIONS = frozenset({("rollback",), ("retrain",)})
+_ACTIONS = frozenset({("rollback",), ("retrain",), ("models", "import")})
 
 
 class _Handler(ActionHandler):
@@ -205,7 +227,10 @@ class _Handler(ActionHandler):
         decision = authorize_operator(self.headers.get("Authorization"), auth, OPERATOR_TOKEN_ENV)
         if not decision.allowed:
             raise HttpError.refused(decision)
-        model = self._model(urlsplit(self.path).query)
+        query = urlsplit(self.path).query
+        model = self._model(query)
+        if parts == ["models", "import"]:
+            return self._import(model, query)
         if parts[0] == "models" and not valid_name(parts[1]):
             raise HttpError(HTTPStatus.BAD_REQUEST, "invalid version")
         raw = self.read_json(auth.max_body_bytes)
@@ -240,6 +265,45 @@ class _Handler(ActionHandler):
                 answer[1]["idempotency_key"] = request.idempotency_key
                 return answer
 
+    def _import(self, model: str, query: str) -> tuple[HTTPStatus, dict[str, Any]]:
+        target = self.server.imports
+        if target is None:
+            raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, "this API does not take imports")
+        params = parse_qs(query)
+        architecture = _required(params, "architecture")
+        classes = _required(params, "classes")
+        note = _param(params, "note") or ""
+        if len(note) > 500:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "note: at most 500 characters")
+        data = self.read_body(target.max_bytes, "application/octet-stream")
+        if not data:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "send the safetensors file as the body")
+        # torch loads on the first import, not when the registry starts.
+        from shared.artifacts import ArtifactStore, FormatError
+        from shared.imports import ImportRefusedError, import_weights, spec_for_import
+
+        try:
+            spec = spec_for_import(architecture, classes, _param(params, "input"), target.task)
+            imported = import_weights(
+                data,
+                _param(params, "file_name") or "weights.safetensors",
+                spec,
+                ArtifactStore(target.store_root),
+                actor=ACTOR,
+                note=note,
+            )
+        except (ImportRefusedError, FormatError) as exc:
+            raise HttpError(
+                HTTPStatus.UNPROCESSABLE_ENTITY, f"not imported: {exc}"[:1000]
+            ) from None
+        version = imported.artifact_sha256[:12]
+        known = self.server.reader.get_version(model, version)
+        if known is not None:
+            return HTTPStatus.OK, {"version": version, "status": known.status, "imported": False}
+        request = import_request(model, imported, source=SOURCE)
+        status, answer = self._publish(request, Topics.RETRAIN_REQUESTS, publish_retrain)
+        return status, {**answer, "idempotency_key": request.idempotency_key, "version": version}
+
     def _publish(
         self, event: _E, topic: str, publish: Callable[[Publisher, _E, float | None], None]
     ) -> tuple[HTTPStatus, dict[str, Any]]:
@@ -268,6 +332,22 @@ class _Handler(ActionHandler):
         return names[0]
 
 
+def _param(params: dict[str, list[str]], name: str) -> str | None:
+    values = params.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"query parameter {name} given twice")
+    return values[0]
+
+
+def _required(params: dict[str, list[str]], name: str) -> str:
+    value = _param(params, name)
+    if value is None:
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"query parameter {name} is required")
+    return value
+
+
 def _parts(path: str) -> list[str]:
     return [unquote(p) for p in urlsplit(path).path.split("/") if p]
 
@@ -287,15 +367,17 @@ def serve_api(
     *,
     auth: OperatorApiAuthSettings | None = None,
     publisher: Publisher | None = None,
+    imports: ImportTarget | None = None,
 ) -> RegistryApi:
     """Serve the API for ``model_name`` on ``host:port`` (0 picks a free port) from a daemon
     thread. ``auth`` holds the tokens and body limit (default: reads open, actions closed);
-    ``publisher`` carries operator actions to Kafka (None answers them 503). Raises OSError
+    ``publisher`` carries operator actions to Kafka (None answers them 503); ``imports``
+    enables ``POST /models/import`` (None answers it 503). Raises OSError
     when the address cannot be bound."""
     # model_construct: the defaults as they are, without reading the environment, which only
     # a service's __main__ does.
     auth = auth or OperatorApiAuthSettings.model_construct()
-    api = RegistryApi(_Server((host, port), reader, model_name, auth, publisher))
+    api = RegistryApi(_Server((host, port), reader, model_name, auth, publisher, imports))
     log.info(
         "registry api listening",
         extra={

@@ -51,6 +51,9 @@ class RegistrySettings(ServiceSettings):
     """Port of the API (reads ``/models``, ``/models/{version}``, ``/aliases``; operator
     actions ``POST /models/{version}/promote``, ``/rollback``, ``/retrain``); 0 picks one."""
 
+    import_max_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    """Largest weights file ``POST /models/import`` takes (resnet50 is about 100 MB)."""
+
     http_auth: OperatorApiAuthSettings = Field(default_factory=OperatorApiAuthSettings)
     """Tokens and body limit of the API (shared ``STREAMLOOP_HTTP_*``; this service only:
     ``STREAMLOOP_REGISTRY_HTTP_AUTH__*``). Without an operator token, operator actions are

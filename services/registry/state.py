@@ -265,6 +265,8 @@ class RegistryState:
             idempotency_key=t.idempotency_key,
             tags=rec.tags,
             evaluation=rec.evaluation,
+            init=t.init,
+            imported=t.imported,
         )
 
     # --- change tracking ----------------------------------------------------------------

@@ -26,28 +26,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+import torch
 from torch import nn
 
-from services.training.dataset import build_snapshot, frame_ids_sha256
+from services.training.dataset import Snapshot, build_snapshot, frame_ids_sha256
 from services.training.lease import LeaseKeeper, LeaseLostError
 from services.training.settings import TrainingSettings
 from services.training.trainer import EpochStats, fit
-from shared.artifacts import ArtifactStore
+from shared.artifacts import ArtifactRef, ArtifactStore
 from shared.datasets import ExampleTable
 from shared.events import (
     Alert,
     DatasetSnapshot,
     ExportRef,
+    ImportedWeights,
     ModelTrained,
     RetrainRequest,
     TrainingProgress,
     derived_id,
 )
-from shared.model import ModelSpec, build_model, predict_proba
+from shared.model import ModelSpec, build_model, load_model, predict_proba
 from shared.ports import Leases, Publisher
 from shared.registry import RegistryReader
 from shared.runtimes import (
@@ -64,6 +66,7 @@ __all__ = [
     "LeaseLostError",
     "Outcome",
     "RequestBusyError",
+    "StartingWeightsError",
     "Trainer",
     "code_version",
 ]
@@ -78,6 +81,10 @@ Exporter = Callable[[nn.Module, ModelSpec, ExportFormat], bytes]
 
 class RequestBusyError(RuntimeError):
     """Another live worker holds the request's lease; retry later."""
+
+
+class StartingWeightsError(ValueError):
+    """``STREAMLOOP_TRAINING_INIT`` names weights this service cannot start from."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +218,8 @@ class Trainer:
                 "recent": snap.recent_size,
             },
         )
+        if request.imported is not None:
+            return self._register_import(request, request.imported, table, snap, lease, started)
         if len(snap.train) < s.policy.min_train_examples:
             detail = (
                 f"{len(snap.train)} training examples, fewer than "
@@ -229,27 +238,8 @@ class Trainer:
             self._publisher.flush()
             log.warning("training skipped", extra={"key": key, "detail": detail})
             return Outcome("skipped", detail=detail)
-        manifest = self._store.put_json(snap.manifest(), "datasets")
-        train_ids = [r.frame_id for r in snap.train]
-        dataset = DatasetSnapshot(
-            snapshot_id=manifest.sha256[:16],
-            frame_ids_sha256=frame_ids_sha256(train_ids),
-            size=len(snap.train),
-            per_class=snap.per_class(),
-            per_condition=snap.per_condition(),
-            topic_offsets={
-                f"{Topics.EXAMPLES}:{p}": o for p, o in sorted(snap.end_offsets.items())
-            },
-            holdout_size=len(snap.holdout),
-            manifest_uri=manifest.uri,
-            manifest_sha256=manifest.sha256,
-            recent_size=snap.recent_size,
-            policy={
-                **s.policy.model_dump(),
-                "split": "sha256(frame_id) bucket: reference < reference_share <= holdout "
-                "< reference_share + holdout_share <= train",
-            },
-        )
+        start_from, keep_head = self._starting_weights()
+        dataset = self._dataset(snap)
 
         def progress(stats: EpochStats) -> None:
             self._publisher.publish(
@@ -287,6 +277,8 @@ class Trainer:
             time_budget_s=s.time_budget_s,
             threads=s.torch_threads,
             on_epoch=progress,
+            start_from=start_from,
+            keep_head=keep_head,
         )
         metrics = {
             "train_loss": result.final.loss,
@@ -296,16 +288,87 @@ class Trainer:
         }
         model = build_model(self.spec)
         model.load_state_dict(result.state_dict)
-        if snap.holdout:
-            probs = predict_proba(model, table.select(snap.holdout))
-            truth = np.asarray([self.spec.classes.index(r.label) for r in snap.holdout])
-            metrics["holdout_accuracy"] = float((probs.argmax(axis=1) == truth).mean())
         weights = self._store.put_weights(
             result.state_dict,
             self.spec.to_metadata({"snapshot": dataset.snapshot_id, "seed": str(s.seed)}),
         )
+        return self._publish_candidate(
+            request,
+            self.spec,
+            model,
+            weights,
+            table,
+            snap,
+            dataset,
+            lease,
+            metrics=metrics,
+            hyperparameters={
+                **s.hyperparameters.model_dump(),
+                "time_budget_s": s.time_budget_s,
+                "stopped_by_budget": result.stopped_by_budget,
+            },
+            init=s.init,
+            started=started,
+        )
+
+    def _register_import(
+        self,
+        request: RetrainRequest,
+        imported: ImportedWeights,
+        table: ExampleTable,
+        snap: Snapshot,
+        lease: LeaseKeeper,
+        started: float,
+    ) -> Outcome:
+        """Make imported weights a candidate without training them: the same snapshot (its
+        holdout is what evaluation scores), exports and ``models.trained`` as a trained
+        model. The weights were checked against their spec and stored when imported."""
+        model, spec = load_model(self._store, imported.artifact_uri, imported.artifact_sha256)
+        weights = ArtifactRef(
+            uri=imported.artifact_uri,
+            sha256=imported.artifact_sha256,
+            size=self._store.resolve(imported.artifact_uri).stat().st_size,
+        )
+        return self._publish_candidate(
+            request,
+            spec,
+            model,
+            weights,
+            table,
+            snap,
+            self._dataset(snap),
+            lease,
+            metrics={"epochs_completed": 0.0},
+            hyperparameters={},
+            init="imported",
+            started=started,
+        )
+
+    def _publish_candidate(
+        self,
+        request: RetrainRequest,
+        spec: ModelSpec,
+        model: nn.Module,
+        weights: ArtifactRef,
+        table: ExampleTable,
+        snap: Snapshot,
+        dataset: DatasetSnapshot,
+        lease: LeaseKeeper,
+        *,
+        metrics: dict[str, float],
+        hyperparameters: dict[str, Any],
+        init: str,
+        started: float,
+    ) -> Outcome:
+        """Score the holdout, export, and publish ``models.trained`` for stored ``weights``."""
+        s = self.settings
+        key = request.idempotency_key
+        if snap.holdout and tuple(spec.classes) == tuple(self.spec.classes):
+            probs = predict_proba(model, table.select(snap.holdout))
+            truth = np.asarray([spec.classes.index(r.label) for r in snap.holdout])
+            metrics["holdout_accuracy"] = float((probs.argmax(axis=1) == truth).mean())
         checked_on = (snap.holdout or snap.train)[:EXPORT_CHECK_IMAGES]
-        exports = self._exports(model, table.select(checked_on), key, lease)
+        exports = self._exports(model, spec, table.select(checked_on), key, lease)
         version = weights.sha256[:12]
         champion = self._registry.champion(s.model_name)
         event = ModelTrained(
@@ -317,11 +380,7 @@ class Trainer:
             artifact_uri=weights.uri,
             sha256=weights.sha256,
             dataset=dataset,
-            hyperparameters={
-                **s.hyperparameters.model_dump(),
-                "time_budget_s": s.time_budget_s,
-                "stopped_by_budget": result.stopped_by_budget,
-            },
+            hyperparameters=hyperparameters,
             metrics=metrics,
             parent_version=champion.version if champion else None,
             code_version=self._code_version,
@@ -330,14 +389,67 @@ class Trainer:
             trigger=request.trigger,
             reason=request.reason,
             exports=exports,
+            init=init,
+            imported=request.imported,
         )
         self._publisher.publish(Topics.MODELS_TRAINED, event, key=version)
         self._publisher.flush()
-        log.info("model trained", extra={"key": key, "version": version, **metrics})
+        log.info("model trained", extra={"key": key, "version": version, "init": init, **metrics})
         return Outcome("trained", version=version, event=event)
 
+    def _dataset(self, snap: Snapshot) -> DatasetSnapshot:
+        """Store ``snap``'s manifest and describe it for the lineage."""
+        s = self.settings
+        manifest = self._store.put_json(snap.manifest(), "datasets")
+        train_ids = [r.frame_id for r in snap.train]
+        return DatasetSnapshot(
+            snapshot_id=manifest.sha256[:16],
+            frame_ids_sha256=frame_ids_sha256(train_ids),
+            size=len(snap.train),
+            per_class=snap.per_class(),
+            per_condition=snap.per_condition(),
+            topic_offsets={
+                f"{Topics.EXAMPLES}:{p}": o for p, o in sorted(snap.end_offsets.items())
+            },
+            holdout_size=len(snap.holdout),
+            manifest_uri=manifest.uri,
+            manifest_sha256=manifest.sha256,
+            recent_size=snap.recent_size,
+            policy={
+                **s.policy.model_dump(),
+                "split": "sha256(frame_id) bucket: reference < reference_share <= holdout "
+                "< reference_share + holdout_share <= train",
+            },
+        )
+
+    def _starting_weights(self) -> tuple[dict[str, torch.Tensor] | None, bool]:
+        """The weights ``settings.init`` names and whether their head fits the task's classes;
+        ``(None, True)`` for ``scratch``. Raises StartingWeightsError."""
+        s = self.settings
+        if s.init == "scratch":
+            return None, True
+        version = s.init.split(":", 1)[1]
+        view = self._registry.get_version(s.model_name, version)
+        if view is None:
+            raise StartingWeightsError(
+                f"STREAMLOOP_TRAINING_INIT={s.init}: {s.model_name} has no version {version}"
+            )
+        loaded = self._store.load_weights(view.artifact_uri, view.sha256)
+        spec = ModelSpec.from_metadata(loaded.metadata)
+        if spec.architecture != self.spec.architecture:
+            raise StartingWeightsError(
+                f"STREAMLOOP_TRAINING_INIT={s.init}: version {version} is a {spec.architecture}, "
+                f"this service trains {self.spec.architecture}"
+            )
+        return loaded.tensors, tuple(spec.classes) == tuple(self.spec.classes)
+
     def _exports(
-        self, model: nn.Module, pixels: npt.NDArray[np.uint8], key: str, lease: LeaseKeeper
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        pixels: npt.NDArray[np.uint8],
+        key: str,
+        lease: LeaseKeeper,
     ) -> dict[str, ExportRef]:
         """Export ``model`` to every format of ``settings.exports`` and store each export
         that agrees with eager on ``pixels``. One that fails or disagrees is left out (with a
@@ -351,7 +463,7 @@ class Trainer:
             started = time.perf_counter()
             context: dict[str, object] = {"key": key, "format": fmt}
             try:
-                data = self._exporter(model, self.spec, fmt)
+                data = self._exporter(model, spec, fmt)
                 runtime = load_runtime(fmt, data, self.settings.torch_threads)
                 agreement = compare(reference, runtime.predict_proba(pixels))
             except (RuntimeError, ValueError) as exc:

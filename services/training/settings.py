@@ -94,6 +94,13 @@ class TrainingSettings(ServiceSettings):
     a run, ``compiled`` a C++ compile of about half a minute. An export that does not agree
     with the weights is not published."""
 
+    init: str = Field(default="scratch", pattern=r"^(scratch|imported:[A-Za-z0-9._-]{1,64})$")
+    """Where a run's weights start: ``scratch`` (initialised from ``seed``) or
+    ``imported:VERSION``, the weights of that registered version (for example one imported
+    with ``streamloop models import``), fine-tuned on the stream's examples. That version
+    must be of the configured architecture; its classifier head is re-initialised when its
+    class list differs from the task's. The choice is in the lineage (``init``)."""
+
     lease_s: int = Field(default=120, ge=2)
     """How long a run holds its idempotency key without renewing it; after a crash the key is
     free again after at most this long and a redelivered request retrains."""

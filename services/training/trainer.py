@@ -1,4 +1,5 @@
-"""Fitting the shared network on CPU: seeded, time-boxed, reporting every epoch.
+"""Fitting the shared network on CPU: seeded, time-boxed, reporting every epoch, from scratch
+or from starting weights.
 
 Everything random (initialisation, batch order) comes from ``seed``, and the fit runs with a
 fixed number of torch threads, so the same pixels, labels, hyperparameters and seed give
@@ -9,7 +10,7 @@ run whole or not started), which keeps that guarantee whenever the budget is not
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from services.training.settings import Hyperparameters
+from shared.imports import starting_state
 from shared.model import ModelSpec, build_model, preprocess
 
 __all__ = ["EpochStats", "FitResult", "fit"]
@@ -54,17 +56,23 @@ def fit(
     time_budget_s: float,
     threads: int,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    start_from: Mapping[str, torch.Tensor] | None = None,
+    keep_head: bool = True,
 ) -> FitResult:
-    """Train a fresh ``build_model(spec)`` on ``(pixels, labels)``.
+    """Train ``build_model(spec)`` on ``(pixels, labels)``: freshly initialised, or from the
+    weights ``start_from`` (the head re-initialised unless ``keep_head``; see
+    ``shared.imports.starting_state``).
 
     ``on_epoch`` is called after every epoch (progress events, lease renewal); an exception
     it raises aborts the fit. At least one epoch always runs. Raises ValueError on empty or
-    mismatched inputs."""
+    mismatched inputs, and starting weights of another network."""
     if len(pixels) == 0 or len(pixels) != len(labels):
         raise ValueError(f"need as many labels as images, and some: {len(pixels)}/{len(labels)}")
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     model = build_model(spec)
+    if start_from is not None:
+        model.load_state_dict(starting_state(model, start_from, keep_head=keep_head))
     optimiser = torch.optim.Adam(
         model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay
     )
