@@ -26,6 +26,7 @@ from shared.artifacts import ArtifactStore, parse_safetensors, sha256_bytes
 from shared.events import ImportedWeights
 from shared.model import ModelSpec, build_model
 from shared.settings import TaskSettings
+from shared.zoo import check_input_size
 
 __all__ = [
     "ImportRefusedError",
@@ -73,6 +74,7 @@ def spec_for_import(
         height, width = (
             parse_input_size(input_size) if input_size else (task.image_height, task.image_width)
         )
+        check_input_size(architecture, height, width)
         return ModelSpec.for_architecture(architecture, names, height, width)
     except ValueError as exc:  # pydantic's ValidationError is one
         raise ImportRefusedError(str(exc)) from exc
