@@ -1,18 +1,27 @@
 """The model lifecycle end to end, as an operator drives it: a simulated day stream through
 ingest and labelling into examples, then ``streamloop retrain`` / ``models …`` against the
-training, evaluation and registry services."""
+training, evaluation and registry services, and models imported from files by the CLI and by
+the registry's HTTP API."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import socket
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save as st_save
 
+from shared.artifacts import ArtifactStore
+from shared.model import ModelSpec, build_model
 from shared.redis_registry import RedisRegistry
 from shared.redis_store import connect
 from shared.settings import KafkaSettings, RedisSettings
@@ -23,6 +32,14 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(600)
 
 SERVICES = ("ingest", "labelling", "registry", "evaluation", "training")
+OPERATOR_TOKEN = "e2e-operator-" + "t" * 24
+CLASSES = "car,truck,bus,motorcycle"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -35,7 +52,8 @@ def stack(prefix: str, tmp_path: Path) -> Iterator[dict[str, str]]:
         "STREAMLOOP_TELEMETRY_SAMPLE_RATIO": "0.01",
         "STREAMLOOP_INGEST_GROUP_ID": f"{prefix}ingest",
         "STREAMLOOP_SIMULATOR_GROUP_ID": f"{prefix}simulator",
-        "STREAMLOOP_REGISTRY_API_PORT": "0",
+        "STREAMLOOP_REGISTRY_API_PORT": str(free_port()),
+        "STREAMLOOP_REGISTRY_HTTP_AUTH__OPERATOR_TOKEN": OPERATOR_TOKEN,
         "STREAMLOOP_TRAINING_BOOTSTRAP": "false",
         "STREAMLOOP_TRAINING_HYPERPARAMETERS__EPOCHS": "4",
         # A loose gate, so that the second model (same world, more data) is blessed and the
@@ -87,7 +105,7 @@ def simulate(env: dict[str, str], seconds: int, seed: int) -> None:
 
 
 def test_retrain_list_show_promote_and_roll_back_from_the_command_line(
-    stack: dict[str, str], prefix: str
+    stack: dict[str, str], prefix: str, tmp_path: Path
 ) -> None:
     env, model = stack, stack["E2E_MODEL"]
     kafka = KafkaSettings()
@@ -156,3 +174,63 @@ def test_retrain_list_show_promote_and_roll_back_from_the_command_line(
     assert refused.returncode == 1 and "refused" in refused.stdout
     unknown = cli(env, "models", "promote", "ffffffffffff", "--model", model)
     assert unknown.returncode == 1 and "unknown version" in unknown.stdout
+
+    # Weights trained elsewhere: the champion's tensors in a torch checkpoint of their own,
+    # converted (weights only) and imported. They pass the gate on their merit and shadow.
+    weights = ArtifactStore(Path(env["STREAMLOOP_ARTIFACTS_ROOT"])).load_weights(
+        champion.artifact_uri, champion.sha256
+    )
+    torch.save({"epoch": 9, "state_dict": weights.tensors}, tmp_path / "elsewhere.pt")
+    good_file = tmp_path / "elsewhere.safetensors"
+    converted = cli(env, "models", "convert", str(tmp_path / "elsewhere.pt"), str(good_file))
+    assert converted.returncode == 0
+    good = cli(
+        env,
+        *("models", "import", str(good_file), "--architecture", "streamloop-cnn-v1"),
+        *("--classes", CLASSES, "--note", "trained elsewhere", "--model", model),
+        *("--timeout", "300"),
+    )
+    assert good.returncode == 0 and "blessed" in good.stdout
+    found = re.search(r"stored as version ([0-9a-f]{12})", good.stdout)
+    assert found
+    imported = registry.get_version(model, found[1])
+    assert imported is not None and imported.init == "imported"
+    assert imported.imported is not None and imported.imported.note == "trained elsewhere"
+    assert imported.imported.file_name == "elsewhere.safetensors"
+    assert imported.aliases == ["challenger"] and imported.training_metrics["epochs_completed"] == 0
+    history = registry.view(model).history
+    evaluated = [
+        i for i, h in enumerate(history) if h.version == found[1] and h.action == "evaluated"
+    ]
+    aliased = [
+        i for i, h in enumerate(history) if h.version == found[1] and h.action == "alias_set"
+    ]
+    assert evaluated and aliased and evaluated[0] < aliased[0]  # no alias before the gate
+    shown = cli(env, "models", "show", found[1], "--model", model)
+    assert "init: imported" in shown.stdout and "elsewhere.safetensors" in shown.stdout
+
+    # Random weights through the registry's API: registered, then refused by the gate.
+    torch.manual_seed(7)
+    spec = ModelSpec.for_architecture("streamloop-cnn-v1", CLASSES.split(","), 64, 64)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{env['STREAMLOOP_REGISTRY_API_PORT']}/models/import"
+        f"?architecture=streamloop-cnn-v1&classes={CLASSES}&model={model}&file_name=random.st",
+        data=st_save(build_model(spec).state_dict()),
+        headers={
+            "Authorization": f"Bearer {OPERATOR_TOKEN}",
+            "Content-Type": "application/octet-stream",
+        },
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        assert resp.status == 202
+        answer = json.loads(resp.read())
+    rejected = wait_for(
+        lambda: (v := registry.get_version(model, answer["version"])) and v.evaluation and v,
+        240,
+        what="the gate's verdict on random weights",
+    )
+    assert rejected.status == "rejected" and rejected.aliases == []
+    assert rejected.evaluation is not None and rejected.evaluation.reasons
+    assert not rejected.was_champion and rejected.imported is not None
+    print("random weights refused:", rejected.evaluation.reasons)
