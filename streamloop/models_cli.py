@@ -110,7 +110,8 @@ def _request(request: RetrainRequest, args: argparse.Namespace) -> int:
     )
     with EventProducer(kafka, client_id="streamloop-cli") as producer:
         publish_retrain(producer, request)
-    console.print(f"{request.trigger} request for [bold]{args.model}[/] (key {key})")
+    asked = "import" if request.trigger == "import" else "retrain"
+    console.print(f"{asked} requested for [bold]{args.model}[/] (key {key})")
     if watch is None:
         return 0
     try:

@@ -421,6 +421,14 @@ SKIP: dict[str, str] = {
     "tests/e2e/test_own_task.py checks the champion and its predictions",
     "own-task-new-images": "needs a champion to predict: tests/e2e/test_own_task.py publishes "
     "unseen shapes with --map and tails their predictions",
+    "import-convert": "needs a checkpoint: tests/e2e/test_model_lifecycle.py converts one "
+    "with the same command and imports it",
+    "import-cli": "needs the model services: tests/e2e/test_model_lifecycle.py imports a "
+    "converted file with the same command and follows it to the gate's verdict",
+    "import-curl": "needs a registry with an operator token: tests/e2e/test_model_lifecycle.py "
+    "posts a file to the same route with the same query and headers",
+    "init-imported": "needs an imported version: tests/unit/test_imports.py fine-tunes from "
+    "one with the same setting",
     "own-task-retrain": "trains a second model: the retrain and the gate are "
     "tests/e2e/test_model_lifecycle.py (the same code for any task)",
 }
