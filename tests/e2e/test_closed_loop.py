@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
+from shared.artifacts import ArtifactStore
 from shared.events import Alert, Event, ModelLifecycle, RetrainRequest, WindowMetrics, decode
+from shared.model import ModelSpec
 from shared.redis_registry import RedisRegistry
 from shared.redis_store import connect
 from shared.settings import KafkaSettings, RedisSettings
@@ -109,9 +111,19 @@ def events(prefix: str, topic: str) -> list[Event]:
 
 
 @pytest.mark.timeout(1500)
+@pytest.mark.parametrize(
+    "architecture",
+    [
+        "streamloop-cnn-v1",
+        # The documented variant (docs/monitoring.md): the same story with a torchvision
+        # network, about 40 times the parameters; in the slow tier for its length.
+        pytest.param("mobilenet_v3_small", marks=pytest.mark.slow),
+    ],
+)
 def test_day_to_night_one_retrain_a_promotion_and_recovery(
-    stack: dict[str, str], prefix: str
+    stack: dict[str, str], prefix: str, architecture: str
 ) -> None:
+    stack["STREAMLOOP_MODEL_ARCHITECTURE"] = architecture
     env, model = stack, stack["E2E_MODEL"]
     summary = demo(
         env,
@@ -153,6 +165,10 @@ def test_day_to_night_one_retrain_a_promotion_and_recovery(
     champion = registry.champion(model)
     assert champion is not None and champion.version == summary["recovered_version"]
     assert champion.tags.get("trigger") == "monitor"
+    weights = ArtifactStore(Path(env["STREAMLOOP_ARTIFACTS_ROOT"])).load_weights(
+        champion.artifact_uri, champion.sha256
+    )
+    assert ModelSpec.from_metadata(weights.metadata).architecture == architecture
     assert summary["recovered"] and summary["after"] >= 0.9 * summary["before"]
     assert summary["drift_to_recovery_s"] < RECOVERY_BOUND_S
     moves = [
