@@ -368,7 +368,11 @@ class Trainer:
             truth = np.asarray([spec.classes.index(r.label) for r in snap.holdout])
             metrics["holdout_accuracy"] = float((probs.argmax(axis=1) == truth).mean())
         checked_on = (snap.holdout or snap.train)[:EXPORT_CHECK_IMAGES]
-        exports = self._exports(model, spec, table.select(checked_on), key, lease)
+        # An import into a deployment without examples has nothing to check an export on:
+        # it goes without (serving runs eager), and the gate finds no holdout to pass.
+        exports = (
+            self._exports(model, spec, table.select(checked_on), key, lease) if checked_on else {}
+        )
         version = weights.sha256[:12]
         champion = self._registry.champion(s.model_name)
         event = ModelTrained(

@@ -220,7 +220,7 @@ def trainer_for(
         policy=SamplingPolicy(recent_examples=1000, older_per_class=0, min_train_examples=50),
         hyperparameters=kw.pop("hp", Hyperparameters(epochs=2, batch_size=32)),
         var_dir=tmp_path,
-        exports=(),
+        exports=kw.pop("exports", ()),
         **kw,
     )
     trainer = Trainer(
@@ -269,6 +269,19 @@ def test_an_import_request_registers_the_weights_untrained_with_their_lineage(
     registered(registry, event)
     view = registry.get_version(MODEL, event.model_version)
     assert view is not None and view.init == "imported" and view.imported == imported
+
+
+def test_an_import_without_examples_registers_without_exports_for_the_gate_to_refuse(
+    tmp_path: Path,
+) -> None:
+    empty = ExampleTable([], np.zeros((0, 64, 64, 3), np.uint8), {})
+    trainer, publisher, store = trainer_for(tmp_path, empty, MemoryRegistry(), exports=("onnx",))
+    spec = spec_for_import(CNN, ",".join(CLASSES), None, TaskSettings())
+    weights = st_save(build_model(spec).state_dict())
+    imported = import_weights(weights, "w.safetensors", spec, store, actor="a")
+    assert trainer.handle(import_request(MODEL, imported)).status == "trained"
+    [event] = publisher.of(Topics.MODELS_TRAINED)
+    assert event.exports == {} and event.dataset.holdout_size == 0
 
 
 def test_fine_tuning_from_imported_weights_reaches_scratch_accuracy_in_fewer_epochs(
