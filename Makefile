@@ -92,8 +92,8 @@ bench-scale: setup ## End-to-end saturation with 1/2/3 serving ingress processes
 bench-baseline: setup ## Re-measure the regression guard's baseline (tests/perf/baseline.json): three runs, the median
 	@$(WITH_INFRA) $(BIN)/python -m tests.perf.test_ratio_guard
 
-bench: setup ## Benchmarks (bus, ingest, image fitting, training, runtimes, CPU per stage, serving), then one table of the run (var/bench/report.md)
-	@$(WITH_INFRA) sh -c 'since=$$(date +%s) && $(BIN)/python -m tests.bench.bench_bus && $(BIN)/python -m tests.bench.bench_ingest && $(BIN)/python -m tests.bench.bench_images && $(BIN)/python -m tests.bench.bench_training && $(BIN)/python -m tests.bench.bench_runtimes && $(BIN)/python -m tests.bench.bench_profile && $(BIN)/python -m tests.bench.bench_serving && $(BIN)/python -m tests.bench.bench_report --since $$since'
+bench: setup ## Benchmarks (bus, ingest, image fitting, training, runtimes, CPU per stage, serving, architectures), then the tables of the run (var/bench/report.md)
+	@$(WITH_INFRA) sh -c 'since=$$(date +%s) && $(BIN)/python -m tests.bench.bench_bus && $(BIN)/python -m tests.bench.bench_ingest && $(BIN)/python -m tests.bench.bench_images && $(BIN)/python -m tests.bench.bench_training && $(BIN)/python -m tests.bench.bench_runtimes && $(BIN)/python -m tests.bench.bench_profile && $(BIN)/python -m tests.bench.bench_serving && $(BIN)/python -m tests.bench.bench_architectures && $(BIN)/python -m tests.bench.bench_report --since $$since'
 
 drift: setup ## Measure how a CNN trained on day frames fares at night and in fog
 	@$(BIN)/python infra/measure_drift.py

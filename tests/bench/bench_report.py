@@ -1,4 +1,5 @@
-"""The one table of ``make bench``: serving's throughput, latency, CPU per stage and memory.
+"""The tables of ``make bench``: serving's throughput, latency, CPU per stage and memory, then
+the architectures side by side.
 
     python -m tests.bench.bench_report [--since EPOCH_S] [--out PATH]
 
@@ -15,8 +16,13 @@ Reads what ``bench_serving`` (``var/bench/serving.json``) and ``bench_profile``
 - peak resident memory of each process (Ray's as PSS, so shared pages count once);
 - the targets, met or not.
 
+Then what ``bench_architectures`` wrote (``var/bench/architectures.json``) as a second table,
+one row per architecture: parameters, FLOPs per image, in-process and end-to-end frames/s, p99
+at half saturation, training seconds per 1,000 examples per epoch, weights and export sizes,
+the replica's peak memory, each with its ratio to the built-in CNN of the same run.
+
 ``--since`` (seconds since the epoch; ``make bench`` passes its start) refuses figures
-written before it, so the table is always from one run. The table is also written to
+written before it, so the tables are always from one run. They are also written to
 ``--out`` (``var/bench/report.md``). Exits 1 when a figure file is missing or stale.
 """
 

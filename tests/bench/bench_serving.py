@@ -39,8 +39,9 @@ the frames used throughout and named in the ``models.trained`` event the benchma
 Peak resident memory is sampled from /proc every 0.5 s: the sum over this process's
 descendants whose command line names ``ray::``, ``raylet`` or ``gcs_server``; the sum over
 every process below the Ray driver (Ray also runs Python helpers those names miss), with its
-PSS (shared pages counted once; an RSS sum counts them in every process); the serving
-process; the ingest process. Everything shares the machine's CPUs with Kafka, Redis and this
+PSS (shared pages counted once; an RSS sum counts them in every process); the Ray Serve
+replica (``ray::ServeReplica:...``) alone, with its PSS; the serving process; the ingest
+process. Everything shares the machine's CPUs with Kafka, Redis and this
 process (which publishes and reads the predictions), as a one-machine deployment would.
 
 A measurement, not a test: it exits 0 whatever the figures, 1 only when a part failed.

@@ -10,10 +10,11 @@ name says ``*_kib`` or ``*_mib``):
 - ``fixtures``: the models (trained, untrained, exported), rendered frames and payloads, the
   champion's lifecycle events;
 - ``measure``: timed calls, rates, percentiles, saturation and latency of predictions;
-- ``report``: figure files under ``var/bench``, number formatting, and the one table of
+- ``report``: figure files under ``var/bench``, number formatting, and the tables of
   ``make bench`` (``bench_report``).
 
 One module per benchmark holds its parts: ``bus``, ``ingest``, ``training``, ``runtimes``,
-``stages`` (``bench_profile``), ``serving`` (parts (a) and (b), the tables) and ``e2e``
-(part (c), also used by ``bench_scale`` and the regression guard).
+``stages`` (``bench_profile``), ``serving`` (parts (a) and (b), the tables), ``e2e``
+(part (c), also used by ``bench_scale``, ``architectures`` and the regression guard) and
+``architectures`` (each architecture through (a) and (c), and its headline figures).
 """

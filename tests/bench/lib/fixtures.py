@@ -22,7 +22,7 @@ from services.simulator.fleet import Fleet
 from services.simulator.render import CONDITIONS
 from services.simulator.scenario import load
 from services.training.settings import Hyperparameters
-from services.training.trainer import fit
+from services.training.trainer import FitResult, fit
 from shared.artifacts import ArtifactRef, ArtifactStore
 from shared.bus import EventProducer
 from shared.events import (
@@ -48,6 +48,7 @@ from shared.runtimes import (
 )
 from shared.settings import KafkaSettings, TaskSettings
 from shared.topics import Topics
+from shared.zoo import BUILTIN_CNN
 from tests.bench.lib.control import BenchError
 from tests.synthetic import CLASSES, render_examples, store_export, trained_event
 
@@ -57,11 +58,12 @@ def condition_of(i: int) -> str:
     return CONDITIONS[i % len(CONDITIONS)]
 
 
-def task_spec() -> ModelSpec:
-    """The model's shape for the configured task (``STREAMLOOP_TASK_*``)."""
+def task_spec(architecture: str = BUILTIN_CNN) -> ModelSpec:
+    """The spec of a new model of ``architecture`` (the built-in CNN by default) for the
+    configured task (``STREAMLOOP_TASK_*``), as training makes it."""
     task = TaskSettings()
-    return ModelSpec(
-        classes=task.classes, image_height=task.image_height, image_width=task.image_width
+    return ModelSpec.for_architecture(
+        architecture, task.classes, task.image_height, task.image_width
     )
 
 
@@ -145,12 +147,12 @@ def make_alerts(count: int, size: int) -> list[Alert]:
 # --- models -------------------------------------------------------------------------------
 
 
-def train_weights(
-    store: ArtifactStore, spec: ModelSpec, examples: int, seed: int, threads: int, prefix: str = "f"
-) -> ArtifactRef:
-    """One epoch on ``examples`` rendered frames (at most 60 s); the weights, stored."""
+def fit_rendered(
+    spec: ModelSpec, examples: int, seed: int, threads: int, prefix: str = "f"
+) -> FitResult:
+    """One epoch on ``examples`` rendered frames (one epoch always runs whole)."""
     pixels, labels = render_pixels(examples, seed, spec.classes, prefix)
-    result = fit(
+    return fit(
         spec,
         pixels,
         labels,
@@ -159,6 +161,13 @@ def train_weights(
         time_budget_s=60,
         threads=threads,
     )
+
+
+def train_weights(
+    store: ArtifactStore, spec: ModelSpec, examples: int, seed: int, threads: int, prefix: str = "f"
+) -> ArtifactRef:
+    """``fit_rendered``'s weights, stored."""
+    result = fit_rendered(spec, examples, seed, threads, prefix)
     return store.put_weights(result.state_dict, spec.to_metadata({"seed": str(seed)}))
 
 
@@ -216,6 +225,14 @@ class Fixture:
     """The same frames as PNG."""
     conditions: list[str]
     train_s: float
+    """Rendering, fitting and storing the weights."""
+    train_examples: int
+    epoch_s: float
+    """The fit's one epoch alone (no rendering, no batch-norm recalibration, no storing)."""
+    fit_s: float
+    """The whole fit: the epoch, and batch-norm recalibration where the network has it."""
+    weights_bytes: int
+    """The stored safetensors weights."""
     holdout: dict[str, float]
     export: dict[str, Any]
     """The export's artifact, size, time and agreement with eager (empty for eager)."""
@@ -239,17 +256,20 @@ def make_fixture(
     seed: int = 23,
     pool: int = 256,
     threads: int = 2,
+    architecture: str = BUILTIN_CNN,
 ) -> Fixture:
-    """A model trained on ``examples`` frames, stored under ``root`` with its export for
-    ``runtime`` as training stores it, checked against eager on ``pool`` fresh frames (the
-    frames every part then uses). BenchError when the serving core would not run it."""
-    spec = task_spec()
+    """A model of ``architecture`` trained on ``examples`` frames, stored under ``root`` with
+    its export for ``runtime`` as training stores it, checked against eager on ``pool`` fresh
+    frames (the frames every part then uses). BenchError when the serving core would not run
+    it."""
+    spec = task_spec(architecture)
     if (spec.image_height, spec.image_width) != (64, 64):
         raise BenchError("the renderer draws 64x64 frames; set STREAMLOOP_TASK_IMAGE_* to 64")
-    console.print(f"training a model on {examples:,} rendered examples (1 epoch)")
+    console.print(f"training a {architecture} model on {examples:,} rendered examples (1 epoch)")
     start = time.perf_counter()
     store = ArtifactStore(root)
-    art = train_weights(store, spec, examples, seed, threads)
+    result = fit_rendered(spec, examples, seed, threads)
+    art = store.put_weights(result.state_dict, spec.to_metadata({"seed": str(seed)}))
     train_s = time.perf_counter() - start
     version = art.sha256[:12]
     exports: dict[str, ExportRef] = {}
@@ -300,6 +320,10 @@ def make_fixture(
         png=frames.png,
         conditions=frames.conditions,
         train_s=train_s,
+        train_examples=examples,
+        epoch_s=result.history[0].elapsed_s,
+        fit_s=result.duration_s,
+        weights_bytes=art.size,
         holdout={"examples": pool, "accuracy": round(accuracy, 4)},
         export=export,
     )

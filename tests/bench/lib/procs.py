@@ -139,6 +139,11 @@ def is_ray(cmdline: str) -> bool:
     return any(m in cmdline for m in RAY_MARKERS)
 
 
+def is_replica(cmdline: str) -> bool:
+    """A Ray Serve replica's worker (``ray::ServeReplica:<app>:<deployment>``)."""
+    return "ServeReplica" in cmdline
+
+
 def own_descendants() -> list[ProcInfo]:
     procs = scan_procs()
     return [procs[pid] for pid in descendants(procs, os.getpid())]
@@ -237,7 +242,8 @@ class MemorySampler:
     Per phase: ``ray`` sums the RSS of this process's descendants whose command line names
     ``ray::``, ``raylet`` or ``gcs_server``; ``ray_all`` sums every process below the Ray
     driver (Ray's Python helpers too: autoscaler monitor, log monitor, dashboard head), with
-    their PSS besides (shared pages counted once); ``watch`` adds single processes."""
+    their PSS besides (shared pages counted once); ``replica`` the Ray Serve replicas among
+    them, with their PSS; ``watch`` adds single processes."""
 
     def __init__(self) -> None:
         self.phase = "setup"
@@ -293,6 +299,9 @@ class MemorySampler:
             below = [procs[pid] for pid in descendants(procs, driver)]
             if below:
                 self._peak(f"{phase}:ray_all", below, pss=True)
+            replicas = [p for p in below if is_replica(p.cmdline)]
+            if replicas:
+                self._peak(f"{phase}:replica", replicas, pss=True)
         for label, pid in list(self.watch.items()):
             p = procs.get(pid)
             if p is not None:
@@ -354,7 +363,7 @@ def cpu_snapshot(serving: int, ingest: int) -> CpuSnapshot:
     groups: dict[str, dict[tuple[int, int], float]] = {g: {} for g in CPU_GROUPS}
     for p in procs.values():
         if p.pid in ray:
-            group = "replica" if "ServeReplica" in p.cmdline else "ray"
+            group = "replica" if is_replica(p.cmdline) else "ray"
         elif p.pid == serving:
             group = "serving"
         elif p.pid == ingest:

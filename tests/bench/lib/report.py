@@ -1,6 +1,6 @@
 """Figure files and tables: where a benchmark writes its figures (``var/bench/<name>.json``),
-how numbers are printed, and the one table of ``make bench`` built from the serving and
-profile figures (``bench_report``)."""
+how numbers are printed, and the tables of ``make bench`` (``bench_report``): the one table
+built from the serving and profile figures, and the architectures side by side."""
 
 from __future__ import annotations
 
@@ -222,11 +222,95 @@ def summary_markdown(table: list[Row], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- the architectures, side by side -----------------------------------------------------
+
+ArchitectureColumn = tuple[str, str, int | None]
+"""(key in an architecture's ``figures``, header, decimals; None: a size in bytes)."""
+
+ARCHITECTURE_COLUMNS: tuple[ArchitectureColumn, ...] = (
+    ("parameters_m", "parameters (M)", 2),
+    ("mflops_per_image", "MFLOPs per image", 1),
+    ("inprocess_frames_per_s", "in process frames/s", 0),
+    ("e2e_frames_per_s", "end to end frames/s", 0),
+    ("p99_ms_at_half", "p99 at 50 % of end to end, ms", 1),
+    ("train_s_per_1000", "training s per 1,000 examples per epoch", 2),
+    ("safetensors_bytes", "weights (safetensors)", None),
+    ("export_bytes", "export for the runtime", None),
+    ("replica_rss_mib", "replica peak RSS MiB", 0),
+    ("replica_pss_mib", "replica PSS MiB", 0),
+)
+
+
+def ratios_to(baseline: dict[str, Any], figures: dict[str, Any]) -> dict[str, float | None]:
+    """Each figure of ``figures`` over the same figure of ``baseline`` (None where either is
+    missing or the baseline's is zero)."""
+    out: dict[str, float | None] = {}
+    for key, value in figures.items():
+        base = baseline.get(key)
+        ok = isinstance(value, int | float) and isinstance(base, int | float) and base
+        out[key] = round(value / base, 3) if ok else None
+    return out
+
+
+def _architecture_cell(value: Any, ratio: float | None, decimals: int | None) -> str:
+    if not isinstance(value, int | float):
+        return "n/a"
+    shown = fmt_size(int(value)) if decimals is None else fmt_num(value, decimals)
+    return shown if ratio is None else f"{shown} ({ratio:.2f})"
+
+
+def architecture_table(doc: dict[str, Any]) -> list[str]:
+    """The lines of a Markdown table of ``architectures.json``: one row per architecture,
+    each figure followed by its ratio to the baseline architecture of the same run."""
+    baseline = doc.get("baseline", "")
+    entries = doc.get("architectures", [])
+    base: dict[str, Any] = next(
+        (e.get("figures", {}) for e in entries if e.get("architecture") == baseline), {}
+    )
+    lines = [
+        "| architecture | " + " | ".join(h for _, h, _ in ARCHITECTURE_COLUMNS) + " |",
+        "|:---|" + "---:|" * len(ARCHITECTURE_COLUMNS),
+    ]
+    for entry in entries:
+        figures = entry.get("figures", {})
+        ratios = ratios_to(base, figures)
+        cells = [
+            _architecture_cell(figures.get(key), ratios.get(key), decimals)
+            for key, _, decimals in ARCHITECTURE_COLUMNS
+        ]
+        name = entry.get("architecture", "?")
+        if _errors(entry):
+            name += " (a part failed)"
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def architecture_markdown(doc: dict[str, Any]) -> str:
+    """``architecture_table`` under a heading that says what the figures are."""
+    settings = doc.get("settings", {})
+    header = (
+        f"Architectures at {settings.get('input', '?')}, runtime {settings.get('runtime', '?')} "
+        f"({doc.get('started_at', '?')[:19]}); in brackets: the ratio to "
+        f"{doc.get('baseline', '?')} in this run"
+    )
+    lines = [header, "", *architecture_table(doc)]
+    for entry in doc.get("architectures", []):
+        lines += [f"\n{entry.get('architecture', '?')}: {e}" for e in _errors(entry)]
+    return "\n".join(lines) + "\n"
+
+
+def _errors(entry: dict[str, Any]) -> list[str]:
+    """Why parts of an architecture's measure failed (the model, or end to end)."""
+    return [str(entry[key]) for key in ("error", "end_to_end_error") if entry.get(key)]
+
+
 def summary(figures: Path, since: float | None, out: Path) -> str:
-    """The one table from ``figures/serving.json`` and ``figures/profile.json``, also written
-    to ``out``. FiguresError when a file is missing or older than ``since``."""
+    """The one table from ``figures/serving.json`` and ``figures/profile.json``, then the
+    architectures' from ``figures/architectures.json``, also written to ``out``.
+    FiguresError when a file is missing or older than ``since``."""
     serving = load_figures(figures / "serving.json", since)
     profile = load_figures(figures / "profile.json", since)
+    architectures = load_figures(figures / "architectures.json", since)
     header = (
         f"StreamLoop serving benchmark, {serving.get('started_at', '?')[:19]} "
         f"({serving.get('cpu_count', '?')} cores, runtime {serving['settings']['runtime']}, "
@@ -234,6 +318,7 @@ def summary(figures: Path, since: float | None, out: Path) -> str:
         f"{profile.get('frames', '?')} frames)"
     )
     text = summary_markdown(summary_rows(serving, profile), header)
+    text += "\n" + architecture_markdown(architectures)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     return text

@@ -438,6 +438,7 @@ def markdown(results: dict[str, Any], sampler: MemorySampler) -> str:
         peak_row("(b) Ray: every process Ray started", sampler.peak("b:ray_all")),
         peak_row("(c) Ray: ray::*, raylet, gcs_server", sampler.peak("c:ray")),
         peak_row("(c) Ray: every process below serving", sampler.peak("c:ray_all")),
+        peak_row("(c) Ray Serve replica", sampler.peak("c:replica")),
         peak_row("(c) serving process (Kafka ingress, Ray driver)", sampler.peak("c:serving")),
         peak_row("(c) ingest process", sampler.peak("c:ingest")),
         f"| this benchmark process (ru_maxrss) | {results['bench_peak_rss_mib']:,.0f} | - | 1 |",
