@@ -284,7 +284,10 @@ class LiveComparison(Event):
     evidence the registry promotes a challenger, or rolls a new champion back, on.
 
     Counts are cumulative since the monitor first saw this pair; ``labelled`` counts frames
-    that both versions predicted and that have a label."""
+    that both versions predicted and that have a label. ``champion_only`` and
+    ``challenger_only`` count the discordant ones (exactly one version right), on which the
+    registry's sequential test decides; None on comparisons published before they were
+    counted (the registry then applies its fixed rule)."""
 
     event_type: Literal["metrics.comparison"] = "metrics.comparison"
     model_name: str
@@ -293,6 +296,10 @@ class LiveComparison(Event):
     labelled: int = Field(ge=0)
     champion_correct: int = Field(ge=0)
     challenger_correct: int = Field(ge=0)
+    champion_only: int | None = Field(default=None, ge=0)
+    """Frames the champion got right and the challenger wrong."""
+    challenger_only: int | None = Field(default=None, ge=0)
+    """Frames the challenger got right and the champion wrong."""
     champion_accuracy: float | None = None
     challenger_accuracy: float | None = None
     since: datetime

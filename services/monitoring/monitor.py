@@ -7,7 +7,8 @@ them from its single-partition observations topic:
 - ``on_prediction``: a prediction arrived (label-free signals of its version's window);
 - ``on_label``: a prediction's label arrived (accuracy of the window open now; it may close);
 - ``on_pair``: champion and challenger both predicted a frame whose label arrived (the live
-  comparison the registry promotes or rolls back on);
+  comparison the registry promotes or rolls back on: published every ``compare_every`` shared
+  labelled frames, and, while the pair is young, on every frame one of them alone got right);
 
 and ``tick`` closes quiet windows by time. Each call returns the events to publish. Its state
 is a handful of JSON documents (``state_keys`` / ``dump`` / ``load``) that the app keeps in a
@@ -52,6 +53,11 @@ class MonitorPolicy(BaseModel):
     compare_every: int = Field(default=50, ge=1)
     """Publish the champion/challenger comparison each time this many more shared labelled
     frames have been counted."""
+    compare_early: int = Field(default=200, ge=0)
+    """While a pair has at most this many shared labelled frames, also publish its comparison
+    on every discordant frame (one model right, the other wrong): only those move the
+    registry's sequential test, and a clear winner is decided on a dozen of them. At most
+    this many extra comparisons per pair; 0 publishes every ``compare_every`` only."""
 
 
 @dataclass
@@ -100,13 +106,22 @@ def _alert(
 
 
 class PairCounts(BaseModel):
-    """Champion and challenger on the same labelled frames, since the pair was first seen."""
+    """Champion and challenger on the same labelled frames, since the pair was first seen.
+
+    ``champion_only`` and ``challenger_only`` count the discordant frames (exactly one of the
+    two right). A document written before they were counted loads with both at 0: they then
+    count from the restart on, still a fair sample for the registry's test (where it starts
+    does not depend on the outcomes), while the accuracies keep the whole history."""
 
     champion: str
     challenger: str
     labelled: int = 0
     champion_correct: int = 0
     challenger_correct: int = 0
+    champion_only: int = 0
+    """Frames the champion got right and the challenger wrong."""
+    challenger_only: int = 0
+    """Frames the challenger got right and the champion wrong."""
     since: datetime
     until: datetime
 
@@ -198,10 +213,15 @@ class Monitor:
         pair.labelled += 1
         pair.champion_correct += int(champion_correct)
         pair.challenger_correct += int(challenger_correct)
+        discordant = champion_correct != challenger_correct
+        if discordant:
+            pair.champion_only += int(champion_correct)
+            pair.challenger_only += int(challenger_correct)
         pair.until = max(pair.until, at)
         self._dirty.add(f"pair/{name}")
         out = Outputs()
-        if pair.labelled % self.policy.compare_every == 0:
+        early = discordant and pair.labelled <= self.policy.compare_early
+        if early or pair.labelled % self.policy.compare_every == 0:
             out.comparisons.append(self._comparison(pair))
         return out
 
@@ -228,6 +248,8 @@ class Monitor:
             labelled=n,
             champion_correct=pair.champion_correct,
             challenger_correct=pair.challenger_correct,
+            champion_only=pair.champion_only,
+            challenger_only=pair.challenger_only,
             champion_accuracy=pair.champion_correct / n if n else None,
             challenger_accuracy=pair.challenger_correct / n if n else None,
             since=pair.since,

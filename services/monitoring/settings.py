@@ -44,6 +44,12 @@ class MonitoringSettings(ServiceSettings):
     compare_every: int = Field(default=50, ge=1)
     """Publish the champion/challenger comparison every this many shared labelled frames."""
 
+    compare_early: int = Field(default=200, ge=0)
+    """While a pair has at most this many shared labelled frames, also publish its comparison
+    on every discordant frame (one version right, the other wrong), so the registry's
+    sequential test can decide a clear winner within a dozen labels. At most this many extra
+    comparisons per pair; 0 turns it off."""
+
     dashboard_host: str = "127.0.0.1"
     """Interface of the dashboard (``0.0.0.0`` in a container)."""
 
@@ -62,4 +68,5 @@ class MonitoringSettings(ServiceSettings):
             trigger=self.trigger,
             drift=self.drift,
             compare_every=self.compare_every,
+            compare_early=self.compare_early,
         )

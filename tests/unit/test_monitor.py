@@ -175,7 +175,7 @@ def test_a_restarted_monitor_never_fires_the_same_drop_twice() -> None:
 
 
 def test_the_comparison_counts_the_same_frames_for_champion_and_challenger() -> None:
-    monitor = Monitor("m", CLASSES, POLICY)
+    monitor = Monitor("m", CLASSES, POLICY.model_copy(update={"compare_early": 0}))
     comparisons = []
     for i in range(60):
         out = monitor.on_pair(
@@ -187,6 +187,58 @@ def test_the_comparison_counts_the_same_frames_for_champion_and_challenger() -> 
     assert (c.champion_correct, c.challenger_correct) == (25, 40)
     assert c.champion_accuracy == 0.5 and c.challenger_accuracy == 0.8
     assert (c.champion_version, c.challenger_version) == ("v1", "v2")
+    # Of the 50: i even and a multiple of 5 (champion alone right) is 5 frames; i odd and
+    # not a multiple of 5 (challenger alone right) is 20.
+    assert (c.champion_only, c.challenger_only) == (5, 20)
+    assert c.challenger_only - c.champion_only == c.challenger_correct - c.champion_correct
+
+
+def test_a_young_pair_is_compared_on_every_discordant_frame() -> None:
+    # Only discordant frames move the registry's sequential test: while the pair has at most
+    # ``compare_early`` labels, each of them is published at once, so a clear winner is
+    # promoted within a dozen labels instead of waiting for the next ``compare_every``.
+    policy = POLICY.model_copy(update={"compare_every": 25, "compare_early": 40})
+    monitor = Monitor("m", CLASSES, policy)
+    rng = random.Random(7)
+    published: list[tuple[int, int, int]] = []
+    discordant_at: list[int] = []
+    for n in range(1, 101):
+        champion, challenger = rng.random() < 0.5, rng.random() < 0.9
+        if champion != challenger:
+            discordant_at.append(n)
+        out = monitor.on_pair(
+            "v1", "v2", champion_correct=champion, challenger_correct=challenger, at=T0
+        )
+        published += [
+            (c.labelled, c.champion_only or 0, c.challenger_only or 0) for c in out.comparisons
+        ]
+    early = [n for n in discordant_at if n <= 40]
+    assert [n for n, _, _ in published] == sorted(set(early) | {25, 50, 75, 100})
+    # Every published count is the cumulative one at that frame.
+    for n, champion_only, challenger_only in published:
+        assert champion_only + challenger_only == sum(1 for d in discordant_at if d <= n)
+    # Bounded: at most ``compare_early`` extra comparisons, however long the pair lives.
+    assert len(published) <= 40 + 100 // 25
+
+
+def test_a_pair_saved_before_discordant_counts_loads_and_counts_from_there() -> None:
+    monitor = Monitor("m", CLASSES, POLICY.model_copy(update={"compare_early": 0}))
+    old = {
+        "champion": "v1",
+        "challenger": "v2",
+        "labelled": 24,
+        "champion_correct": 12,
+        "challenger_correct": 20,
+        "since": T0.isoformat(),
+        "until": T0.isoformat(),
+    }
+    monitor.load([("pair/v1:v2", old)])
+    [c] = monitor.on_pair(
+        "v1", "v2", champion_correct=False, challenger_correct=True, at=T0
+    ).comparisons
+    assert (c.labelled, c.champion_correct, c.challenger_correct) == (25, 12, 21)
+    assert (c.champion_only, c.challenger_only) == (0, 1)
+    assert monitor.take_dirty()["pair/v1:v2"]["challenger_only"] == 1
 
 
 def test_a_camera_seen_a_handful_of_times_in_a_window_is_not_drift_but_a_full_camera_is() -> None:
