@@ -32,7 +32,7 @@ LOGIC: dict[str, tuple[str, ...]] = {
     "services.ingest": ("handler", "logic"),
     "services.labelling": ("join",),
     "services.monitoring": ("board", "dashboard", "drift", "join", "monitor", "trigger", "windows"),
-    "services.registry": ("http", "service", "state"),
+    "services.registry": ("http", "sequential", "service", "state"),
     "services.serving": ("core", "ingress"),
     "services.simulator": ("fleet", "render", "runner", "scenario", "sink"),
     "services.training": ("bootstrap", "dataset", "handler", "service", "trainer"),
