@@ -26,6 +26,8 @@ def main() -> int:
             live_min_labels=settings.live_min_labels,
             rollback_margin=settings.rollback_margin,
             live_min_accuracy=settings.live_min_accuracy,
+            promotion_test=settings.promotion_test,
+            false_promotion_rate=settings.false_promotion_rate,
             publisher=rt.producer,
             read_model=store,
         )

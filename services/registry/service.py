@@ -16,7 +16,7 @@ import logging
 from collections.abc import Iterable
 from typing import Literal, Protocol
 
-from services.registry.state import SOURCE, Promotion, RegistryState
+from services.registry.state import SOURCE, Promotion, PromotionTest, RegistryState
 from shared.events import (
     Alert,
     Event,
@@ -64,6 +64,8 @@ class RegistryService:
         live_min_labels: int = 200,
         rollback_margin: float = 0.02,
         live_min_accuracy: float = 0.5,
+        promotion_test: PromotionTest = "sequential",
+        false_promotion_rate: float = 0.01,
     ) -> None:
         self.state = RegistryState(
             model_name,
@@ -72,6 +74,8 @@ class RegistryService:
             live_min_labels=live_min_labels,
             rollback_margin=rollback_margin,
             live_min_accuracy=live_min_accuracy,
+            promotion_test=promotion_test,
+            false_promotion_rate=false_promotion_rate,
         )
         self._publisher = publisher
         self._read_model = read_model

@@ -24,17 +24,36 @@ Folding is deterministic: the same events in the same order give the same ``view
 (``updated_at`` aside, which is the clock at the last applied event).
 
 Live evidence (``LiveComparison``, champion and challenger scored on the same labelled
-frames) closes the loop without an operator:
+frames) closes the loop without an operator. Two rules decide on it (``promotion_test``):
 
-- a blessed challenger at least as accurate as the champion, on at least
-  ``live_min_labels`` shared labelled frames, and itself at least ``live_min_accuracy``
-  accurate on them (labels that no model agrees with prove nothing), is promoted
-  (``promote_requested`` by ``live-evidence``); the answer crowns it and shadows the
-  previous champion as the challenger, *on probation* of the new one;
-- on probation, a predecessor more accurate than the new champion by more than
-  ``rollback_margin`` rolls the new champion back (``rollback_requested``); otherwise the
-  probation passes (``probation_passed``) and the predecessor's shadow is cleared. A
-  probation pair is never promoted back and forth on noise: only the margin rule applies.
+``sequential`` (the default) looks only at the *discordant* frames, those exactly one of
+the two got right (``champion_only``, ``challenger_only``), and runs the sequential test of
+``services.registry.sequential`` on them at level ``false_promotion_rate`` (alpha): a
+mixture likelihood ratio that, by Ville's inequality, reaches ``1/alpha`` with probability
+at most alpha, ever, when the model it favours is not in fact better, however often the
+cumulative counts are looked at. So:
+
+- a blessed challenger is promoted (``promote_requested`` by ``live-evidence``) as soon as
+  the test says it is better than the champion, and it is itself at least
+  ``live_min_accuracy`` accurate on the shared frames (labels that no model agrees with
+  prove nothing); no minimum number of labels: a clear winner goes in a dozen, a tie never.
+  The answer crowns it and shadows the previous champion as the challenger, *on probation*
+  of the new one;
+- on probation, the same test with the roles swapped rolls the new champion back
+  (``rollback_requested``) as soon as it says the predecessor is better; the probation
+  passes (``probation_passed``, the predecessor's shadow is cleared) as soon as it says the
+  new champion is better, or once ``live_min_labels`` shared labelled frames were compared
+  without evidence against the new champion. ``rollback_margin`` plays no part.
+
+``fixed`` is the earlier rule, unchanged, and also applies to a comparison without
+discordant counts (published before they were counted): a comparison counts once it has
+``live_min_labels`` shared labelled frames; a blessed challenger at least as accurate as
+the champion and at least ``live_min_accuracy`` itself is promoted; on probation, a
+predecessor more accurate than the new champion by more than ``rollback_margin`` rolls it
+back, otherwise the probation passes.
+
+Under either rule a probation pair is never promoted back and forth on noise: on probation
+only the rollback and passing rules apply.
 """
 
 from __future__ import annotations
@@ -48,6 +67,7 @@ from typing import Literal
 from prometheus_client import Counter
 from pydantic import ValidationError
 
+from services.registry.sequential import Evidence, evidence
 from shared.events import (
     LiveComparison,
     ModelEvaluated,
@@ -71,6 +91,7 @@ __all__ = [
     "Changes",
     "Probation",
     "Promotion",
+    "PromotionTest",
     "RegistryState",
 ]
 
@@ -92,6 +113,11 @@ Promotion = Literal["shadow", "direct"]
 """What a blessed version becomes when there already is a champion: ``shadow`` makes it
 the challenger (served in shadow until an operator promotes it), ``direct`` makes it the
 champion at once."""
+
+PromotionTest = Literal["sequential", "fixed"]
+"""How live evidence decides (see the module docstring): ``sequential`` tests the discordant
+frames with a bounded false-promotion rate; ``fixed`` waits for ``live_min_labels`` shared
+labelled frames and compares accuracies."""
 
 _COMMANDS = frozenset({"promote_requested", "rollback_requested"})
 _CAUSES = _COMMANDS | {"evaluated", "probation_passed"}
@@ -142,10 +168,15 @@ class RegistryState:
 
     ``promotion`` is the policy for blessed versions when a champion exists (see
     ``Promotion``); ``clock`` stamps ``updated_at``. ``live_promotion`` turns the live
-    evidence policy on (see the module docstring): ``live_min_labels`` shared labelled
-    frames are needed before a comparison counts, and ``rollback_margin`` is how much more
-    accurate a predecessor on probation must be to take the champion alias back. Not
-    thread-safe: one consumer loop owns it.
+    evidence policy on (see the module docstring); ``promotion_test`` picks its rule and
+    ``false_promotion_rate`` is the sequential test's alpha. ``live_min_labels`` is the
+    number of shared labelled frames after which a probation with no evidence against the
+    new champion passes (and, under the ``fixed`` rule, the number a comparison needs before
+    it counts); ``rollback_margin`` is how much more accurate a predecessor on probation must
+    be to take the champion alias back under the ``fixed`` rule. Not thread-safe: one
+    consumer loop owns it.
+
+    Raises ValueError on a setting out of range.
     """
 
     def __init__(
@@ -157,18 +188,28 @@ class RegistryState:
         live_min_labels: int = 200,
         rollback_margin: float = 0.02,
         live_min_accuracy: float = 0.5,
+        promotion_test: PromotionTest = "sequential",
+        false_promotion_rate: float = 0.01,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         if live_min_labels < 1:
             raise ValueError(f"live_min_labels must be at least 1, not {live_min_labels}")
         if not 0.0 <= rollback_margin <= 1.0:
             raise ValueError(f"rollback_margin must be within [0, 1], not {rollback_margin}")
+        if not 0.0 < false_promotion_rate <= 0.5:
+            raise ValueError(
+                f"false_promotion_rate must be within (0, 0.5], not {false_promotion_rate}"
+            )
+        if promotion_test not in ("sequential", "fixed"):
+            raise ValueError(f"promotion_test must be sequential or fixed, not {promotion_test}")
         self.model_name = model_name
         self.promotion: Promotion = promotion
         self.live_promotion = live_promotion
         self.live_min_labels = live_min_labels
         self.rollback_margin = rollback_margin
         self.live_min_accuracy = live_min_accuracy
+        self.promotion_test: PromotionTest = promotion_test
+        self.false_promotion_rate = false_promotion_rate
         self._clock = clock
         self._versions: dict[str, _Version] = {}
         self._aliases: dict[str, str] = {}
@@ -520,71 +561,133 @@ class RegistryState:
         """The lifecycle event live evidence calls for, if any; does not apply it.
 
         - On probation, for exactly (champion, predecessor): ``rollback_requested`` when the
-          predecessor is more accurate by more than ``rollback_margin``, else
-          ``probation_passed``. Never a promotion of the predecessor.
-        - Otherwise, for exactly the current (champion, challenger), a blessed challenger at
-          least as accurate as the champion: ``promote_requested``.
+          predecessor is better (see the module docstring for each rule), ``probation_passed``
+          when the new champion holds, else nothing yet. Never a promotion of the
+          predecessor.
+        - Otherwise, for exactly the current (champion, challenger), a blessed challenger
+          that the rule finds better (``sequential``) or at least as accurate (``fixed``):
+          ``promote_requested``.
 
-        [] when live promotion is off, the model is another one, fewer than
-        ``live_min_labels`` frames were compared, the versions are not the current aliases,
-        or a live request is applied and still owed an answer (its answer will move the
-        aliases, and a second request meanwhile would be a duplicate).
+        The ``sequential`` rule applies when it is the policy and the comparison carries
+        discordant counts; otherwise the ``fixed`` one. [] when live promotion is off, the
+        model is another one, no frame was compared (or, under the fixed rule, fewer than
+        ``live_min_labels``), the versions are not the current aliases, or a live request is
+        applied and still owed an answer (its answer will move the aliases, and a second
+        request meanwhile would be a duplicate).
         """
         if (
             not self.live_promotion
             or ev.model_name != self.model_name
-            or ev.labelled < self.live_min_labels
+            or ev.labelled == 0
             or ev.champion_version != self._aliases.get("champion")
             or ev.challenger_version != self._aliases.get("challenger")
             or self._live_request_pending()
         ):
             return []
-        champion, challenger, n = ev.champion_version, ev.challenger_version, ev.labelled
-        champion_acc = ev.champion_correct / n
-        challenger_acc = ev.challenger_correct / n
+        sequential = (
+            self.promotion_test == "sequential"
+            and ev.champion_only is not None
+            and ev.challenger_only is not None
+        )
+        if not sequential and ev.labelled < self.live_min_labels:
+            return []
         p = self._probation
-        if p is not None and (p.champion, p.predecessor) == (champion, challenger):
-            if challenger_acc > champion_acc + self.rollback_margin:
-                return [
-                    self._live(
-                        "rollback_requested",
-                        champion,
-                        f"live evidence: champion {champion} {champion_acc:.3f} below "
-                        f"predecessor {challenger} {challenger_acc:.3f} on {n} shared "
-                        f"labelled frames",
-                        ev,
-                    )
-                ]
-            return [
-                self._live(
-                    "probation_passed",
-                    champion,
-                    f"live evidence: champion {champion} {champion_acc:.3f} holds against "
-                    f"predecessor {challenger} {challenger_acc:.3f} (margin "
-                    f"{self.rollback_margin:.3f}) on {n} shared labelled frames",
-                    ev,
-                    previous_version=challenger,
-                )
-            ]
-        rec = self._versions.get(challenger)
+        if p is not None and (p.champion, p.predecessor) == (
+            ev.champion_version,
+            ev.challenger_version,
+        ):
+            return self._probation_sequential(ev) if sequential else self._probation_fixed(ev)
+        rec = self._versions.get(ev.challenger_version)
         if (
             p is not None  # a probation pair is the current pair: never reached, but be sure
             or rec is None
             or rec.evaluation is None
             or rec.evaluation.verdict != "blessed"
-            or ev.challenger_correct < ev.champion_correct
             # Live labels that neither model agrees with (a broken annotation feed) are no
             # evidence for anything: a challenger is promoted only when it does well itself.
-            or challenger_acc < self.live_min_accuracy
+            or ev.challenger_correct / ev.labelled < self.live_min_accuracy
         ):
+            return []
+        return self._promotion_sequential(ev) if sequential else self._promotion_fixed(ev)
+
+    def _test(self, wins: int | None, losses: int | None) -> Evidence:
+        assert wins is not None and losses is not None
+        return evidence(wins, losses, self.false_promotion_rate)
+
+    def _promotion_sequential(self, ev: LiveComparison) -> list[ModelLifecycle]:
+        champion, challenger = ev.champion_version, ev.challenger_version
+        test = self._test(ev.challenger_only, ev.champion_only)
+        if not test.decisive:
+            return []
+        reason = f"{_accuracies(ev, challenger, champion)}; {test.summary(challenger, champion)}"
+        return [self._live("promote_requested", challenger, reason, ev)]
+
+    def _promotion_fixed(self, ev: LiveComparison) -> list[ModelLifecycle]:
+        if ev.challenger_correct < ev.champion_correct:
             return []
         return [
             self._live(
                 "promote_requested",
-                challenger,
-                f"live evidence: {challenger} {challenger_acc:.3f} vs champion {champion} "
-                f"{champion_acc:.3f} on {n} shared labelled frames",
+                ev.challenger_version,
+                _accuracies(ev, ev.challenger_version, ev.champion_version),
                 ev,
+            )
+        ]
+
+    def _probation_sequential(self, ev: LiveComparison) -> list[ModelLifecycle]:
+        champion, predecessor, n = ev.champion_version, ev.challenger_version, ev.labelled
+        champion_acc, predecessor_acc = ev.champion_correct / n, ev.challenger_correct / n
+        against = self._test(ev.challenger_only, ev.champion_only)
+        if against.decisive:
+            return [
+                self._live(
+                    "rollback_requested",
+                    champion,
+                    f"live evidence: champion {champion} {champion_acc:.3f} below "
+                    f"predecessor {predecessor} {predecessor_acc:.3f} on {n} shared "
+                    f"labelled frames; {against.summary(predecessor, champion)}",
+                    ev,
+                )
+            ]
+        holds = (
+            f"live evidence: champion {champion} {champion_acc:.3f} holds against predecessor "
+            f"{predecessor} {predecessor_acc:.3f} on {n} shared labelled frames"
+        )
+        better = self._test(ev.champion_only, ev.challenger_only)
+        if better.decisive:
+            reason = f"{holds}; {better.summary(champion, predecessor)}"
+        elif n >= self.live_min_labels:
+            reason = (
+                f"{holds}, no evidence against it within {self.live_min_labels}; "
+                f"{against.summary(predecessor, champion)}"
+            )
+        else:
+            return []
+        return [self._live("probation_passed", champion, reason, ev, previous_version=predecessor)]
+
+    def _probation_fixed(self, ev: LiveComparison) -> list[ModelLifecycle]:
+        champion, predecessor, n = ev.champion_version, ev.challenger_version, ev.labelled
+        champion_acc, predecessor_acc = ev.champion_correct / n, ev.challenger_correct / n
+        if predecessor_acc > champion_acc + self.rollback_margin:
+            return [
+                self._live(
+                    "rollback_requested",
+                    champion,
+                    f"live evidence: champion {champion} {champion_acc:.3f} below "
+                    f"predecessor {predecessor} {predecessor_acc:.3f} on {n} shared "
+                    f"labelled frames",
+                    ev,
+                )
+            ]
+        return [
+            self._live(
+                "probation_passed",
+                champion,
+                f"live evidence: champion {champion} {champion_acc:.3f} holds against "
+                f"predecessor {predecessor} {predecessor_acc:.3f} (margin "
+                f"{self.rollback_margin:.3f}) on {n} shared labelled frames",
+                ev,
+                previous_version=predecessor,
             )
         ]
 
@@ -831,6 +934,14 @@ def _why(exc: ValidationError, limit: int = 3) -> str:
     ]
     more = exc.error_count() - limit
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def _accuracies(ev: LiveComparison, challenger: str, champion: str) -> str:
+    n = ev.labelled
+    return (
+        f"live evidence: {challenger} {ev.challenger_correct / n:.3f} vs champion {champion} "
+        f"{ev.champion_correct / n:.3f} on {n} shared labelled frames"
+    )
 
 
 def _evidence_of(cause: ModelLifecycle) -> dict[str, object]:

@@ -34,7 +34,9 @@ from tests.unit.test_registry_state import (
 )
 
 N = 250
-"""Shared labelled frames of a comparison that counts (the default minimum is 200)."""
+"""Shared labelled frames of a comparison that counts under the fixed rule (the default
+minimum is 200). Comparisons built here carry no discordant counts unless given some: the
+registry applies its fixed rule to those, as to comparisons of an older monitor."""
 
 
 def comparison(
@@ -612,10 +614,16 @@ def test_only_moves_make_alerts() -> None:
 def test_registry_settings_of_the_live_policy() -> None:
     s = RegistrySettings()
     assert (s.live_promotion, s.live_min_labels, s.rollback_margin) == (True, 200, 0.02)
+    assert (s.promotion_test, s.false_promotion_rate) == ("sequential", 0.01)
     with pytest.raises(ValidationError):
         RegistrySettings(live_min_labels=0)
     with pytest.raises(ValidationError):
         RegistrySettings(rollback_margin=1.5)
+    for alpha in (0.0, 0.6):
+        with pytest.raises(ValidationError):
+            RegistrySettings(false_promotion_rate=alpha)
+    with pytest.raises(ValidationError):
+        RegistrySettings(promotion_test="bayesian")
 
 
 def test_serving_drops_the_challenger_restored_by_a_rollback() -> None:
@@ -650,3 +658,205 @@ def test_a_read_model_write_that_fails_is_written_by_the_retry() -> None:
     svc.handle(event)  # the bus retries the same record
     assert [v.version for v in store.versions(MODEL)] == ["aaa"]
     assert [e.action for e in pub.lifecycle()] == ["registered"]  # published once
+
+
+# --- the sequential rule -----------------------------------------------------------------
+
+
+def split(
+    champion: str,
+    challenger: str,
+    champion_only: int,
+    challenger_only: int,
+    labelled: int,
+    agree_right: int | None = None,
+) -> LiveComparison:
+    """A comparison with discordant counts: on ``labelled`` frames, ``champion_only`` and
+    ``challenger_only`` were got right by one version alone, and ``agree_right`` (by default
+    the rest) by both."""
+    both = labelled - champion_only - challenger_only if agree_right is None else agree_right
+    return comparison(
+        champion,
+        challenger,
+        both + champion_only,
+        both + challenger_only,
+        labelled=labelled,
+        champion_only=champion_only,
+        challenger_only=challenger_only,
+    )
+
+
+def test_decisive_evidence_promotes_long_before_200_labels() -> None:
+    lp = shadow_pair()
+    # 12 labels: bbb alone right on 10, both wrong on 2 (the champion's night).
+    ev = split("aaa", "bbb", 0, 10, labelled=12, agree_right=0)
+    [request] = lp.state.on_comparison(ev)
+    assert request.action == "promote_requested" and request.model_version == "bbb"
+    assert request.reason == (
+        "live evidence: bbb 0.833 vs champion aaa 0.000 on 12 shared labelled frames; "
+        "bbb alone right on 10 and aaa alone right on 0 of 10 discordant frames: "
+        "likelihood ratio 186 >= 100 (1/alpha, alpha 0.01)"
+    )
+    assert request.details == {"evidence": ev.model_dump(mode="json")}
+    lp.publish([request])
+    assert lp.state.view().aliases == {"champion": "bbb", "challenger": "aaa"}
+    assert lp.state.probation == Probation("bbb", "aaa")
+
+
+@pytest.mark.parametrize(
+    "ev",
+    [
+        # Eight wins in a row: a ratio of 57, short of 100.
+        pytest.param(split("aaa", "bbb", 0, 8, labelled=9), id="not-yet-decisive"),
+        # A tie promotes under the fixed rule; here it never does, however many labels.
+        pytest.param(split("aaa", "bbb", 40, 40, labelled=400), id="tie"),
+        pytest.param(split("aaa", "bbb", 400, 400, labelled=40_000), id="tie-on-40000"),
+        # Ahead, but by noise: 30 against 20 is a ratio of 1.4.
+        pytest.param(split("aaa", "bbb", 20, 30, labelled=N), id="ahead-by-noise"),
+        pytest.param(split("aaa", "bbb", 10, 0, labelled=20), id="champion-better"),
+        # Decisive, but 0.4 accurate itself: labels nobody agrees with prove nothing.
+        pytest.param(split("aaa", "bbb", 0, 40, labelled=100, agree_right=0), id="low-accuracy"),
+        pytest.param(split("aaa", "bbb", 0, 0, labelled=0), id="nothing-compared"),
+    ],
+)
+def test_no_sequential_promotion_without_decisive_evidence(ev: LiveComparison) -> None:
+    lp = shadow_pair()
+    assert lp.state.on_comparison(ev) == []
+
+
+def test_the_false_promotion_rate_is_a_policy() -> None:
+    ev = split("aaa", "bbb", 0, 7, labelled=7)  # a ratio of 31.9
+    assert shadow_pair().state.on_comparison(ev) == []
+    [request] = shadow_pair(false_promotion_rate=0.05).state.on_comparison(ev)
+    assert "32 >= 20 (1/alpha, alpha 0.05)" in request.reason
+    for alpha in (0.0, 0.6):
+        with pytest.raises(ValueError, match="false_promotion_rate"):
+            RegistryState(MODEL, false_promotion_rate=alpha)
+    with pytest.raises(ValueError, match="promotion_test"):
+        RegistryState(MODEL, promotion_test="bayesian")  # type: ignore[arg-type]
+
+
+def test_the_fixed_rule_ignores_discordant_counts() -> None:
+    # Decisive for the sequential test, but 12 labels: the fixed rule waits for 200.
+    lp = shadow_pair(promotion_test="fixed")
+    assert lp.state.on_comparison(split("aaa", "bbb", 0, 10, labelled=12)) == []
+    # A tie on 250 labels: the fixed rule promotes, with its own reason.
+    [request] = lp.state.on_comparison(split("aaa", "bbb", 40, 40, labelled=N))
+    assert request.reason == (
+        "live evidence: bbb 0.840 vs champion aaa 0.840 on 250 shared labelled frames"
+    )
+
+
+def test_a_comparison_without_discordant_counts_falls_back_to_the_fixed_rule() -> None:
+    lp = shadow_pair()
+    assert lp.state.promotion_test == "sequential"
+    old = comparison("aaa", "bbb", 200, 200)  # an older monitor's tie
+    assert old.champion_only is None and old.challenger_only is None
+    [request] = lp.state.on_comparison(old)
+    assert request.reason == (
+        "live evidence: bbb 0.800 vs champion aaa 0.800 on 250 shared labelled frames"
+    )
+    assert lp.state.on_comparison(comparison("aaa", "bbb", 2, 12, labelled=12)) == []
+    # The same tie with its discordant counts: no promotion.
+    assert lp.state.on_comparison(split("aaa", "bbb", 30, 30, labelled=N)) == []
+
+
+def promoted_sequentially() -> Loop:
+    """bbb promoted over aaa on decisive evidence: bbb champion, aaa on probation."""
+    lp = shadow_pair()
+    [_] = compare(lp, split("aaa", "bbb", 0, 12, labelled=15))
+    assert lp.state.probation == Probation("bbb", "aaa")
+    return lp
+
+
+def test_probation_rolls_back_as_soon_as_the_predecessor_is_decisively_better() -> None:
+    lp = promoted_sequentially()
+    # Predecessor aaa alone right on 11 of 12 discordant frames: not yet (a ratio of 52).
+    assert lp.state.on_comparison(split("bbb", "aaa", 1, 11, labelled=28)) == []
+    # 13 of 14, among 30 labels: decisive.
+    ev = split("bbb", "aaa", 1, 13, labelled=30)
+    [request] = lp.state.on_comparison(ev)
+    assert request.action == "rollback_requested" and request.model_version == "bbb"
+    assert request.reason == (
+        "live evidence: champion bbb 0.567 below predecessor aaa 0.967 on 30 shared "
+        "labelled frames; aaa alone right on 13 and bbb alone right on 1 of 14 discordant "
+        "frames: likelihood ratio 156 >= 100 (1/alpha, alpha 0.01)"
+    )
+    assert request.details == {"evidence": ev.model_dump(mode="json")}
+    lp.publish([request])
+    assert lp.state.view().aliases == {"champion": "aaa"}
+    assert lp.state.champion_stack == ("aaa",) and lp.state.probation is None
+
+
+def test_probation_passes_as_soon_as_the_new_champion_is_decisively_better() -> None:
+    lp = promoted_sequentially()
+    ev = split("bbb", "aaa", 10, 0, labelled=14)
+    [request] = lp.state.on_comparison(ev)
+    assert request.action == "probation_passed" and request.previous_version == "aaa"
+    assert request.reason == (
+        "live evidence: champion bbb 1.000 holds against predecessor aaa 0.286 on 14 shared "
+        "labelled frames; bbb alone right on 10 and aaa alone right on 0 of 10 discordant "
+        "frames: likelihood ratio 186 >= 100 (1/alpha, alpha 0.01)"
+    )
+    lp.publish([request])
+    assert lp.state.view().aliases == {"champion": "bbb"} and lp.state.probation is None
+
+
+def test_probation_passes_after_live_min_labels_without_evidence_against_it() -> None:
+    lp = promoted_sequentially()
+    # The predecessor is a little ahead (25 against 20): no evidence either way yet.
+    assert lp.state.on_comparison(split("bbb", "aaa", 20, 25, labelled=199)) == []
+    assert lp.state.probation == Probation("bbb", "aaa")
+    [request] = lp.state.on_comparison(split("bbb", "aaa", 20, 25, labelled=200))
+    assert request.action == "probation_passed"
+    assert request.reason.startswith(
+        "live evidence: champion bbb 0.875 holds against predecessor aaa 0.900 on 200 shared "
+        "labelled frames, no evidence against it within 200; aaa alone right on 25 and bbb "
+        "alone right on 20 of 45 discordant frames: likelihood ratio "
+    )
+    assert request.reason.endswith("< 100 (1/alpha, alpha 0.01)")
+    lp.publish([request])
+    assert lp.state.view().aliases == {"champion": "bbb"}
+
+
+def test_the_monitor_and_the_registry_promote_a_clear_winner_within_a_few_dozen_labels() -> None:
+    """The monitor's comparisons, as published, fed to the registry: a challenger right 95 %
+    of the time against a champion right 20 % is promoted on the first comparison whose
+    evidence is decisive, long before the 200 labels of the fixed rule."""
+    import random
+
+    from services.monitoring.monitor import Monitor, MonitorPolicy
+
+    labels_to_promote = []
+    for seed in range(50):
+        rng = random.Random(seed)
+        lp = shadow_pair()
+        monitor = Monitor(MODEL, ("car", "truck"), MonitorPolicy())
+        for n in range(1, 201):
+            out = monitor.on_pair(
+                "aaa",
+                "bbb",
+                champion_correct=rng.random() < 0.20,
+                challenger_correct=rng.random() < 0.95,
+                at=T0,
+            )
+            requests = [r for ev in out.comparisons for r in compare(lp, ev)]
+            if requests:
+                assert [r.action for r in requests] == ["promote_requested"]
+                labels_to_promote.append(n)
+                break
+        assert lp.state.view().aliases == {"champion": "bbb", "challenger": "aaa"}
+    labels_to_promote.sort()
+    assert labels_to_promote[len(labels_to_promote) // 2] <= 15
+    assert labels_to_promote[-1] <= 40
+
+
+def test_the_service_forwards_the_promotion_test() -> None:
+    svc, pub, store = service_pair(promotion_test="fixed", false_promotion_rate=0.05)
+    assert (svc.state.promotion_test, svc.state.false_promotion_rate) == ("fixed", 0.05)
+    svc, pub, store = service_pair()
+    svc.handle(split("aaa", "bbb", 0, 10, labelled=12))
+    assert store.aliases(MODEL) == {"champion": "bbb", "challenger": "aaa"}
+    promoted_alert = pub.alerts()[-2]
+    assert promoted_alert.kind == "model_promoted"
+    assert "likelihood ratio 186 >= 100" in promoted_alert.message
