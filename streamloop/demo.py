@@ -88,6 +88,8 @@ class LoopStory:
     """First time of each step of the loop after the drift (``drift_alert``, ``retrain``…)."""
     promotions: list[tuple[datetime, str]] = field(default_factory=list)
     onset: datetime | None = None
+    compared: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Shared labelled frames of the last comparison told, per (champion, challenger)."""
 
     def say(self, text: str, at: datetime | None = None) -> None:
         stamp = (at or datetime.now(UTC)).astimezone().strftime("%H:%M:%S")
@@ -151,6 +153,13 @@ class LoopStory:
         elif isinstance(ev, LiveComparison):
             if ev.model_name != self.model_name:
                 return
+            # A young pair is compared on every discordant frame: tell the first comparison
+            # and then one per 50 labels (the registry's reason tells the deciding one).
+            pair = (ev.champion_version, ev.challenger_version)
+            told = self.compared.get(pair)
+            if told is not None and ev.labelled // 50 <= told // 50:
+                return
+            self.compared[pair] = ev.labelled
             self.say(
                 f"live comparison on {ev.labelled} shared labelled frames: champion "
                 f"{ev.champion_version} {100 * (ev.champion_accuracy or 0):.1f}%, "

@@ -486,6 +486,8 @@ def _comparison_row(c: LiveComparison) -> dict[str, Any]:
         "labelled": c.labelled,
         "champion_correct": c.champion_correct,
         "challenger_correct": c.challenger_correct,
+        "champion_only": c.champion_only,
+        "challenger_only": c.challenger_only,
         "champion_accuracy": _num(c.champion_accuracy),
         "challenger_accuracy": _num(c.challenger_accuracy),
         "since": _iso(c.since),

@@ -398,6 +398,19 @@ def test_the_latest_comparison_per_pair_is_kept() -> None:
     assert state.snapshot(0.8, view)["comparison"]["challenger"] == "v3"
 
 
+def test_a_comparison_row_carries_its_discordant_counts_when_it_has_them() -> None:
+    state = DashboardState()
+    state.apply(comparison("v1", "v2", 5, 100), "metrics")  # an older monitor's: none
+    row = state.snapshot(0.8, None)["comparison"]
+    assert (row["champion_only"], row["challenger_only"]) == (None, None)
+    newer = comparison("v1", "v2", 6, 120).model_copy(
+        update={"champion_only": 40, "challenger_only": 10}
+    )
+    state.apply(newer, "metrics")
+    row = state.snapshot(0.8, None)["comparison"]
+    assert (row["labelled"], row["champion_only"], row["challenger_only"]) == (120, 40, 10)
+
+
 def test_snapshot_models_table_from_the_registry_view() -> None:
     snap = DashboardState().snapshot(0.75, registry_view())
     assert snap["champion"] == "v2" and snap["challenger"] == "v3"

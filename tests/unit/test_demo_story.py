@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from services.simulator.scenario import load
-from shared.events import Alert, ModelLifecycle, RetrainRequest, WindowMetrics
+from shared.events import Alert, LiveComparison, ModelLifecycle, RetrainRequest, WindowMetrics
 from streamloop.demo import LoopStory, drift_onset_s
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -98,3 +98,24 @@ def test_a_champion_that_already_knows_the_night_is_unaffected() -> None:
     assert not story.unaffected()  # two windows after the onset only
     story.observe(window("v1", 4, 14, 0.94))
     assert story.unaffected()
+
+
+def test_early_comparisons_are_told_once_per_fifty_labels() -> None:
+    story = LoopStory("m")
+    for n in [1, 2, 4, 7, 11, 49, 50, 51, 60, 100, 150]:
+        story.observe(
+            LiveComparison(
+                model_name="m",
+                champion_version="v1",
+                challenger_version="v2",
+                labelled=n,
+                champion_correct=0,
+                challenger_correct=n,
+                champion_accuracy=0.0,
+                challenger_accuracy=1.0,
+                since=T0,
+                until=T0,
+            )
+        )
+    told = [line for line in story.lines if "live comparison" in line]
+    assert [line.split(" on ")[1].split()[0] for line in told] == ["1", "50", "100", "150"]
