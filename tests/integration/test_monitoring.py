@@ -117,6 +117,9 @@ def env(kafka_settings: KafkaSettings, prefix: str, tmp_path) -> Iterator[dict[s
         "STREAMLOOP_MONITORING_DRIFT__MIN_SAMPLES": "20",
         "STREAMLOOP_MONITORING_DRIFT__LABEL_REQUESTS_PER_WINDOW": "4",
         "STREAMLOOP_MONITORING_COMPARE_EVERY": "10",
+        # Every 10 only (not also on each discordant frame of a young pair): the comparisons
+        # below are counted exactly.
+        "STREAMLOOP_MONITORING_COMPARE_EARLY": "0",
         "STREAMLOOP_MONITORING_DASHBOARD_PORT": "0",
         "STREAMLOOP_MONITORING_METRICS_PORT": str(free_port()),
         "STREAMLOOP_TELEMETRY_TRACES_DIR": str(tmp_path),
@@ -232,6 +235,10 @@ def test_shadow_predictions_give_a_live_comparison_on_the_same_frames(
         assert (last["champion_version"], last["challenger_version"]) == ("v1", "v2")
         assert last["challenger_correct"] == 30 and last["challenger_accuracy"] == 1.0
         assert last["champion_correct"] < 20
+        # The challenger was right on every frame: each frame the champion missed is one
+        # the challenger alone got right.
+        assert last["champion_only"] == 0
+        assert last["challenger_only"] == 30 - last["champion_correct"]
         shadow = [
             w
             for w in windows(kafka_settings, prefix, 2)
