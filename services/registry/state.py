@@ -584,19 +584,17 @@ class RegistryState:
             or self._live_request_pending()
         ):
             return []
-        sequential = (
-            self.promotion_test == "sequential"
-            and ev.champion_only is not None
-            and ev.challenger_only is not None
-        )
-        if not sequential and ev.labelled < self.live_min_labels:
+        split = self._split(ev)
+        if split is None and ev.labelled < self.live_min_labels:
             return []
         p = self._probation
         if p is not None and (p.champion, p.predecessor) == (
             ev.champion_version,
             ev.challenger_version,
         ):
-            return self._probation_sequential(ev) if sequential else self._probation_fixed(ev)
+            if split is None:
+                return self._probation_fixed(ev)
+            return self._probation_sequential(ev, *split)
         rec = self._versions.get(ev.challenger_version)
         if (
             p is not None  # a probation pair is the current pair: never reached, but be sure
@@ -608,18 +606,32 @@ class RegistryState:
             or ev.challenger_correct / ev.labelled < self.live_min_accuracy
         ):
             return []
-        return self._promotion_sequential(ev) if sequential else self._promotion_fixed(ev)
+        if split is None:
+            return self._promotion_fixed(ev)
+        return self._promotion_sequential(ev, *split)
 
-    def _test(self, wins: int | None, losses: int | None) -> Evidence:
-        assert wins is not None and losses is not None
+    def _split(self, ev: LiveComparison) -> tuple[int, int] | None:
+        """(champion only right, challenger only right) when the sequential rule applies to
+        ``ev``; None for the fixed rule (the policy, or a comparison without the counts)."""
+        if (
+            self.promotion_test != "sequential"
+            or ev.champion_only is None
+            or ev.challenger_only is None
+        ):
+            return None
+        return ev.champion_only, ev.challenger_only
+
+    def _test(self, wins: int, losses: int) -> Evidence:
         return evidence(wins, losses, self.false_promotion_rate)
 
-    def _promotion_sequential(self, ev: LiveComparison) -> list[ModelLifecycle]:
+    def _promotion_sequential(
+        self, ev: LiveComparison, champion_only: int, challenger_only: int
+    ) -> list[ModelLifecycle]:
         champion, challenger = ev.champion_version, ev.challenger_version
-        test = self._test(ev.challenger_only, ev.champion_only)
+        test = self._test(challenger_only, champion_only)
         if not test.decisive:
             return []
-        reason = f"{_accuracies(ev, challenger, champion)}; {test.summary(challenger, champion)}"
+        reason = f"{_accuracies(ev)}; {test.summary(challenger, champion)}"
         return [self._live("promote_requested", challenger, reason, ev)]
 
     def _promotion_fixed(self, ev: LiveComparison) -> list[ModelLifecycle]:
@@ -629,15 +641,17 @@ class RegistryState:
             self._live(
                 "promote_requested",
                 ev.challenger_version,
-                _accuracies(ev, ev.challenger_version, ev.champion_version),
+                _accuracies(ev),
                 ev,
             )
         ]
 
-    def _probation_sequential(self, ev: LiveComparison) -> list[ModelLifecycle]:
+    def _probation_sequential(
+        self, ev: LiveComparison, champion_only: int, predecessor_only: int
+    ) -> list[ModelLifecycle]:
         champion, predecessor, n = ev.champion_version, ev.challenger_version, ev.labelled
         champion_acc, predecessor_acc = ev.champion_correct / n, ev.challenger_correct / n
-        against = self._test(ev.challenger_only, ev.champion_only)
+        against = self._test(predecessor_only, champion_only)
         if against.decisive:
             return [
                 self._live(
@@ -653,7 +667,7 @@ class RegistryState:
             f"live evidence: champion {champion} {champion_acc:.3f} holds against predecessor "
             f"{predecessor} {predecessor_acc:.3f} on {n} shared labelled frames"
         )
-        better = self._test(ev.champion_only, ev.challenger_only)
+        better = self._test(champion_only, predecessor_only)
         if better.decisive:
             reason = f"{holds}; {better.summary(champion, predecessor)}"
         elif n >= self.live_min_labels:
@@ -936,11 +950,12 @@ def _why(exc: ValidationError, limit: int = 3) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def _accuracies(ev: LiveComparison, challenger: str, champion: str) -> str:
+def _accuracies(ev: LiveComparison) -> str:
+    """``live evidence: bbb 0.917 vs champion aaa 0.167 on 12 shared labelled frames``."""
     n = ev.labelled
     return (
-        f"live evidence: {challenger} {ev.challenger_correct / n:.3f} vs champion {champion} "
-        f"{ev.champion_correct / n:.3f} on {n} shared labelled frames"
+        f"live evidence: {ev.challenger_version} {ev.challenger_correct / n:.3f} vs champion "
+        f"{ev.champion_version} {ev.champion_correct / n:.3f} on {n} shared labelled frames"
     )
 
 
