@@ -404,6 +404,8 @@ RUN: dict[str, Callable[[Snippet, Context], None]] = {
 SKIP: dict[str, str] = {
     "first-screen": "make demo and make test take minutes: the demo is "
     "tests/e2e/test_closed_loop.py, make test is this suite",
+    "demo-mobilenet": "the demo takes minutes: "
+    "tests/e2e/test_closed_loop.py runs it with mobilenet_v3_small (slow tier)",
     "try-data-path": "starts services in the background and simulates for 4 minutes: "
     "tests/e2e/test_data_in.py",
     "try-model-lifecycle": "starts every model service and trains: "
