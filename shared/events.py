@@ -117,7 +117,7 @@ class FrameRaw(Event):
     image_b64: str
     """The encoded image (PNG or JPEG), base64 (standard alphabet, padded)."""
     condition: str | None = None
-    """Known capture condition (day, night, fog, rain), when the source knows it."""
+    """Known capture condition (day, dusk, night, fog, rain), when the source knows it."""
     attributes: dict[str, str] = Field(default_factory=dict)
 
 

@@ -63,8 +63,17 @@ DASHBOARD_URL = "http://127.0.0.1:8720/"
 
 
 def drift_onset_s(scenario: Scenario) -> float | None:
-    """Scenario seconds at which the first schedule entry without any daylight starts."""
-    starts = [e.at_s for e in scenario.schedule if e.weights().get("day", 0.0) == 0.0]
+    """Scenario seconds at which the first schedule entry without any daylight starts; a
+    darkness ramp counts from its start unless it stays at full daylight."""
+    starts = [
+        e.at_s
+        for e in scenario.schedule
+        if (
+            max(e.darkness.start, e.darkness.end) > 0.0
+            if e.darkness is not None
+            else e.weights().get("day", 0.0) == 0.0
+        )
+    ]
     return min(starts) if starts else None
 
 

@@ -3,6 +3,8 @@
 ``Fleet.frame(i)`` is the i-th frame of a scenario: camera (round robin), class (the traffic
 mix), condition (the schedule) and pixels all come from a generator seeded with
 ``(seed, i)``, so any frame can be recreated alone and a run is the same for the same seed.
+Under a darkness ramp the frame is drawn at the ramp's level at its scenario time and carries
+the condition that level reads as (``day``, ``dusk`` or ``night``).
 
 ``Annotators`` decides, also per frame and deterministically, whether a frame is labelled
 unasked (the coverage), after what delay, and whether the label is wrong (the noise); frames
@@ -18,7 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.simulator.render import CameraStyle, render_frame
+from services.simulator.render import (
+    CameraStyle,
+    condition_for_darkness,
+    render_dusk,
+    render_frame,
+)
 from services.simulator.scenario import LabelPolicy, Scenario
 
 __all__ = ["Annotators", "Fleet", "PlannedLabel", "SimFrame"]
@@ -34,6 +41,8 @@ class SimFrame:
     condition: str
     scenario_t: float
     pixels: np.ndarray
+    darkness: float | None = None
+    """The light level it was drawn at under a darkness ramp (0 day, 1 night); else None."""
 
 
 @dataclass(frozen=True, order=True)
@@ -78,11 +87,22 @@ class Fleet:
         rng = np.random.default_rng([self.scenario.seed, index])
         camera = self._cameras[index % len(self._cameras)]
         t = self.scenario_time(index)
-        weights = self.scenario.entry_for(camera, t).weights()
-        names = list(weights)
-        condition = names[int(rng.choice(len(names), p=list(weights.values())))]
+        entry = self.scenario.entry_for(camera, t)
+        # Draws stay in their order (condition, class, pixels): a scenario without a ramp
+        # gives the frames it always gave.
+        darkness = entry.darkness_at(t)
+        if darkness is None:
+            weights = entry.weights()
+            names = list(weights)
+            condition = names[int(rng.choice(len(names), p=list(weights.values())))]
+        else:
+            condition = condition_for_darkness(darkness)
         label = self.classes[int(rng.choice(len(self.classes), p=self._class_p))]
-        pixels = render_frame(label, condition, rng, self._styles[camera], self.size)
+        style = self._styles[camera]
+        if darkness is None:
+            pixels = render_frame(label, condition, rng, style, self.size)
+        else:
+            pixels = render_dusk(label, darkness, rng, style, self.size)
         return SimFrame(
             index=index,
             frame_id=f"{self.run_id}-{index:08d}",
@@ -91,6 +111,7 @@ class Fleet:
             condition=condition,
             scenario_t=t,
             pixels=pixels,
+            darkness=darkness,
         )
 
 
@@ -150,6 +171,7 @@ class Annotators:
             frame.condition,
             frame.scenario_t,
             np.empty(0, np.uint8),
+            frame.darkness,
         )
         with self._lock:
             self._seen[frame.frame_id] = (light, labelled)

@@ -4,7 +4,8 @@ The simulator streams these frames in place of real cameras, so the renderer has
 classifier the same trouble real footage does: day frames are easy, while night (dark, low
 contrast, the scene reduced to lamps and a faint silhouette) and fog (haze, blur) push a
 day-trained model off its training distribution, yet each class stays recognisable to a model
-that has seen such frames (light positions and silhouettes differ per class).
+that has seen such frames (light positions and silhouettes differ per class). Dusk, between
+day and night, is drawn at any darkness level so that light can fall gradually.
 
 Contracts:
 
@@ -13,6 +14,9 @@ Contracts:
 - The output depends only on ``label``, ``condition``, ``camera``, ``size`` and the state of
   ``rng``: the same inputs and generator state give an identical array. The generator is
   advanced, so successive calls give different frames.
+- ``render_dusk`` takes the same inputs with a ``darkness`` level in [0, 1] in place of the
+  condition: at 0 it returns exactly the ``day`` frame and at 1 exactly the ``night`` frame of
+  the same generator state; in between, the same vehicle and scene with the light in between.
 - Any non-empty class name renders. The four ``DEFAULT_CLASSES`` have hand-made silhouettes;
   any other name gets one derived from a stable hash of the name (same on every process and
   machine), so the class list can come from configuration.
@@ -21,6 +25,7 @@ Contracts:
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import math
@@ -31,9 +36,20 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["CONDITIONS", "DEFAULT_CLASSES", "CameraStyle", "render_frame"]
+__all__ = [
+    "CONDITIONS",
+    "DEFAULT_CLASSES",
+    "DUSK",
+    "CameraStyle",
+    "condition_for_darkness",
+    "render_dusk",
+    "render_frame",
+]
 
 CONDITIONS: tuple[str, ...] = ("day", "night", "fog", "rain")
+"""The conditions ``render_frame`` draws, each at one fixed look."""
+DUSK = "dusk"
+"""The condition recorded for frames drawn by ``render_dusk`` between day and night."""
 DEFAULT_CLASSES: tuple[str, ...] = ("car", "truck", "bus", "motorcycle")
 
 _F32 = npt.NDArray[np.float32]
@@ -731,6 +747,19 @@ _CONDITION_FNS: dict[str, Callable[[_Scene, np.random.Generator, CameraStyle, in
 }
 
 
+def _check(label: str, size: int) -> None:
+    if not label:
+        raise ValueError("label must be a non-empty class name")
+    if size < _MIN_SIZE:
+        raise ValueError(f"size must be >= {_MIN_SIZE}, got {size}")
+
+
+def _to_pixels(img: _F32, cam: CameraStyle) -> npt.NDArray[np.uint8]:
+    img *= np.asarray(cam.gains, dtype=np.float32)
+    out = np.clip(img, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)
+    return out.astype(np.uint8)
+
+
 def render_frame(
     label: str,
     condition: str,
@@ -747,13 +776,60 @@ def render_frame(
     apply = _CONDITION_FNS.get(condition)
     if apply is None:
         raise ValueError(f"unknown condition {condition!r}; expected one of {CONDITIONS}")
-    if not label:
-        raise ValueError("label must be a non-empty class name")
-    if size < _MIN_SIZE:
-        raise ValueError(f"size must be >= {_MIN_SIZE}, got {size}")
+    _check(label, size)
     cam = camera if camera is not None else _DEFAULT_CAMERA
     scene = _compose(label, rng, cam, size)
-    img = apply(scene, rng, cam, size)
-    img *= np.asarray(cam.gains, dtype=np.float32)
-    out = np.clip(img, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)
-    return out.astype(np.uint8)
+    return _to_pixels(apply(scene, rng, cam, size), cam)
+
+
+# Darkness below the first bound is recorded as day, from the second on as night: a frame a
+# quarter of the way to night still reads as daylight, one three quarters of the way as night.
+_DUSK_FROM = 0.25
+_NIGHT_FROM = 0.75
+
+
+def condition_for_darkness(darkness: float) -> str:
+    """The condition recorded for a frame drawn at ``darkness``: ``day`` below 0.25,
+    ``night`` from 0.75 on, ``dusk`` in between. Raises ValueError outside [0, 1]."""
+    if not 0.0 <= darkness <= 1.0:
+        raise ValueError(f"darkness must be in [0, 1], got {darkness}")
+    if darkness < _DUSK_FROM:
+        return "day"
+    return "night" if darkness >= _NIGHT_FROM else DUSK
+
+
+def render_dusk(
+    label: str,
+    darkness: float,
+    rng: np.random.Generator,
+    camera: CameraStyle | None = None,
+    size: int = 64,
+) -> npt.NDArray[np.uint8]:
+    """HxWx3 uint8 image of one vehicle of class ``label`` as the light falls: ``darkness``
+    0 is day, 1 is night.
+
+    The scene (vehicle, pose, background) is composed once; the day and night lighting of
+    that scene are mixed by ``darkness``, so the ambient light dims linearly while the street
+    lamp, head-, tail- and marker lights and lit windows fade in, and mean luminance falls
+    steadily as ``darkness`` rises. At exactly 0 (1) the result is byte-identical to
+    ``render_frame(label, "day" ("night"), ...)`` from the same generator state.
+
+    Raises ValueError for ``darkness`` outside [0, 1], an empty label or ``size`` below 16.
+    Deterministic given the generator state; advances ``rng``.
+    """
+    if not 0.0 <= darkness <= 1.0:
+        raise ValueError(f"darkness must be in [0, 1], got {darkness}")
+    if darkness == 0.0:
+        return render_frame(label, "day", rng, camera, size)
+    if darkness == 1.0:
+        return render_frame(label, "night", rng, camera, size)
+    _check(label, size)
+    cam = camera if camera is not None else _DEFAULT_CAMERA
+    scene = _compose(label, rng, cam, size)
+    # The day lighting draws from a copy of the generator, the night lighting from the
+    # generator itself: each sees the state a plain day or night render would, which is what
+    # makes both ends of the ramp identical to those renders.
+    day = _day(scene, copy.deepcopy(rng), cam, size)
+    night = _night(scene, rng, cam, size)
+    w = np.float32(darkness)
+    return _to_pixels(day * (np.float32(1.0) - w) + night * w, cam)

@@ -3,8 +3,16 @@
 A scenario is a TOML file (see ``scenarios/`` beside this module for the built-in ones):
 rate, cameras, content type, label coverage / delay / noise, the traffic mix, and a
 ``[[schedule]]`` of conditions. Each schedule entry applies from ``at_s`` seconds of scenario
-time on, to the cameras it names (all when it names none), with one ``condition`` or a
-weighted mix ``conditions``. For each camera the latest entry that has started wins.
+time on, to the cameras it names (all when it names none), with one ``condition``, a
+weighted mix ``conditions``, or a ``darkness`` ramp from day towards night::
+
+    [[schedule]]
+    at_s = 180
+    darkness = { from = 0.0, to = 1.0, over_s = 600 }
+
+Darkness goes linearly from ``from`` at ``at_s`` to ``to`` ``over_s`` seconds later and stays
+there until a later entry takes over (0 is day, 1 is night; see ``render.render_dusk``). For
+each camera the latest entry that has started wins.
 
 Scenario time is ``frame_index / rate``, not the wall clock, so a scenario run with the same
 seed produces the same frames in the same order however fast it is published.
@@ -20,7 +28,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.simulator.render import CONDITIONS
 
-__all__ = ["BUILTIN_DIR", "LabelPolicy", "Scenario", "ScheduleEntry", "builtin_names", "load"]
+__all__ = [
+    "BUILTIN_DIR",
+    "DarknessRamp",
+    "LabelPolicy",
+    "Scenario",
+    "ScheduleEntry",
+    "builtin_names",
+    "load",
+]
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "scenarios"
 
@@ -38,18 +54,42 @@ class LabelPolicy(BaseModel):
     """Share of labels that name a wrong class."""
 
 
+class DarknessRamp(BaseModel):
+    """Light falling (or rising) linearly: darkness ``from`` to ``to`` over ``over_s``
+    seconds. Written ``{ from = 0.0, to = 1.0, over_s = 600 }`` in a scenario file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True)
+
+    start: float = Field(alias="from", ge=0.0, le=1.0)
+    """Darkness when the entry starts: 0 is day, 1 is night."""
+    end: float = Field(alias="to", ge=0.0, le=1.0)
+    """Darkness ``over_s`` seconds later, and from then on."""
+    over_s: float = Field(gt=0.0)
+    """Scenario seconds the ramp takes."""
+
+    def at(self, elapsed_s: float) -> float:
+        """Darkness ``elapsed_s`` scenario seconds after the entry started (clamped to the
+        ramp's ends)."""
+        f = min(max(elapsed_s / self.over_s, 0.0), 1.0)
+        return self.start + (self.end - self.start) * f
+
+
 class ScheduleEntry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     at_s: float = Field(ge=0.0)
     condition: str | None = None
     conditions: dict[str, float] | None = None
+    darkness: DarknessRamp | None = None
     cameras: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _one_of(self) -> ScheduleEntry:
-        if (self.condition is None) == (self.conditions is None):
-            raise ValueError("give exactly one of condition or conditions")
+        given = [self.condition, self.conditions, self.darkness]
+        if sum(x is not None for x in given) != 1:
+            raise ValueError("give exactly one of condition, conditions or darkness")
+        if self.darkness is not None:
+            return self
         names = [self.condition] if self.condition else list(self.conditions or {})
         unknown = [n for n in names if n not in CONDITIONS]
         if unknown:
@@ -60,7 +100,17 @@ class ScheduleEntry(BaseModel):
             raise ValueError("condition weights must be >= 0 and not all zero")
         return self
 
+    def darkness_at(self, t: float) -> float | None:
+        """The darkness level at scenario time ``t`` for a ramp entry; None otherwise."""
+        if self.darkness is None:
+            return None
+        return self.darkness.at(t - self.at_s)
+
     def weights(self) -> dict[str, float]:
+        """Condition weights of a ``condition`` or ``conditions`` entry. Raises ValueError
+        for a darkness ramp, whose condition depends on the time (see ``darkness_at``)."""
+        if self.darkness is not None:
+            raise ValueError("a darkness ramp has no fixed condition weights")
         if self.condition is not None:
             return {self.condition: 1.0}
         total = sum((self.conditions or {}).values())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from services.simulator.scenario import load
+from services.simulator.scenario import DarknessRamp, ScheduleEntry, load
 from shared.events import Alert, LiveComparison, ModelLifecycle, RetrainRequest, WindowMetrics
 from streamloop.demo import LoopStory, drift_onset_s
 
@@ -44,6 +44,13 @@ def crowned(version: str, minute: float) -> ModelLifecycle:
 def test_the_built_in_drift_starts_at_night() -> None:
     assert drift_onset_s(load("day-to-night")) == 180
     assert drift_onset_s(load("steady-day")) is None
+
+
+def test_a_gradual_drift_starts_when_the_light_starts_to_fall() -> None:
+    dusk = load("gradual-dusk")
+    assert drift_onset_s(dusk) == 180
+    held = ScheduleEntry(at_s=60, darkness=DarknessRamp(start=0.0, end=0.0, over_s=10))
+    assert drift_onset_s(dusk.model_copy(update={"schedule": (held,)})) is None
 
 
 def test_recovery_is_the_first_good_window_of_a_champion_promoted_after_the_drift() -> None:

@@ -3,7 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.simulator.render import CONDITIONS, DEFAULT_CLASSES, CameraStyle, render_frame
+from services.simulator.render import (
+    CONDITIONS,
+    DEFAULT_CLASSES,
+    CameraStyle,
+    condition_for_darkness,
+    render_dusk,
+    render_frame,
+)
 
 # A chroma-key camera: flat pure-green background, no lane lines, no sensor noise. Every part
 # of a vehicle has some red or blue in it, so red + blue marks its silhouette exactly.
@@ -128,3 +135,79 @@ def test_each_class_has_its_own_silhouette() -> None:
 def test_silhouette_key_sees_the_vehicle() -> None:
     area = mean_silhouette("car", 3, n=10).mean()
     assert 0.05 < area < 0.5
+
+
+DUSK_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@pytest.mark.parametrize("label", [*DEFAULT_CLASSES, UNKNOWN])
+def test_dusk_at_its_ends_is_exactly_day_and_night(label: str) -> None:
+    cam = CameraStyle.for_camera(1, 4)
+    for seed in range(3):
+        for darkness, condition in ((0.0, "day"), (1.0, "night")):
+            dusk = render_dusk(label, darkness, np.random.default_rng(seed), cam)
+            plain = render_frame(label, condition, np.random.default_rng(seed), cam)
+            assert np.array_equal(dusk, plain), (label, seed, condition)
+
+
+def test_dusk_is_deterministic_and_advances_the_generator() -> None:
+    cam = CameraStyle.for_camera(2, 11)
+    a = render_dusk("bus", 0.4, np.random.default_rng(42), cam)
+    assert np.array_equal(a, render_dusk("bus", 0.4, np.random.default_rng(42), cam))
+    assert a.shape == (64, 64, 3) and a.dtype == np.uint8
+    rng = np.random.default_rng(42)
+    render_dusk("bus", 0.4, rng, cam)
+    assert not np.array_equal(render_dusk("bus", 0.4, rng, cam), a)
+
+
+def test_frames_get_darker_as_darkness_rises() -> None:
+    cams = [CameraStyle.for_camera(i, 3) for i in range(4)]
+    means = np.asarray(
+        [
+            [
+                render_dusk(DEFAULT_CLASSES[i % 4], d, np.random.default_rng([8, i]), cams[i % 4])
+                .astype(np.float32)
+                .mean()
+                for d in DUSK_LEVELS
+            ]
+            for i in range(24)
+        ]
+    )
+    # The same scene (one generator state) at each level: every frame darkens step by step.
+    assert (np.diff(means, axis=1) < 0).all()
+    fleet_means = means.mean(axis=0)
+    assert fleet_means[-1] < 0.5 * fleet_means[0]
+    # Light falls evenly rather than in one step at either end.
+    steps = -np.diff(fleet_means)
+    assert steps.min() > 0.5 * steps.max()
+
+
+def test_lamps_come_up_as_the_light_falls() -> None:
+    # Headlights stay the brightest spots: their excess over the frame's median grows with
+    # darkness as the surroundings fade.
+    cam = CameraStyle.for_camera(0, 3)
+    excess = []
+    for d in DUSK_LEVELS:
+        f = render_dusk("car", d, np.random.default_rng(3), cam).astype(np.float32).mean(axis=2)
+        excess.append(float(f.max() - np.median(f)))
+    assert excess == sorted(excess) and excess[-1] > excess[0] + 60
+
+
+@pytest.mark.parametrize("darkness", [-0.01, 1.01, float("nan")])
+def test_darkness_outside_zero_to_one_raises(darkness: float) -> None:
+    with pytest.raises(ValueError, match="darkness must be in"):
+        render_dusk("car", darkness, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="darkness must be in"):
+        condition_for_darkness(darkness)
+
+
+def test_dusk_checks_label_and_size_like_render_frame() -> None:
+    with pytest.raises(ValueError, match="label"):
+        render_dusk("", 0.5, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="size"):
+        render_dusk("car", 0.5, np.random.default_rng(0), size=8)
+
+
+def test_darkness_reads_as_day_then_dusk_then_night() -> None:
+    got = [condition_for_darkness(d) for d in (0.0, 0.2, 0.25, 0.5, 0.74, 0.75, 1.0)]
+    assert got == ["day", "day", "dusk", "dusk", "dusk", "night", "night"]

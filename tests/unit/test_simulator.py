@@ -10,8 +10,16 @@ import pytest
 from pydantic import ValidationError
 
 from services.simulator.fleet import Annotators, Fleet, PlannedLabel, SimFrame
+from services.simulator.render import CameraStyle, render_frame
 from services.simulator.runner import Simulator
-from services.simulator.scenario import LabelPolicy, Scenario, builtin_names, load
+from services.simulator.scenario import (
+    DarknessRamp,
+    LabelPolicy,
+    Scenario,
+    ScheduleEntry,
+    builtin_names,
+    load,
+)
 
 CLASSES = ("car", "truck", "bus", "motorcycle")
 
@@ -32,7 +40,7 @@ class ListSink:
 
 
 def test_the_built_in_scenarios_load_and_unknown_names_say_what_exists(tmp_path: Path) -> None:
-    assert {"steady-day", "day-to-night", "fog-bank"} <= set(builtin_names())
+    assert {"steady-day", "day-to-night", "fog-bank", "gradual-dusk"} <= set(builtin_names())
     for name in builtin_names():
         assert load(name).name == name
     with pytest.raises(FileNotFoundError, match="day-to-night"):
@@ -106,3 +114,89 @@ def test_a_run_publishes_every_frame_and_drains_its_labels() -> None:
     assert {c for _, _, c in sink.frames} == {"image/jpeg"}
     assert len({f.frame_id for f, _, _ in sink.frames}) == 200
     assert sum(stats.summary()["frames_by_class"].values()) == 200  # type: ignore[attr-defined]
+
+
+def test_gradual_dusk_ramps_darkness_from_day_to_night_over_ten_minutes() -> None:
+    dusk = load("gradual-dusk")
+    for camera in dusk.camera_ids():
+        before = dusk.entry_for(camera, 179.9)
+        assert before.condition == "day" and before.darkness_at(179.9) is None
+        levels = {t: dusk.entry_for(camera, t).darkness_at(t) for t in (180, 330, 480, 780, 3600)}
+        assert levels == {180: 0.0, 330: 0.25, 480: 0.5, 780: 1.0, 3600: 1.0}
+
+
+def test_frames_under_a_ramp_are_drawn_at_its_level_and_carry_day_dusk_or_night() -> None:
+    scenario = load("gradual-dusk")
+    fleet = Fleet(scenario, CLASSES, run_id="a")
+    # 20 frames/s: the ramp starts at frame 3600 and ends at frame 15600.
+    first = fleet.frame(3599)
+    assert (first.condition, first.darkness) == ("day", None)
+    by_index = {i: fleet.frame(i) for i in (3600, 6000, 9600, 13200, 15600, 20000)}
+    assert [f.condition for f in by_index.values()] == [
+        "day",
+        "day",
+        "dusk",
+        "night",
+        "night",
+        "night",
+    ]
+    levels = [f.darkness for f in by_index.values()]
+    assert levels == pytest.approx([0.0, 0.2, 0.5, 0.8, 1.0, 1.0])
+    again = Fleet(scenario, CLASSES, run_id="b").frame(9600)
+    assert np.array_equal(again.pixels, by_index[9600].pixels)
+    assert again.label == by_index[9600].label
+    # At full darkness the ramp draws exactly the night frame of the same generator state.
+    night = by_index[20000]
+    rng = np.random.default_rng([scenario.seed, 20000])
+    rng.choice(len(CLASSES), p=scenario.class_weights(CLASSES))
+    assert night.camera_id == "cam-1"
+    style = CameraStyle.for_camera(0, scenario.seed)
+    assert np.array_equal(night.pixels, render_frame(night.label, "night", rng, style))
+
+
+def test_the_recorded_condition_travels_with_the_labels() -> None:
+    fleet = Fleet(load("gradual-dusk"), CLASSES, run_id="r")
+    ann = Annotators(LabelPolicy(coverage=1.0, delay_s=0.0), CLASSES, seed=1)
+    frame = fleet.frame(9601)
+    ann.observe(frame, now=0.0)
+    (label,) = ann.due(1.0)
+    assert label.condition == frame.condition == "dusk"
+
+
+def write_ramp(tmp_path: Path, ramp: str, extra: str = "") -> Path:
+    path = tmp_path / "ramp.toml"
+    path.write_text(f'name = "r"\n[[schedule]]\nat_s = 60\ndarkness = {ramp}\n{extra}')
+    return path
+
+
+@pytest.mark.parametrize(
+    ("ramp", "extra", "message"),
+    [
+        ("{ from = 0.0, to = 1.0, over_s = 0 }", "", r"darkness\.over_s\s+Input should be greater"),
+        ("{ from = 0.0, to = 1.5, over_s = 60 }", "", r"darkness\.to\s+Input should be less"),
+        ("{ from = -1, to = 1.0, over_s = 60 }", "", r"darkness\.from\s+Input should be greater"),
+        ("{ from = 0.0, to = 1.0 }", "", r"darkness\.over_s\s+Field required"),
+        ("{ from = 0.0, to = 1.0, over = 60 }", "", r"darkness\.over\s+Extra inputs"),
+        ('"night"', "", r"darkness\s+Input should be a valid dictionary"),
+        (
+            "{ from = 0.0, to = 1.0, over_s = 60 }",
+            'condition = "night"',
+            "give exactly one of condition, conditions or darkness",
+        ),
+    ],
+)
+def test_bad_ramps_are_refused_with_what_is_wrong(
+    tmp_path: Path, ramp: str, extra: str, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        load(write_ramp(tmp_path, ramp, extra))
+
+
+def test_a_ramp_can_run_either_way_and_has_no_fixed_condition_weights(tmp_path: Path) -> None:
+    dawn = load(write_ramp(tmp_path, "{ from = 1, to = 0.2, over_s = 40 }"))
+    (entry,) = dawn.schedule
+    assert entry.darkness == DarknessRamp(start=1.0, end=0.2, over_s=40.0)
+    assert [entry.darkness_at(t) for t in (60, 80, 100, 500)] == pytest.approx([1.0, 0.6, 0.2, 0.2])
+    with pytest.raises(ValueError, match="no fixed condition weights"):
+        entry.weights()
+    assert ScheduleEntry(at_s=0, condition="fog").darkness_at(10) is None
