@@ -336,6 +336,10 @@ class RetrainRequest(Event):
     reason: str
     trigger: Literal["monitor", "operator", "bootstrap", "import"]
     window_ids: list[str] = Field(default_factory=list)
+    slices: list[str] = Field(default_factory=list)
+    """Slices whose live accuracy was below the trigger's threshold in the window that fired
+    (``camera=ID``, ``condition=NAME``, as ``WindowMetrics.per_slice_accuracy`` names them):
+    training weights their examples up. Empty when the requester does not know."""
     imported: ImportedWeights | None = None
 
 
@@ -425,8 +429,9 @@ class ModelTrained(Event):
     ``compiled``); each was checked to agree with the weights before it was stored."""
     init: str = "scratch"
     """How the weights began: ``scratch`` (initialised from the seed), ``imported:VERSION``
-    (fine-tuned from that version's weights) or ``imported`` (not trained here at all: the
-    imported weights themselves, described by ``imported``)."""
+    (fine-tuned from that version's weights), ``champion:VERSION`` (fine-tuned from the
+    champion's, which was VERSION; it is also ``parent_version``) or ``imported`` (not
+    trained here at all: the imported weights themselves, described by ``imported``)."""
     imported: ImportedWeights | None = None
 
 

@@ -122,8 +122,8 @@ class VersionView(_View):
     tags: dict[str, str]
     evaluation: EvaluationView | None = None
     init: str = "scratch"
-    """How the weights began (``ModelTrained.init``): ``scratch``, ``imported`` or
-    ``imported:VERSION``."""
+    """How the weights began (``ModelTrained.init``): ``scratch``, ``imported``,
+    ``imported:VERSION`` or ``champion:VERSION``."""
     imported: ImportedWeights | None = None
     """Where imported weights came from: file name, sha256, who and note."""
 

@@ -7,9 +7,11 @@ A request fires only when
 2. the champion's accuracy stays below ``threshold`` for ``consecutive`` windows in a row,
 3. and no earlier request is cooling down (``cooldown_s``).
 
-The request's idempotency key names the drop: model, version and the first bad window of the
-run. Replaying the same windows after a restart yields the same key, so a drop never trains
-twice even if the monitor fires again; within one run of bad windows it fires once.
+The request names the slices (camera, condition) below the threshold in the window that fired
+it, for training to weight their examples up. Its idempotency key names the drop: model,
+version and the first bad window of the run. Replaying the same windows after a restart
+yields the same key, so a drop never trains twice even if the monitor fires again; within
+one run of bad windows it fires once.
 
 A drop that outlives its request (the candidate was refused at the gate, or lost the live
 comparison) is asked for again, ``retry_after_s`` after the last request and at most
@@ -126,4 +128,5 @@ class RetrainTrigger:
             ),
             trigger="monitor",
             window_ids=list(self._run),
+            slices=sorted(k for k, a in window.per_slice_accuracy.items() if a < p.threshold),
         )

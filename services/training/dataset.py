@@ -2,14 +2,19 @@
 
 ``build_snapshot`` is a pure function of the example table, the policy and the seed, so the
 same cut of the log and seed always choose the same examples. The manifest names every frame
-id used (with partition, offset, split, label, camera and condition); its sha256 is the
-snapshot's identity.
+id used (with partition, offset, split, label, camera and condition) and how an epoch weights
+them; its sha256 is the snapshot's identity.
+
+An epoch sees every training example at least once. Some are seen more often: those of the
+slices whose live accuracy dropped, when the retrain request names them (``drifted``:
+``camera=ID``, ``condition=NAME``), otherwise the newest ones (see ``SamplingPolicy``).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +24,16 @@ import numpy.typing as npt
 from services.training.settings import SamplingPolicy
 from shared.datasets import ExampleRecord, ExampleTable, split_of
 
-__all__ = ["Snapshot", "build_snapshot", "frame_ids_sha256"]
+__all__ = ["Snapshot", "build_snapshot", "frame_ids_sha256", "slice_keys"]
+
+SLICE_KINDS = ("camera", "condition")
+"""The slice kinds an example belongs to, as the monitor names them (``kind=value``)."""
+
+
+def slice_keys(record: ExampleRecord) -> tuple[str, str]:
+    """The slices ``record`` belongs to, named as the monitor's per-slice accuracy names them:
+    ``camera=ID`` and ``condition=NAME`` (``unknown`` without a condition)."""
+    return f"camera={record.camera_id}", f"condition={record.condition or 'unknown'}"
 
 
 def frame_ids_sha256(frame_ids: list[str]) -> str:
@@ -41,6 +55,8 @@ class Snapshot:
     end_offsets: dict[int, int]
     policy: SamplingPolicy
     seed: int
+    drifted: tuple[str, ...] = ()
+    """Slices the retrain request says dropped (``camera=ID``, ``condition=NAME``), sorted."""
 
     def labels(
         self, classes: tuple[str, ...], records: list[ExampleRecord] | None = None
@@ -50,15 +66,54 @@ class Snapshot:
         chosen = self.train if records is None else records
         return np.asarray([index[r.label] for r in chosen], dtype=np.int64)
 
+    def weighted_slices(self) -> tuple[str, ...]:
+        """The ``drifted`` slices an epoch weights up: of each kind, those that have training
+        examples, unless together they hold every training example (all cameras dropped when
+        night fell: the camera says nothing about which examples matter). Sorted."""
+        present: dict[str, set[str]] = {kind: set() for kind in SLICE_KINDS}
+        for r in self.train:
+            for key in slice_keys(r):
+                present[key.split("=", 1)[0]].add(key)
+        out: list[str] = []
+        for kind in SLICE_KINDS:
+            named = {d for d in self.drifted if d.split("=", 1)[0] == kind} & present[kind]
+            if named and named != present[kind]:
+                out.extend(named)
+        return tuple(sorted(out))
+
     def epoch_examples(self) -> list[ExampleRecord]:
-        """What one epoch of the fit sees: ``train`` with each of its examples among the
-        policy's ``newest_examples`` (by capture time) repeated ``newest_repeat`` times.
-        ``train`` is in capture order, so the newest are its tail."""
+        """What one epoch of the fit sees: every example of ``train`` once, and
+
+        - when there are ``weighted_slices``, each example of one of them ``drift_repeat``
+          times in all;
+        - otherwise each of the policy's ``newest_examples`` (by capture time)
+          ``newest_repeat`` times in all (``train`` is in capture order: they are its tail).
+
+        A pure function of the snapshot: the fit's seeded shuffle does the rest."""
         p = self.policy
+        weighted = set(self.weighted_slices())
+        if weighted:
+            drifted = [r for r in self.train if weighted.intersection(slice_keys(r))]
+            return list(self.train) + drifted * (p.drift_repeat - 1)
         n = min(p.newest_examples, self.recent_size, len(self.train))
         if n == 0 or p.newest_repeat == 1:
             return list(self.train)
         return list(self.train) + list(self.train[-n:]) * (p.newest_repeat - 1)
+
+    def weighting(self) -> dict[str, Any]:
+        """How ``epoch_examples`` weights ``train``, for the manifest and the lineage:
+        ``by`` (``slices``, ``newest`` or ``none``), the slices named and weighted, the
+        repeat, and how many examples it applies to."""
+        p = self.policy
+        weighted = self.weighted_slices()
+        out: dict[str, Any] = {"drifted": list(self.drifted), "slices": list(weighted)}
+        if weighted:
+            n = sum(1 for r in self.train if set(weighted).intersection(slice_keys(r)))
+            return {**out, "by": "slices", "repeat": p.drift_repeat, "examples": n}
+        n = min(p.newest_examples, self.recent_size, len(self.train))
+        if n == 0 or p.newest_repeat == 1:
+            return {**out, "by": "none", "repeat": 1, "examples": 0}
+        return {**out, "by": "newest", "repeat": p.newest_repeat, "examples": n}
 
     def per_class(self) -> dict[str, int]:
         return dict(sorted(Counter(r.label for r in self.train).items()))
@@ -82,11 +137,15 @@ class Snapshot:
             "topic_offsets": {str(p): o for p, o in sorted(self.end_offsets.items())},
             "policy": self.policy.model_dump(),
             "seed": self.seed,
+            "weighting": self.weighting(),
         }
 
 
-def build_snapshot(table: ExampleTable, policy: SamplingPolicy, seed: int) -> Snapshot:
-    """Choose the run's examples from ``table`` (see ``SamplingPolicy``).
+def build_snapshot(
+    table: ExampleTable, policy: SamplingPolicy, seed: int, drifted: Iterable[str] = ()
+) -> Snapshot:
+    """Choose the run's examples from ``table`` (see ``SamplingPolicy``); ``drifted`` are
+    the slices whose examples an epoch weights up (``Snapshot.epoch_examples``).
 
     Newest first by capture time (ties by frame id, so the order is total); the older train
     split is sampled per class with ``seed``. The result lists examples in a canonical order
@@ -121,4 +180,5 @@ def build_snapshot(table: ExampleTable, policy: SamplingPolicy, seed: int) -> Sn
         end_offsets=dict(table.end_offsets),
         policy=policy,
         seed=seed,
+        drifted=tuple(sorted(set(drifted))),
     )

@@ -4,8 +4,9 @@ Order of effects, chosen so a crash never leaves half a version behind:
 
 1. acquire the request's idempotency key (a lease in Redis; ``done`` keys are never rerun);
 2. read the examples, build the snapshot, store its manifest;
-3. fit, publishing ``training.progress``; the lease is renewed after every epoch and export,
-   and in between by a thread (``services.training.lease``);
+3. find the starting weights (``settings.init``) and fit, publishing ``training.progress``;
+   the lease is renewed after every epoch and export, and in between by a thread
+   (``services.training.lease``);
 4. store the weights (atomic, content-addressed), and the exports ``settings.exports`` asks
    for, each only once it agrees with the weights on a few holdout images;
 5. publish ``models.trained`` and wait for Kafka's acknowledgement;
@@ -85,6 +86,22 @@ class RequestBusyError(RuntimeError):
 
 class StartingWeightsError(ValueError):
     """``STREAMLOOP_TRAINING_INIT`` names weights this service cannot start from."""
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a run's weights start: ``tensors`` (None: from the seed), whether their head
+    fits the task's classes, and what the lineage records (``ModelTrained.init``, and the
+    parent when the start is the champion)."""
+
+    tensors: dict[str, torch.Tensor] | None
+    keep_head: bool
+    init: str
+    parent: str | None = None
+
+    @property
+    def warm(self) -> bool:
+        return self.tensors is not None
 
 
 @dataclass(frozen=True)
@@ -207,7 +224,7 @@ class Trainer:
         key = request.idempotency_key
         started = time.perf_counter()
         table = self._load_examples()
-        snap = build_snapshot(table, s.policy, s.seed)
+        snap = build_snapshot(table, s.policy, s.seed, request.slices)
         log.info(
             "dataset snapshot",
             extra={
@@ -216,6 +233,7 @@ class Trainer:
                 "train": len(snap.train),
                 "holdout": len(snap.holdout),
                 "recent": snap.recent_size,
+                "weighting": snap.weighting(),
             },
         )
         if request.imported is not None:
@@ -238,7 +256,10 @@ class Trainer:
             self._publisher.flush()
             log.warning("training skipped", extra={"key": key, "detail": detail})
             return Outcome("skipped", detail=detail)
-        start_from, keep_head = self._starting_weights()
+        start = self._starting_weights(key)
+        hp = s.hyperparameters
+        if start.warm and s.warm_epochs is not None:
+            hp = hp.model_copy(update={"epochs": s.warm_epochs})
         dataset = self._dataset(snap)
 
         def progress(stats: EpochStats) -> None:
@@ -272,13 +293,13 @@ class Trainer:
             self.spec,
             table.select(seen),
             snap.labels(self.spec.classes, seen),
-            s.hyperparameters,
+            hp,
             seed=s.seed,
             time_budget_s=s.time_budget_s,
             threads=s.torch_threads,
             on_epoch=progress,
-            start_from=start_from,
-            keep_head=keep_head,
+            start_from=start.tensors,
+            keep_head=start.keep_head,
         )
         metrics = {
             "train_loss": result.final.loss,
@@ -303,11 +324,12 @@ class Trainer:
             lease,
             metrics=metrics,
             hyperparameters={
-                **s.hyperparameters.model_dump(),
+                **hp.model_dump(),
                 "time_budget_s": s.time_budget_s,
                 "stopped_by_budget": result.stopped_by_budget,
             },
-            init=s.init,
+            init=start.init,
+            parent=start.parent,
             started=started,
         )
 
@@ -359,8 +381,11 @@ class Trainer:
         hyperparameters: dict[str, Any],
         init: str,
         started: float,
+        parent: str | None = None,
     ) -> Outcome:
-        """Score the holdout, export, and publish ``models.trained`` for stored ``weights``."""
+        """Score the holdout, export, and publish ``models.trained`` for stored ``weights``.
+        Its parent is ``parent`` when given (the version the weights started from), else
+        the champion at the time."""
         s = self.settings
         key = request.idempotency_key
         if snap.holdout and tuple(spec.classes) == tuple(self.spec.classes):
@@ -374,7 +399,9 @@ class Trainer:
             self._exports(model, spec, table.select(checked_on), key, lease) if checked_on else {}
         )
         version = weights.sha256[:12]
-        champion = self._registry.champion(s.model_name)
+        if parent is None:
+            champion = self._registry.champion(s.model_name)
+            parent = champion.version if champion else None
         event = ModelTrained(
             event_id=derived_id("model.trained", s.model_name, key),
             source="training",
@@ -386,7 +413,7 @@ class Trainer:
             dataset=dataset,
             hyperparameters=hyperparameters,
             metrics=metrics,
-            parent_version=champion.version if champion else None,
+            parent_version=parent,
             code_version=self._code_version,
             seed=s.seed,
             duration_s=time.perf_counter() - started,
@@ -423,15 +450,19 @@ class Trainer:
                 **s.policy.model_dump(),
                 "split": "sha256(frame_id) bucket: reference < reference_share <= holdout "
                 "< reference_share + holdout_share <= train",
+                "weighting": snap.weighting(),
             },
         )
 
-    def _starting_weights(self) -> tuple[dict[str, torch.Tensor] | None, bool]:
-        """The weights ``settings.init`` names and whether their head fits the task's classes;
-        ``(None, True)`` for ``scratch``. Raises StartingWeightsError."""
+    def _starting_weights(self, key: str) -> Start:
+        """The weights ``settings.init`` names. ``champion`` falls back to scratch (with a
+        warning) when there is no champion or it is of another architecture or input size;
+        ``imported:VERSION`` raises StartingWeightsError then."""
         s = self.settings
         if s.init == "scratch":
-            return None, True
+            return Start(None, True, "scratch")
+        if s.init == "champion":
+            return self._champion_weights(key)
         version = s.init.split(":", 1)[1]
         view = self._registry.get_version(s.model_name, version)
         if view is None:
@@ -445,7 +476,43 @@ class Trainer:
                 f"STREAMLOOP_TRAINING_INIT={s.init}: version {version} is a {spec.architecture}, "
                 f"this service trains {self.spec.architecture}"
             )
-        return loaded.tensors, tuple(spec.classes) == tuple(self.spec.classes)
+        return Start(loaded.tensors, tuple(spec.classes) == tuple(self.spec.classes), s.init)
+
+    def _champion_weights(self, key: str) -> Start:
+        """The champion's weights, or scratch when they cannot be the start (see
+        ``_starting_weights``). A champion of other classes keeps all but its head."""
+        s = self.settings
+        champion = self._registry.champion(s.model_name)
+        if champion is None:
+            log.warning(
+                "no champion to start from; training from scratch",
+                extra={"key": key, "init": s.init},
+            )
+            return Start(None, True, "scratch")
+        loaded = self._store.load_weights(champion.artifact_uri, champion.sha256)
+        spec = ModelSpec.from_metadata(loaded.metadata)
+        mine = self.spec
+        why = None
+        if spec.architecture != mine.architecture:
+            why = f"it is a {spec.architecture}, this service trains {mine.architecture}"
+        elif (spec.image_width, spec.image_height) != (mine.image_width, mine.image_height):
+            why = (
+                f"it takes {spec.image_width}x{spec.image_height} images, this service trains "
+                f"for {mine.image_width}x{mine.image_height}"
+            )
+        if why is not None:
+            log.warning(
+                "the champion cannot be the start; training from scratch",
+                extra={"key": key, "init": s.init, "champion": champion.version, "reason": why},
+            )
+            return Start(None, True, "scratch")
+        keep_head = tuple(spec.classes) == tuple(mine.classes)
+        log.info(
+            "starting from the champion",
+            extra={"key": key, "champion": champion.version, "keep_head": keep_head},
+        )
+        version = champion.version
+        return Start(loaded.tensors, keep_head, f"champion:{version}", parent=version)
 
     def _exports(
         self,

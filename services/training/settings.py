@@ -46,6 +46,13 @@ class SamplingPolicy(BaseModel):
     newest_repeat: int = Field(default=3, ge=1)
     """How often each of the ``newest_examples`` is seen per epoch (1: no emphasis)."""
 
+    drift_repeat: int = Field(default=4, ge=1)
+    """How often each training example of a drifted slice is seen per epoch, when the
+    retrain request names the slices whose live accuracy dropped (``RetrainRequest.slices``:
+    ``camera=ID``, ``condition=NAME``); every other example is still seen once. It replaces
+    the ``newest_repeat`` emphasis for that run; a request without slices, or whose slices
+    cover every training example, keeps the newest emphasis."""
+
 
 class Hyperparameters(BaseModel):
     """How the network is fitted."""
@@ -94,12 +101,24 @@ class TrainingSettings(ServiceSettings):
     a run, ``compiled`` a C++ compile of about half a minute. An export that does not agree
     with the weights is not published."""
 
-    init: str = Field(default="scratch", pattern=r"^(scratch|imported:[A-Za-z0-9._-]{1,64})$")
-    """Where a run's weights start: ``scratch`` (initialised from ``seed``) or
+    init: str = Field(
+        default="scratch", pattern=r"^(scratch|champion|imported:[A-Za-z0-9._-]{1,64})$"
+    )
+    """Where a run's weights start: ``scratch`` (initialised from ``seed``),
     ``imported:VERSION``, the weights of that registered version (for example one imported
-    with ``streamloop models import``), fine-tuned on the stream's examples. That version
+    with ``streamloop models import``), or ``champion``, the weights of the model's champion
+    when the run starts; either is fine-tuned on the stream's examples. An imported version
     must be of the configured architecture; its classifier head is re-initialised when its
-    class list differs from the task's. The choice is in the lineage (``init``)."""
+    class list differs from the task's. With ``champion``, a run that finds no champion, or
+    one of another architecture or input size, trains from scratch instead (and says so in
+    its log); a champion of other classes keeps all but its head, as above. The lineage
+    records what the weights started from (``init``: ``scratch``, ``imported:VERSION`` or
+    ``champion:VERSION``)."""
+
+    warm_epochs: int | None = Field(default=3, gt=0)
+    """Epochs of a run that starts from earlier weights (``imported:VERSION`` or a found
+    champion): they already classify, so a few epochs adapt them. None: as many as
+    ``hyperparameters.epochs``. The time budget still applies."""
 
     lease_s: int = Field(default=120, ge=2)
     """How long a run holds its idempotency key without renewing it; after a crash the key is

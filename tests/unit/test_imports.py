@@ -312,7 +312,7 @@ def test_fine_tuning_from_imported_weights_reaches_scratch_accuracy_in_fewer_epo
     accuracy = {}
     for init, epochs in (("scratch", 8), (f"imported:{version}", 2)):
         trainer, pub, _ = trainer_for(
-            tmp_path, few, registry, init=init, hp=Hyperparameters(epochs=epochs)
+            tmp_path, few, registry, init=init, hp=Hyperparameters(epochs=epochs), warm_epochs=None
         )
         request = RetrainRequest(
             model_name=MODEL, idempotency_key=init, reason="t", trigger="operator"

@@ -176,6 +176,14 @@ def test_a_drop_fires_once_after_consecutive_bad_windows() -> None:
     assert trig.observe(window(4, 0.40), now) is None  # the same drop never fires twice
 
 
+def test_a_request_names_the_slices_below_the_threshold_in_the_window_that_fired() -> None:
+    trig = RetrainTrigger("m", TriggerPolicy(threshold=0.75, consecutive=1, cooldown_s=0))
+    slices = {"camera=cam-00": 0.5, "camera=cam-01": 0.8, "condition=night": 0.3}
+    bad = window(1, 0.5).model_copy(update={"per_slice_accuracy": slices})
+    req = trig.observe(bad, T0)
+    assert req is not None and req.slices == ["camera=cam-00", "condition=night"]
+
+
 def test_small_windows_and_shadow_windows_do_not_count_and_recovery_resets() -> None:
     trig = RetrainTrigger("m", TriggerPolicy(consecutive=2, min_labels=100, cooldown_s=0))
     assert trig.observe(window(1, 0.3, labels=20), T0) is None
