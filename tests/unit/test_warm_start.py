@@ -311,7 +311,7 @@ def test_warm_start_after_a_drift_to_night_learns_it_in_a_third_of_the_time_but_
     arrive. The retrain (its request names ``condition=night``, weighted 8 times) either
     trains from scratch for 8 epochs or fine-tunes the champion for ``warm_epochs`` (3), on
     the same snapshot, one torch thread; both are scored on 200 other day and 200 other
-    night frames. Measured (2026-12-03): scratch day 0.905, night 0.985 (0.945) in 25.7 s;
+    night frames. Measured (2026-12-02): scratch day 0.905, night 0.985 (0.945) in 25.7 s;
     warm day 0.725, night 0.940 (0.833) in 10.0 s; the champion before: 0.685, 0.270. The
     warm start learns the night but keeps most of a weak champion's day errors."""
     day = render_examples(480, seed=51, condition="day", prefix="d")
