@@ -653,16 +653,7 @@ class RegistryState:
         champion_acc, predecessor_acc = ev.champion_correct / n, ev.challenger_correct / n
         against = self._test(predecessor_only, champion_only)
         if against.decisive:
-            return [
-                self._live(
-                    "rollback_requested",
-                    champion,
-                    f"live evidence: champion {champion} {champion_acc:.3f} below "
-                    f"predecessor {predecessor} {predecessor_acc:.3f} on {n} shared "
-                    f"labelled frames; {against.summary(predecessor, champion)}",
-                    ev,
-                )
-            ]
+            return [self._rollback(ev, f"; {against.summary(predecessor, champion)}")]
         holds = (
             f"live evidence: champion {champion} {champion_acc:.3f} holds against predecessor "
             f"{predecessor} {predecessor_acc:.3f} on {n} shared labelled frames"
@@ -683,16 +674,7 @@ class RegistryState:
         champion, predecessor, n = ev.champion_version, ev.challenger_version, ev.labelled
         champion_acc, predecessor_acc = ev.champion_correct / n, ev.challenger_correct / n
         if predecessor_acc > champion_acc + self.rollback_margin:
-            return [
-                self._live(
-                    "rollback_requested",
-                    champion,
-                    f"live evidence: champion {champion} {champion_acc:.3f} below "
-                    f"predecessor {predecessor} {predecessor_acc:.3f} on {n} shared "
-                    f"labelled frames",
-                    ev,
-                )
-            ]
+            return [self._rollback(ev)]
         return [
             self._live(
                 "probation_passed",
@@ -704,6 +686,19 @@ class RegistryState:
                 previous_version=predecessor,
             )
         ]
+
+    def _rollback(self, ev: LiveComparison, evidence: str = "") -> ModelLifecycle:
+        """``rollback_requested`` of the champion on probation, its reason the accuracies of
+        the pair followed by ``evidence``."""
+        n = ev.labelled
+        return self._live(
+            "rollback_requested",
+            ev.champion_version,
+            f"live evidence: champion {ev.champion_version} {ev.champion_correct / n:.3f} "
+            f"below predecessor {ev.challenger_version} {ev.challenger_correct / n:.3f} on "
+            f"{n} shared labelled frames{evidence}",
+            ev,
+        )
 
     def _live(
         self,

@@ -304,7 +304,7 @@ def test_the_lineage_records_the_weighting(tmp_path: Path, stream: ExampleTable)
 # --- what it is worth -----------------------------------------------------------------
 
 
-def test_warm_start_after_a_drift_to_night_learns_it_in_a_third_of_the_time_but_trails(
+def test_warm_start_after_a_drift_to_night_learns_it_in_less_than_0_6_of_the_time(
     tmp_path: Path,
 ) -> None:
     """A champion trained on 480 day frames only; then night falls and 160 night frames
@@ -367,5 +367,5 @@ def test_warm_start_after_a_drift_to_night_learns_it_in_a_third_of_the_time_but_
     warm, scratch = accuracy["champion"], accuracy["scratch"]
     assert before["night"] < 0.5 < 0.85 < warm["night"]  # the champion did not know the night
     assert warm["day"] >= before["day"]  # and the day is not forgotten
-    assert scratch["all"] - 0.16 <= warm["all"] <= scratch["all"]
+    assert warm["all"] >= scratch["all"] - 0.16  # it may trail, by so much at most
     assert seconds["champion"] < 0.6 * seconds["scratch"]
