@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 __all__ = [
     "EVENT_TYPES",
     "FRAME_MAGIC",
+    "AccuracyEstimate",
     "Alert",
     "ClassMetrics",
     "DatasetSnapshot",
@@ -256,6 +257,23 @@ class ClassMetrics(BaseModel):
     support: int
 
 
+class AccuracyEstimate(BaseModel):
+    """An accuracy estimated from predictions alone, before their labels arrive
+    (``services.monitoring.estimate``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    value: float = Field(ge=0.0, le=1.0)
+    low: float = Field(ge=0.0, le=1.0)
+    high: float = Field(ge=0.0, le=1.0)
+    """``low``..``high``: the interval (95 % by default) of the frames' sampling noise."""
+    frames: int = Field(ge=0)
+    """Predictions behind it."""
+    method: Literal["confidence", "class-mix"]
+    """``confidence``: the mean calibrated confidence; ``class-mix``: capped by the bound the
+    predicted class mix puts on accuracy (the mix differed from the label prior)."""
+
+
 class WindowMetrics(Event):
     """One closed monitoring window of one model version (``metrics``)."""
 
@@ -277,6 +295,13 @@ class WindowMetrics(Event):
     mean_confidence: float | None = None
     class_mix: dict[str, float] = Field(default_factory=dict)
     psi: float | None = None
+    estimate: AccuracyEstimate | None = None
+    """Accuracy estimated from the window's predictions without their labels."""
+    per_camera_estimate: dict[str, AccuracyEstimate] = Field(default_factory=dict)
+    estimate_error: float | None = None
+    """``estimate.value - accuracy`` when both are known. The labels counted in a window
+    are of predictions a little older than the window's own (labels come late), so the two
+    describe nearly, not exactly, the same frames."""
 
 
 class LiveComparison(Event):
@@ -336,6 +361,9 @@ class RetrainRequest(Event):
     reason: str
     trigger: Literal["monitor", "operator", "bootstrap", "import"]
     window_ids: list[str] = Field(default_factory=list)
+    evidence: AccuracyEstimate | None = None
+    """For a request the estimated accuracy fired (before labels confirmed the drop): the
+    estimate it fired on."""
     slices: list[str] = Field(default_factory=list)
     """Slices whose live accuracy was below the trigger's threshold in the window that fired
     (``camera=ID``, ``condition=NAME``, as ``WindowMetrics.per_slice_accuracy`` names them):

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from shared.bus import DlqHeaders
 from shared.events import (
+    AccuracyEstimate,
     Alert,
     DecodeError,
     Event,
@@ -239,10 +240,21 @@ METRICS_COLUMNS = (
     "labelled/samples",
     "coverage",
     "accuracy",
+    "estimated",
+    "est. error",
     "macro-F1",
     "confidence",
     "PSI",
 )
+
+
+def estimate_text(e: AccuracyEstimate | None) -> str:
+    """``0.912 (0.871-0.944)``: an estimated accuracy and its interval; ``*`` marks an
+    estimate capped by the class mix."""
+    if e is None:
+        return "-"
+    mark = "*" if e.method == "class-mix" else ""
+    return f"{e.value:.3f}{mark} ({e.low:.3f}-{e.high:.3f})"
 
 
 def comparison_text(c: LiveComparison) -> str:
@@ -275,6 +287,8 @@ def metrics_row(e: WindowMetrics | LiveComparison) -> tuple[str, ...]:
         f"{e.labelled_count:,}/{e.sample_count:,}",
         f"{e.label_coverage:.1%}",
         _num(e.accuracy),
+        estimate_text(e.estimate),
+        _num(e.estimate_error, "+.3f"),
         _num(e.macro_f1),
         _num(e.mean_confidence),
         _num(e.psi),

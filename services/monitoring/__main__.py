@@ -26,13 +26,14 @@ log = logging.getLogger("streamloop.monitoring")
 def main() -> int:
     settings = MonitoringSettings()
     telemetry = start_service("monitoring", settings)
-    monitor = build_app(settings, telemetry.tracer)
+    registry = RedisRegistry(connect(settings.redis))
+    monitor = build_app(settings, telemetry.tracer, registry=registry)
     board = DashboardState(model_name=settings.model_name)
     feed = DashboardFeed(settings.kafka, board)
     feed.start()
     dashboard = serve_dashboard(
         board,
-        RedisRegistry(connect(settings.redis)),
+        registry,
         settings.model_name,
         settings.trigger.threshold,
         settings.dashboard_host,

@@ -41,6 +41,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, SpanKind
 from prometheus_client import Counter, Gauge
 
+from services.monitoring.calibrations import Temperatures
 from services.monitoring.join import FrameJoin, Joined
 from services.monitoring.monitor import Monitor, Outputs
 from services.monitoring.settings import MonitoringSettings
@@ -54,6 +55,7 @@ from shared.events import (
     utcnow,
 )
 from shared.expiry import ExpiryIndex
+from shared.ports import RegistryReader
 from shared.streams import MAX_RECORD_BYTES, BytesKeyed, FaustDeadLetters, new_app, read_source
 from shared.telemetry import ALWAYS_SAMPLE, inject_headers
 from shared.topics import Topics
@@ -75,6 +77,28 @@ LIVE_ACCURACY = Gauge(
     "Accuracy of the last closed window, by model version and stream.",
     ["model_version", "stream"],
 )
+ESTIMATED_ACCURACY = Gauge(
+    "streamloop_monitoring_window_estimated_accuracy",
+    "Accuracy of the last closed window estimated from its predictions without labels, by "
+    "model version, stream and bound (value, low, high of its interval).",
+    ["model_version", "stream", "bound"],
+)
+ESTIMATE_ERROR = Gauge(
+    "streamloop_monitoring_window_estimate_error",
+    "Estimated minus realised accuracy of the last closed window with both, by model version "
+    "and stream.",
+    ["model_version", "stream"],
+)
+CAMERA_ESTIMATE = Gauge(
+    "streamloop_monitoring_camera_estimated_accuracy",
+    "Estimated accuracy of each camera in the last closed window, by model version and camera.",
+    ["model_version", "camera"],
+)
+JUDGED = Counter(
+    "streamloop_monitoring_estimated_requests_judged",
+    "Retrain requests the estimate fired, by what labels then said (confirmed, false_alarm).",
+    ["outcome"],
+)
 PENDING = Gauge("streamloop_monitoring_pending", "Frames held in this worker's join table.")
 
 MAX_BYTES = MAX_RECORD_BYTES
@@ -90,8 +114,10 @@ class MonitorApp:
         settings: MonitoringSettings,
         tracer: trace.Tracer | None = None,
         clock: Callable[[], datetime] = utcnow,
+        registry: RegistryReader | None = None,
     ) -> None:
         self.settings = settings
+        self.temperatures = Temperatures(registry, settings.model_name)
         self.tracer = tracer or trace.get_tracer("streamloop.monitoring")
         self.clock = clock
         kafka = settings.kafka
@@ -226,7 +252,9 @@ class MonitorApp:
             new = entry is None
             if isinstance(parsed, Prediction):
                 kind = "prediction"
-                entry, joined = self.join_rules.on_prediction(entry, parsed, now)
+                entry, joined = self.join_rules.on_prediction(
+                    entry, parsed, now, self.temperatures.calibrated(parsed)
+                )
             elif isinstance(parsed, Label):
                 kind = "label"
                 entry, joined = self.join_rules.on_label(entry, parsed, now)
@@ -349,10 +377,19 @@ class MonitorApp:
             self._window_spans[w.window_id] = ctx
             while len(self._window_spans) > KEEP_WINDOW_SPANS:
                 self._window_spans.popitem(last=False)
+            stream = "shadow" if w.shadow else "live"
             if w.accuracy is not None:
-                LIVE_ACCURACY.labels(w.model_version, "shadow" if w.shadow else "live").set(
-                    w.accuracy
-                )
+                LIVE_ACCURACY.labels(w.model_version, stream).set(w.accuracy)
+            if w.estimate is not None:
+                for bound in ("value", "low", "high"):
+                    ESTIMATED_ACCURACY.labels(w.model_version, stream, bound).set(
+                        getattr(w.estimate, bound)
+                    )
+            if w.estimate_error is not None:
+                ESTIMATE_ERROR.labels(w.model_version, stream).set(w.estimate_error)
+            if not w.shadow:
+                for camera, e in w.per_camera_estimate.items():
+                    CAMERA_ESTIMATE.labels(w.model_version, camera).set(e.value)
             log.info(
                 "window closed",
                 extra={
@@ -361,6 +398,7 @@ class MonitorApp:
                     "labelled": w.labelled_count,
                     "samples": w.sample_count,
                     "psi": w.psi,
+                    "estimated": w.estimate.value if w.estimate is not None else None,
                 },
             )
         for c in out.comparisons:
@@ -378,6 +416,8 @@ class MonitorApp:
             log.warning("retrain requested", extra={"key": r.idempotency_key, "reason": r.reason})
         for a in out.alerts:
             await self._send(Topics.ALERTS, a.kind, a, name="monitoring alert")
+            if a.kind in ("estimate_confirmed", "false_alarm"):
+                JUDGED.labels("confirmed" if a.kind == "estimate_confirmed" else a.kind).inc()
             log.warning("alert", extra={"kind": a.kind, "alert": a.message})
         for q in out.label_requests:
             await self._send(Topics.LABELS_REQUESTS, q.frame_id, q, name="monitoring label request")
@@ -389,6 +429,8 @@ def build_app(
     settings: MonitoringSettings,
     tracer: trace.Tracer | None = None,
     clock: Callable[[], datetime] = utcnow,
+    registry: RegistryReader | None = None,
 ) -> MonitorApp:
-    """The configured monitoring app (not started)."""
-    return MonitorApp(settings, tracer, clock)
+    """The configured monitoring app (not started); ``registry`` gives each version's
+    temperature (without it, confidences count uncalibrated)."""
+    return MonitorApp(settings, tracer, clock, registry)

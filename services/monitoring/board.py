@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from shared.events import (
+    AccuracyEstimate,
     Alert,
     Event,
     LiveComparison,
@@ -99,6 +100,8 @@ class WindowPoint:
     sample_count: int
     mean_confidence: float | None
     psi: float | None
+    estimate: AccuracyEstimate | None = None
+    estimate_error: float | None = None
 
     @classmethod
     def of(cls, event: WindowMetrics) -> WindowPoint:
@@ -115,6 +118,8 @@ class WindowPoint:
             sample_count=event.sample_count,
             mean_confidence=event.mean_confidence,
             psi=event.psi,
+            estimate=event.estimate,
+            estimate_error=event.estimate_error,
         )
 
     def json(self) -> dict[str, Any]:
@@ -129,6 +134,11 @@ class WindowPoint:
             "samples": self.sample_count,
             "mean_confidence": _num(self.mean_confidence),
             "psi": _num(self.psi),
+            "estimated": _num(self.estimate.value) if self.estimate else None,
+            "estimated_low": _num(self.estimate.low) if self.estimate else None,
+            "estimated_high": _num(self.estimate.high) if self.estimate else None,
+            "estimate_method": self.estimate.method if self.estimate else None,
+            "estimate_error": _num(self.estimate_error),
         }
 
 

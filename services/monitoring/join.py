@@ -70,7 +70,7 @@ class Joined:
         )
 
 
-def _prediction_json(p: Prediction) -> dict[str, Any]:
+def _prediction_json(p: Prediction, calibrated: float | None) -> dict[str, Any]:
     return {
         "model_name": p.model_name,
         "version": p.model_version,
@@ -78,6 +78,7 @@ def _prediction_json(p: Prediction) -> dict[str, Any]:
         "condition": p.condition,
         "predicted": p.predicted_class,
         "confidence": p.confidence,
+        "calibrated": calibrated,
         "served_at": p.served_at.isoformat(),
     }
 
@@ -91,6 +92,7 @@ def _observation(frame_id: str, pred: dict[str, Any], label: str | None) -> Obse
         confidence=float(pred["confidence"]),
         served_at=datetime.fromisoformat(pred["served_at"]),
         label=label,
+        calibrated=pred.get("calibrated"),
     )
 
 
@@ -101,9 +103,10 @@ class FrameJoin:
         self.ttl = timedelta(seconds=ttl_s)
 
     def on_prediction(
-        self, entry: Entry | None, p: Prediction, now: datetime
+        self, entry: Entry | None, p: Prediction, now: datetime, calibrated: float | None = None
     ) -> tuple[Entry, list[Joined]]:
-        """The frame's new entry and what the prediction completes."""
+        """The frame's new entry and what the prediction completes; ``calibrated`` is its
+        calibrated confidence when its version's temperature is known."""
         e: Entry = dict(entry) if entry else {"t": now.isoformat(), "sent": []}
         stream: Literal["live", "shadow"] = "shadow" if p.shadow else "live"
         held = e.get(stream)
@@ -112,7 +115,7 @@ class FrameJoin:
         if held is not None:
             # Another version on the same stream (a swap mid-frame): keep the first.
             return e, []
-        e[stream] = _prediction_json(p)
+        e[stream] = _prediction_json(p, calibrated)
         out = [
             Joined(
                 "prediction",

@@ -26,7 +26,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.monitoring.drift import DriftPolicy, detect_drift
-from services.monitoring.trigger import RetrainTrigger, TriggerPolicy
+from services.monitoring.estimate import FullBlock, LabelPrior
+from services.monitoring.trigger import Judgement, RetrainTrigger, TriggerPolicy
 from services.monitoring.windows import Closed, Observation, Stream, WindowBook, WindowPolicy
 from shared.events import (
     Alert,
@@ -138,6 +139,8 @@ class Monitor:
         self.trigger = RetrainTrigger(model_name, policy.trigger)
         self.drifting: dict[str, str] = {}
         """Version -> id of the window that opened its current drift episode."""
+        self.prior = LabelPrior()
+        """The true classes' recent frequencies (the estimate's class-mix bound)."""
         self._dirty: set[str] = set()
 
     # --- state --------------------------------------------------------------------------
@@ -156,7 +159,11 @@ class Monitor:
         if kind == "pair":
             return self.pairs[name].model_dump(mode="json")
         if kind == "control":
-            return {"trigger": self.trigger.state(), "drifting": dict(self.drifting)}
+            return {
+                "trigger": self.trigger.state(),
+                "drifting": dict(self.drifting),
+                "prior": dict(sorted(self.prior.counts.items())),
+            }
         raise KeyError(key)
 
     def load(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
@@ -170,6 +177,7 @@ class Monitor:
             elif kind == "control":
                 self.trigger.restore(doc.get("trigger", {}))
                 self.drifting = {str(k): str(v) for k, v in doc.get("drifting", {}).items()}
+                self.prior = LabelPrior(counts=doc.get("prior", {}))
 
     def _book(self, version: str, stream: Stream) -> tuple[str, WindowBook]:
         name = f"{version}:{stream}"
@@ -188,12 +196,32 @@ class Monitor:
     ) -> Outputs:
         _, book = self._book(version, stream)
         book.add_prediction(obs, now, self.policy.window)
-        return Outputs()
+        if stream != "live":
+            return Outputs()
+        full = book.block.add(
+            obs.camera_id,
+            obs.predicted,
+            obs.chance_correct,
+            obs.served_at,
+            self.policy.trigger.estimate_frames,
+        )
+        return self._estimated(version, full, now) if full is not None else Outputs()
 
     def on_label(self, obs: Observation, version: str, stream: Stream, now: datetime) -> Outputs:
         _, book = self._book(version, stream)
-        closed = book.add_label(obs, now, self.policy.window, self.classes)
-        return self._closed(book, closed, now) if closed else Outputs()
+        out = Outputs()
+        if stream == "live" and obs.label is not None:
+            self.prior.add(obs.label, self.policy.window.estimate.prior_half_life)
+            judgement = self.trigger.observe_label(
+                version, obs.served_at, obs.predicted == obs.label
+            )
+            if judgement is not None:
+                out.alerts.append(self._judged(judgement))
+            self._dirty.add("control/")
+        closed = book.add_label(obs, now, self.policy.window, self.classes, self.prior)
+        if closed:
+            out.extend(self._closed(book, closed, now))
+        return out
 
     def on_pair(
         self,
@@ -229,13 +257,69 @@ class Monitor:
         """Close every window that is due by time."""
         out = Outputs()
         for name, book in list(self.books.items()):
-            closed = book.tick(now, self.policy.window, self.classes)
+            closed = book.tick(now, self.policy.window, self.classes, self.prior)
             if closed is not None:
                 self._dirty.add(f"book/{name}")
                 out.extend(self._closed(book, closed, now))
         return out
 
     # --- decisions ----------------------------------------------------------------------
+
+    def _estimated(self, version: str, full: FullBlock, now: datetime) -> Outputs:
+        """A full estimate block of the champion: the request it fires, if any."""
+        ep, threshold = self.policy.window.estimate, self.policy.trigger.threshold
+        estimate = full.total.estimate(self.classes, self.prior, ep)
+        self._dirty.add("control/")
+        if estimate is None:
+            return Outputs()
+        slices = []
+        for cam, acc in sorted(full.cameras.items()):
+            e = acc.estimate(self.classes, self.prior, ep, camera=True)
+            if e is not None and e.value < threshold:
+                slices.append(f"camera={cam}")
+        request = self.trigger.observe_estimate(
+            version, f"{version}:live:{full.block_id}", estimate, full.started_at, slices, now
+        )
+        if request is None:
+            return Outputs()
+        request = request.model_copy(
+            update={"event_id": derived_id("retrain", request.idempotency_key)}
+        )
+        return Outputs(
+            retrains=[request],
+            alerts=[
+                _alert(
+                    "accuracy_drop_estimated",
+                    "critical",
+                    request.idempotency_key,
+                    f"retrain requested: {request.reason}",
+                    version,
+                    {
+                        "idempotency_key": request.idempotency_key,
+                        "estimate": estimate.model_dump(mode="json"),
+                        "slices": slices,
+                    },
+                )
+            ],
+        )
+
+    def _judged(self, j: Judgement) -> Alert:
+        """The alert saying what labels made of a request the estimate fired."""
+        verdict = "confirmed" if j.confirmed else "contradicted (false alarm)"
+        return _alert(
+            "estimate_confirmed" if j.confirmed else "false_alarm",
+            "info" if j.confirmed else "warning",
+            j.key,
+            f"estimated drop of {j.version} {verdict} by labels: accuracy {j.accuracy:.3f} on "
+            f"{j.labelled} labels",
+            j.version,
+            {
+                "idempotency_key": j.key,
+                "accuracy": j.accuracy,
+                "labelled": j.labelled,
+                "false_alarms": self.trigger.false_alarms,
+            },
+        )
 
     def _comparison(self, pair: PairCounts) -> LiveComparison:
         n = pair.labelled

@@ -13,6 +13,16 @@ version and the first bad window of the run. Replaying the same windows after a 
 yields the same key, so a drop never trains twice even if the monitor fires again; within
 one run of bad windows it fires once.
 
+The estimated accuracy (``services.monitoring.estimate``) can fire a request earlier, before
+the labels of the drop arrive: when ``estimate_consecutive`` blocks of ``estimate_frames``
+live predictions in a row have their estimate's whole interval below ``threshold``. Its
+evidence (the estimate) travels in the request. Labels then judge it: once
+``confirm_labels`` labels of predictions served since the firing block began have arrived,
+the request is *confirmed* (their accuracy is below ``threshold``) or a *false alarm*
+(counted, and the drop closed so that a later one can fire). Either rule opens the drop of
+its version; while a drop is open, neither fires again for it (one request per drop), and
+the cooldown holds between requests of any kind.
+
 A drop that outlives its request (the candidate was refused at the gate, or lost the live
 comparison) is asked for again, ``retry_after_s`` after the last request and at most
 ``max_attempts`` times in all; each attempt has its own key (``…:attempt-2``), so the retry
@@ -27,9 +37,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.events import RetrainRequest, WindowMetrics
+from shared.events import AccuracyEstimate, RetrainRequest, WindowMetrics
 
-__all__ = ["RetrainTrigger", "TriggerPolicy"]
+__all__ = ["Judgement", "RetrainTrigger", "TriggerPolicy"]
 
 
 class TriggerPolicy(BaseModel):
@@ -59,6 +69,38 @@ class TriggerPolicy(BaseModel):
     max_attempts: int = Field(default=3, ge=1)
     """Requests per drop in all; after that the drop waits for a person (its alert stands)."""
 
+    estimate: bool = False
+    """Let the estimated accuracy fire a request before labels confirm the drop. Off by
+    default: fired ten seconds into a drop, the request reaches training before the drop's
+    first labels (they come 10-15 s late on the simulator's stream), and a candidate trained
+    on a snapshot without the new world's examples cannot win the live comparison. Turn it
+    on where labels come within seconds of their frames. The estimate itself is computed
+    and published either way."""
+
+    estimate_frames: int = Field(default=200, ge=20)
+    """Live predictions per estimate block (10 s of the simulator's 20 frames/s)."""
+
+    estimate_consecutive: int = Field(default=1, ge=1)
+    """Blocks in a row whose estimate lies wholly below ``threshold`` before a request fires.
+    One block of 200 frames whose 95 % interval is wholly below is already strong evidence;
+    the labels that follow judge it."""
+
+    confirm_labels: int = Field(default=100, ge=1)
+    """Labels (of predictions served since the firing block began) that confirm an estimated
+    drop or call it a false alarm."""
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What labels said of a request the estimate fired."""
+
+    drop: str
+    version: str
+    confirmed: bool
+    accuracy: float
+    labelled: int
+    key: str
+
 
 @dataclass
 class RetrainTrigger:
@@ -70,6 +112,16 @@ class RetrainTrigger:
     _run_version: str | None = None
     _attempts: dict[str, int] = field(default_factory=dict)
     _last_fired: datetime | None = None
+    _drops: dict[str, str] = field(default_factory=dict)
+    """Version -> its open drop (the id its requests' keys name)."""
+    _estimate_run: dict[str, list[str]] = field(default_factory=dict)
+    """Version -> ids of the blocks in its current run of low estimates."""
+    _pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Drop -> the labels counted so far to judge its estimated request."""
+    confirmed: int = 0
+    """Estimated requests that labels confirmed."""
+    false_alarms: int = 0
+    """Estimated requests that labels contradicted."""
 
     def state(self) -> dict[str, Any]:
         """The trigger's state as JSON (kept in the monitor's table across restarts)."""
@@ -78,6 +130,11 @@ class RetrainTrigger:
             "run_version": self._run_version,
             "attempts": dict(sorted(self._attempts.items())),
             "last_fired": self._last_fired.isoformat() if self._last_fired else None,
+            "drops": dict(sorted(self._drops.items())),
+            "estimate_run": {v: list(r) for v, r in sorted(self._estimate_run.items())},
+            "pending": {d: dict(p) for d, p in sorted(self._pending.items())},
+            "confirmed": self.confirmed,
+            "false_alarms": self.false_alarms,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -90,6 +147,93 @@ class RetrainTrigger:
         self._attempts = {str(w): int(n) for w, n in attempts.items()}
         last = state.get("last_fired")
         self._last_fired = datetime.fromisoformat(last) if last else None
+        self._drops = {str(v): str(d) for v, d in state.get("drops", {}).items()}
+        self._estimate_run = {
+            str(v): [str(b) for b in r] for v, r in state.get("estimate_run", {}).items()
+        }
+        self._pending = {str(d): dict(p) for d, p in state.get("pending", {}).items()}
+        self.confirmed = int(state.get("confirmed", 0))
+        self.false_alarms = int(state.get("false_alarms", 0))
+
+    def _key(self, drop: str, attempt: int) -> str:
+        key = f"drop:{self.model_name}:{drop}"
+        return key if attempt == 1 else f"{key}:attempt-{attempt}"
+
+    def _cooling(self, now: datetime, attempt: int) -> bool:
+        p = self.policy
+        since = (now - self._last_fired).total_seconds() if self._last_fired else None
+        return since is not None and since < (p.cooldown_s if attempt == 1 else p.retry_after_s)
+
+    def observe_estimate(
+        self,
+        version: str,
+        block_id: str,
+        estimate: AccuracyEstimate,
+        started_at: datetime,
+        slices: list[str],
+        now: datetime,
+    ) -> RetrainRequest | None:
+        """The request this block's estimated accuracy fires, if any (module docstring)."""
+        p = self.policy
+        if not p.estimate:
+            return None
+        if estimate.high >= p.threshold:
+            self._estimate_run.pop(version, None)
+            return None
+        run = self._estimate_run.setdefault(version, [])
+        run.append(block_id)
+        if len(run) < p.estimate_consecutive or version in self._drops:
+            return None
+        if self._cooling(now, 1):
+            return None
+        drop = run[0]
+        self._drops[version] = drop
+        self._attempts[drop] = 1
+        self._last_fired = now
+        self._pending[drop] = {
+            "version": version,
+            "since": started_at.isoformat(),
+            "correct": 0,
+            "labelled": 0,
+        }
+        return RetrainRequest(
+            source="monitoring",
+            model_name=self.model_name,
+            idempotency_key=self._key(drop, 1),
+            reason=(
+                f"estimated accuracy of {version} below {p.threshold:.2f} before labels: "
+                f"{estimate.value:.3f} ({estimate.low:.3f}-{estimate.high:.3f}) on "
+                f"{estimate.frames} frames, by {estimate.method}"
+            ),
+            trigger="monitor",
+            evidence=estimate,
+            slices=slices,
+        )
+
+    def observe_label(self, version: str, served_at: datetime, correct: bool) -> Judgement | None:
+        """Count one live label towards judging the estimated requests of ``version``; the
+        judgement it completes, if any."""
+        for drop, pending in list(self._pending.items()):
+            if pending["version"] != version:
+                continue
+            if served_at < datetime.fromisoformat(pending["since"]):
+                continue
+            pending["labelled"] += 1
+            pending["correct"] += int(correct)
+            n = pending["labelled"]
+            if n < self.policy.confirm_labels:
+                continue
+            del self._pending[drop]
+            accuracy = pending["correct"] / n
+            confirmed = accuracy < self.policy.threshold
+            if confirmed:
+                self.confirmed += 1
+            else:
+                self.false_alarms += 1
+                if self._drops.get(version) == drop:
+                    del self._drops[version]
+            return Judgement(drop, version, confirmed, accuracy, n, self._key(drop, 1))
+        return None
 
     def observe(self, window: WindowMetrics, now: datetime) -> RetrainRequest | None:
         """The request this window fires, if any."""
@@ -100,26 +244,29 @@ class RetrainTrigger:
             return None
         if window.model_version != self._run_version:
             self._run, self._run_version = [], window.model_version
+        version = window.model_version
         if window.accuracy >= p.threshold:
             self._run = []
+            drop = self._drops.get(version)
+            if drop is not None and drop not in self._pending:
+                del self._drops[version]  # the drop is over
             return None
         self._run.append(window.window_id)
         if len(self._run) < p.consecutive:
             return None
-        drop = self._run[0]
+        drop = self._drops.get(version, self._run[0])
         attempt = self._attempts.get(drop, 0) + 1
         if attempt > p.max_attempts:
             return None
-        since = (now - self._last_fired).total_seconds() if self._last_fired else None
-        if since is not None and since < (p.cooldown_s if attempt == 1 else p.retry_after_s):
+        if self._cooling(now, attempt):
             return None
+        self._drops[version] = drop
         self._attempts[drop] = attempt
         self._last_fired = now
-        key = f"drop:{self.model_name}:{drop}"
         return RetrainRequest(
             source="monitoring",
             model_name=self.model_name,
-            idempotency_key=key if attempt == 1 else f"{key}:attempt-{attempt}",
+            idempotency_key=self._key(drop, attempt),
             reason=(
                 f"live accuracy of {window.model_version} below {p.threshold:.2f} for "
                 f"{len(self._run)} windows (last {window.accuracy:.3f} on "

@@ -33,6 +33,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.monitoring.drift import psi
+from services.monitoring.estimate import (
+    EstimateAccumulator,
+    EstimateBlock,
+    EstimatePolicy,
+    LabelPrior,
+)
 from shared.events import ClassMetrics, WindowMetrics
 
 __all__ = [
@@ -66,6 +72,9 @@ class WindowPolicy(BaseModel):
     uncertain_per_camera: int = Field(default=20, ge=0)
     """Least confident frames remembered per camera (candidates for label requests)."""
 
+    estimate: EstimatePolicy = EstimatePolicy()
+    """How a window's accuracy is estimated from its predictions before labels arrive."""
+
 
 @dataclass(frozen=True)
 class Observation:
@@ -78,6 +87,13 @@ class Observation:
     confidence: float
     served_at: datetime
     label: str | None = None
+    calibrated: float | None = None
+    """The calibrated confidence (the version's temperature applied); None when unknown,
+    and the raw confidence stands in."""
+
+    @property
+    def chance_correct(self) -> float:
+        return self.confidence if self.calibrated is None else self.calibrated
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,6 +104,7 @@ class Observation:
             "confidence": self.confidence,
             "served_at": self.served_at.isoformat(),
             "label": self.label,
+            "calibrated": self.calibrated,
         }
 
     @classmethod
@@ -100,6 +117,7 @@ class Observation:
             confidence=float(data["confidence"]),
             served_at=datetime.fromisoformat(data["served_at"]),
             label=data.get("label"),
+            calibrated=data.get("calibrated"),
         )
 
 
@@ -119,6 +137,9 @@ class WindowAccumulator(BaseModel):
     """Camera -> [predictions, confidence sum]."""
     uncertain: dict[str, list[tuple[float, str]]] = Field(default_factory=dict)
     """Camera -> the least confident (confidence, frame_id) seen, at most a few."""
+    estimate: EstimateAccumulator = Field(default_factory=EstimateAccumulator)
+    """Every prediction's calibrated confidence and class: the label-free accuracy estimate."""
+    camera_estimates: dict[str, EstimateAccumulator] = Field(default_factory=dict)
     first_at: datetime | None = None
     """Serving time of the earliest prediction or label counted."""
     last_at: datetime | None = None
@@ -139,6 +160,10 @@ class WindowAccumulator(BaseModel):
         cam = self.cameras.setdefault(obs.camera_id, [0.0, 0.0])
         cam[0] += 1
         cam[1] += obs.confidence
+        self.estimate.add(obs.predicted, obs.chance_correct)
+        self.camera_estimates.setdefault(obs.camera_id, EstimateAccumulator()).add(
+            obs.predicted, obs.chance_correct
+        )
         if keep_uncertain:
             # A max-heap on confidence (negated) of the ``keep_uncertain`` least confident.
             heap = [(-c, f) for c, f in self.uncertain.get(obs.camera_id, [])]
@@ -186,8 +211,11 @@ class WindowAccumulator(BaseModel):
         kind: Literal["count", "time"],
         shadow: bool,
         reference: Reference | None,
+        estimate_policy: EstimatePolicy | None = None,
+        prior: LabelPrior | None = None,
     ) -> WindowMetrics:
-        """The window's ``WindowMetrics``; PSI against ``reference``'s class mix when given."""
+        """The window's ``WindowMetrics``; PSI against ``reference``'s class mix when given;
+        the estimated accuracy with ``estimate_policy`` and the label ``prior``."""
         per_class: dict[str, ClassMetrics] = {}
         f1s = []
         for c in classes:
@@ -204,6 +232,9 @@ class WindowAccumulator(BaseModel):
         mix = self.class_mix(classes)
         at = self.first_at or self.opened_at
         assert at is not None, "an empty window has no metrics"
+        accuracy = correct / self.labelled if self.labelled else None
+        ep = estimate_policy or EstimatePolicy()
+        estimate = self.estimate.estimate(classes, prior, ep)
         return WindowMetrics(
             source="monitoring",
             model_name=model_name,
@@ -216,7 +247,7 @@ class WindowAccumulator(BaseModel):
             sample_count=self.samples,
             labelled_count=self.labelled,
             label_coverage=min(1.0, self.labelled / self.samples) if self.samples else 0.0,
-            accuracy=correct / self.labelled if self.labelled else None,
+            accuracy=accuracy,
             macro_f1=sum(f1s) / len(f1s) if f1s else None,
             per_class=per_class,
             per_slice_accuracy={k: c / n for k, (c, n) in sorted(self.slices.items()) if n},
@@ -224,6 +255,15 @@ class WindowAccumulator(BaseModel):
             class_mix=mix,
             psi=psi(reference.mix, mix)
             if reference is not None and reference.mix and mix
+            else None,
+            estimate=estimate,
+            per_camera_estimate={
+                cam: e
+                for cam, acc in sorted(self.camera_estimates.items())
+                if (e := acc.estimate(classes, prior, ep, camera=True)) is not None
+            },
+            estimate_error=estimate.value - accuracy
+            if estimate is not None and accuracy is not None
             else None,
         )
 
@@ -257,6 +297,8 @@ class WindowBook(BaseModel):
     closed: int = 0
     open: WindowAccumulator = Field(default_factory=WindowAccumulator)
     reference: Reference | None = None
+    block: EstimateBlock = Field(default_factory=EstimateBlock)
+    """The estimate block being filled (live stream only)."""
 
     @property
     def shadow(self) -> bool:
@@ -266,24 +308,41 @@ class WindowBook(BaseModel):
         self.open.add_prediction(obs, now, policy.uncertain_per_camera)
 
     def add_label(
-        self, obs: Observation, now: datetime, policy: WindowPolicy, classes: Sequence[str]
+        self,
+        obs: Observation,
+        now: datetime,
+        policy: WindowPolicy,
+        classes: Sequence[str],
+        prior: LabelPrior | None = None,
     ) -> Closed | None:
         """Count one labelled prediction; the window it closed, if any."""
         self.open.add_label(obs, now)
         if self.open.labelled >= policy.labelled_per_window:
-            return self._close("count", classes)
+            return self._close("count", classes, policy, prior)
         return None
 
-    def tick(self, now: datetime, policy: WindowPolicy, classes: Sequence[str]) -> Closed | None:
+    def tick(
+        self,
+        now: datetime,
+        policy: WindowPolicy,
+        classes: Sequence[str],
+        prior: LabelPrior | None = None,
+    ) -> Closed | None:
         """Close the window by time when it is old enough and labelled enough."""
         acc = self.open
         if acc.opened_at is None or acc.labelled < policy.min_labelled_time_window:
             return None
         if (now - acc.opened_at).total_seconds() < policy.max_window_s:
             return None
-        return self._close("time", classes)
+        return self._close("time", classes, policy, prior)
 
-    def _close(self, kind: Literal["count", "time"], classes: Sequence[str]) -> Closed:
+    def _close(
+        self,
+        kind: Literal["count", "time"],
+        classes: Sequence[str],
+        policy: WindowPolicy,
+        prior: LabelPrior | None,
+    ) -> Closed:
         self.closed += 1
         acc = self.open
         metrics = acc.metrics(
@@ -294,6 +353,8 @@ class WindowBook(BaseModel):
             kind=kind,
             shadow=self.shadow,
             reference=self.reference,
+            estimate_policy=policy.estimate,
+            prior=prior,
         )
         if self.reference is None:
             self.reference = Reference(

@@ -16,6 +16,7 @@ from services.monitoring.board import DashboardState
 from services.monitoring.dashboard import DashboardServer, serve_dashboard
 from services.monitoring.feed import fold_record
 from shared.events import (
+    AccuracyEstimate,
     Alert,
     DatasetSnapshot,
     LiveComparison,
@@ -181,9 +182,27 @@ def test_windows_become_series_per_version_and_stream() -> None:
         "samples": 400,
         "mean_confidence": 0.7,
         "psi": 0.01,
+        "estimated": None,
+        "estimated_low": None,
+        "estimated_high": None,
+        "estimate_method": None,
+        "estimate_error": None,
     }
     assert [p["accuracy"] for p in series["v2", "shadow"]] == [0.95, None]
     assert snap["threshold"] == 0.8
+
+
+def test_a_window_point_carries_its_estimate_beside_the_realised_accuracy() -> None:
+    state = DashboardState()
+    estimate = AccuracyEstimate(value=0.3, low=0.25, high=0.35, frames=600, method="class-mix")
+    state.apply(
+        window("v1", 0, 0.2).model_copy(update={"estimate": estimate, "estimate_error": 0.1}),
+        "metrics",
+    )
+    (point,) = state.snapshot(0.8, None)["series"][0]["points"]
+    assert (point["accuracy"], point["estimated"]) == (0.2, 0.3)
+    assert (point["estimated_low"], point["estimated_high"]) == (0.25, 0.35)
+    assert (point["estimate_method"], point["estimate_error"]) == ("class-mix", 0.1)
 
 
 def test_windows_are_bounded_and_redeliveries_do_not_count() -> None:

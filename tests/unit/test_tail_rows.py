@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from rich.console import Console
 
 from shared.events import (
+    AccuracyEstimate,
     Alert,
     LiveComparison,
     Prediction,
@@ -22,6 +23,7 @@ from streamloop.tail import (
     EventSieve,
     alert_row,
     comparison_text,
+    estimate_text,
     event_table,
     metrics_row,
     retrain_row,
@@ -85,6 +87,8 @@ def test_window_row() -> None:
         "labelled/samples": "150/1,200",
         "coverage": "12.5%",
         "accuracy": "0.873",
+        "estimated": "-",
+        "est. error": "-",
         "macro-F1": "0.861",
         "confidence": "0.912",
         "PSI": "0.031",
@@ -111,6 +115,21 @@ def test_shadow_time_window_without_labels_or_reference() -> None:
     )
     assert (row["stream"], row["kind"], row["coverage"]) == ("shadow", "time", "0.0%")
     assert row["accuracy"] == row["macro-F1"] == row["PSI"] == "-"
+
+
+def test_a_window_shows_its_estimate_interval_and_error() -> None:
+    estimate = AccuracyEstimate(value=0.25, low=0.19, high=0.31, frames=600, method="class-mix")
+    row = dict(
+        zip(
+            METRICS_COLUMNS,
+            metrics_row(window(estimate=estimate, estimate_error=0.25 - 0.873)),
+            strict=True,
+        )
+    )
+    assert row["estimated"] == "0.250* (0.190-0.310)"
+    assert row["est. error"] == "-0.623"
+    plain = estimate.model_copy(update={"method": "confidence"})
+    assert estimate_text(plain) == "0.250 (0.190-0.310)"
 
 
 def test_times_are_shown_in_utc() -> None:
