@@ -37,6 +37,7 @@ LOGIC: dict[str, tuple[str, ...]] = {
     "services.simulator": ("fleet", "render", "runner", "scenario", "sink"),
     "services.training": ("bootstrap", "dataset", "handler", "service", "trainer"),
     "shared": (
+        "calibration",
         "commands",
         "datasets",
         "events",

@@ -11,13 +11,15 @@ enough, because ``softmax(log p / T)`` equals ``softmax(z / T)`` for logits ``z`
 ``p = softmax(z)`` (the log-sum-exp constant cancels).
 
 The monitor uses the calibrated top probability of each prediction as the chance it is correct
-(confidence-based performance estimation; ``services.monitoring.estimate``).
+(confidence-based performance estimation; ``services.monitoring.estimate``), reading the
+version's temperature from its evaluation with ``temperature_of``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +32,7 @@ __all__ = [
     "calibrated_confidence",
     "calibrated_probabilities",
     "fit_temperature",
+    "temperature_of",
 ]
 
 MIN_TEMPERATURE = 0.05
@@ -74,7 +77,10 @@ def calibrated_probabilities(
 
 
 def calibrated_confidence(probabilities: Iterable[float], temperature: float) -> float:
-    """The calibrated top probability of one prediction's class probabilities."""
+    """The calibrated top probability of one prediction's class probabilities. Raises
+    ValueError for no probabilities or a temperature that is not positive."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
     logs = [math.log(min(max(p, _EPS), 1.0)) / temperature for p in probabilities]
     if not logs:
         raise ValueError("no probabilities")
@@ -119,3 +125,22 @@ def fit_temperature(
             d = a + ratio * (b - a)
             fd = _nll(log_p, y, math.exp(d))
     return float(math.exp((a + b) / 2.0))
+
+
+def temperature_of(metrics: Mapping[str, Any] | None) -> float | None:
+    """The temperature stored in an evaluation's metrics (``metrics["calibration"]
+    ["temperature"]``, e.g. ``VersionView.evaluation.metrics``); None when there is no
+    evaluation, no calibration (an older evaluation, or both holdouts empty), or the stored
+    value is not a finite positive number. Never raises."""
+    if not isinstance(metrics, Mapping):
+        return None
+    calibration = metrics.get("calibration")
+    if not isinstance(calibration, Mapping):
+        return None
+    t = calibration.get("temperature")
+    # bool is an int to Python, but True is no temperature.
+    if isinstance(t, bool) or not isinstance(t, int | float):
+        return None
+    if not math.isfinite(t) or t <= 0:
+        return None
+    return float(t)

@@ -13,16 +13,18 @@ from __future__ import annotations
 import argparse
 import getpass
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.tree import Tree
 
 from shared.bus import EventProducer
+from shared.calibration import Calibration
 from shared.commands import (
     import_request,
     lifecycle_command,
@@ -313,12 +315,30 @@ def _show_version(view: RegistryView, v: VersionView) -> None:
                 _pct((champ_slices.get(key) or {}).get("accuracy")),
             )
         console.print(slices)
+    calibration = _calibration_line(ev.metrics)
+    if calibration is not None:
+        console.print(calibration)
     lat = ev.metrics.get("latency")
     if lat:
         console.print(
             f"CPU latency: {lat['median_ms']:.1f} ms per batch of {lat['batch_size']} "
             f"({lat['per_item_ms']:.3f} ms per image)"
         )
+
+
+def _calibration_line(metrics: Mapping[str, Any]) -> str | None:
+    """What ``models show`` says of a version's calibration (``metrics["calibration"]``,
+    ``shared.calibration``): its temperature and the ECE and NLL before and after, on the
+    holdout it was fitted on. None when the evaluation has none or it does not parse."""
+    try:
+        c = Calibration.model_validate(metrics.get("calibration"))
+    except ValidationError:
+        return None
+    return (
+        f"calibration: temperature {c.temperature:.3f}, fitted on the {c.fitted_on} holdout "
+        f"({c.n} examples): ECE {c.ece_before:.3f} -> {c.ece_after:.3f}, "
+        f"NLL {c.nll_before:.3f} -> {c.nll_after:.3f}"
+    )
 
 
 def _command(

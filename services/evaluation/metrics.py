@@ -3,7 +3,9 @@
 ``classification_report`` turns the labels of a holdout and a model's predicted
 probabilities into a ``Report``: accuracy, per-class precision/recall/F1, macro-F1, accuracy
 per slice (camera, condition, ...), expected calibration error, the confusion matrix and the
-mean confidence. ``latency_per_batch`` times a model call on one batch.
+mean confidence. ``calibrate`` fits a version's temperature (``shared.calibration``) on one
+holdout and says what it did to the likelihood and the ECE. ``latency_per_batch`` times a
+model call on one batch.
 
 Conventions, chosen so that a report never contains NaN and always has the same keys:
 
@@ -21,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from shared.calibration import Calibration, calibrated_probabilities, fit_temperature
 from shared.events import ClassMetrics
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "LatencyStats",
     "Report",
     "SliceMetrics",
+    "calibrate",
     "classification_report",
     "expected_calibration_error",
     "latency_per_batch",
@@ -184,6 +188,36 @@ def expected_calibration_error(
     return float(np.abs(hit_sum - conf_sum).sum() / n)
 
 
+def calibrate(
+    probabilities: np.ndarray, labels: np.ndarray, fitted_on: str, n_bins: int = 15
+) -> Calibration:
+    """Fit a model's temperature on one holdout (named ``fitted_on``) from its predicted
+    ``probabilities`` (``(N, K)``) and the true ``labels`` (class indices, ``(N,)``), and
+    measure the mean negative log-likelihood and the ECE before and after. The ECE uses
+    ``n_bins`` bins and the rows as given, as ``classification_report`` does, so
+    ``ece_before`` is that report's ``ece``.
+
+    Raises:
+        ValueError: ``N == 0`` (callers skip empty holdouts), or what ``fit_temperature``
+            refuses (a shape mismatch, labels out of range).
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if len(y) == 0:
+        raise ValueError("cannot calibrate on an empty holdout (N == 0)")
+    temperature = fit_temperature(p, y)
+    after = calibrated_probabilities(p, temperature)
+    return Calibration(
+        temperature=temperature,
+        fitted_on=fitted_on,
+        n=len(y),
+        nll_before=_mean_nll(p, y),
+        nll_after=_mean_nll(after, y),
+        ece_before=_ece_of(p, y, n_bins),
+        ece_after=_ece_of(after, y, n_bins),
+    )
+
+
 def latency_per_batch(
     fn: Callable[[np.ndarray], object],
     batch: np.ndarray,
@@ -262,6 +296,16 @@ def _validated(
             f"probabilities must lie in [0, 1], got values in [{p.min():.6g}, {p.max():.6g}]"
         )
     return y.astype(np.int64, copy=False), p
+
+
+def _mean_nll(p: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0)).mean())
+
+
+def _ece_of(p: np.ndarray, y: np.ndarray, n_bins: int) -> float:
+    predicted = np.argmax(p, axis=1)
+    confidence = np.clip(p[np.arange(len(y)), predicted], 0.0, 1.0)
+    return expected_calibration_error(confidence, predicted == y, n_bins)
 
 
 def _ratio(numerator: int, denominator: int) -> float:

@@ -8,6 +8,10 @@ split is a hash of the frame id, see ``shared.datasets.split_of``):
 - ``reference``: the reference split across the whole history, class-balanced and capped:
   a fixed yardstick that catches a candidate forgetting older conditions.
 
+The candidate's temperature (``shared.calibration``) is fitted on its reference-holdout
+probabilities (the fresh holdout when the reference one is empty) and kept in
+``metrics["calibration"]``; the gate does not look at it.
+
 The verdict event's id derives from the ``models.trained`` event it answers, so a redelivered
 candidate yields the same event and the registry records it once.
 """
@@ -16,16 +20,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from torch import nn
 
 from services.evaluation.gate import Check, GateResult, gate
-from services.evaluation.metrics import Report, classification_report, latency_per_batch
+from services.evaluation.metrics import (
+    Report,
+    calibrate,
+    classification_report,
+    latency_per_batch,
+)
 from services.evaluation.settings import EvaluationSettings
 from shared.artifacts import ArtifactError, ArtifactStore
+from shared.calibration import Calibration
 from shared.datasets import ExampleRecord, ExampleTable, split_of
 from shared.events import ModelEvaluated, ModelTrained, derived_id
 from shared.model import load_model, predict_proba
@@ -38,6 +48,9 @@ __all__ = ["Evaluator", "reference_holdout"]
 log = logging.getLogger("streamloop.evaluation")
 
 HOLDOUTS = ("fresh", "reference")
+CALIBRATION_HOLDOUTS = ("reference", "fresh")
+"""Where the candidate's temperature is fitted, in order of preference: the reference holdout
+is class-balanced and spans the whole history; the fresh one holds the newest window only."""
 
 
 def reference_holdout(
@@ -62,6 +75,19 @@ def reference_holdout(
                 chosen.append(by_class[label][depth])
         depth += 1
     return chosen
+
+
+def _candidate_calibration(
+    scored: Mapping[str, tuple[np.ndarray, np.ndarray]],
+) -> Calibration | None:
+    """The candidate's calibration, fitted on the first holdout of ``CALIBRATION_HOLDOUTS``
+    in ``scored`` (holdout name -> the candidate's probabilities and the labels, for the
+    holdouts that had examples); None when neither was scored."""
+    for name in CALIBRATION_HOLDOUTS:
+        if name in scored:
+            probabilities, labels = scored[name]
+            return calibrate(probabilities, labels, name)
+    return None
 
 
 class Evaluator:
@@ -136,6 +162,8 @@ class Evaluator:
         holdouts = self._holdouts(table, trained, manifest)
         cand_reports: dict[str, Report | None] = {}
         champ_reports: dict[str, Report | None] = {}
+        # The candidate's probabilities and labels per scored holdout, for its calibration.
+        scored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         metrics: dict[str, Any] = {"classes": list(self.classes), "holdouts": {}}
         for name in HOLDOUTS:
             records = holdouts[name]
@@ -147,9 +175,9 @@ class Evaluator:
                     "camera": [r.camera_id for r in records],
                     "condition": [r.condition for r in records],
                 }
-                rep = classification_report(
-                    labels, predict_proba(candidate, pixels), self.classes, slices
-                )
+                probabilities = predict_proba(candidate, pixels)
+                scored[name] = (probabilities, labels)
+                rep = classification_report(labels, probabilities, self.classes, slices)
                 cand_reports[name] = rep
                 entry["candidate"] = rep.model_dump(mode="json")
                 if champion is not None:
@@ -162,6 +190,9 @@ class Evaluator:
                 cand_reports[name] = None
                 champ_reports[name] = None
             metrics["holdouts"][name] = entry
+        calibration = _candidate_calibration(scored)
+        if calibration is not None:
+            metrics["calibration"] = calibration.model_dump()
         sample = holdouts["reference"] or holdouts["fresh"]
         if sample:
             batch = table.select(sample[: s.latency_batch])

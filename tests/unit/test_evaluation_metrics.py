@@ -9,6 +9,7 @@ import pytest
 
 from services.evaluation.metrics import (
     Report,
+    calibrate,
     classification_report,
     expected_calibration_error,
     latency_per_batch,
@@ -133,6 +134,30 @@ def test_ece_bins_are_closed_on_the_right() -> None:
     # 0.5 falls in (0.0, 0.5], 0.6 in (0.5, 1.0]: separate bins, gaps 0.5 and 0.4.
     conf, correct = np.array([0.5, 0.6]), np.array([False, True])
     assert expected_calibration_error(conf, correct, n_bins=2) == pytest.approx(0.45)
+
+
+def over_confident(n: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and rows that say 95 % for a top class that is right for 3 rows in 5."""
+    predicted = np.arange(n) % 4
+    labels = np.where(np.arange(n) % 5 < 3, predicted, (predicted + 1) % 4)
+    return labels, probs_for(predicted.tolist(), 4, confidence=0.95)
+
+
+def test_calibrate_softens_an_over_confident_model_and_says_what_it_did() -> None:
+    labels, p = over_confident()
+    cal = calibrate(p, labels, "reference")
+    assert cal.fitted_on == "reference"
+    assert cal.n == 1000
+    assert cal.temperature > 1.0
+    assert cal.ece_before == pytest.approx(classification_report(labels, p, CLASSES).ece)
+    assert cal.ece_before == pytest.approx(0.35)
+    assert cal.ece_after < 0.05
+    assert cal.nll_after < cal.nll_before
+
+
+def test_calibrate_refuses_an_empty_holdout() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        calibrate(np.zeros((0, 4)), np.zeros(0, dtype=np.int64), "fresh")
 
 
 # --- slices -------------------------------------------------------------------------------
