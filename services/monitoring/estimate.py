@@ -42,8 +42,8 @@ from shared.events import AccuracyEstimate
 __all__ = [
     "EstimateAccumulator",
     "EstimateBlock",
-    "FullBlock",
     "EstimatePolicy",
+    "FullBlock",
     "LabelPrior",
     "chi_square_critical",
     "normal_quantile",
@@ -94,8 +94,10 @@ def normal_quantile(p: float) -> float:
     else:
         q = p - 0.5
         r = q * q
-        x = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / (
-            ((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1
+        x = (
+            (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5])
+            * q
+            / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
         )
     e = 0.5 * math.erfc(-x / math.sqrt(2)) - p
     return x - e * math.sqrt(2 * math.pi) * math.exp(x * x / 2)
@@ -183,13 +185,13 @@ class EstimateAccumulator(BaseModel):
         value = self.p_sum / n
         se = math.sqrt(self.var_sum) / n
         method: Literal["confidence", "class-mix"] = "confidence"
-        if prior is not None and prior.weight > 0 and self.mix_differs(
-            prior.counts, classes, policy.mix_alpha
+        if (
+            prior is not None
+            and prior.weight > 0
+            and self.mix_differs(prior.counts, classes, policy.mix_alpha)
         ):
             m = prior.weight
-            bound = sum(
-                min(self.mix.get(c, 0) / n, prior.counts.get(c, 0.0) / m) for c in classes
-            )
+            bound = sum(min(self.mix.get(c, 0) / n, prior.counts.get(c, 0.0) / m) for c in classes)
             if bound < value:
                 value, method = bound, "class-mix"
                 se = math.sqrt(max(bound * (1 - bound), 1.0 / n) / n)
