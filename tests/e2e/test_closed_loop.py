@@ -152,6 +152,19 @@ def test_day_to_night_one_retrain_a_promotion_and_recovery(
     ]
     assert quiet == [], [a.message for a in quiet]
 
+    # Estimated accuracy before labels: every live window has one; the night's windows of
+    # the day champion are seen to be bad without their labels.
+    live = [w for w in windows if not w.shadow]
+    for w in live:
+        conditions = sorted(k for k in w.per_slice_accuracy if k.startswith("condition="))
+        print(
+            "window", w.window_id, ",".join(conditions), w.accuracy,
+            w.estimate.model_dump() if w.estimate else None,
+        )  # fmt: skip
+    assert all(w.estimate is not None for w in live)
+    bad = [w for w in live if w.accuracy is not None and w.accuracy < THRESHOLD]
+    assert any(w.estimate is not None and w.estimate.high < THRESHOLD for w in bad)
+
     # The drift: accuracy falls below the threshold, exactly one retrain request for it.
     assert summary["lowest"] < THRESHOLD
     monitor_requests = [r for r in requests if r.trigger == "monitor"]
