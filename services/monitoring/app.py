@@ -319,6 +319,9 @@ class MonitorApp:
             return m.on_prediction(j.observation, j.version, j.stream, now)
         if j.kind == "label":
             return m.on_label(j.observation, j.version, j.stream, now)
+        if j.kind == "disagreement":
+            assert j.challenger is not None and j.challenger_predicted is not None
+            return m.on_disagreement(j.observation, j.version, j.challenger, j.challenger_predicted)
         assert j.challenger is not None and j.challenger_correct is not None
         o = j.observation
         return m.on_pair(

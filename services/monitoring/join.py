@@ -7,7 +7,9 @@ observations it has already passed on. Each arrival passes on what it completes:
 - a prediction: ``prediction`` at once (label-free signals need no label);
 - a prediction whose label is known, or a label whose predictions are known: ``label``, once
   per stream;
-- champion, challenger and label all known: ``pair``, once (the live comparison).
+- champion, challenger and label all known: ``pair``, once (the live comparison);
+- champion and challenger known, no label yet, and they predicted different classes:
+  ``disagreement``, once (a frame worth asking a label for).
 
 A redelivered prediction or label changes nothing, so at-least-once delivery counts each
 frame once. The first label of a frame wins; later ones are ignored (the labelling service
@@ -36,7 +38,7 @@ Entry = dict[str, Any]
 class Joined:
     """One observation the join passes on to the windows."""
 
-    kind: Literal["prediction", "label", "pair"]
+    kind: Literal["prediction", "label", "pair", "disagreement"]
     model_name: str
     observation: Observation
     """For ``pair``, the champion's observation (with the label)."""
@@ -45,6 +47,8 @@ class Joined:
     stream: Literal["live", "shadow"] = "live"
     challenger: str | None = None
     challenger_correct: bool | None = None
+    challenger_predicted: str | None = None
+    """For ``disagreement``, the challenger's class."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -55,6 +59,7 @@ class Joined:
             "stream": self.stream,
             "challenger": self.challenger,
             "challenger_correct": self.challenger_correct,
+            "challenger_predicted": self.challenger_predicted,
         }
 
     @classmethod
@@ -67,6 +72,7 @@ class Joined:
             stream=data.get("stream", "live"),
             challenger=data.get("challenger"),
             challenger_correct=data.get("challenger_correct"),
+            challenger_predicted=data.get("challenger_predicted"),
         )
 
 
@@ -126,7 +132,29 @@ class FrameJoin:
             )
         ]
         out += self._complete(p.frame_id, e)
+        out += self._disagreement(p.frame_id, e)
         return e, out
+
+    @staticmethod
+    def _disagreement(frame_id: str, e: Entry) -> list[Joined]:
+        live, shadow = e.get("live"), e.get("shadow")
+        if live is None or shadow is None or e.get("label") is not None:
+            return []
+        sent: list[str] = list(e.get("sent", []))
+        if "disagreement" in sent or live["predicted"] == shadow["predicted"]:
+            return []
+        e["sent"] = [*sent, "disagreement"]
+        return [
+            Joined(
+                "disagreement",
+                str(live["model_name"]),
+                _observation(frame_id, live, None),
+                str(live["version"]),
+                "live",
+                challenger=str(shadow["version"]),
+                challenger_predicted=str(shadow["predicted"]),
+            )
+        ]
 
     def on_label(
         self, entry: Entry | None, label: Label, now: datetime

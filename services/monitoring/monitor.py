@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.monitoring.drift import DriftPolicy, detect_drift
 from services.monitoring.estimate import FullBlock, LabelPrior
+from services.monitoring.selection import LabelSelector, Pick, SelectionPolicy
 from services.monitoring.trigger import Judgement, RetrainTrigger, TriggerPolicy
 from services.monitoring.windows import Closed, Observation, Stream, WindowBook, WindowPolicy
 from shared.events import (
@@ -51,6 +52,7 @@ class MonitorPolicy(BaseModel):
     window: WindowPolicy = WindowPolicy()
     trigger: TriggerPolicy = TriggerPolicy()
     drift: DriftPolicy = DriftPolicy()
+    requests: SelectionPolicy = SelectionPolicy()
     compare_every: int = Field(default=50, ge=1)
     """Publish the champion/challenger comparison each time this many more shared labelled
     frames have been counted."""
@@ -141,6 +143,8 @@ class Monitor:
         """Version -> id of the window that opened its current drift episode."""
         self.prior = LabelPrior()
         """The true classes' recent frequencies (the estimate's class-mix bound)."""
+        self.selector = LabelSelector()
+        """Each camera's label-request candidates of its current minute."""
         self._dirty: set[str] = set()
 
     # --- state --------------------------------------------------------------------------
@@ -158,6 +162,8 @@ class Monitor:
             return self.books[name].model_dump(mode="json")
         if kind == "pair":
             return self.pairs[name].model_dump(mode="json")
+        if kind == "selection":
+            return self.selector.model_dump(mode="json")
         if kind == "control":
             return {
                 "trigger": self.trigger.state(),
@@ -174,6 +180,8 @@ class Monitor:
                 self.books[name] = WindowBook.model_validate(doc)
             elif kind == "pair":
                 self.pairs[name] = PairCounts.model_validate(doc)
+            elif kind == "selection":
+                self.selector = LabelSelector.model_validate(doc)
             elif kind == "control":
                 self.trigger.restore(doc.get("trigger", {}))
                 self.drifting = {str(k): str(v) for k, v in doc.get("drifting", {}).items()}
@@ -198,6 +206,15 @@ class Monitor:
         book.add_prediction(obs, now, self.policy.window)
         if stream != "live":
             return Outputs()
+        out = self._asked(
+            self.selector.on_prediction(
+                obs.frame_id,
+                obs.camera_id,
+                obs.chance_correct,
+                obs.served_at,
+                self.policy.requests,
+            )
+        )
         full = book.block.add(
             obs.camera_id,
             obs.predicted,
@@ -205,7 +222,41 @@ class Monitor:
             obs.served_at,
             self.policy.trigger.estimate_frames,
         )
-        return self._estimated(version, full, now) if full is not None else Outputs()
+        if full is not None:
+            out.extend(self._estimated(version, full, now))
+        return out
+
+    def on_disagreement(
+        self, obs: Observation, champion: str, challenger: str, challenger_predicted: str
+    ) -> Outputs:
+        """Champion and challenger predicted different classes for a frame not yet labelled."""
+        return self._asked(
+            self.selector.on_disagreement(
+                obs.frame_id,
+                obs.camera_id,
+                obs.served_at,
+                f"disagreement: champion {champion} says {obs.predicted}, challenger "
+                f"{challenger} says {challenger_predicted}",
+                self.policy.requests,
+            )
+        )
+
+    def _asked(self, picks: list[Pick]) -> Outputs:
+        if self.policy.requests.per_camera_minute:
+            self._dirty.add("selection/")
+        return Outputs(
+            label_requests=[
+                LabelRequest(
+                    event_id=derived_id("label-request", p.frame_id),
+                    source=SOURCE,
+                    frame_id=p.frame_id,
+                    camera_id=p.camera_id,
+                    reason=p.reason,
+                    confidence=p.confidence,
+                )
+                for p in picks
+            ]
+        )
 
     def on_label(self, obs: Observation, version: str, stream: Stream, now: datetime) -> Outputs:
         _, book = self._book(version, stream)

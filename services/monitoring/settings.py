@@ -7,6 +7,7 @@ from pydantic import Field
 
 from services.monitoring.drift import DriftPolicy
 from services.monitoring.monitor import MonitorPolicy
+from services.monitoring.selection import SelectionPolicy
 from services.monitoring.trigger import TriggerPolicy
 from services.monitoring.windows import WindowPolicy
 from shared.auth import ApiAuthSettings
@@ -40,6 +41,9 @@ class MonitoringSettings(ServiceSettings):
     window: WindowPolicy = WindowPolicy()
     trigger: TriggerPolicy = TriggerPolicy()
     drift: DriftPolicy = DriftPolicy()
+    requests: SelectionPolicy = SelectionPolicy()
+    """The label budget: requests per camera and minute, disagreements first, then the least
+    confident (``STREAMLOOP_MONITORING_REQUESTS__PER_CAMERA_MINUTE``)."""
 
     compare_every: int = Field(default=50, ge=1)
     """Publish the champion/challenger comparison every this many shared labelled frames."""
@@ -67,6 +71,7 @@ class MonitoringSettings(ServiceSettings):
             window=self.window,
             trigger=self.trigger,
             drift=self.drift,
+            requests=self.requests,
             compare_every=self.compare_every,
             compare_early=self.compare_early,
         )

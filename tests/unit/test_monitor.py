@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from services.monitoring.drift import DriftPolicy
 from services.monitoring.join import FrameJoin
 from services.monitoring.monitor import Monitor, MonitorPolicy, Outputs
+from services.monitoring.selection import SelectionPolicy
 from services.monitoring.trigger import TriggerPolicy
 from services.monitoring.windows import Observation, WindowPolicy
 from shared.events import Label, Prediction
@@ -73,6 +74,7 @@ POLICY = MonitorPolicy(
     # The label rule alone (the estimate's rule: tests/unit/test_estimate.py).
     trigger=TriggerPolicy(threshold=0.75, consecutive=2, min_labels=40, cooldown_s=600),
     drift=DriftPolicy(min_samples=50, label_requests_per_window=6),
+    requests=SelectionPolicy(per_camera_minute=0),  # the drift's requests alone here
     compare_every=25,
 )
 
