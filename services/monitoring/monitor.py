@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.monitoring.drift import DriftPolicy, detect_drift
 from services.monitoring.estimate import FullBlock, LabelPrior
 from services.monitoring.selection import LabelSelector, Pick, SelectionPolicy
-from services.monitoring.trigger import Judgement, RetrainTrigger, TriggerPolicy
+from services.monitoring.trigger import Judgement, RetrainTrigger, Suspicion, TriggerPolicy
 from services.monitoring.windows import Closed, Observation, Stream, WindowBook, WindowPolicy
 from shared.events import (
     Alert,
@@ -264,10 +264,10 @@ class Monitor:
         if stream == "live" and obs.label is not None:
             self.prior.add(obs.label, self.policy.window.estimate.prior_half_life)
             judgement = self.trigger.observe_label(
-                version, obs.served_at, obs.predicted == obs.label
+                version, obs.served_at, obs.predicted == obs.label, now
             )
             if judgement is not None:
-                out.alerts.append(self._judged(judgement))
+                out.extend(self._judged(judgement))
             self._dirty.add("control/")
         closed = book.add_label(obs, now, self.policy.window, self.classes, self.prior)
         if closed:
@@ -328,49 +328,71 @@ class Monitor:
             e = acc.estimate(self.classes, self.prior, ep, camera=True)
             if e is not None and e.value < threshold:
                 slices.append(f"camera={cam}")
-        request = self.trigger.observe_estimate(
+        suspicion = self.trigger.observe_estimate(
             version, f"{version}:live:{full.block_id}", estimate, full.started_at, slices, now
         )
-        if request is None:
+        if suspicion is None:
             return Outputs()
-        request = request.model_copy(
+        return self._suspected(suspicion)
+
+    def _request(self, request: RetrainRequest) -> RetrainRequest:
+        return request.model_copy(
             update={"event_id": derived_id("retrain", request.idempotency_key)}
         )
-        return Outputs(
-            retrains=[request],
-            alerts=[
-                _alert(
-                    "accuracy_drop_estimated",
-                    "critical",
-                    request.idempotency_key,
-                    f"retrain requested: {request.reason}",
-                    version,
-                    {
-                        "idempotency_key": request.idempotency_key,
-                        "estimate": estimate.model_dump(mode="json"),
-                        "slices": slices,
-                    },
-                )
-            ],
-        )
 
-    def _judged(self, j: Judgement) -> Alert:
-        """The alert saying what labels made of a request the estimate fired."""
-        verdict = "confirmed" if j.confirmed else "contradicted (false alarm)"
-        return _alert(
-            "estimate_confirmed" if j.confirmed else "false_alarm",
-            "info" if j.confirmed else "warning",
-            j.key,
-            f"estimated drop of {j.version} {verdict} by labels: accuracy {j.accuracy:.3f} on "
-            f"{j.labelled} labels",
-            j.version,
-            {
-                "idempotency_key": j.key,
-                "accuracy": j.accuracy,
-                "labelled": j.labelled,
-                "false_alarms": self.trigger.false_alarms,
-            },
+    def _suspected(self, s: Suspicion) -> Outputs:
+        """The alert (and, firing at once, the request) of a drop the estimate suspects."""
+        e = s.estimate
+        text = (
+            f"estimated accuracy of {s.version} {e.value:.3f} ({e.low:.3f}-{e.high:.3f}) on "
+            f"{e.frames} frames, by {e.method}"
         )
+        out = Outputs()
+        if s.request is not None:
+            out.retrains.append(self._request(s.request))
+            text = f"retrain requested: {text}"
+        else:
+            text = f"drop suspected, waiting for labels to confirm: {text}"
+        out.alerts.append(
+            _alert(
+                "accuracy_drop_estimated",
+                "critical" if s.request is not None else "warning",
+                f"drop:{self.model_name}:{s.drop}",
+                text,
+                s.version,
+                {"drop": s.drop, "estimate": e.model_dump(mode="json"), "slices": s.slices},
+            )
+        )
+        return out
+
+    def _judged(self, j: Judgement) -> Outputs:
+        """The alert saying what labels made of a suspected drop, and the request a
+        confirmation fires."""
+        verdict = "confirmed" if j.confirmed else "contradicted (false alarm)"
+        out = Outputs()
+        message = (
+            f"estimated drop of {j.version} {verdict} by labels: accuracy {j.accuracy:.3f} on "
+            f"{j.labelled} labels"
+        )
+        if j.request is not None:
+            out.retrains.append(self._request(j.request))
+            message += "; retrain requested"
+        out.alerts.append(
+            _alert(
+                "estimate_confirmed" if j.confirmed else "false_alarm",
+                "critical" if j.request is not None else "info" if j.confirmed else "warning",
+                j.key,
+                message,
+                j.version,
+                {
+                    "idempotency_key": j.key,
+                    "accuracy": j.accuracy,
+                    "labelled": j.labelled,
+                    "false_alarms": self.trigger.false_alarms,
+                },
+            )
+        )
+        return out
 
     def _comparison(self, pair: PairCounts) -> LiveComparison:
         n = pair.labelled

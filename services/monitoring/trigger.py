@@ -13,15 +13,20 @@ version and the first bad window of the run. Replaying the same windows after a 
 yields the same key, so a drop never trains twice even if the monitor fires again; within
 one run of bad windows it fires once.
 
-The estimated accuracy (``services.monitoring.estimate``) can fire a request earlier, before
-the labels of the drop arrive: when ``estimate_consecutive`` blocks of ``estimate_frames``
-live predictions in a row have their estimate's whole interval below ``threshold``. Its
-evidence (the estimate) travels in the request. Labels then judge it: once
-``confirm_labels`` labels of predictions served since the firing block began have arrived,
-the request is *confirmed* (their accuracy is below ``threshold``) or a *false alarm*
-(counted, and the drop closed so that a later one can fire). Either rule opens the drop of
-its version; while a drop is open, neither fires again for it (one request per drop), and
-the cooldown holds between requests of any kind.
+The estimated accuracy (``services.monitoring.estimate``) finds a drop earlier, before its
+labels arrive: when ``estimate_consecutive`` blocks of ``estimate_frames`` live predictions
+in a row have their estimate's whole interval below ``threshold``, the drop is *suspected*.
+Labels then judge it: once ``confirm_labels`` labels of predictions served since the first
+such block began have arrived, it is *confirmed* (their accuracy is below ``threshold``) or
+a *false alarm* (counted, and the drop closed; that version's estimate is then not
+trusted again until one of its blocks is back above the threshold, so a model whose
+calibration does not hold raises one false alarm, not one a minute). With
+``estimate="confirm"`` (the default) the request fires on confirmation: a hundred labels of
+the new world rather than two full windows that still count labels of the old one. With
+``estimate="fire"`` it fires at suspicion, and a false alarm is a request the labels
+contradicted. Either way the request carries the estimate as its evidence. Each rule opens
+the drop of its version; while a drop is open, neither fires again for it (one request per
+drop), and the cooldown holds between requests of any kind.
 
 A drop that outlives its request (the candidate was refused at the gate, or lost the live
 comparison) is asked for again, ``retry_after_s`` after the last request and at most
@@ -33,13 +38,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.events import AccuracyEstimate, RetrainRequest, WindowMetrics
 
-__all__ = ["Judgement", "RetrainTrigger", "TriggerPolicy"]
+__all__ = ["Judgement", "RetrainTrigger", "Suspicion", "TriggerPolicy"]
 
 
 class TriggerPolicy(BaseModel):
@@ -69,13 +74,12 @@ class TriggerPolicy(BaseModel):
     max_attempts: int = Field(default=3, ge=1)
     """Requests per drop in all; after that the drop waits for a person (its alert stands)."""
 
-    estimate: bool = False
-    """Let the estimated accuracy fire a request before labels confirm the drop. Off by
-    default: fired ten seconds into a drop, the request reaches training before the drop's
-    first labels (they come 10-15 s late on the simulator's stream), and a candidate trained
-    on a snapshot without the new world's examples cannot win the live comparison. Turn it
-    on where labels come within seconds of their frames. The estimate itself is computed
-    and published either way."""
+    estimate: Literal["off", "confirm", "fire"] = "confirm"
+    """What a drop the estimate suspects does: ``confirm`` fires the request as soon as
+    ``confirm_labels`` labels of the new frames confirm it; ``fire`` fires at once, before
+    any label (ten seconds into a night here, when training would find no night examples
+    yet: for streams whose labels come within seconds); ``off`` leaves drops to the windows'
+    rule. The estimate itself is computed and published either way."""
 
     estimate_frames: int = Field(default=200, ge=20)
     """Live predictions per estimate block (10 s of the simulator's 20 frames/s)."""
@@ -86,13 +90,25 @@ class TriggerPolicy(BaseModel):
     the labels that follow judge it."""
 
     confirm_labels: int = Field(default=100, ge=1)
-    """Labels (of predictions served since the firing block began) that confirm an estimated
-    drop or call it a false alarm."""
+    """Labels (of predictions served since the first low block began) that confirm a
+    suspected drop or call it a false alarm: at 100, the accuracy's standard error is 0.04
+    or less, and at 6 labels/s they take about 17 s to arrive."""
+
+
+@dataclass(frozen=True)
+class Suspicion:
+    """A drop the estimate suspects; ``request`` when it fires at once (``fire``)."""
+
+    drop: str
+    version: str
+    estimate: AccuracyEstimate
+    slices: list[str]
+    request: RetrainRequest | None
 
 
 @dataclass(frozen=True)
 class Judgement:
-    """What labels said of a request the estimate fired."""
+    """What labels said of a suspected drop; ``request`` when confirming it fired one."""
 
     drop: str
     version: str
@@ -100,6 +116,7 @@ class Judgement:
     accuracy: float
     labelled: int
     key: str
+    request: RetrainRequest | None = None
 
 
 @dataclass
@@ -116,6 +133,8 @@ class RetrainTrigger:
     """Version -> its open drop (the id its requests' keys name)."""
     _estimate_run: dict[str, list[str]] = field(default_factory=dict)
     """Version -> ids of the blocks in its current run of low estimates."""
+    _distrusted: set[str] = field(default_factory=set)
+    """Versions whose suspicion labels contradicted, until an estimate of theirs is fine."""
     _pending: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Drop -> the labels counted so far to judge its estimated request."""
     confirmed: int = 0
@@ -133,6 +152,7 @@ class RetrainTrigger:
             "drops": dict(sorted(self._drops.items())),
             "estimate_run": {v: list(r) for v, r in sorted(self._estimate_run.items())},
             "pending": {d: dict(p) for d, p in sorted(self._pending.items())},
+            "distrusted": sorted(self._distrusted),
             "confirmed": self.confirmed,
             "false_alarms": self.false_alarms,
         }
@@ -152,6 +172,7 @@ class RetrainTrigger:
             str(v): [str(b) for b in r] for v, r in state.get("estimate_run", {}).items()
         }
         self._pending = {str(d): dict(p) for d, p in state.get("pending", {}).items()}
+        self._distrusted = {str(v) for v in state.get("distrusted", [])}
         self.confirmed = int(state.get("confirmed", 0))
         self.false_alarms = int(state.get("false_alarms", 0))
 
@@ -172,47 +193,73 @@ class RetrainTrigger:
         started_at: datetime,
         slices: list[str],
         now: datetime,
-    ) -> RetrainRequest | None:
-        """The request this block's estimated accuracy fires, if any (module docstring)."""
+    ) -> Suspicion | None:
+        """The drop this block's estimated accuracy makes suspect, if any (module
+        docstring), with its request when the policy fires at once."""
         p = self.policy
-        if not p.estimate:
+        if p.estimate == "off":
             return None
         if estimate.high >= p.threshold:
             self._estimate_run.pop(version, None)
+            self._distrusted.discard(version)
+            return None
+        if version in self._distrusted:
             return None
         run = self._estimate_run.setdefault(version, [])
         run.append(block_id)
         if len(run) < p.estimate_consecutive or version in self._drops:
             return None
-        if self._cooling(now, 1):
+        fire = p.estimate == "fire"
+        if fire and self._cooling(now, 1):
             return None
         drop = run[0]
         self._drops[version] = drop
-        self._attempts[drop] = 1
-        self._last_fired = now
         self._pending[drop] = {
             "version": version,
             "since": started_at.isoformat(),
             "correct": 0,
             "labelled": 0,
+            "estimate": estimate.model_dump(mode="json"),
+            "slices": list(slices),
         }
+        request = None
+        if fire:
+            self._attempts[drop] = 1
+            self._last_fired = now
+            request = self._estimated_request(drop, version, estimate, slices, None)
+        return Suspicion(drop, version, estimate, list(slices), request)
+
+    def _estimated_request(
+        self,
+        drop: str,
+        version: str,
+        estimate: AccuracyEstimate,
+        slices: list[str],
+        confirmed: tuple[float, int] | None,
+    ) -> RetrainRequest:
+        p = self.policy
+        reason = (
+            f"estimated accuracy of {version} below {p.threshold:.2f}: {estimate.value:.3f} "
+            f"({estimate.low:.3f}-{estimate.high:.3f}) on {estimate.frames} frames, by "
+            f"{estimate.method}"
+        )
+        if confirmed is not None:
+            reason += f"; confirmed by {confirmed[1]} labels at {confirmed[0]:.3f}"
         return RetrainRequest(
             source="monitoring",
             model_name=self.model_name,
             idempotency_key=self._key(drop, 1),
-            reason=(
-                f"estimated accuracy of {version} below {p.threshold:.2f} before labels: "
-                f"{estimate.value:.3f} ({estimate.low:.3f}-{estimate.high:.3f}) on "
-                f"{estimate.frames} frames, by {estimate.method}"
-            ),
+            reason=reason,
             trigger="monitor",
             evidence=estimate,
             slices=slices,
         )
 
-    def observe_label(self, version: str, served_at: datetime, correct: bool) -> Judgement | None:
-        """Count one live label towards judging the estimated requests of ``version``; the
-        judgement it completes, if any."""
+    def observe_label(
+        self, version: str, served_at: datetime, correct: bool, now: datetime
+    ) -> Judgement | None:
+        """Count one live label towards judging the suspected drops of ``version``; the
+        judgement it completes, if any, with the request a confirmation fires."""
         for drop, pending in list(self._pending.items()):
             if pending["version"] != version:
                 continue
@@ -226,13 +273,26 @@ class RetrainTrigger:
             del self._pending[drop]
             accuracy = pending["correct"] / n
             confirmed = accuracy < self.policy.threshold
+            request = None
             if confirmed:
                 self.confirmed += 1
+                if self._attempts.get(drop, 0) == 0 and not self._cooling(now, 1):
+                    self._attempts[drop] = 1
+                    self._last_fired = now
+                    request = self._estimated_request(
+                        drop,
+                        version,
+                        AccuracyEstimate.model_validate(pending["estimate"]),
+                        [str(x) for x in pending.get("slices", [])],
+                        (accuracy, n),
+                    )
             else:
                 self.false_alarms += 1
+                self._distrusted.add(version)
+                self._estimate_run.pop(version, None)
                 if self._drops.get(version) == drop:
                     del self._drops[version]
-            return Judgement(drop, version, confirmed, accuracy, n, self._key(drop, 1))
+            return Judgement(drop, version, confirmed, accuracy, n, self._key(drop, 1), request)
         return None
 
     def observe(self, window: WindowMetrics, now: datetime) -> RetrainRequest | None:

@@ -102,12 +102,12 @@ class TrainingSettings(ServiceSettings):
     with the weights is not published."""
 
     init: str = Field(
-        default="scratch", pattern=r"^(scratch|champion|imported:[A-Za-z0-9._-]{1,64})$"
+        default="champion", pattern=r"^(scratch|champion|imported:[A-Za-z0-9._-]{1,64})$"
     )
-    """Where a run's weights start: ``scratch`` (initialised from ``seed``),
-    ``imported:VERSION``, the weights of that registered version (for example one imported
-    with ``streamloop models import``), or ``champion``, the weights of the model's champion
-    when the run starts; either is fine-tuned on the stream's examples. An imported version
+    """Where a run's weights start: ``champion`` (the default), the weights of the model's
+    champion when the run starts; ``imported:VERSION``, the weights of that registered version
+    (for example one imported with ``streamloop models import``), either fine-tuned on the
+    stream's examples; or ``scratch``, initialised from ``seed``. An imported version
     must be of the configured architecture; its classifier head is re-initialised when its
     class list differs from the task's. With ``champion``, a run that finds no champion, or
     one of another architecture or input size, trains from scratch instead (and says so in

@@ -122,7 +122,7 @@ POLICY = MonitorPolicy(
         cooldown_s=600,
         estimate_frames=100,
         confirm_labels=40,
-        estimate=True,
+        estimate="fire",
     ),
     drift=DriftPolicy(min_samples=50, label_requests_per_window=0),
 )
@@ -227,7 +227,7 @@ def test_a_request_the_labels_contradict_is_a_false_alarm_and_closes_the_drop() 
 
 def test_without_the_estimate_rule_the_labels_fire_later() -> None:
     policy = POLICY.model_copy(
-        update={"trigger": POLICY.trigger.model_copy(update={"estimate": False})}
+        update={"trigger": POLICY.trigger.model_copy(update={"estimate": "off"})}
     )
     monitor, fleet = Monitor("m", CLASSES, policy), Fleet()
     play(monitor, fleet.frames(900, "day"))
@@ -255,3 +255,53 @@ def test_a_steady_day_never_fires_on_the_estimate() -> None:
     out = play(monitor, fleet.frames(20 * 60 * 5, "day"))  # five simulated minutes
     assert out.retrains == [] and out.alerts == []
     assert monitor.trigger.false_alarms == 0
+
+
+def confirming() -> MonitorPolicy:
+    return POLICY.model_copy(
+        update={"trigger": POLICY.trigger.model_copy(update={"estimate": "confirm"})}
+    )
+
+
+def test_confirming_fires_on_the_first_labels_of_the_new_frames_before_the_windows_would() -> None:
+    monitor, fleet = Monitor("m", CLASSES, confirming()), Fleet()
+    play(monitor, fleet.frames(900, "day"))
+    suspected = play(monitor, fleet.frames(110, "night"))
+    assert suspected.retrains == [] and kinds(suspected) == ["accuracy_drop_estimated"]
+    assert suspected.alerts[0].severity == "warning"
+    night = fleet.frames(900, "night")
+    out, fired_at = Outputs(), None
+    for i in range(0, len(night), 10):
+        out.extend(play(monitor, night[i : i + 10], delay=0))
+        if out.retrains and fired_at is None:
+            fired_at = i
+    assert len(out.retrains) == 1 and fired_at is not None
+    request = out.retrains[0]
+    assert request.evidence is not None and "confirmed by 40 labels" in request.reason
+    assert request.idempotency_key == "drop:m:v1:live:est-10"
+    assert kinds(out).count("estimate_confirmed") == 1
+    # 40 labels of night at one frame in three: about 120 frames after the suspicion, long
+    # before two windows of 90 labels would have been bad.
+    assert fired_at < 200
+    # The windows' rule alone, on the same frames, fires much later.
+    off_policy = POLICY.model_copy(
+        update={"trigger": POLICY.trigger.model_copy(update={"estimate": "off"})}
+    )
+    off, again = Monitor("m", CLASSES, off_policy), Fleet()
+    play(off, again.frames(900, "day"))
+    late_night = again.frames(1010, "night")
+    fired = [
+        i
+        for i in range(0, len(late_night), 10)
+        if play(off, late_night[i : i + 10], delay=0).retrains
+    ]
+    assert len(fired) == 1 and fired[0] > 110 + fired_at + 150
+
+
+def test_a_suspicion_the_labels_contradict_fires_nothing_and_counts_a_false_alarm() -> None:
+    monitor, fleet = Monitor("m", CLASSES, confirming()), Fleet(2)
+    play(monitor, fleet.frames(600, "day"))
+    out = play(monitor, fleet.frames(600, "dim"))
+    assert out.retrains == []
+    assert kinds(out).count("accuracy_drop_estimated") == 1 and kinds(out).count("false_alarm") == 1
+    assert monitor.trigger.false_alarms == 1

@@ -72,7 +72,9 @@ def test_a_label_that_comes_first_waits_for_its_prediction() -> None:
 POLICY = MonitorPolicy(
     window=WindowPolicy(labelled_per_window=50, uncertain_per_camera=5),
     # The label rule alone (the estimate's rule: tests/unit/test_estimate.py).
-    trigger=TriggerPolicy(threshold=0.75, consecutive=2, min_labels=40, cooldown_s=600),
+    trigger=TriggerPolicy(
+        threshold=0.75, consecutive=2, min_labels=40, cooldown_s=600, estimate="off"
+    ),
     drift=DriftPolicy(min_samples=50, label_requests_per_window=6),
     requests=SelectionPolicy(per_camera_minute=0),  # the drift's requests alone here
     compare_every=25,

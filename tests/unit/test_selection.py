@@ -87,7 +87,7 @@ def test_the_join_passes_on_a_disagreement_once_and_only_before_the_label() -> N
 
 def test_the_monitor_spends_at_most_the_budget_per_camera_minute() -> None:
     policy = MonitorPolicy(
-        trigger=TriggerPolicy(estimate=False),
+        trigger=TriggerPolicy(estimate="off"),
         requests=SelectionPolicy(per_camera_minute=5, max_confidence=0.8),
     )
     monitor = Monitor("m", CLASSES, policy)
