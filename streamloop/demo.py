@@ -117,9 +117,10 @@ class LoopStory:
             stream = "shadow" if ev.shadow else "live"
             colour = "green" if ev.accuracy >= 0.75 else "red"
             psi = f", PSI {ev.psi:.2f}" if ev.psi is not None else ""
+            est = f" (estimated {100 * ev.estimate.value:.1f}%)" if ev.estimate else ""
             self.say(
-                f"window {ev.window_id}: {stream} accuracy [{colour}]{100 * ev.accuracy:.1f}%[/] "
-                f"on {ev.labelled_count} labels, coverage {100 * ev.label_coverage:.0f}%, "
+                f"window {ev.window_id}: {stream} accuracy [{colour}]{100 * ev.accuracy:.1f}%[/]"
+                f"{est} on {ev.labelled_count} labels, coverage {100 * ev.label_coverage:.0f}%, "
                 f"confidence {ev.mean_confidence or 0:.2f}{psi}",
                 at,
             )
@@ -128,6 +129,10 @@ class LoopStory:
         elif isinstance(ev, Alert):
             if ev.kind == "drift_detected":
                 self._mark("drift_alert", at)
+            elif ev.kind == "accuracy_drop_estimated":
+                self._mark("suspected", at)
+            elif ev.kind == "estimate_confirmed":
+                self._mark("confirmed", at)
             colour = {"critical": "red", "warning": "yellow"}.get(ev.severity, "cyan")
             self.say(f"[{colour}]alert {ev.kind}[/]: {ev.message}", at)
         elif isinstance(ev, RetrainRequest):
@@ -242,6 +247,13 @@ class LoopStory:
                     recovered = w
                     break
         latest = after[-1].accuracy if after else None
+        worst = min(after, key=lambda w: w.accuracy or 0, default=None)
+        errors = [abs(w.estimate_error) for w in live if w.estimate_error is not None]
+
+        def estimated(windows: list[WindowMetrics]) -> float | None:
+            values = [w.estimate.value for w in windows if w.estimate is not None]
+            return sum(values) / len(values) if values else None
+
         return DemoReport(
             before=pre_acc,
             lowest=lowest,
@@ -259,6 +271,10 @@ class LoopStory:
             retrain_requests=[r.idempotency_key for r in self.retrains if r.trigger == "monitor"],
             champions=[v for _, v in self.promotions],
             onset=onset,
+            estimated_before=estimated(pre),
+            estimated_lowest=estimated([worst]) if worst is not None else None,
+            estimated_after=estimated([recovered or after[-1]]) if after else None,
+            estimate_mae=sum(errors) / len(errors) if errors else None,
         )
 
 
@@ -276,6 +292,12 @@ class DemoReport:
     retrain_requests: list[str]
     champions: list[str]
     onset: datetime | None = None
+    estimated_before: float | None = None
+    """The same windows' accuracy estimated from predictions alone (before labels)."""
+    estimated_lowest: float | None = None
+    estimated_after: float | None = None
+    estimate_mae: float | None = None
+    """Mean absolute error of the estimate over the live windows."""
 
     def to_json(self) -> dict[str, Any]:
         doc = dict(self.__dict__)
@@ -295,7 +317,17 @@ class DemoReport:
             "accuracy after recovery" if self.recovered else "latest accuracy (not recovered)",
             pct(self.after),
         )
+        t.add_row(
+            "estimated before labels: before / lowest / after",
+            " / ".join(
+                pct(x) for x in (self.estimated_before, self.estimated_lowest, self.estimated_after)
+            ),
+        )
+        if self.estimate_mae is not None:
+            t.add_row("estimate's mean absolute error", f"{100 * self.estimate_mae:.1f} pts")
         labels = {
+            "suspected": "drop suspected (estimate)",
+            "confirmed": "drop confirmed (labels)",
             "accuracy_drop": "first window below the threshold",
             "drift_alert": "drift alert (label-free)",
             "retrain": "retrain requested",

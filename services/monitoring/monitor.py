@@ -264,7 +264,11 @@ class Monitor:
         if stream == "live" and obs.label is not None:
             self.prior.add(obs.label, self.policy.window.estimate.prior_half_life)
             judgement = self.trigger.observe_label(
-                version, obs.served_at, obs.predicted == obs.label, now
+                version,
+                obs.served_at,
+                obs.predicted == obs.label,
+                now,
+                (f"camera={obs.camera_id}", f"condition={obs.condition or 'unknown'}"),
             )
             if judgement is not None:
                 out.extend(self._judged(judgement))

@@ -256,7 +256,12 @@ class RetrainTrigger:
         )
 
     def observe_label(
-        self, version: str, served_at: datetime, correct: bool, now: datetime
+        self,
+        version: str,
+        served_at: datetime,
+        correct: bool,
+        now: datetime,
+        slices: tuple[str, ...] = (),
     ) -> Judgement | None:
         """Count one live label towards judging the suspected drops of ``version``; the
         judgement it completes, if any, with the request a confirmation fires."""
@@ -267,6 +272,11 @@ class RetrainTrigger:
                 continue
             pending["labelled"] += 1
             pending["correct"] += int(correct)
+            counted = pending.setdefault("by_slice", {})
+            for key in slices:
+                cell = counted.setdefault(key, [0, 0])
+                cell[0] += int(correct)
+                cell[1] += 1
             n = pending["labelled"]
             if n < self.policy.confirm_labels:
                 continue
@@ -283,7 +293,7 @@ class RetrainTrigger:
                         drop,
                         version,
                         AccuracyEstimate.model_validate(pending["estimate"]),
-                        [str(x) for x in pending.get("slices", [])],
+                        self._confirmed_slices(pending),
                         (accuracy, n),
                     )
             else:
@@ -294,6 +304,17 @@ class RetrainTrigger:
                     del self._drops[version]
             return Judgement(drop, version, confirmed, accuracy, n, self._key(drop, 1), request)
         return None
+
+    def _confirmed_slices(self, pending: dict[str, Any]) -> list[str]:
+        """The slices the confirming labels found below the threshold (on at least a tenth
+        of them), else the cameras the estimate named: what training weights up."""
+        n = int(pending["labelled"])
+        low = sorted(
+            key
+            for key, (right, seen) in pending.get("by_slice", {}).items()
+            if seen >= max(1, n // 10) and right / seen < self.policy.threshold
+        )
+        return low or [str(x) for x in pending.get("slices", [])]
 
     def observe(self, window: WindowMetrics, now: datetime) -> RetrainRequest | None:
         """The request this window fires, if any."""

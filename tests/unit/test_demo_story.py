@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from services.simulator.scenario import DarknessRamp, ScheduleEntry, load
-from shared.events import Alert, LiveComparison, ModelLifecycle, RetrainRequest, WindowMetrics
+from shared.events import (
+    AccuracyEstimate,
+    Alert,
+    LiveComparison,
+    ModelLifecycle,
+    RetrainRequest,
+    WindowMetrics,
+)
 from streamloop.demo import LoopStory, drift_onset_s
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -126,3 +133,33 @@ def test_early_comparisons_are_told_once_per_fifty_labels() -> None:
         )
     told = [line for line in story.lines if "live comparison" in line]
     assert [line.split(" on ")[1].split()[0] for line in told] == ["1", "50", "100", "150"]
+
+
+def test_the_summary_sets_the_estimate_beside_the_realised_accuracy() -> None:
+    def estimated(w: WindowMetrics, value: float) -> WindowMetrics:
+        e = AccuracyEstimate(value=value, low=value - 0.03, high=value + 0.03, frames=600,
+                             method="confidence")  # fmt: skip
+        return w.model_copy(update={"estimate": e, "estimate_error": value - (w.accuracy or 0)})
+
+    story = LoopStory("m", onset=T0 + timedelta(minutes=10))
+    for i, (acc, est) in enumerate([(0.96, 0.94), (0.98, 0.95), (0.97, 0.96)], start=1):
+        story.observe(estimated(window("v1", i, 7 + 0.5 * i, acc), est))
+    story.observe(estimated(window("v1", 4, 10.8, 0.30), 0.36))
+    for kind in ("accuracy_drop_estimated", "estimate_confirmed"):
+        story.observe(
+            Alert(
+                produced_at=T0 + timedelta(minutes=10.5 if "drop" in kind else 10.7),
+                severity="warning",
+                kind=kind,
+                message=kind,
+            )
+        )
+    story.observe(crowned("v2", 12.5))
+    story.observe(estimated(window("v2", 2, 13.5, 0.95), 0.90))
+    r = story.report(0.9)
+    assert r.recovered and r.estimated_after == 0.90 and r.estimated_lowest == 0.36
+    assert r.estimated_before is not None and abs(r.estimated_before - 0.95) < 1e-9
+    assert r.estimate_mae is not None and abs(r.estimate_mae - 0.034) < 1e-9
+    assert r.milestones_s["suspected"] == 30.0 and r.milestones_s["confirmed"] == 42.0
+    text = str(r.table().columns[0]._cells) + str(r.table().columns[1]._cells)
+    assert "drop suspected (estimate)" in text and "95.0 % / 36.0 % / 90.0 %" in text

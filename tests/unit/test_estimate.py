@@ -278,6 +278,8 @@ def test_confirming_fires_on_the_first_labels_of_the_new_frames_before_the_windo
     assert len(out.retrains) == 1 and fired_at is not None
     request = out.retrains[0]
     assert request.evidence is not None and "confirmed by 40 labels" in request.reason
+    # The confirming labels name the slice that fell: the night, on every camera.
+    assert request.slices == [f"camera=cam-{i}" for i in range(1, 5)] + ["condition=night"]
     assert request.idempotency_key == "drop:m:v1:live:est-10"
     assert kinds(out).count("estimate_confirmed") == 1
     # 40 labels of night at one frame in three: about 120 frames after the suspicion, long
