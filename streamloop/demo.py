@@ -230,7 +230,9 @@ class LoopStory:
         onset = self.onset
         live = self.live()
         before = [w for w in live if onset is None or w.window_end < onset]
-        after = [w for w in live if onset is not None and w.window_start >= onset]
+        # Every window that counted a prediction served after the onset: labels come late,
+        # so the first windows of the night also count day frames served before it.
+        after = [w for w in live if onset is not None and w.window_end >= onset]
         pre = before[-3:]
         pre_acc = sum(w.accuracy or 0 for w in pre) / len(pre) if pre else None
         lowest = min((w.accuracy or 0 for w in after), default=None)

@@ -104,6 +104,20 @@ def test_recovery_is_the_first_good_window_of_a_champion_promoted_after_the_drif
     assert not story.unaffected()
 
 
+def test_the_lowest_counts_night_windows_that_began_with_late_day_labels() -> None:
+    # Labels come late: the first windows of the night also count day frames served before
+    # the onset, so they begin before it. They are the drop, and a quick promotion may leave
+    # no later window of the old champion.
+    story = LoopStory("m", onset=T0 + timedelta(minutes=10))
+    for i, acc in enumerate([0.96, 0.98, 0.97], start=1):
+        story.observe(window("v1", i, 8 + 0.5 * i, acc))
+    story.observe(window("v1", 4, 10.2, 0.33))  # window_start 30 s before: 9.7 min
+    story.observe(crowned("v2", 10.8))
+    story.observe(window("v2", 1, 11.5, 0.84))
+    r = story.report(0.9)
+    assert r.lowest == 0.33 and not r.recovered and r.after == 0.84
+
+
 def test_a_champion_that_already_knows_the_night_is_unaffected() -> None:
     story = LoopStory("m", onset=T0 + timedelta(minutes=10))
     story.observe(window("v1", 1, 9, 0.97))
