@@ -16,13 +16,15 @@ one run of bad windows it fires once.
 The estimated accuracy (``services.monitoring.estimate``) finds a drop earlier, before its
 labels arrive: when ``estimate_consecutive`` blocks of ``estimate_frames`` live predictions
 in a row have their estimate's whole interval below ``threshold``, the drop is *suspected*.
-Labels then judge it: once ``confirm_labels`` labels of predictions served since the first
-such block began have arrived, it is *confirmed* (their accuracy is below ``threshold``) or
-a *false alarm* (counted, and the drop closed; that version's estimate is then not
-trusted again until one of its blocks is back above the threshold, so a model whose
-calibration does not hold raises one false alarm, not one a minute). With
-``estimate="confirm"`` (the default) the request fires on confirmation: a hundred labels of
-the new world rather than two full windows that still count labels of the old one. With
+Labels of predictions served since the first such block began then judge it, sequentially:
+from ``confirm_min_labels`` on, as soon as the Wilson interval of their accuracy lies wholly
+below ``threshold`` it is *confirmed*, wholly above it a *false alarm*; at ``confirm_labels``
+their accuracy decides either way. A false alarm is counted and closes the drop; that
+version's estimate is then not trusted again until one of its blocks is back above the
+threshold, so a model whose calibration does not hold raises one false alarm, not one a
+minute. With
+``estimate="confirm"`` (the default) the request fires on confirmation: a few dozen labels
+of the new world rather than two full windows that still count labels of the old one. With
 ``estimate="fire"`` it fires at suspicion, and a false alarm is a request the labels
 contradicted. Either way the request carries the estimate as its evidence. Each rule opens
 the drop of its version; while a drop is open, neither fires again for it (one request per
@@ -42,9 +44,23 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.monitoring.estimate import normal_quantile
 from shared.events import AccuracyEstimate, RetrainRequest, WindowMetrics
 
-__all__ = ["Judgement", "RetrainTrigger", "Suspicion", "TriggerPolicy"]
+__all__ = ["Judgement", "RetrainTrigger", "Suspicion", "TriggerPolicy", "wilson_interval"]
+
+
+def wilson_interval(successes: int, n: int, confidence: float) -> tuple[float, float]:
+    """The Wilson score interval of a proportion, ``successes`` of ``n`` (n > 0), at the
+    two-sided ``confidence``: unlike the normal interval it stays inside [0, 1] and keeps
+    its coverage for small ``n`` and proportions near 0 or 1."""
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    z = normal_quantile(0.5 + confidence / 2)
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * ((p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 class TriggerPolicy(BaseModel):
@@ -81,18 +97,30 @@ class TriggerPolicy(BaseModel):
     yet: for streams whose labels come within seconds); ``off`` leaves drops to the windows'
     rule. The estimate itself is computed and published either way."""
 
-    estimate_frames: int = Field(default=200, ge=20)
-    """Live predictions per estimate block (10 s of the simulator's 20 frames/s)."""
+    estimate_frames: int = Field(default=100, ge=20)
+    """Live predictions per estimate block (5 s of the simulator's 20 frames/s). The
+    interval of a day block's estimate (about 0.95) is then about 0.04 either side, far
+    above the threshold; a night's (about 0.4) lies wholly below it."""
 
     estimate_consecutive: int = Field(default=1, ge=1)
     """Blocks in a row whose estimate lies wholly below ``threshold`` before a request fires.
-    One block of 200 frames whose 95 % interval is wholly below is already strong evidence;
+    One block of 100 frames whose 95 % interval is wholly below is already strong evidence;
     the labels that follow judge it."""
 
     confirm_labels: int = Field(default=100, ge=1)
-    """Labels (of predictions served since the first low block began) that confirm a
-    suspected drop or call it a false alarm: at 100, the accuracy's standard error is 0.04
-    or less, and at 6 labels/s they take about 17 s to arrive."""
+    """Labels (of predictions served since the first low block began) after which a
+    suspected drop is judged on their accuracy alone, confirmed or a false alarm: at 100,
+    the accuracy's standard error is 0.04 or less, and at 6 labels/s they take about 17 s to
+    arrive."""
+
+    confirm_min_labels: int = Field(default=20, ge=1)
+    """From this many labels on, a suspicion is judged as soon as the labels are decisive:
+    the Wilson interval of their accuracy at ``confirm_confidence`` wholly below the
+    threshold (confirmed) or wholly above it (a false alarm). A night the day model gets
+    right a third of the time is confirmed on 20 labels, in about 3 s of them."""
+
+    confirm_confidence: float = Field(default=0.99, gt=0.5, lt=1.0)
+    """Two-sided confidence of that interval."""
 
 
 @dataclass(frozen=True)
@@ -278,11 +306,12 @@ class RetrainTrigger:
                 cell[0] += int(correct)
                 cell[1] += 1
             n = pending["labelled"]
-            if n < self.policy.confirm_labels:
+            verdict = self._verdict(pending["correct"], n)
+            if verdict is None:
                 continue
             del self._pending[drop]
             accuracy = pending["correct"] / n
-            confirmed = accuracy < self.policy.threshold
+            confirmed = verdict
             request = None
             if confirmed:
                 self.confirmed += 1
@@ -303,6 +332,21 @@ class RetrainTrigger:
                 if self._drops.get(version) == drop:
                     del self._drops[version]
             return Judgement(drop, version, confirmed, accuracy, n, self._key(drop, 1), request)
+        return None
+
+    def _verdict(self, correct: int, n: int) -> bool | None:
+        """Whether ``correct`` of ``n`` labels confirm the drop (True), contradict it (False)
+        or do not decide yet (None): decisive early, by the point estimate at the most."""
+        p = self.policy
+        if n >= p.confirm_labels:
+            return correct / n < p.threshold
+        if n < p.confirm_min_labels:
+            return None
+        low, high = wilson_interval(correct, n, p.confirm_confidence)
+        if high < p.threshold:
+            return True
+        if low > p.threshold:
+            return False
         return None
 
     def _confirmed_slices(self, pending: dict[str, Any]) -> list[str]:

@@ -5,9 +5,13 @@ same cut of the log and seed always choose the same examples. The manifest names
 id used (with partition, offset, split, label, camera and condition) and how an epoch weights
 them; its sha256 is the snapshot's identity.
 
-An epoch sees every training example at least once. Some are seen more often: those of the
-slices whose live accuracy dropped, when the retrain request names them (``drifted``:
-``camera=ID``, ``condition=NAME``), otherwise the newest ones (see ``SamplingPolicy``).
+Some examples are *emphasised*: those of the slices whose live accuracy dropped, when the
+retrain request names them (``drifted``: ``camera=ID``, ``condition=NAME``), otherwise the
+newest ones (see ``SamplingPolicy``). A run from scratch sees every training example once per
+epoch and the emphasised ones ``repeat`` times. A *focused* run (one that fine-tunes earlier
+weights, which already know the rest) sees the emphasised examples ``repeat`` times and a
+fixed, seeded replay sample of the others, ``replay_ratio`` times as many, so that it learns
+the new without forgetting the old in a fraction of the steps.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ class Snapshot:
     seed: int
     drifted: tuple[str, ...] = ()
     """Slices the retrain request says dropped (``camera=ID``, ``condition=NAME``), sorted."""
+    focused: bool = False
+    """An epoch is the emphasised examples and a replay sample of the others (warm runs)."""
 
     def labels(
         self, classes: tuple[str, ...], records: list[ExampleRecord] | None = None
@@ -81,39 +87,64 @@ class Snapshot:
                 out.extend(named)
         return tuple(sorted(out))
 
-    def epoch_examples(self) -> list[ExampleRecord]:
-        """What one epoch of the fit sees: every example of ``train`` once, and
-
-        - when there are ``weighted_slices``, each example of one of them ``drift_repeat``
-          times in all;
-        - otherwise each of the policy's ``newest_examples`` (by capture time)
-          ``newest_repeat`` times in all (``train`` is in capture order: they are its tail).
-
-        A pure function of the snapshot: the fit's seeded shuffle does the rest."""
+    def emphasis(self) -> tuple[str, list[ExampleRecord], int]:
+        """What an epoch emphasises and how often it sees each: ``("slices", the training
+        examples of ``weighted_slices``, drift_repeat)`` when there are such slices, else
+        ``("newest", the policy's ``newest_examples`` newest, newest_repeat)`` (``train`` is
+        in capture order: they are its tail), or ``("none", [], 1)``."""
         p = self.policy
         weighted = set(self.weighted_slices())
         if weighted:
             drifted = [r for r in self.train if weighted.intersection(slice_keys(r))]
-            return list(self.train) + drifted * (p.drift_repeat - 1)
+            return "slices", drifted, p.drift_repeat
         n = min(p.newest_examples, self.recent_size, len(self.train))
         if n == 0 or p.newest_repeat == 1:
+            return "none", [], 1
+        return "newest", list(self.train[-n:]), p.newest_repeat
+
+    def replay(self) -> list[ExampleRecord]:
+        """A focused epoch's sample of the examples not emphasised: ``replay_ratio`` times
+        as many as the emphasised examples' views (all of them when there are fewer), drawn
+        once with the snapshot's seed, in ``train`` order. Empty unless ``focused``."""
+        by, emphasised, repeat = self.emphasis()
+        if not self.focused or by == "none":
+            return []
+        chosen = {r.frame_id for r in emphasised}
+        others = [r for r in self.train if r.frame_id not in chosen]
+        k = min(len(others), round(self.policy.replay_ratio * len(emphasised) * repeat))
+        picks = np.random.default_rng(self.seed).choice(len(others), size=k, replace=False)
+        return [others[i] for i in sorted(picks.tolist())]
+
+    def epoch_examples(self) -> list[ExampleRecord]:
+        """What one epoch of the fit sees (module docstring): from scratch, every example of
+        ``train`` once and each emphasised one ``repeat`` times in all; focused, the
+        emphasised ``repeat`` times and the ``replay`` sample once (without an emphasis,
+        every example once either way). A pure function of the snapshot: the fit's seeded
+        shuffle does the rest."""
+        by, emphasised, repeat = self.emphasis()
+        if by == "none":
             return list(self.train)
-        return list(self.train) + list(self.train[-n:]) * (p.newest_repeat - 1)
+        if self.focused:
+            return emphasised * repeat + self.replay()
+        return list(self.train) + emphasised * (repeat - 1)
 
     def weighting(self) -> dict[str, Any]:
         """How ``epoch_examples`` weights ``train``, for the manifest and the lineage:
         ``by`` (``slices``, ``newest`` or ``none``), the slices named and weighted, the
-        repeat, and how many examples it applies to."""
-        p = self.policy
-        weighted = self.weighted_slices()
-        out: dict[str, Any] = {"drifted": list(self.drifted), "slices": list(weighted)}
-        if weighted:
-            n = sum(1 for r in self.train if set(weighted).intersection(slice_keys(r)))
-            return {**out, "by": "slices", "repeat": p.drift_repeat, "examples": n}
-        n = min(p.newest_examples, self.recent_size, len(self.train))
-        if n == 0 or p.newest_repeat == 1:
-            return {**out, "by": "none", "repeat": 1, "examples": 0}
-        return {**out, "by": "newest", "repeat": p.newest_repeat, "examples": n}
+        repeat, how many examples it applies to, whether the epoch is focused and, if so,
+        the size of its replay sample and of the epoch."""
+        by, emphasised, repeat = self.emphasis()
+        out: dict[str, Any] = {
+            "drifted": list(self.drifted),
+            "slices": list(self.weighted_slices()),
+            "by": by,
+            "repeat": repeat,
+            "examples": len(emphasised),
+        }
+        if self.focused and by != "none":
+            out |= {"focused": True, "replay": len(self.replay())}
+            out["epoch"] = len(emphasised) * repeat + out["replay"]
+        return out
 
     def per_class(self) -> dict[str, int]:
         return dict(sorted(Counter(r.label for r in self.train).items()))

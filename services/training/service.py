@@ -24,7 +24,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
@@ -258,8 +258,10 @@ class Trainer:
             return Outcome("skipped", detail=detail)
         start = self._starting_weights(key)
         hp = s.hyperparameters
-        if start.warm and s.warm_epochs is not None:
-            hp = hp.model_copy(update={"epochs": s.warm_epochs})
+        if start.warm:
+            snap = replace(snap, focused=True)
+            if s.warm_epochs is not None:
+                hp = hp.model_copy(update={"epochs": s.warm_epochs})
         dataset = self._dataset(snap)
 
         def progress(stats: EpochStats) -> None:

@@ -250,3 +250,38 @@ def test_a_corrupted_label_feed_never_replaces_the_champion(
         assert view.status == "rejected" or not view.was_champion or version in rolled_back
     champion = registry.champion(model)
     assert champion is not None and champion.version == first
+
+
+@pytest.mark.slow  # twenty minutes of steady day after the bootstrap
+@pytest.mark.timeout(2100)
+def test_twenty_minutes_of_steady_day_ask_for_nothing(stack: dict[str, str], prefix: str) -> None:
+    """No drift, no request: twenty minutes of day with the odd shower bring no retrain
+    request, no promotion after the first champion, no suspicion and no false alarm, while
+    every window is seen and estimated."""
+    summary = demo(
+        stack,
+        Path(stack["STREAMLOOP_VAR"]) / "summary.json",
+        *("--scenario", "steady-day", "--timeout", "1500"),
+        timeout=1800,
+    )
+    # Nothing to recover from: the demo runs to its deadline and says it did not recover.
+    assert summary["returncode"] == 1 and summary["onset"] is None, summary
+    lifecycle = [
+        e for e in events(prefix, Topics.MODELS_LIFECYCLE) if isinstance(e, ModelLifecycle)
+    ]
+    crowned = [e for e in lifecycle if e.action == "alias_set" and e.alias == "champion"]
+    assert len(crowned) == 1, [e.model_version for e in crowned]
+    windows = [
+        e
+        for e in events(prefix, Topics.METRICS)
+        if isinstance(e, WindowMetrics) and not e.shadow and e.produced_at > crowned[0].produced_at
+    ]
+    span = (windows[-1].window_end - windows[0].window_start).total_seconds()
+    assert span >= 20 * 60, span
+    assert all(w.estimate is not None for w in windows)
+    assert min(w.accuracy or 0 for w in windows) >= THRESHOLD
+    requests = [e for e in events(prefix, Topics.RETRAIN_REQUESTS) if isinstance(e, RetrainRequest)]
+    assert [r.idempotency_key for r in requests if r.trigger == "monitor"] == []
+    alerts = [e for e in events(prefix, Topics.ALERTS) if isinstance(e, Alert)]
+    loud = {"accuracy_drop", "accuracy_drop_estimated", "estimate_confirmed", "false_alarm"}
+    assert [a.message for a in alerts if a.kind in loud] == []

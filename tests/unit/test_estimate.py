@@ -17,7 +17,13 @@ from services.monitoring.estimate import (
     normal_quantile,
 )
 from services.monitoring.monitor import Monitor, MonitorPolicy, Outputs
-from services.monitoring.trigger import TriggerPolicy
+from services.monitoring.trigger import (
+    Judgement,
+    RetrainTrigger,
+    TriggerPolicy,
+    wilson_interval,
+)
+from shared.events import AccuracyEstimate
 from services.monitoring.windows import Observation, WindowPolicy
 
 CLASSES = ("car", "truck", "bus", "motorcycle")
@@ -277,14 +283,16 @@ def test_confirming_fires_on_the_first_labels_of_the_new_frames_before_the_windo
             fired_at = i
     assert len(out.retrains) == 1 and fired_at is not None
     request = out.retrains[0]
-    assert request.evidence is not None and "confirmed by 40 labels" in request.reason
+    # Decisive on the first 20 labels (3 of them right): the Wilson interval at 99 % lies
+    # wholly below 0.75, long before the 40 that decide in any case.
+    assert request.evidence is not None and "confirmed by 20 labels" in request.reason
     # The confirming labels name the slice that fell: the night, on every camera.
     assert request.slices == [f"camera=cam-{i}" for i in range(1, 5)] + ["condition=night"]
     assert request.idempotency_key == "drop:m:v1:live:est-10"
     assert kinds(out).count("estimate_confirmed") == 1
-    # 40 labels of night at one frame in three: about 120 frames after the suspicion, long
+    # 20 labels of night at one frame in three: about 60 frames after the suspicion, long
     # before two windows of 90 labels would have been bad.
-    assert fired_at < 200
+    assert fired_at < 100
     # The windows' rule alone, on the same frames, fires much later.
     off_policy = POLICY.model_copy(
         update={"trigger": POLICY.trigger.model_copy(update={"estimate": "off"})}
@@ -307,3 +315,53 @@ def test_a_suspicion_the_labels_contradict_fires_nothing_and_counts_a_false_alar
     assert out.retrains == []
     assert kinds(out).count("accuracy_drop_estimated") == 1 and kinds(out).count("false_alarm") == 1
     assert monitor.trigger.false_alarms == 1
+
+
+# --- judging a suspicion sequentially ----------------------------------------------------
+
+
+def test_the_wilson_interval_matches_its_textbook_values() -> None:
+    low, high = wilson_interval(50, 100, 0.95)
+    assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
+    low, high = wilson_interval(0, 20, 0.95)
+    assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.1611, abs=1e-4)
+    low, high = wilson_interval(20, 20, 0.95)
+    assert low == pytest.approx(0.8389, abs=1e-4) and high == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(0, 0, 0.95)
+
+
+def suspicion_judged(accuracy: float, rng: random.Random, policy: TriggerPolicy) -> Judgement:
+    """A suspected drop of v1, then labels right with probability ``accuracy`` until the
+    trigger judges it."""
+    trigger = RetrainTrigger("m", policy)
+    low = AccuracyEstimate(value=0.2, low=0.1, high=0.3, frames=200, method="class-mix")
+    assert trigger.observe_estimate("v1", "est-1", low, T0, [], T0) is not None
+    for i in range(1, policy.confirm_labels + 1):
+        at = T0 + timedelta(seconds=i)
+        judged = trigger.observe_label("v1", at, rng.random() < accuracy, at)
+        if judged is not None:
+            assert judged.labelled == i
+            return judged
+    raise AssertionError("no judgement at confirm_labels")
+
+
+def test_a_suspicion_is_judged_as_soon_as_the_labels_are_decisive_and_rarely_wrongly() -> None:
+    """Simulated judgements (threshold 0.75, 99 % Wilson interval from 20 labels, at most
+    100): a night the model gets right 30 % of the time is confirmed on 20 labels; a model
+    right 95 % of the time is called a false alarm within about 40; a true accuracy at the
+    threshold goes to the full hundred about as often as not, and the early verdicts are
+    seldom wrong."""
+    policy = TriggerPolicy(confirm_min_labels=20, confirm_labels=100)
+    rng = random.Random(5)
+    night = [suspicion_judged(0.30, rng, policy) for _ in range(2000)]
+    assert all(j.confirmed for j in night)
+    assert sorted(j.labelled for j in night)[1000] == 20  # the median
+    fine = [suspicion_judged(0.95, rng, policy) for _ in range(2000)]
+    # Wrongly confirmed: a model right 95 % of the time, "confirmed" as a drop.
+    assert sum(j.confirmed for j in fine) / len(fine) <= 0.01
+    assert sorted(j.labelled for j in fine)[1000] <= 45
+    # Just above the threshold (0.85): early verdicts in either direction stay rare errors.
+    near = [suspicion_judged(0.85, rng, policy) for _ in range(2000)]
+    early_confirmed = [j for j in near if j.confirmed and j.labelled < 100]
+    assert len(early_confirmed) / len(near) <= 0.02
