@@ -23,8 +23,8 @@ from services.monitoring.trigger import (
     TriggerPolicy,
     wilson_interval,
 )
-from shared.events import AccuracyEstimate
 from services.monitoring.windows import Observation, WindowPolicy
+from shared.events import AccuracyEstimate
 
 CLASSES = ("car", "truck", "bus", "motorcycle")
 PRIOR = {"car": 5 / 9, "truck": 2 / 9, "bus": 1 / 9, "motorcycle": 1 / 9}
