@@ -52,11 +52,10 @@ from shared.topics import Topics
 from tests.bench.lib.control import delete_groups, delete_redis_keys, delete_topics
 from tests.bench.lib.procs import load_average
 from tests.bench.lib.report import bench_dir, write_figures
-from tests.integration.helpers import free_port, read_all
+from tests.integration.helpers import DEMO_GROUPS, demo_env, read_all
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ("day-to-night", "fog-bank", "gradual-dusk")
-GROUPS = ("ingest", "serving", "simulator", "training", "evaluation", "registry")
 STEPS = ("suspected", "retrain", "trained", "evaluated", "promoted")
 
 
@@ -66,18 +65,7 @@ def run_once(console: Console, scenario: str, selection: bool, timeout_s: float)
     prefix, model = f"loopbench-{tag}-", f"loop-{tag}"
     home = bench_dir() / "loop" / f"{scenario}-{'active' if selection else 'random'}-{tag}"
     home.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "COLUMNS": "160",
-        "STREAMLOOP_KAFKA_TOPIC_PREFIX": prefix,
-        "STREAMLOOP_ARTIFACTS_ROOT": str(home / "artifacts"),
-        "STREAMLOOP_TELEMETRY_TRACES_DIR": str(home / "traces"),
-        "STREAMLOOP_VAR": str(home / "var"),
-        "STREAMLOOP_REGISTRY_API_PORT": "0",
-        "STREAMLOOP_MONITORING_DASHBOARD_PORT": "0",
-        "STREAMLOOP_SERVING_HTTP_PORT": str(free_port()),
-        **{f"STREAMLOOP_{g.upper()}_GROUP_ID": f"{prefix}{g}" for g in GROUPS},
-    }
+    env = {**os.environ, "COLUMNS": "160", **demo_env(prefix, home)}
     if not selection:
         env["STREAMLOOP_MONITORING_REQUESTS__PER_CAMERA_MINUTE"] = "0"
     summary_path = home / "summary.json"
@@ -99,7 +87,7 @@ def run_once(console: Console, scenario: str, selection: bool, timeout_s: float)
             [t for t in _topics(settings) if t.startswith(prefix)], console.print,
             only_existing=True,
         )  # fmt: skip
-        delete_groups(settings, [f"{prefix}{g}" for g in GROUPS])
+        delete_groups(settings, [f"{prefix}{g}" for g in DEMO_GROUPS])
         delete_redis_keys(f"streamloop:registry:{model}:*", console.print)
     figures |= {"exit": code, "wall_s": round(time.monotonic() - started, 1), "home": str(home)}
     console.print(f"  {json.dumps({k: v for k, v in figures.items() if k != 'home'})}")

@@ -27,11 +27,10 @@ from shared.settings import KafkaSettings, RedisSettings
 from shared.telemetry import read_spans
 from shared.topics import Topics
 from streamloop.trace_view import select_trace
-from tests.integration.helpers import free_port, read_all
+from tests.integration.helpers import demo_env, read_all
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
-GROUPS = ("ingest", "serving", "simulator", "training", "evaluation", "registry")
 THRESHOLD = 0.75
 RECOVERY_BOUND_S = 150
 """Drift onset to recovery must take less than this: about 80 to 110 s on the 2-core
@@ -41,17 +40,7 @@ development machine alone (docs/monitoring.md, "Faster"), with room for a loaded
 @pytest.fixture
 def stack(prefix: str, tmp_path: Path) -> Iterator[dict[str, str]]:
     model = f"e2e-{uuid.uuid4().hex[:8]}"
-    env = {
-        "STREAMLOOP_KAFKA_TOPIC_PREFIX": prefix,
-        "STREAMLOOP_ARTIFACTS_ROOT": str(tmp_path / "artifacts"),
-        "STREAMLOOP_TELEMETRY_TRACES_DIR": str(tmp_path / "traces"),
-        "STREAMLOOP_VAR": str(tmp_path / "var"),
-        "STREAMLOOP_REGISTRY_API_PORT": "0",
-        "STREAMLOOP_MONITORING_DASHBOARD_PORT": "0",
-        "STREAMLOOP_SERVING_HTTP_PORT": str(free_port()),
-        **{f"STREAMLOOP_{g.upper()}_GROUP_ID": f"{prefix}{g}" for g in GROUPS},
-        "E2E_MODEL": model,
-    }
+    env = {**demo_env(prefix, tmp_path), "E2E_MODEL": model}
     yield env
     registry = RedisRegistry(connect(RedisSettings()))
     for key in registry._redis.scan_iter(f"streamloop:registry:{model}:*"):

@@ -70,6 +70,25 @@ def free_port() -> int:
     raise RuntimeError("no free port between 20000 and 32000")
 
 
+DEMO_GROUPS = ("ingest", "serving", "simulator", "training", "evaluation", "registry")
+"""The services whose consumer group a ``streamloop demo`` run names itself."""
+
+
+def demo_env(prefix: str, home: Path) -> dict[str, str]:
+    """The settings of one isolated ``streamloop demo`` run: its own topics (``prefix``),
+    consumer groups, artifacts, traces and logs (under ``home``), and free ports."""
+    return {
+        "STREAMLOOP_KAFKA_TOPIC_PREFIX": prefix,
+        "STREAMLOOP_ARTIFACTS_ROOT": str(home / "artifacts"),
+        "STREAMLOOP_TELEMETRY_TRACES_DIR": str(home / "traces"),
+        "STREAMLOOP_VAR": str(home / "var"),
+        "STREAMLOOP_REGISTRY_API_PORT": "0",
+        "STREAMLOOP_MONITORING_DASHBOARD_PORT": "0",
+        "STREAMLOOP_SERVING_HTTP_PORT": str(free_port()),
+        **{f"STREAMLOOP_{g.upper()}_GROUP_ID": f"{prefix}{g}" for g in DEMO_GROUPS},
+    }
+
+
 def bare_producer(settings: KafkaSettings) -> KafkaProducer:
     return KafkaProducer(max_request_size=2 * 1024 * 1024, **settings.client_kwargs())
 

@@ -1,0 +1,44 @@
+"""The closed-loop benchmark's pure part: the estimate's error per condition."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from shared.events import AccuracyEstimate, WindowMetrics
+from tests.bench.bench_loop import estimate_mae
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def window(slices: dict[str, float], accuracy: float, estimated: float) -> WindowMetrics:
+    return WindowMetrics(
+        model_name="m",
+        model_version="v1",
+        window_id="v1:live:1",
+        window_kind="count",
+        window_start=T0,
+        window_end=T0,
+        sample_count=300,
+        labelled_count=100,
+        label_coverage=0.33,
+        accuracy=accuracy,
+        per_slice_accuracy=slices,
+        estimate=AccuracyEstimate(
+            value=estimated, low=estimated - 0.05, high=estimated + 0.05, frames=300,
+            method="confidence",
+        ),
+        estimate_error=estimated - accuracy,
+    )  # fmt: skip
+
+
+def test_the_error_counts_windows_of_one_condition_only_per_condition() -> None:
+    windows = [
+        window({"camera=cam-1": 0.9, "condition=day": 0.95}, 0.95, 0.93),
+        window({"condition=day": 0.97}, 0.97, 0.93),
+        window({"condition=night": 0.4}, 0.40, 0.50),
+        window({"condition=day": 0.9, "condition=night": 0.5}, 0.70, 0.10),  # straddles
+    ]
+    mae = estimate_mae(windows)
+    assert mae.keys() == {"day", "night"}
+    assert mae["day"]["windows"] == 2 and abs(mae["day"]["mae"] - 0.03) < 1e-9
+    assert mae["night"] == {"mae": 0.1, "windows": 1}
