@@ -87,15 +87,50 @@ class Snapshot:
                 out.extend(named)
         return tuple(sorted(out))
 
+    def wants_drift_examples(self, least: int) -> bool:
+        """True while the request's drifted slices could be weighted but have fewer than
+        ``least`` training examples: right after a drift, the new condition's labels are
+        still arriving. False when the request names no slice, or names of each kind only
+        slices that cover every training example (all cameras), which no wait changes."""
+        if not self.drifted:
+            return False
+        present: dict[str, set[str]] = {kind: set() for kind in SLICE_KINDS}
+        for r in self.train:
+            for key in slice_keys(r):
+                present[key.split("=", 1)[0]].add(key)
+        open_kinds = [
+            kind
+            for kind in SLICE_KINDS
+            if (named := {d for d in self.drifted if d.split("=", 1)[0] == kind})
+            and not named >= present[kind]
+        ]
+        if not open_kinds:
+            return False
+        return len(self.drifted_examples()) < least
+
+    def drifted_examples(self) -> list[ExampleRecord]:
+        """The training examples of the drift: those that belong, for every kind with
+        ``weighted_slices``, to one of that kind's (night on cameras 1, 3 and 4: the night
+        frames of those cameras, not every frame of theirs). In ``train`` order."""
+        by_kind: dict[str, set[str]] = {}
+        for key in self.weighted_slices():
+            by_kind.setdefault(key.split("=", 1)[0], set()).add(key)
+        if not by_kind:
+            return []
+        return [
+            r
+            for r in self.train
+            if all(keys.intersection(slice_keys(r)) for keys in by_kind.values())
+        ]
+
     def emphasis(self) -> tuple[str, list[ExampleRecord], int]:
-        """What an epoch emphasises and how often it sees each: ``("slices", the training
-        examples of ``weighted_slices``, drift_repeat)`` when there are such slices, else
+        """What an epoch emphasises and how often it sees each: ``("slices",
+        drifted_examples, drift_repeat)`` when there are such examples, else
         ``("newest", the policy's ``newest_examples`` newest, newest_repeat)`` (``train`` is
         in capture order: they are its tail), or ``("none", [], 1)``."""
         p = self.policy
-        weighted = set(self.weighted_slices())
-        if weighted:
-            drifted = [r for r in self.train if weighted.intersection(slice_keys(r))]
+        drifted = self.drifted_examples()
+        if drifted:
             return "slices", drifted, p.drift_repeat
         n = min(p.newest_examples, self.recent_size, len(self.train))
         if n == 0 or p.newest_repeat == 1:

@@ -74,6 +74,9 @@ __all__ = [
 
 log = logging.getLogger("streamloop.training")
 
+DRIFT_POLL_S = 3.0
+"""How often a run waiting for examples of the drifted slices re-reads the examples."""
+
 EXPORT_CHECK_IMAGES = 64
 """Holdout images (training images when there is no holdout) an export is checked on."""
 
@@ -215,6 +218,34 @@ class Trainer:
             self._leases.release(lease_key, self._owner)
         return outcome
 
+    def _snapshot(
+        self, request: RetrainRequest, lease: LeaseKeeper
+    ) -> tuple[ExampleTable, Snapshot]:
+        """The examples and the run's snapshot, once the drifted slices have
+        ``policy.min_drift_examples`` training examples or ``drift_wait_s`` has passed."""
+        s = self.settings
+        waited = 0.0
+        while True:
+            table = self._load_examples()
+            snap = build_snapshot(table, s.policy, s.seed, request.slices)
+            if waited >= s.drift_wait_s or not snap.wants_drift_examples(
+                s.policy.min_drift_examples
+            ):
+                break
+            lease.check("waiting for examples of the drifted slices")
+            self._sleep(DRIFT_POLL_S)
+            waited += DRIFT_POLL_S
+        if waited:
+            log.info(
+                "waited for examples of the drifted slices",
+                extra={
+                    "key": request.idempotency_key,
+                    "waited_s": waited,
+                    "weighted": snap.weighting()["examples"],
+                },
+            )
+        return table, snap
+
     def _lease_key(self, key: str) -> str:
         # Idempotency keys are unique per model, not across models.
         return f"{self.settings.model_name}/{key}"
@@ -223,8 +254,7 @@ class Trainer:
         s = self.settings
         key = request.idempotency_key
         started = time.perf_counter()
-        table = self._load_examples()
-        snap = build_snapshot(table, s.policy, s.seed, request.slices)
+        table, snap = self._snapshot(request, lease)
         log.info(
             "dataset snapshot",
             extra={

@@ -46,6 +46,13 @@ class SamplingPolicy(BaseModel):
     newest_repeat: int = Field(default=3, ge=1)
     """How often each of the ``newest_examples`` is seen per epoch (1: no emphasis)."""
 
+    min_drift_examples: int = Field(default=100, ge=0)
+    """Training examples of the drifted slices a run waits for (at most
+    ``TrainingSettings.drift_wait_s``) before it snapshots: a request confirmed on the first
+    twenty labels of a night comes before most of the night's labels have reached the
+    examples log, and a fit on two dozen night examples learned the night to 0.6-0.7 in
+    the demo; a hundred take about 20 s more of labels there. 0: never wait."""
+
     replay_ratio: float = Field(default=2.0, ge=0.0)
     """A run that fine-tunes earlier weights (a warm start) sees, per epoch, the emphasised
     examples (of the drifted slices, or the newest) ``drift_repeat`` (``newest_repeat``) times
@@ -99,6 +106,11 @@ class TrainingSettings(ServiceSettings):
     time_budget_s: float = Field(default=110.0, gt=0)
     """Wall-clock budget of the fitting; no epoch starts that is not expected to finish in
     time (the run then records ``stopped_by_budget``)."""
+
+    drift_wait_s: float = Field(default=45.0, ge=0)
+    """How long a run waits, at most, for ``policy.min_drift_examples`` examples of the
+    drifted slices (re-reading the examples every few seconds); then it trains on what there
+    is."""
 
     torch_threads: int = Field(default=2, gt=0)
     """Threads torch may use."""

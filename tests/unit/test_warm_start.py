@@ -275,6 +275,21 @@ def test_drifted_slices_are_weighted_deterministically_and_every_example_stays(
     }
 
 
+def test_slices_of_two_kinds_emphasise_the_examples_of_both(stream: ExampleTable) -> None:
+    # The confirming labels found the night below the threshold, and by chance three of the
+    # four cameras: the night frames of those three are the drift, not every frame of theirs.
+    policy = SamplingPolicy(recent_examples=5000, older_per_class=0)
+    cameras = sorted({r.camera_id for r in stream.records})[:3]
+    named = ["condition=night", *(f"camera={c}" for c in cameras)]
+    snap = build_snapshot(stream, policy, 0, named)
+    drifted = snap.drifted_examples()
+    assert drifted and all(r.condition == "night" and r.camera_id in cameras for r in drifted)
+    assert len(drifted) == sum(
+        1 for r in snap.train if r.condition == "night" and r.camera_id in cameras
+    )
+    assert snap.weighting()["examples"] == len(drifted)
+
+
 def test_slices_that_cover_every_example_or_none_fall_back_to_the_newest(
     stream: ExampleTable,
 ) -> None:
@@ -353,6 +368,47 @@ def test_a_warm_run_trains_on_the_focused_epoch_and_its_lineage_says_so(
     night = sum(1 for r in snap.train if r.condition == "night")
     day = len(snap.train) - night
     assert sizes == [4 * night + min(day, 8 * night), len(snap.train) + 3 * night]
+
+
+def test_a_run_waits_for_examples_of_the_drifted_slices_while_they_arrive(
+    tmp_path: Path, stream: ExampleTable
+) -> None:
+    # The night's labels are still arriving: each read of the examples finds 20 more.
+    night = [r for r in stream.records if r.condition == "night"]
+    day = [r for r in stream.records if r.condition != "night"]
+    reads: list[int] = []
+
+    def load() -> ExampleTable:
+        n = min(len(night), 20 * (len(reads) + 1))
+        reads.append(n)
+        return ExampleTable(day + night[:n], stream.pixels, stream.end_offsets)
+
+    policy = SamplingPolicy(
+        recent_examples=5000, older_per_class=0, min_train_examples=50, min_drift_examples=40
+    )
+    trainer, publisher = trainer_for(
+        tmp_path, stream, MemoryRegistry(), ArtifactStore(tmp_path / "a"), policy=policy,
+        hp=Hyperparameters(epochs=1),
+    )  # fmt: skip
+    trainer._load_examples = load
+    assert trainer.handle(request("night", ["condition=night"])).status == "trained"
+    event = trained(publisher)
+    assert event.dataset.policy["weighting"]["examples"] >= 40
+    assert reads[-1] < len(night) and len(reads) >= 2  # it stopped waiting once it had them
+    # Nothing to wait for: a request that names no slice, or only every camera.
+    build = build_snapshot(stream, policy, 0, [f"camera=cam-{i:02d}" for i in range(4)])
+    assert not build.wants_drift_examples(10**6)
+    assert not build_snapshot(stream, policy, 0).wants_drift_examples(10**6)
+    assert build_snapshot(stream, policy, 0, ["condition=night"]).wants_drift_examples(10**6)
+    # Waiting is bounded: with drift_wait_s 0 the run trains on what there is.
+    again, _ = trainer_for(
+        tmp_path, stream, MemoryRegistry(), ArtifactStore(tmp_path / "b"), policy=policy,
+        hp=Hyperparameters(epochs=1), drift_wait_s=0,
+    )  # fmt: skip
+    reads.clear()
+    again._load_examples = load
+    assert again.handle(request("night2", ["condition=night"])).status == "trained"
+    assert reads == [20]
 
 
 def test_the_lineage_records_the_weighting(tmp_path: Path, stream: ExampleTable) -> None:
