@@ -50,6 +50,7 @@ from shared.kafka_admin import KafkaAdmin
 from shared.settings import KafkaSettings
 from shared.topics import Topics
 from tests.bench.lib.control import delete_groups, delete_redis_keys, delete_topics
+from tests.bench.lib.loop import estimate_mae
 from tests.bench.lib.procs import load_average
 from tests.bench.lib.report import bench_dir, write_figures
 from tests.integration.helpers import DEMO_GROUPS, demo_env, read_all
@@ -132,22 +133,6 @@ def figures_of(summary: dict[str, Any], prefix: str) -> dict[str, Any]:
 def _events(settings: KafkaSettings, topic: str) -> list[Event]:
     records = read_all(settings, topic, 10**7, timeout_s=5)
     return [decode(r.value, Event) for r in records if r.value is not None]
-
-
-def estimate_mae(windows: list[WindowMetrics]) -> dict[str, dict[str, float]]:
-    """Mean absolute error of the estimate over windows whose labels are all of one
-    condition, per condition, with the number of windows."""
-    errors: dict[str, list[float]] = defaultdict(list)
-    for w in windows:
-        conditions = [
-            k.split("=", 1)[1] for k in w.per_slice_accuracy if k.startswith("condition=")
-        ]
-        if len(conditions) == 1 and w.estimate_error is not None:
-            errors[conditions[0]].append(abs(w.estimate_error))
-    return {
-        c: {"mae": round(statistics.fmean(e), 4), "windows": len(e)}
-        for c, e in sorted(errors.items())
-    }
 
 
 def median_of(runs: list[dict[str, Any]], key: str) -> float | None:

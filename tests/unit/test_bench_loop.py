@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from shared.events import AccuracyEstimate, WindowMetrics
-from tests.bench.bench_loop import estimate_mae
+from tests.bench.lib.loop import estimate_mae
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
