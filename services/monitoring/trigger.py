@@ -310,8 +310,7 @@ class RetrainTrigger:
             if verdict is None:
                 continue
             del self._pending[drop]
-            accuracy = pending["correct"] / n
-            confirmed = verdict
+            accuracy, confirmed = pending["correct"] / n, verdict
             request = None
             if confirmed:
                 self.confirmed += 1

@@ -76,35 +76,35 @@ class Snapshot:
         """The ``drifted`` slices an epoch weights up: of each kind, those that have training
         examples, unless together they hold every training example (all cameras dropped when
         night fell: the camera says nothing about which examples matter). Sorted."""
+        present, named = self._present_slices(), self._named_slices()
+        out: list[str] = []
+        for kind in SLICE_KINDS:
+            weighted = named[kind] & present[kind]
+            if weighted and weighted != present[kind]:
+                out.extend(weighted)
+        return tuple(sorted(out))
+
+    def _present_slices(self) -> dict[str, set[str]]:
+        """Kind -> the slices of that kind the training examples belong to."""
         present: dict[str, set[str]] = {kind: set() for kind in SLICE_KINDS}
         for r in self.train:
             for key in slice_keys(r):
                 present[key.split("=", 1)[0]].add(key)
-        out: list[str] = []
-        for kind in SLICE_KINDS:
-            named = {d for d in self.drifted if d.split("=", 1)[0] == kind} & present[kind]
-            if named and named != present[kind]:
-                out.extend(named)
-        return tuple(sorted(out))
+        return present
+
+    def _named_slices(self) -> dict[str, set[str]]:
+        """Kind -> the ``drifted`` slices of that kind."""
+        return {
+            kind: {d for d in self.drifted if d.split("=", 1)[0] == kind} for kind in SLICE_KINDS
+        }
 
     def wants_drift_examples(self, least: int) -> bool:
         """True while the request's drifted slices could be weighted but have fewer than
         ``least`` training examples: right after a drift, the new condition's labels are
         still arriving. False when the request names no slice, or names of each kind only
         slices that cover every training example (all cameras), which no wait changes."""
-        if not self.drifted:
-            return False
-        present: dict[str, set[str]] = {kind: set() for kind in SLICE_KINDS}
-        for r in self.train:
-            for key in slice_keys(r):
-                present[key.split("=", 1)[0]].add(key)
-        open_kinds = [
-            kind
-            for kind in SLICE_KINDS
-            if (named := {d for d in self.drifted if d.split("=", 1)[0] == kind})
-            and not named >= present[kind]
-        ]
-        if not open_kinds:
+        present, named = self._present_slices(), self._named_slices()
+        if not any(named[k] and not named[k] >= present[k] for k in SLICE_KINDS):
             return False
         return len(self.drifted_examples()) < least
 
