@@ -129,9 +129,9 @@ class LoopStory:
         elif isinstance(ev, Alert):
             if ev.kind == "drift_detected":
                 self._mark("drift_alert", at)
-            elif ev.kind == "accuracy_drop_estimated":
+            elif ev.kind in ("accuracy_drop_estimated", "accuracy_drop_suspected"):
                 self._mark("suspected", at)
-            elif ev.kind == "estimate_confirmed":
+            elif ev.kind in ("estimate_confirmed", "drop_confirmed"):
                 self._mark("confirmed", at)
             colour = {"critical": "red", "warning": "yellow"}.get(ev.severity, "cyan")
             self.say(f"[{colour}]alert {ev.kind}[/]: {ev.message}", at)
@@ -328,7 +328,7 @@ class DemoReport:
         if self.estimate_mae is not None:
             t.add_row("estimate's mean absolute error", f"{100 * self.estimate_mae:.1f} pts")
         labels = {
-            "suspected": "drop suspected (estimate)",
+            "suspected": "drop suspected (estimate or labels)",
             "confirmed": "drop confirmed (labels)",
             "accuracy_drop": "first window below the threshold",
             "drift_alert": "drift alert (label-free)",

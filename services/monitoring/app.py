@@ -96,7 +96,8 @@ CAMERA_ESTIMATE = Gauge(
 )
 JUDGED = Counter(
     "streamloop_monitoring_estimated_requests_judged",
-    "Retrain requests the estimate fired, by what labels then said (confirmed, false_alarm).",
+    "Suspected drops (by the estimate or the labels' CUSUM), by what labels then said "
+    "(confirmed, false_alarm).",
     ["outcome"],
 )
 PENDING = Gauge("streamloop_monitoring_pending", "Frames held in this worker's join table.")
@@ -419,8 +420,8 @@ class MonitorApp:
             log.warning("retrain requested", extra={"key": r.idempotency_key, "reason": r.reason})
         for a in out.alerts:
             await self._send(Topics.ALERTS, a.kind, a, name="monitoring alert")
-            if a.kind in ("estimate_confirmed", "false_alarm"):
-                JUDGED.labels("confirmed" if a.kind == "estimate_confirmed" else a.kind).inc()
+            if a.kind in ("estimate_confirmed", "drop_confirmed", "false_alarm"):
+                JUDGED.labels("false_alarm" if a.kind == "false_alarm" else "confirmed").inc()
             log.warning("alert", extra={"kind": a.kind, "alert": a.message})
         for q in out.label_requests:
             await self._send(Topics.LABELS_REQUESTS, q.frame_id, q, name="monitoring label request")

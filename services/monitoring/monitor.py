@@ -272,6 +272,9 @@ class Monitor:
             )
             if judgement is not None:
                 out.extend(self._judged(judgement))
+            suspicion = self.trigger.watch_label(version, obs.served_at, obs.predicted == obs.label)
+            if suspicion is not None:
+                out.extend(self._suspected(suspicion))
             self._dirty.add("control/")
         closed = book.add_label(obs, now, self.policy.window, self.classes, self.prior)
         if closed:
@@ -345,26 +348,37 @@ class Monitor:
         )
 
     def _suspected(self, s: Suspicion) -> Outputs:
-        """The alert (and, firing at once, the request) of a drop the estimate suspects."""
+        """The alert (and, firing at once, the request) of a drop the estimate or the
+        labels' CUSUM suspects."""
         e = s.estimate
-        text = (
-            f"estimated accuracy of {s.version} {e.value:.3f} ({e.low:.3f}-{e.high:.3f}) on "
-            f"{e.frames} frames, by {e.method}"
-        )
         out = Outputs()
-        if s.request is not None:
-            out.retrains.append(self._request(s.request))
-            text = f"retrain requested: {text}"
+        if e is None:
+            text = (
+                f"drop suspected from labels, waiting for fresh ones to confirm: {s.labelled} "
+                f"labels of {s.version} at {s.accuracy or 0:.3f} since the CUSUM left zero"
+            )
+            detail: dict[str, Any] = {"drop": s.drop, "labelled": s.labelled}
+            kind = "accuracy_drop_suspected"
         else:
-            text = f"drop suspected, waiting for labels to confirm: {text}"
+            text = (
+                f"estimated accuracy of {s.version} {e.value:.3f} ({e.low:.3f}-{e.high:.3f}) "
+                f"on {e.frames} frames, by {e.method}"
+            )
+            detail = {"drop": s.drop, "estimate": e.model_dump(mode="json"), "slices": s.slices}
+            kind = "accuracy_drop_estimated"
+            if s.request is not None:
+                out.retrains.append(self._request(s.request))
+                text = f"retrain requested: {text}"
+            else:
+                text = f"drop suspected, waiting for labels to confirm: {text}"
         out.alerts.append(
             _alert(
-                "accuracy_drop_estimated",
+                kind,
                 "critical" if s.request is not None else "warning",
                 f"drop:{self.model_name}:{s.drop}",
                 text,
                 s.version,
-                {"drop": s.drop, "estimate": e.model_dump(mode="json"), "slices": s.slices},
+                detail,
             )
         )
         return out
@@ -374,8 +388,9 @@ class Monitor:
         confirmation fires."""
         verdict = "confirmed" if j.confirmed else "contradicted (false alarm)"
         out = Outputs()
+        what = "estimated drop" if j.source == "estimate" else "drop the labels suggested"
         message = (
-            f"estimated drop of {j.version} {verdict} by labels: accuracy {j.accuracy:.3f} on "
+            f"{what} of {j.version} {verdict} by labels: accuracy {j.accuracy:.3f} on "
             f"{j.labelled} labels"
         )
         if j.request is not None:
@@ -383,7 +398,9 @@ class Monitor:
             message += "; retrain requested"
         out.alerts.append(
             _alert(
-                "estimate_confirmed" if j.confirmed else "false_alarm",
+                ("estimate_confirmed" if j.source == "estimate" else "drop_confirmed")
+                if j.confirmed
+                else "false_alarm",
                 "critical" if j.request is not None else "info" if j.confirmed else "warning",
                 j.key,
                 message,
@@ -447,7 +464,7 @@ class Monitor:
     def _drift(self, book: WindowBook, closed: Closed, m: WindowMetrics) -> Outputs:
         ref = book.reference
         out = Outputs()
-        if ref is None or ref.window_id == m.window_id:
+        if ref is None or ref.window_id == m.window_id or not ref.complete(self.policy.window):
             return out
         acc = closed.accumulator
         finding = detect_drift(
@@ -470,7 +487,7 @@ class Monitor:
                         "drift_cleared",
                         "info",
                         m.window_id,
-                        f"inputs of {version} look like its first window again "
+                        f"inputs of {version} look like its first windows again "
                         f"(drift since window {started})",
                         version,
                         {"window_id": m.window_id},

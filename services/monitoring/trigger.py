@@ -30,6 +30,19 @@ contradicted. Either way the request carries the estimate as its evidence. Each 
 the drop of its version; while a drop is open, neither fires again for it (one request per
 drop), and the cooldown holds between requests of any kind.
 
+Labels find a drop on their own too, estimate or not (``watch_labels``): a CUSUM (Page's
+cumulative sum) of the champion's labels in the order they arrive, each adding the
+log-likelihood ratio of accuracy ``cusum_bad`` against ``cusum_ok`` (a wrong answer
+``ln((1 - bad) / (1 - ok))``, a right one ``ln(bad / ok)``), floored at zero. Crossing
+``cusum_h`` suspects a drop that began where the sum last left zero; labels arriving after
+that judge it as above, so the sum only chooses when to look and the Wilson interval of
+fresh labels decides. Simulated at the defaults (``tests/unit/test_trigger_cusum.py``), a
+model right 85 % of the time crosses ``h`` by chance about once in 26,000 labels, one right
+90 % or 95 % of the time not once in 300,000; after a drop to 55 % the sum crosses it within
+a median of 29 labels, to 30 % within 14: a few seconds of labels. It catches the drops the
+estimate misses: a model confidently wrong in a way that keeps its predicted class mix
+plausible.
+
 A drop that outlives its request (the candidate was refused at the gate, or lost the live
 comparison) is asked for again, ``retry_after_s`` after the last request and at most
 ``max_attempts`` times in all; each attempt has its own key (``…:attempt-2``), so the retry
@@ -38,11 +51,12 @@ is one training too, however often the monitor restarts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.monitoring.estimate import normal_quantile
 from shared.events import AccuracyEstimate, RetrainRequest, WindowMetrics
@@ -122,16 +136,52 @@ class TriggerPolicy(BaseModel):
     confirm_confidence: float = Field(default=0.99, gt=0.5, lt=1.0)
     """Two-sided confidence of that interval."""
 
+    watch_labels: bool = True
+    """Whether the champion's labels raise a suspicion themselves (the CUSUM in the module
+    docstring), estimate or not; what they suspect is judged like an estimated drop."""
+
+    cusum_ok: float = Field(default=0.85, gt=0.0, lt=1.0)
+    """Accuracy the label CUSUM takes as well (above ``threshold``)."""
+
+    cusum_bad: float = Field(default=0.6, gt=0.0, lt=1.0)
+    """Accuracy it looks for (below ``threshold``)."""
+
+    cusum_h: float = Field(default=8.0, gt=0.0)
+    """Its alarm level, in nats of evidence: at 8, a model at ``cusum_ok`` raises a
+    suspicion about once in 26,000 labels (which fresh labels then clear), and a drop to
+    0.55 is suspected within about 30 labels (module docstring)."""
+
+    @model_validator(mode="after")
+    def _cusum_straddles_threshold(self) -> TriggerPolicy:
+        if not self.cusum_bad < self.threshold < self.cusum_ok:
+            raise ValueError(
+                f"cusum_bad ({self.cusum_bad}) < threshold ({self.threshold}) < cusum_ok "
+                f"({self.cusum_ok}) must hold"
+            )
+        return self
+
+    def cusum_step(self, correct: bool) -> float:
+        """One label's log-likelihood ratio, accuracy ``cusum_bad`` against ``cusum_ok``."""
+        if correct:
+            return math.log(self.cusum_bad / self.cusum_ok)
+        return math.log((1 - self.cusum_bad) / (1 - self.cusum_ok))
+
 
 @dataclass(frozen=True)
 class Suspicion:
-    """A drop the estimate suspects; ``request`` when it fires at once (``fire``)."""
+    """A drop the estimate (``estimate``) or the labels' CUSUM (``labels``) suspects;
+    ``request`` when it fires at once (``fire``)."""
 
     drop: str
     version: str
-    estimate: AccuracyEstimate
+    estimate: AccuracyEstimate | None
     slices: list[str]
     request: RetrainRequest | None
+    source: Literal["estimate", "labels"] = "estimate"
+    labelled: int = 0
+    """Labels behind a CUSUM's suspicion (since the sum last left zero)."""
+    accuracy: float | None = None
+    """Their accuracy."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +195,7 @@ class Judgement:
     labelled: int
     key: str
     request: RetrainRequest | None = None
+    source: Literal["estimate", "labels"] = "estimate"
 
 
 @dataclass
@@ -165,6 +216,8 @@ class RetrainTrigger:
     """Versions whose suspicion labels contradicted, until an estimate of theirs is fine."""
     _pending: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Drop -> the labels counted so far to judge its estimated request."""
+    _cusum: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Version -> its label CUSUM: the sum, labels seen, and the excursion above zero."""
     confirmed: int = 0
     """Estimated requests that labels confirmed."""
     false_alarms: int = 0
@@ -181,6 +234,7 @@ class RetrainTrigger:
             "estimate_run": {v: list(r) for v, r in sorted(self._estimate_run.items())},
             "pending": {d: dict(p) for d, p in sorted(self._pending.items())},
             "distrusted": sorted(self._distrusted),
+            "cusum": {v: dict(c) for v, c in sorted(self._cusum.items())},
             "confirmed": self.confirmed,
             "false_alarms": self.false_alarms,
         }
@@ -201,6 +255,7 @@ class RetrainTrigger:
         }
         self._pending = {str(d): dict(p) for d, p in state.get("pending", {}).items()}
         self._distrusted = {str(v) for v in state.get("distrusted", [])}
+        self._cusum = {str(v): dict(c) for v, c in state.get("cusum", {}).items()}
         self.confirmed = int(state.get("confirmed", 0))
         self.false_alarms = int(state.get("false_alarms", 0))
 
@@ -261,16 +316,21 @@ class RetrainTrigger:
         self,
         drop: str,
         version: str,
-        estimate: AccuracyEstimate,
+        estimate: AccuracyEstimate | None,
         slices: list[str],
         confirmed: tuple[float, int] | None,
     ) -> RetrainRequest:
+        """The request of a suspected drop: on the estimate (its evidence) or on the labels
+        the CUSUM watched (no estimate)."""
         p = self.policy
-        reason = (
-            f"estimated accuracy of {version} below {p.threshold:.2f}: {estimate.value:.3f} "
-            f"({estimate.low:.3f}-{estimate.high:.3f}) on {estimate.frames} frames, by "
-            f"{estimate.method}"
-        )
+        if estimate is not None:
+            reason = (
+                f"estimated accuracy of {version} below {p.threshold:.2f}: {estimate.value:.3f} "
+                f"({estimate.low:.3f}-{estimate.high:.3f}) on {estimate.frames} frames, by "
+                f"{estimate.method}"
+            )
+        else:
+            reason = f"live accuracy of {version} below {p.threshold:.2f}: its labels dropped"
         if confirmed is not None:
             reason += f"; confirmed by {confirmed[1]} labels at {confirmed[0]:.3f}"
         return RetrainRequest(
@@ -282,6 +342,49 @@ class RetrainTrigger:
             evidence=estimate,
             slices=slices,
         )
+
+    def watch_label(
+        self,
+        version: str,
+        served_at: datetime,
+        correct: bool,
+    ) -> Suspicion | None:
+        """Add one live label of ``version`` to its CUSUM (module docstring); the drop it
+        makes suspect when the sum crosses ``cusum_h``, if any. Call it after
+        ``observe_label``: the labels that raised a suspicion do not judge it."""
+        p = self.policy
+        if not p.watch_labels:
+            return None
+        c = self._cusum.setdefault(version, {"sum": 0.0, "seen": 0})
+        c["seen"] += 1
+        total = max(0.0, c["sum"] + p.cusum_step(correct))
+        if total == 0.0:
+            self._cusum[version] = {"sum": 0.0, "seen": c["seen"]}
+            return None
+        if c["sum"] == 0.0:  # an excursion begins
+            c.update(since=served_at.isoformat(), start=c["seen"], correct=0, labelled=0)
+        c["sum"] = total
+        c["labelled"] += 1
+        c["correct"] += int(correct)
+        c["since"] = min(datetime.fromisoformat(c["since"]), served_at).isoformat()
+        if total < p.cusum_h:
+            return None
+        self._cusum[version] = {"sum": 0.0, "seen": c["seen"]}
+        if version in self._drops:
+            return None  # already suspected, requested or judged: one drop at a time
+        drop = f"{version}:labels:{c['start']}"
+        self._drops[version] = drop
+        self._pending[drop] = {
+            "version": version,
+            "since": c["since"],
+            "correct": 0,
+            "labelled": 0,
+            "estimate": None,
+            "slices": [],
+            "source": "labels",
+        }
+        n = int(c["labelled"])
+        return Suspicion(drop, version, None, [], None, "labels", n, c["correct"] / n)
 
     def observe_label(
         self,
@@ -317,20 +420,31 @@ class RetrainTrigger:
                 if self._attempts.get(drop, 0) == 0 and not self._cooling(now, 1):
                     self._attempts[drop] = 1
                     self._last_fired = now
+                    estimate = pending.get("estimate")
                     request = self._estimated_request(
                         drop,
                         version,
-                        AccuracyEstimate.model_validate(pending["estimate"]),
+                        AccuracyEstimate.model_validate(estimate) if estimate else None,
                         self._confirmed_slices(pending),
                         (accuracy, n),
                     )
             else:
                 self.false_alarms += 1
-                self._distrusted.add(version)
-                self._estimate_run.pop(version, None)
+                if pending.get("source", "estimate") == "estimate":
+                    self._distrusted.add(version)
+                    self._estimate_run.pop(version, None)
                 if self._drops.get(version) == drop:
                     del self._drops[version]
-            return Judgement(drop, version, confirmed, accuracy, n, self._key(drop, 1), request)
+            return Judgement(
+                drop,
+                version,
+                confirmed,
+                accuracy,
+                n,
+                self._key(drop, 1),
+                request,
+                pending.get("source", "estimate"),
+            )
         return None
 
     def _verdict(self, correct: int, n: int) -> bool | None:

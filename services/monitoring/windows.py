@@ -58,12 +58,16 @@ class WindowPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    labelled_per_window: int = Field(default=200, gt=0)
+    labelled_per_window: int = Field(default=100, gt=0)
     """Labelled predictions per count window. At the simulator's 20 frames/s and 30 % label
-    coverage, one window every 35 s or so; 200 labels put the standard error of an accuracy
-    near 0.9 at about 0.02. Smaller windows see a recovery sooner, but the first window of
-    a version is the reference of its class-mix PSI, and at 100 labels (about 170
-    predictions at the test's rate) later windows crossed the drift threshold by chance."""
+    coverage, one window every 17 s or so; 100 labels put the standard error of an accuracy
+    near 0.9 at 0.03, and a recovery is seen about 20 s sooner than with windows of 200."""
+
+    reference_samples: int = Field(default=400, gt=0)
+    """Predictions the drift reference (``Reference``) holds before windows are compared with
+    it: the version's first windows until they add up to this. With windows of 100 labels, a
+    reference of one window (about 170 predictions at the test's rate) was too noisy a
+    baseline: later steady-day windows crossed the drift threshold."""
 
     max_window_s: float = Field(default=300.0, gt=0)
     """A window open this long closes early (time fallback) ..."""
@@ -271,14 +275,74 @@ class WindowAccumulator(BaseModel):
 
 
 class Reference(BaseModel):
-    """What a version looked like in its first window: the baseline of label-free drift."""
+    """What a version looked like in its first windows: the baseline of label-free drift.
+
+    It grows window by window until it holds ``WindowPolicy.reference_samples`` predictions,
+    so that small windows do not make a noisy baseline; windows compared with it are the
+    ones after that."""
 
     window_id: str
+    """The last window it holds."""
     mix: dict[str, float]
     mean_confidence: float | None
     camera_confidence: dict[str, float]
     camera_samples: dict[str, int] | None = None
     """Predictions behind each camera's confidence (None in references kept before counts)."""
+    samples: int | None = None
+    """Predictions it holds (None in references kept before it grew: complete)."""
+
+    @classmethod
+    def of(cls, acc: WindowAccumulator, window_id: str, classes: Sequence[str]) -> Reference:
+        return cls(
+            window_id=window_id,
+            mix=acc.class_mix(classes),
+            mean_confidence=acc.confidence_sum / acc.samples if acc.samples else None,
+            camera_confidence=acc.camera_confidence(),
+            camera_samples=acc.camera_samples(),
+            samples=acc.samples,
+        )
+
+    def complete(self, policy: WindowPolicy) -> bool:
+        return self.samples is None or self.samples >= policy.reference_samples
+
+    def grown(self, other: Reference) -> Reference:
+        """This reference with ``other`` (the next window's) added, weighted by predictions."""
+        n, m = self.samples or 0, other.samples or 0
+        if n + m == 0:
+            return other
+
+        def mean(a: float | None, b: float | None, wa: int, wb: int) -> float | None:
+            if a is None or wa == 0:
+                return b
+            if b is None or wb == 0:
+                return a
+            return (a * wa + b * wb) / (wa + wb)
+
+        cams_a, cams_b = self.camera_samples or {}, other.camera_samples or {}
+        cameras = sorted(set(self.camera_confidence) | set(other.camera_confidence))
+        return Reference(
+            window_id=other.window_id,
+            mix={
+                c: (self.mix.get(c, 0.0) * n + other.mix.get(c, 0.0) * m) / (n + m)
+                for c in sorted(set(self.mix) | set(other.mix))
+            },
+            mean_confidence=mean(self.mean_confidence, other.mean_confidence, n, m),
+            camera_confidence={
+                cam: v
+                for cam in cameras
+                if (
+                    v := mean(
+                        self.camera_confidence.get(cam),
+                        other.camera_confidence.get(cam),
+                        cams_a.get(cam, 0),
+                        cams_b.get(cam, 0),
+                    )
+                )
+                is not None
+            },
+            camera_samples={cam: cams_a.get(cam, 0) + cams_b.get(cam, 0) for cam in cameras},
+            samples=n + m,
+        )
 
 
 @dataclass
@@ -291,7 +355,7 @@ class Closed:
 
 class WindowBook(BaseModel):
     """The windows of one model version on one stream: the open one, how many closed, and
-    the reference (the first closed window)."""
+    the reference (its first closed windows, ``Reference``)."""
 
     model_name: str
     model_version: str
@@ -358,13 +422,8 @@ class WindowBook(BaseModel):
             estimate_policy=policy.estimate,
             prior=prior,
         )
-        if self.reference is None:
-            self.reference = Reference(
-                window_id=metrics.window_id,
-                mix=dict(metrics.class_mix),
-                mean_confidence=metrics.mean_confidence,
-                camera_confidence=acc.camera_confidence(),
-                camera_samples=acc.camera_samples(),
-            )
+        if self.reference is None or not self.reference.complete(policy):
+            window = Reference.of(acc, metrics.window_id, classes)
+            self.reference = window if self.reference is None else self.reference.grown(window)
         self.open = WindowAccumulator()
         return Closed(metrics, acc)

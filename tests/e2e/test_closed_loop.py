@@ -141,8 +141,10 @@ def test_day_to_night_one_retrain_a_promotion_and_recovery(
     ]
     assert quiet == [], [a.message for a in quiet]
 
-    # Estimated accuracy before labels: every live window has one; the night's windows of
-    # the day champion are seen to be bad without their labels.
+    # Estimated accuracy before labels: every live window has one, and the night's windows
+    # of the day champion are estimated well below the day's without their labels. (How far
+    # below varies with the bootstrap model: a model half right at night can keep a
+    # plausible class mix, and its estimate stays near 0.75; its labels find the drop.)
     live = [w for w in windows if not w.shadow]
     for w in live:
         conditions = sorted(k for k in w.per_slice_accuracy if k.startswith("condition="))
@@ -152,7 +154,12 @@ def test_day_to_night_one_retrain_a_promotion_and_recovery(
         )  # fmt: skip
     assert all(w.estimate is not None for w in live)
     bad = [w for w in live if w.accuracy is not None and w.accuracy < THRESHOLD]
-    assert any(w.estimate is not None and w.estimate.high < THRESHOLD for w in bad)
+    assert bad
+
+    def mean_estimate(ws: list[WindowMetrics]) -> float:
+        return sum(w.estimate.value for w in ws if w.estimate) / len(ws)
+
+    assert mean_estimate(bad) <= mean_estimate(steady) - 0.1
 
     # The drift: accuracy falls below the threshold, exactly one retrain request for it.
     assert summary["lowest"] < THRESHOLD
@@ -160,13 +167,16 @@ def test_day_to_night_one_retrain_a_promotion_and_recovery(
     assert len(monitor_requests) == 1, [r.idempotency_key for r in monitor_requests]
     request = monitor_requests[0]
     assert request.idempotency_key.startswith(f"drop:{model}:")
-    # By default the estimate suspects the drop and a hundred night labels confirm it, before
-    # two full windows could; either way the request says what it rests on.
+    # By default the estimate or the labels' CUSUM suspects the drop and fresh night labels
+    # confirm it, before two full windows could; either way the request says what it rests on.
     after_onset = {a.kind for a in alerts if a.produced_at >= onset}
     assert "drift_detected" in after_onset
     if request.evidence is not None:
         assert {"accuracy_drop_estimated", "estimate_confirmed"} <= after_onset
         assert request.evidence.high < THRESHOLD and "confirmed by" in request.reason
+    elif "labels dropped" in request.reason:
+        assert {"accuracy_drop_suspected", "drop_confirmed"} <= after_onset
+        assert "confirmed by" in request.reason and request.window_ids == []
     else:
         assert "accuracy_drop" in after_onset and len(request.window_ids) == 2
     print("request", request.idempotency_key, request.reason)
@@ -272,5 +282,8 @@ def test_twenty_minutes_of_steady_day_ask_for_nothing(stack: dict[str, str], pre
     requests = [e for e in events(prefix, Topics.RETRAIN_REQUESTS) if isinstance(e, RetrainRequest)]
     assert [r.idempotency_key for r in requests if r.trigger == "monitor"] == []
     alerts = [e for e in events(prefix, Topics.ALERTS) if isinstance(e, Alert)]
-    loud = {"accuracy_drop", "accuracy_drop_estimated", "estimate_confirmed", "false_alarm"}
+    loud = {
+        *("accuracy_drop", "accuracy_drop_estimated", "accuracy_drop_suspected"),
+        *("estimate_confirmed", "drop_confirmed", "false_alarm"),
+    }
     assert [a.message for a in alerts if a.kind in loud] == []

@@ -176,4 +176,4 @@ def test_the_summary_sets_the_estimate_beside_the_realised_accuracy() -> None:
     assert r.estimate_mae is not None and abs(r.estimate_mae - 0.034) < 1e-9
     assert r.milestones_s["suspected"] == 30.0 and r.milestones_s["confirmed"] == 42.0
     text = str(r.table().columns[0]._cells) + str(r.table().columns[1]._cells)
-    assert "drop suspected (estimate)" in text and "95.0 % / 36.0 % / 90.0 %" in text
+    assert "drop suspected (estimate or labels)" in text and "95.0 % / 36.0 % / 90.0 %" in text

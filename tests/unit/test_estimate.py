@@ -129,6 +129,7 @@ POLICY = MonitorPolicy(
         estimate_frames=100,
         confirm_labels=40,
         estimate="fire",
+        watch_labels=False,  # the estimate's rules alone; the labels' CUSUM: test_trigger_cusum
     ),
     drift=DriftPolicy(min_samples=50, label_requests_per_window=0),
 )

@@ -70,10 +70,17 @@ def test_a_label_that_comes_first_waits_for_its_prediction() -> None:
 
 
 POLICY = MonitorPolicy(
-    window=WindowPolicy(labelled_per_window=50, uncertain_per_camera=5),
-    # The label rule alone (the estimate's rule: tests/unit/test_estimate.py).
+    # The first window is the drift reference (a growing one: tests/unit/test_monitoring.py).
+    window=WindowPolicy(labelled_per_window=50, uncertain_per_camera=5, reference_samples=1),
+    # The windows' rule alone (the estimate's rule: tests/unit/test_estimate.py; the labels'
+    # CUSUM: tests/unit/test_trigger_cusum.py).
     trigger=TriggerPolicy(
-        threshold=0.75, consecutive=2, min_labels=40, cooldown_s=600, estimate="off"
+        threshold=0.75,
+        consecutive=2,
+        min_labels=40,
+        cooldown_s=600,
+        estimate="off",
+        watch_labels=False,
     ),
     drift=DriftPolicy(min_samples=50, label_requests_per_window=6),
     requests=SelectionPolicy(per_camera_minute=0),  # the drift's requests alone here

@@ -247,3 +247,28 @@ def test_a_restarted_trigger_replaying_the_windows_names_the_same_drop() -> None
         fired = [r for r in (trig.observe(w, T0) for w in windows) if r]
         keys.append([r.idempotency_key for r in fired])
     assert keys[0] == keys[1] == ["drop:m:v1:live:2"]
+
+
+def test_the_drift_reference_grows_over_the_first_windows_until_it_holds_enough() -> None:
+    """Windows of 4 predictions (3 labelled), a reference of at least 10: the first three
+    windows make it, each weighted by its predictions, and only the fourth is compared."""
+    policy = WindowPolicy(labelled_per_window=3, reference_samples=10)
+    book = WindowBook(model_name="m", model_version="v1", stream="live")
+    predicted = ["car"] * 4 + ["car", "car", "truck", "truck"] + ["bus"] * 4 + ["car"] * 4
+    closed = []
+    for i, p in enumerate(predicted):
+        c = feed(book, obs(i, p, p if i % 4 else None), policy)
+        if c is not None:
+            closed.append(c)
+        if i == 7:
+            ref = book.reference
+            assert ref is not None and ref.samples == 8 and not ref.complete(policy)
+            assert ref.mix["car"] == pytest.approx(0.75) and ref.mix["truck"] == pytest.approx(0.25)
+    assert len(closed) == 4
+    ref = book.reference
+    assert ref is not None and ref.complete(policy) and ref.window_id == "v1:live:3"
+    assert ref.samples == 12 and ref.camera_samples == {"cam-1": 12}
+    assert ref.mix == pytest.approx({"car": 0.5, "truck": 1 / 6, "bus": 1 / 3, "motorcycle": 0})
+    # The fourth window's PSI is against all three: all cars, where a third were buses.
+    last = closed[-1].metrics
+    assert last.psi == pytest.approx(psi(ref.mix, last.class_mix))
