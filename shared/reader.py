@@ -99,6 +99,15 @@ class TopicReader:
         for tp in tps:  # resolve now: what is published from here on is read
             self._consumer.position(tp)
 
+    def positions(self) -> dict[TopicPartition, int]:
+        """The offset of the next record each partition will return."""
+        return {tp: self._consumer.position(tp) for tp in self._assigned}
+
+    def seek(self, offsets: dict[TopicPartition, int]) -> None:
+        """Read each partition of ``offsets`` from that offset on."""
+        for tp, offset in offsets.items():
+            self._consumer.seek(tp, offset)
+
     def end_offsets(self) -> dict[TopicPartition, int]:
         """Each partition's end offset now (the offset its next record will get)."""
         return dict(self._consumer.end_offsets(self._assigned)) if self._assigned else {}

@@ -22,10 +22,13 @@ from shared.topics import Topics
 def main() -> int:
     settings = EvaluationSettings()
     torch.set_num_threads(settings.torch_threads)
-    with service_runtime("evaluation", settings) as rt:
+    with (
+        service_runtime("evaluation", settings) as rt,
+        examples_loader(settings.kafka, settings.task) as examples,
+    ):
         evaluator = Evaluator(
             settings,
-            load_examples=examples_loader(settings.kafka, settings.task),
+            load_examples=examples,
             store=ArtifactStore(settings.artifacts.root),
             registry=RedisRegistry(connect(settings.redis)),
             publisher=rt.producer,

@@ -25,11 +25,14 @@ log = logging.getLogger("streamloop.training")
 
 def main() -> int:
     settings = TrainingSettings()
-    with service_runtime("training", settings) as rt:
+    with (
+        service_runtime("training", settings) as rt,
+        examples_loader(settings.kafka, settings.task, progress=log) as examples,
+    ):
         registry = RedisRegistry(redis_client := connect(settings.redis))
         trainer = Trainer(
             settings,
-            load_examples=examples_loader(settings.kafka, settings.task, progress=log),
+            load_examples=examples,
             store=ArtifactStore(settings.artifacts.root),
             leases=RedisLeases(redis_client, "streamloop:training:request"),
             registry=registry,

@@ -97,3 +97,44 @@ def test_a_topic_that_appears_later_is_read_after_refresh(
         assert counter() == 1
     finally:
         counter.close()
+
+
+def test_the_example_log_reads_only_what_was_appended_and_equals_a_fresh_read(
+    kafka_settings: KafkaSettings, prefix: str
+) -> None:
+    """An ``ExampleLog`` read twice, with examples, a corrected label and a tombstone appended
+    in between: the second read decodes only the new records and returns exactly the table
+    a fresh ``read_examples`` returns."""
+    from shared.example_log import ExampleLog, read_examples
+    from tests.synthetic import render_examples
+
+    kafka = kafka_settings.model_copy(update={"topic_prefix": prefix})
+    provision_prefixed(kafka, prefix, [Topics.EXAMPLES])
+    first, more = render_examples(40, seed=1), render_examples(10, seed=2)
+    corrected = first[3].model_copy(update={"label": "bus" if first[3].label != "bus" else "car"})
+    shape = (64, 64, 3)
+    with EventProducer(kafka, client_id="example-log-test") as producer:
+        for ex in first:
+            producer.publish(Topics.EXAMPLES, ex, key=ex.frame_id)
+        producer.flush()
+        progress: list[tuple[int, int]] = []
+        with ExampleLog(
+            kafka, shape=shape, on_progress=lambda r, t: progress.append((r, t))
+        ) as log:
+            assert len(log()) == 40
+            for ex in [*more, corrected]:
+                producer.publish(Topics.EXAMPLES, ex, key=ex.frame_id)
+            producer.publish_raw(Topics.EXAMPLES, None, key=first[5].frame_id.encode(), headers=[])
+            producer.flush()
+            progress.clear()
+            again = log.read()
+            assert progress[-1] == (12, 12)  # the ten new, the correction, the tombstone
+            fresh = read_examples(kafka, shape=shape)
+    assert [r.frame_id for r in again.records] == [r.frame_id for r in fresh.records]
+    assert [r.label for r in again.records] == [r.label for r in fresh.records]
+    assert (again.pixels == fresh.pixels).all() and again.end_offsets == fresh.end_offsets
+    ids = {r.frame_id for r in again.records}
+    assert len(again) == 49 and first[5].frame_id not in ids
+    assert (
+        next(r.label for r in again.records if r.frame_id == first[3].frame_id) == corrected.label
+    )
