@@ -32,9 +32,10 @@ from tests.integration.helpers import demo_env, read_all
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 THRESHOLD = 0.75
-RECOVERY_BOUND_S = 180
-"""Drift onset to recovery must take less than this: 80 to 132 s on the 2-core development
-machine alone (docs/monitoring.md, "Under 90 s"), with room for a loaded one."""
+RECOVERY_BOUND_S = 150
+"""Drift onset to recovery must take less than this: 93 to 132 s on the 2-core development
+machine alone (docs/monitoring.md, "Labels watched, windows of 100"), with room for a loaded
+one."""
 
 
 @pytest.fixture

@@ -112,6 +112,10 @@ def env(kafka_settings: KafkaSettings, prefix: str, tmp_path) -> Iterator[dict[s
         "STREAMLOOP_KAFKA_TOPIC_PREFIX": prefix,
         "STREAMLOOP_MONITORING_PROVISION_TOPICS": "false",
         "STREAMLOOP_MONITORING_WINDOW__LABELLED_PER_WINDOW": "20",
+        # The first window is the drift reference; drops are the windows' rule's alone (the
+        # labels' CUSUM and the growing reference: tests/unit).
+        "STREAMLOOP_MONITORING_WINDOW__REFERENCE_SAMPLES": "1",
+        "STREAMLOOP_MONITORING_TRIGGER__WATCH_LABELS": "false",
         "STREAMLOOP_MONITORING_TRIGGER__MIN_LABELS": "10",
         "STREAMLOOP_MONITORING_TRIGGER__CONSECUTIVE": "2",
         "STREAMLOOP_MONITORING_DRIFT__MIN_SAMPLES": "20",
