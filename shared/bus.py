@@ -3,7 +3,7 @@
 Producer: ``acks=all`` and idempotence on; every publish opens a PRODUCER span and writes its
 W3C trace context into the record headers.
 
-Consumer loop (at-least-once):
+Consumer loop (at-least-once; exactly once with a transactional producer):
 
 - poll a batch; decode each record into the topic's event type;
 - a record that does not decode (not JSON, wrong schema, too large) goes straight to the
@@ -23,6 +23,15 @@ Consumer loop (at-least-once):
 - ``stop()`` (wired to SIGTERM/SIGINT by ``stop_on_signals``) lets the record in hand finish,
   flushes, commits and closes.
 
+With a transactional producer (``EventProducer(transactional_id=...)``: ingest and serving),
+each polled batch is one transaction: what its handler published, its dead letters and its
+offsets commit together, or none of them does. An attempt that fails publishes nothing (its
+outputs are staged until it returns), so a retry does not repeat them. A transaction that
+does not commit (the broker away, or the group rebalanced and the broker fenced this member
+by its generation) is aborted and its records are read again from the committed offsets.
+Consumers read committed records only (``isolation_level=read_committed``), so what an
+aborted transaction or a killed process wrote is never seen.
+
 A batch handler (serving) receives every decodable record of one poll at once; when the
 batch keeps failing, its records are retried one by one so a single poison record cannot
 block the rest.
@@ -34,7 +43,8 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
@@ -42,7 +52,7 @@ from typing import Any, Generic, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
-from kafka.producer.future import FutureRecordMetadata
+from kafka.future import Future
 from kafka.structs import OffsetAndMetadata
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -142,7 +152,13 @@ def _tracer(tracer: trace.Tracer | None) -> trace.Tracer:
 
 
 class EventProducer:
-    """Publishes events (and raw records, for dead letters) with trace context in headers."""
+    """Publishes events (and raw records, for dead letters) with trace context in headers.
+
+    With a ``transactional_id`` it is a transactional producer: ``begin``, then what is
+    published, then ``commit`` with the consumed offsets (or ``abort``), all or nothing for
+    ``read_committed`` readers. One thread uses it (the consumer loop's); ``staged`` holds
+    back what an attempt publishes until the attempt succeeds. A new producer with the same
+    id fences the old one and aborts whatever transaction it left open."""
 
     def __init__(
         self,
@@ -150,6 +166,8 @@ class EventProducer:
         *,
         client_id: str = "streamloop",
         tracer: trace.Tracer | None = None,
+        transactional_id: str | None = None,
+        transaction_timeout_ms: int = 10_000,
         **overrides: Any,
     ) -> None:
         config: dict[str, Any] = {
@@ -157,13 +175,32 @@ class EventProducer:
             "client_id": client_id,
             **settings.client_kwargs(),
         }
+        if transactional_id is not None:
+            config.update(
+                transactional_id=transactional_id, transaction_timeout_ms=transaction_timeout_ms
+            )
         config.update(overrides)
-        self._producer = KafkaProducer(**config)
+        self._config = config
+        self.transactional_id = transactional_id
         self._tracer = _tracer(tracer)
         self.topic_prefix = settings.topic_prefix
         self._failed: list[BaseException] = []
         """Sends Kafka did not acknowledge since the last ``flush`` (appended by the
         client's sender thread)."""
+        self._staged: list[tuple[Future, tuple[str, bytes | None, bytes | None, Headers]]] | None
+        self._staged = None
+        self._producer = self._open()
+
+    def _open(self) -> KafkaProducer:
+        producer = KafkaProducer(**self._config)
+        if self.transactional_id is not None:
+            try:
+                # Fences any older producer with this id and aborts its open transaction.
+                producer.init_transactions()
+            except BaseException:
+                producer.close(timeout=0)
+                raise
+        return producer
 
     def publish(
         self,
@@ -174,7 +211,7 @@ class EventProducer:
         headers: Headers | None = None,
         context: Context | None = None,
         attributes: Mapping[str, str] | None = None,
-    ) -> FutureRecordMetadata:
+    ) -> Future:
         """Send ``event`` to ``topic``; the future resolves when Kafka acknowledged it.
 
         ``context`` parents the PRODUCER span (default: the current span), so a batch
@@ -193,26 +230,87 @@ class EventProducer:
             f"{topic} publish", context=context, kind=SpanKind.PRODUCER, attributes=attrs
         )
         try:
-            future = self._producer.send(
+            return self._send(
                 topic,
-                value=encode(event),
-                key=key.encode() if key is not None else None,
-                headers=inject_headers(headers, trace.set_span_in_context(span)),
+                encode(event),
+                key.encode() if key is not None else None,
+                inject_headers(headers, trace.set_span_in_context(span)),
             )
         finally:
             span.end()
-        future.add_errback(self._failed.append)
-        return future
 
     def publish_raw(
         self, topic: str, value: bytes | None, *, key: bytes | None, headers: Headers
-    ) -> FutureRecordMetadata:
+    ) -> Future:
         """Send bytes as they are (dead letters keep the original payload)."""
-        future = self._producer.send(
-            self.topic_prefix + topic, value=value, key=key, headers=inject_headers(headers)
-        )
+        return self._send(self.topic_prefix + topic, value, key, inject_headers(headers))
+
+    def _send(self, topic: str, value: bytes | None, key: bytes | None, headers: Headers) -> Future:
+        if self._staged is not None:
+            held = Future()
+            self._staged.append((held, (topic, value, key, headers)))
+            return held
+        future = self._producer.send(topic, value=value, key=key, headers=headers)
         future.add_errback(self._failed.append)
         return future
+
+    @contextmanager
+    def staged(self) -> Iterator[None]:
+        """On a transactional producer, hold back what is published inside the block and
+        send it when the block returns; drop it when the block raises (a failed attempt's
+        outputs must not join the transaction that its retry also writes to). Elsewhere, it
+        changes nothing."""
+        if self.transactional_id is None or self._staged is not None:
+            yield
+            return
+        self._staged = []
+        try:
+            yield
+        except BaseException:
+            self._staged = None
+            raise
+        staged, self._staged = self._staged, None
+        for held, (topic, value, key, headers) in staged:
+            self._send(topic, value, key, headers).chain(held)
+
+    # -- transactions (transactional producers only) -------------------------------------
+
+    def begin(self) -> None:
+        """Open a transaction."""
+        self._producer.begin_transaction()
+
+    def commit(
+        self, offsets: Mapping[TopicPartition, OffsetAndMetadata], group_metadata: Any
+    ) -> None:
+        """Commit the open transaction with the consumer's ``offsets``; ``group_metadata``
+        (``KafkaConsumer.group_metadata()``) lets the broker fence a consumer that is no
+        longer a member of its generation of the group. Raises ``KafkaError`` when the
+        transaction did not commit (it must be aborted)."""
+        # Outputs first (the commit would flush them anyway): a fenced member's outputs are
+        # then in the log, aborted, rather than dropped unsent, and either way never read.
+        self._producer.flush()
+        if offsets:
+            self._producer.send_offsets_to_transaction(dict(offsets), group_metadata)
+        self._producer.commit_transaction()
+        self._failed.clear()
+
+    def abort(self) -> None:
+        """Abort the open transaction. When this producer cannot (fenced, in a fatal state,
+        or the broker away), it is replaced by a new one with the same id, whose start
+        aborts the transaction on the broker. Raises ``KafkaError`` when Kafka does not
+        answer (call again)."""
+        self._failed.clear()
+        self._staged = None
+        try:
+            self._producer.abort_transaction()
+            return
+        except KafkaError as exc:
+            log.warning(
+                "cannot abort the transaction; starting a new producer",
+                extra={"transactional_id": self.transactional_id, "error": str(exc)},
+            )
+        self._producer.close(timeout=0)
+        self._producer = self._open()
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Block until every record sent so far is acknowledged. Raises ``Unavailable`` when
@@ -288,6 +386,16 @@ class ConsumerLoop(Generic[E]):
             "max_poll_records": max_poll_records,
             "fetch_max_bytes": 32 * 1024 * 1024,
             "max_partition_fetch_bytes": 4 * 1024 * 1024,
+            # Records of aborted transactions (and of open ones, until they end) are not read.
+            "isolation_level": "read_committed",
+            # A member that died is out of the group 10 s after its last heartbeat (the
+            # client's default is 45 s): a restarted instance waits that long for its
+            # partitions, the rebalance waiting for the dead member to leave.
+            "session_timeout_ms": 10_000,
+            "heartbeat_interval_ms": 3_000,
+            # A member that joined before it knew a topic's partitions was assigned none of
+            # them; it learns them at the next metadata refresh (by default 5 minutes on).
+            "metadata_max_age_ms": 10_000,
             **settings.client_kwargs(),
         }
         config.update(consumer_overrides)
@@ -309,6 +417,10 @@ class ConsumerLoop(Generic[E]):
                 polled = consumer.poll(
                     timeout_ms=self._poll_timeout_ms, max_records=self._max_poll_records
                 )
+                # The membership these records were fetched under: a member that drops out
+                # of the group before it commits them (its poll interval expired, the group
+                # moved on) is fenced by it, even after it forgot its old generation.
+                member = consumer.group_metadata() if polled else None
                 records = []
                 for tp, batch in polled.items():
                     BUS_METRICS.consumed.labels(tp.topic).inc(len(batch))
@@ -339,8 +451,20 @@ class ConsumerLoop(Generic[E]):
                             created = time.monotonic()
                     continue
                 idle_since = time.monotonic()
-                done = self._process(records)
-                self._commit(consumer, done)
+                if self._producer.transactional_id is None:
+                    self._commit(consumer, self._process(records))
+                elif not self._transact(consumer, records, member) and not self._rewind(
+                    consumer, records
+                ):
+                    # Aborted, and the committed offsets are out of reach: a new client
+                    # starts from them once Kafka answers.
+                    consumer.close(autocommit=False)
+                    fresh = self._reconnect()
+                    if fresh is None:
+                        consumer = None
+                        break
+                    consumer = fresh
+                    created = time.monotonic()
         finally:
             try:
                 self._producer.flush(timeout_s=30)
@@ -354,6 +478,61 @@ class ConsumerLoop(Generic[E]):
         consumer = KafkaConsumer(**self._consumer_config)
         consumer.subscribe([self._prefix + t for t in self.topics])
         return consumer
+
+    def _transact(self, consumer: KafkaConsumer, records: list[Any], member: Any) -> bool:
+        """Handle ``records`` in one transaction that also commits their offsets as the
+        group member ``member`` (``group_metadata()`` when they were polled). False when it
+        was aborted: none of its outputs and offsets count, and the caller reads the
+        records again from the last committed offsets."""
+        try:
+            self._producer.begin()
+            done = self._process(records)
+            self._producer.commit(_next_offsets(done), member)
+        except (KafkaError, Unavailable) as exc:
+            log.warning(
+                "transaction aborted; reading again from the last commit",
+                extra={"group": self.group_id, "error": f"{type(exc).__name__}: {exc}"},
+            )
+            BUS_METRICS.transactions.labels(self.group_id, "aborted").inc()
+            self._abort()
+            return False
+        BUS_METRICS.transactions.labels(self.group_id, "committed").inc()
+        return True
+
+    def _rewind(self, consumer: KafkaConsumer, records: list[Any]) -> bool:
+        """After an abort, position each partition of ``records`` still assigned at its
+        committed offset (where the aborted batch began, unless a transaction of another
+        member committed since). False when the offsets could not be read."""
+        firsts: dict[TopicPartition, int] = {}
+        for rec in records:
+            tp = TopicPartition(rec.topic, rec.partition)
+            firsts[tp] = min(firsts.get(tp, rec.offset), rec.offset)
+        try:
+            for tp, first in firsts.items():
+                if tp in consumer.assignment():
+                    committed = consumer.committed(tp)
+                    consumer.seek(tp, first if committed is None else committed)
+        except KafkaError as exc:
+            log.warning(
+                "cannot read the committed offsets",
+                extra={"group": self.group_id, "error": str(exc)},
+            )
+            return False
+        return True
+
+    def _abort(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                self._producer.abort()
+                return
+            except KafkaError as exc:
+                log.warning(
+                    "cannot reach Kafka to abort the transaction; retrying",
+                    extra={"group": self.group_id, "error": str(exc), "retry_in_s": delay},
+                )
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
 
     def _reconnect(self) -> KafkaConsumer | None:
         """A fresh client for one that lost its group. The watchdog fires when polls come
@@ -507,7 +686,8 @@ class ConsumerLoop(Generic[E]):
         while True:
             attempt += 1
             try:
-                call()
+                with self._producer.staged():
+                    call()
                 return True
             except Exception as exc:
                 if isinstance(exc, Rejected) and recs:
@@ -579,12 +759,7 @@ class ConsumerLoop(Generic[E]):
         self._producer.publish_raw(topic, rec.value, key=rec.key, headers=headers)
 
     def _commit(self, consumer: KafkaConsumer, records: Iterable[Any]) -> None:
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        for rec in records:
-            tp = TopicPartition(rec.topic, rec.partition)
-            nxt = rec.offset + 1
-            if tp not in offsets or offsets[tp].offset < nxt:
-                offsets[tp] = OffsetAndMetadata(nxt, "", -1)
+        offsets = _next_offsets(records)
         if not offsets:
             return
         # Outputs (and dead letters) first: a crash after this point redelivers, never loses.
@@ -621,6 +796,17 @@ class ConsumerLoop(Generic[E]):
                 "commit failed; a later commit covers these records",
                 extra={"group": self.group_id, "error": str(exc)},
             )
+
+
+def _next_offsets(records: Iterable[Any]) -> dict[TopicPartition, OffsetAndMetadata]:
+    """The offsets to commit once ``records`` are dealt with: per partition, the next one."""
+    offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+    for rec in records:
+        tp = TopicPartition(rec.topic, rec.partition)
+        nxt = rec.offset + 1
+        if tp not in offsets or offsets[tp].offset < nxt:
+            offsets[tp] = OffsetAndMetadata(nxt, "", -1)
+    return offsets
 
 
 def dead_letter_headers(

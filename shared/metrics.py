@@ -15,6 +15,7 @@ class BusMetrics:
     retries: Counter
     dead_lettered: Counter
     reconnects: Counter
+    transactions: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry = REGISTRY) -> BusMetrics:
@@ -41,6 +42,13 @@ class BusMetrics:
                 "streamloop_bus_consumer_reconnects",
                 "Consumers rebuilt after losing their group membership for good.",
                 ["group"],
+                registry=registry,
+            ),
+            transactions=Counter(
+                "streamloop_bus_transactions",
+                "Transactions of consumer loops (outputs and offsets together), by outcome "
+                "(committed, aborted).",
+                ["group", "outcome"],
                 registry=registry,
             ),
         )

@@ -51,6 +51,9 @@ class TopicReader:
         self._consumer = KafkaConsumer(
             group_id=None,
             enable_auto_commit=False,
+            # What an aborted transaction wrote (ingest's and serving's, after a crash or a
+            # fence) is not read, nor what an open one wrote until it commits.
+            isolation_level="read_committed",
             **{**settings.client_kwargs(), **consumer_kwargs},
         )
         self._assigned: list[TopicPartition] = []

@@ -323,6 +323,7 @@ class PredictionSubscriber:
             group_id=group_id,
             client_id="streamloop-prediction-subscriber",
             enable_auto_commit=False,
+            isolation_level="read_committed",
             auto_offset_reset="earliest" if from_beginning else "latest",
             **settings.client_kwargs(),
         )

@@ -21,7 +21,7 @@ from shared.events import Event
 from shared.kafka_admin import wait_for_kafka
 from shared.metrics import serve_metrics
 from shared.ports import BatchHandler, Handler
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, TransactionSettings
 from shared.telemetry import Telemetry, configure_logging, setup_telemetry
 from shared.topics import provision
 
@@ -49,23 +49,49 @@ class Runtime:
         group_id: str,
         handler: Handler[E] | None = None,
         batch_handler: BatchHandler[E] | None = None,
+        producer: EventProducer | None = None,
         **options: Any,
     ) -> ConsumerLoop[E]:
         """A consumer loop of this service on ``topics`` (StreamLoop names): the service's
-        Kafka settings, producer (for its outputs and dead letters), tracer and client id;
-        ``options`` are ``ConsumerLoop``'s (retry, max_poll_records, fetch settings...)."""
+        Kafka settings, producer (for its outputs and dead letters; ``producer`` instead,
+        from ``loop_producer``), tracer and client id; ``options`` are ``ConsumerLoop``'s
+        (retry, max_poll_records, fetch settings...)."""
         return ConsumerLoop(
             self.settings.kafka,
             group_id=group_id,
             topics=list(topics),
             event_type=event_type,
-            producer=self.producer,
+            producer=producer or self.producer,
             handler=handler,
             batch_handler=batch_handler,
             tracer=self.tracer,
             client_id=self.name,
             **options,
         )
+
+    @contextmanager
+    def loop_producer(
+        self, group_id: str, transactions: TransactionSettings
+    ) -> Iterator[EventProducer]:
+        """The producer for a consumer loop of ``group_id`` and its handler: a transactional
+        one of its own (closed on exit) when ``transactions`` are on, the shared one when
+        they are off."""
+        tid = transactions.transactional_id(self.settings.kafka, group_id)
+        if tid is None:
+            yield self.producer
+            return
+        producer = EventProducer(
+            self.settings.kafka,
+            client_id=self.name,
+            tracer=self.tracer,
+            transactional_id=tid,
+            transaction_timeout_ms=transactions.timeout_ms,
+        )
+        log.info("transactions on", extra={"group": group_id, "transactional_id": tid})
+        try:
+            yield producer
+        finally:
+            producer.close()
 
     def run(self, loop: ConsumerLoop[Any], *also_stop: Any) -> None:
         """Run ``loop`` until SIGTERM/SIGINT, which also stops ``also_stop`` (anything with

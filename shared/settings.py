@@ -13,6 +13,7 @@ code base reads the environment.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ __all__ = [
     "ServiceSettings",
     "TaskSettings",
     "TelemetrySettings",
+    "TransactionSettings",
     "default_var_dir",
     "service_config",
 ]
@@ -277,6 +279,35 @@ class FetchSettings(BaseModel):
     def consumer_kwargs(self) -> dict[str, Any]:
         """kafka-python consumer settings."""
         return {"fetch_min_bytes": self.min_bytes, "fetch_max_wait_ms": self.max_wait_ms}
+
+
+class TransactionSettings(BaseModel):
+    """Exactly once on a frame-path service (ingest, serving): each batch's outputs, dead
+    letters and consumed offsets commit in one Kafka transaction; a restarted or fenced
+    instance's unfinished work is never seen by ``read_committed`` readers."""
+
+    model_config = ConfigDict(frozen=True)
+
+    enabled: bool = True
+    """Off: at-least-once (outputs flushed, then offsets committed; a crash repeats up to a
+    batch per partition)."""
+
+    id: str = ""
+    """The producer's ``transactional.id``. Empty: the topic prefix, the consumer group and
+    the host name, stable across restarts on one host (a container keeps its host name), so
+    that a restarted instance aborts its predecessor's open transaction at once. Two
+    instances of one group on one host need ids of their own: one with the same id fences
+    the other."""
+
+    timeout_ms: int = Field(default=10_000, ge=1_000, le=900_000)
+    """How long the broker waits before it aborts a transaction left open by an instance
+    that died and did not come back under the same id."""
+
+    def transactional_id(self, kafka: KafkaSettings, group_id: str) -> str | None:
+        """The id to use, or None when transactions are off."""
+        if not self.enabled:
+            return None
+        return self.id or f"{kafka.topic_prefix}{group_id}-{socket.gethostname()}"
 
 
 def service_config(service: str) -> SettingsConfigDict:

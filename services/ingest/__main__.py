@@ -27,17 +27,19 @@ def main() -> int:
     with service_runtime("ingest", settings) as rt:
         claims = RedisClaims(connect(settings.redis), "streamloop:ingest:frame")
         ingestor = Ingestor(policy, claims, dedupe_ttl_s=settings.dedupe_ttl_s)
-        loop = rt.consumer_loop(
-            [Topics.FRAMES_RAW],
-            FrameRaw,
-            group_id=settings.group_id,
-            batch_handler=make_handler(ingestor, rt.producer),
-            max_poll_records=settings.max_poll_records,
-            max_message_bytes=record_limit(settings.max_image_bytes),
-            max_partition_fetch_bytes=FRAME_RECORD_MAX_BYTES,
-            **settings.fetch.consumer_kwargs(),
-        )
-        rt.run(loop)
+        with rt.loop_producer(settings.group_id, settings.transactions) as producer:
+            loop = rt.consumer_loop(
+                [Topics.FRAMES_RAW],
+                FrameRaw,
+                group_id=settings.group_id,
+                batch_handler=make_handler(ingestor, producer),
+                producer=producer,
+                max_poll_records=settings.max_poll_records,
+                max_message_bytes=record_limit(settings.max_image_bytes),
+                max_partition_fetch_bytes=FRAME_RECORD_MAX_BYTES,
+                **settings.fetch.consumer_kwargs(),
+            )
+            rt.run(loop)
     return 0
 
 

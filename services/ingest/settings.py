@@ -6,7 +6,12 @@ from pydantic import Field
 
 from services.ingest.logic import DEFAULT_MAX_IMAGE_BYTES
 from shared.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING
-from shared.settings import FetchSettings, ServiceSettings, service_config
+from shared.settings import (
+    FetchSettings,
+    ServiceSettings,
+    TransactionSettings,
+    service_config,
+)
 
 __all__ = ["IngestSettings"]
 
@@ -43,3 +48,7 @@ class IngestSettings(ServiceSettings):
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     """How ``frames.raw`` is fetched (``STREAMLOOP_INGEST_FETCH__MIN_BYTES``,
     ``…__MAX_WAIT_MS``)."""
+
+    transactions: TransactionSettings = Field(default_factory=TransactionSettings)
+    """Exactly once from ``frames.raw`` to ``frames.valid`` and ``frames.dlq``
+    (``STREAMLOOP_INGEST_TRANSACTIONS__ENABLED``, ``…__ID``, ``…__TIMEOUT_MS``)."""

@@ -25,30 +25,33 @@ def main() -> int:
         torch.set_num_threads(settings.torch_threads)
         store, threads = ArtifactStore(settings.artifacts.root), settings.torch_threads
         verifier = ServingCore(store, runtime=settings.runtime, threads=threads)
-        ingress = Ingress(
-            settings.model_name,
-            backend=open_backend(settings, verifier),
-            verifier=verifier,
-            producer=rt.producer,
-            call_size=settings.call_size,
-        )
-        loop = rt.consumer_loop(
-            [Topics.FRAMES_VALID],
-            FrameValid,
-            group_id=settings.group_id,
-            batch_handler=ingress.handle,
-            max_poll_records=settings.max_poll_records,
-            # Before the first champion, a batch waits inside the handler; stay in the group.
-            max_poll_interval_ms=3_600_000,
-            **settings.fetch.consumer_kwargs(),
-        )
-        follower = LifecycleFollower(settings.kafka, ingress, rt.tracer)
-        follower.start(on_failure=loop.stop)
-        try:
-            rt.run(loop, follower)
-        finally:
-            follower.stop()
-            close_backend(settings)
+        with rt.loop_producer(settings.group_id, settings.transactions) as producer:
+            ingress = Ingress(
+                settings.model_name,
+                backend=open_backend(settings, verifier),
+                verifier=verifier,
+                producer=producer,
+                alerts=rt.producer,
+                call_size=settings.call_size,
+            )
+            loop = rt.consumer_loop(
+                [Topics.FRAMES_VALID],
+                FrameValid,
+                group_id=settings.group_id,
+                batch_handler=ingress.handle,
+                producer=producer,
+                max_poll_records=settings.max_poll_records,
+                # Before the first champion, a batch waits inside the handler; stay in the group.
+                max_poll_interval_ms=3_600_000,
+                **settings.fetch.consumer_kwargs(),
+            )
+            follower = LifecycleFollower(settings.kafka, ingress, rt.tracer)
+            follower.start(on_failure=loop.stop)
+            try:
+                rt.run(loop, follower)
+            finally:
+                follower.stop()
+                close_backend(settings)
     return 1 if follower.failed else 0
 
 

@@ -1,10 +1,12 @@
 """The Kafka side of serving: batches of frames in, one prediction per frame out.
 
-The consumer loop hands each polled batch to ``Ingress.handle``; the loop commits the batch's
-offsets only after the predictions are acknowledged by Kafka (it flushes the producer first),
-so a crash redelivers at most the batches in flight, never loses one.
+The consumer loop hands each polled batch to ``Ingress.handle``; the batch's predictions and
+its offsets commit in one transaction (or, with transactions off, the offsets after the
+predictions are acknowledged), so a crash never loses a frame and, with transactions, never
+shows one twice.
 
-Model changes arrive on another thread through ``Ingress.on_lifecycle``. A new champion is
+Model changes arrive on another thread through ``Ingress.on_lifecycle``; at start nothing is
+served until the follower has read the log to its end (``caught_up``). A new champion is
 verified (sha256, format, classes) before it is adopted; each batch reads the current pair
 once at its start, so a swap happens between batches and every prediction names the version
 that made it. A champion that fails verification is not adopted: the previous one keeps
@@ -34,7 +36,7 @@ from services.serving.core import (
 )
 from shared.artifacts import ArtifactError
 from shared.events import Alert, FrameValid, ModelLifecycle
-from shared.ports import Message, Rejection, TracingPublisher
+from shared.ports import Message, Publisher, Rejection, TracingPublisher
 from shared.topics import Topics
 
 __all__ = ["Backend", "Ingress"]
@@ -108,6 +110,7 @@ class Ingress:
         backend: Backend,
         verifier: ServingCore,
         producer: TracingPublisher,
+        alerts: Publisher | None = None,
         call_size: int = 64,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -115,6 +118,9 @@ class Ingress:
         self._backend = backend
         self._verifier = verifier
         self._producer = producer
+        """Predictions: the consumer loop's producer, used on its thread only."""
+        self._alerts = alerts or producer
+        """Alerts, from the lifecycle thread."""
         self._clock = clock
         self._call_size = call_size
         self._tracker = AliasTracker(model_name)
@@ -122,13 +128,26 @@ class Ingress:
         self._champion: tuple[ModelRef, tuple[str, ...]] | None = None
         self._challenger: tuple[ModelRef, tuple[str, ...]] | None = None
         self._has_champion = threading.Event()
+        self._caught_up = False
 
     # -- models ------------------------------------------------------------------------
 
     def on_lifecycle(self, event: ModelLifecycle) -> None:
-        """Follow ``models.lifecycle`` (in order, from the start)."""
-        if self._tracker.apply(event):
+        """Follow ``models.lifecycle`` (in order, from the start). Before ``caught_up``
+        the events only move the aliases: no version of the history is loaded or served."""
+        if self._tracker.apply(event) and self._caught_up:
             self._adopt()
+
+    def caught_up(self) -> None:
+        """The log was read to the end offsets it had at start: adopt the champion (and
+        challenger) it names now. Until then no frame is served, so none is ever answered
+        by a version that was the champion once but is not any more."""
+        self._caught_up = True
+        self._adopt()
+        if self.champion is None:
+            log.info(
+                "caught up with the registry; no champion yet", extra={"model": self.model_name}
+            )
 
     def _adopt(self) -> None:
         champion = self._tracker.champion
@@ -163,7 +182,7 @@ class Ingress:
                 "model refused: not loaded",
                 extra={"version": ref.version, "alias": alias, "error": str(exc)},
             )
-            self._producer.publish(
+            self._alerts.publish(
                 Topics.ALERTS,
                 Alert(
                     source="serving",
@@ -175,7 +194,7 @@ class Ingress:
                     details={"alias": alias, "reason": exc.reason, "kept": keeping},
                 ),
             )
-            self._producer.flush()
+            self._alerts.flush()
             return None
         return ref, spec.classes
 

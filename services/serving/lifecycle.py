@@ -60,20 +60,28 @@ class LifecycleFollower:
         )
 
     def run(self) -> None:
-        """Follow until ``stop``; raises what reading the topic raises."""
+        """Read the log to its end offsets, tell the ingress it is caught up, then follow
+        until ``stop``; raises what reading the topic raises."""
         with TopicReader(self._settings, [Topics.MODELS_LIFECYCLE]) as reader:
             # Moves older than this follower are history replayed, not swaps to trace.
             started = utcnow()
+            for rec in reader.until_end():
+                self._feed(rec, since=started)
+            self._ingress.caught_up()
             for rec in reader.follow(stop=self._stop):
-                if rec is None or rec.value is None:
-                    continue
-                try:
-                    event = decode(rec.value, ModelLifecycle)
-                except DecodeError:
-                    log.warning("unreadable lifecycle record", extra={"offset": rec.offset})
-                    continue
-                with self._swap_span(event, rec.headers, since=started):
-                    self._ingress.on_lifecycle(event)
+                if rec is not None:
+                    self._feed(rec, since=started)
+
+    def _feed(self, rec: Any, *, since: datetime) -> None:
+        if rec.value is None:
+            return
+        try:
+            event = decode(rec.value, ModelLifecycle)
+        except DecodeError:
+            log.warning("unreadable lifecycle record", extra={"offset": rec.offset})
+            return
+        with self._swap_span(event, rec.headers, since=since):
+            self._ingress.on_lifecycle(event)
 
     def start(self, on_failure: Callable[[], None]) -> threading.Thread:
         """Run on a daemon thread of its own; ``on_failure`` is called if it fails. Serving

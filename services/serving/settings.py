@@ -9,7 +9,12 @@ from pydantic import Field
 from shared.auth import HttpAuthSettings
 from shared.registry import DEFAULT_MODEL_NAME
 from shared.runtimes import RuntimeName
-from shared.settings import FetchSettings, ServiceSettings, service_config
+from shared.settings import (
+    FetchSettings,
+    ServiceSettings,
+    TransactionSettings,
+    service_config,
+)
 
 __all__ = ["ServingSettings"]
 
@@ -74,6 +79,10 @@ class ServingSettings(ServiceSettings):
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     """How ``frames.valid`` is fetched (``STREAMLOOP_SERVING_FETCH__MIN_BYTES``,
     ``…__MAX_WAIT_MS``)."""
+
+    transactions: TransactionSettings = Field(default_factory=TransactionSettings)
+    """Exactly once from ``frames.valid`` to ``predictions``, ``predictions.shadow`` and the
+    DLQ (``STREAMLOOP_SERVING_TRANSACTIONS__ENABLED``, ``…__ID``, ``…__TIMEOUT_MS``)."""
 
     call_size: int = Field(default=64, gt=0)
     """Frames per model call; a batch's calls (and the challenger's) are all in flight at

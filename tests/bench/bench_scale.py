@@ -81,6 +81,8 @@ def start_serving(
             "STREAMLOOP_SERVING_PROVISION_TOPICS": "false",
             "STREAMLOOP_SERVING_MODEL_NAME": fx.ref.model_name,
             "STREAMLOOP_SERVING_GROUP_ID": f"{prefix}serving",
+            # Processes of one group on one host: a transactional id each.
+            "STREAMLOOP_SERVING_TRANSACTIONS__ID": f"{prefix}serving-{i}",
             "STREAMLOOP_SERVING_BACKEND": "ray",
             "STREAMLOOP_SERVING_HTTP_PORT": str(http_port),
             "STREAMLOOP_SERVING_MIN_REPLICAS": str(replicas),

@@ -406,6 +406,7 @@ class Pipeline:
                 self.prefix + Topics.PREDICTIONS,
                 auto_offset_reset="earliest",
                 enable_auto_commit=False,
+                isolation_level="read_committed",
                 max_poll_records=5000,
                 **self.kafka.client_kwargs(),
             )

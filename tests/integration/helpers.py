@@ -103,7 +103,11 @@ def read_all(
     """Read ``topic`` from the beginning (no group) until ``expect`` records or the deadline;
     stop early (failing the test) when ``alive`` says the process under test died."""
     consumer = KafkaConsumer(
-        topic, auto_offset_reset="earliest", enable_auto_commit=False, **settings.client_kwargs()
+        topic,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        **settings.client_kwargs(),
     )
     out: list[Any] = []
     deadline = time.monotonic() + timeout_s

@@ -237,6 +237,7 @@ consumer = KafkaConsumer(
     bootstrap_servers="127.0.0.1:9092",
     group_id="my-dashboard",  # a group of your own: Kafka remembers where you stopped
     auto_offset_reset="earliest",  # the first time: from the oldest prediction kept
+    isolation_level="read_committed",  # each prediction once, never one serving took back
 )
 for record in consumer:  # the record key is the camera id
     p = json.loads(record.value)

@@ -124,8 +124,10 @@ def setup(tmp_path: Path) -> tuple[Ingress, FakeProducer, CountingBackend, Artif
     core = ServingCore(store)
     backend = CountingBackend(core)
     producer = FakeProducer()
+    ingress = Ingress(MODEL, backend=backend, verifier=core, producer=producer, call_size=8)
+    ingress.caught_up()  # an empty registry read to its end: what follows is live
     return (
-        Ingress(MODEL, backend=backend, verifier=core, producer=producer, call_size=8),
+        ingress,
         producer,
         backend,
         store,
@@ -359,3 +361,30 @@ def test_predict_fits_a_large_image_exactly_as_ingest_fits_the_frame(
         400,
         {"error": "image is 1920x1080, expected 64x64", "reason": "wrong_size"},
     )
+
+
+def test_after_a_restart_nothing_is_served_until_the_history_is_read_to_its_end(
+    tmp_path: Path,
+) -> None:
+    store = ArtifactStore(tmp_path)
+    core = ServingCore(store)
+    backend, producer = CountingBackend(core), FakeProducer()
+    ingress = Ingress(MODEL, backend=backend, verifier=core, producer=producer)
+    a, b, c = store_model(store, 1), store_model(store, 2), store_model(store, 3)
+    rollback = ModelLifecycle(
+        model_name=MODEL, action="rolled_back", alias="champion", model_version=b.version
+    )
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (ingress.handle([frame(1)]), done.set()), daemon=True)
+    t.start()
+    # The history: a, then b promoted, then c promoted and rolled back to b.
+    for ev in (registered(a), alias(a.version), registered(b), alias(b.version)):
+        ingress.on_lifecycle(ev)
+    for ev in (registered(c), alias(c.version), rollback):
+        ingress.on_lifecycle(ev)
+    assert not done.wait(0.3) and ingress.champion is None  # nothing adopted mid-history
+    ingress.caught_up()
+    assert done.wait(10)
+    assert ingress.champion == b
+    assert [p.model_version for p in producer.of(Topics.PREDICTIONS)] == [b.version]
+    assert backend.calls == [(b.version, 1)]

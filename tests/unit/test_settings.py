@@ -115,6 +115,29 @@ def test_the_frame_path_fetches_in_batches_and_each_service_can_change_it(
     assert IngestSettings().fetch.max_wait_ms == 100, "one service's setting stays its own"
 
 
+def test_the_frame_path_is_transactional_by_default_with_an_id_stable_per_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    from services.ingest.settings import IngestSettings
+    from services.serving.settings import ServingSettings
+
+    monkeypatch.setenv("STREAMLOOP_KAFKA_TOPIC_PREFIX", "t1.")
+    ingest = IngestSettings()
+    assert ingest.transactions.transactional_id(ingest.kafka, "g") == (
+        f"t1.g-{socket.gethostname()}"
+    )
+    monkeypatch.setenv("STREAMLOOP_SERVING_TRANSACTIONS__ID", "serving-7")
+    monkeypatch.setenv("STREAMLOOP_INGEST_TRANSACTIONS__ENABLED", "false")
+    serving = ServingSettings()
+    assert serving.transactions.transactional_id(serving.kafka, "g") == "serving-7"
+    assert IngestSettings().transactions.transactional_id(ingest.kafka, "g") is None
+    monkeypatch.setenv("STREAMLOOP_SERVING_TRANSACTIONS__TIMEOUT_MS", "10")
+    with pytest.raises(ValidationError):
+        ServingSettings()
+
+
 def test_the_fit_policy_is_the_tasks_and_the_old_resize_switch_means_stretch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -95,7 +95,10 @@ class PredictionReader:
     def _run(self) -> None:
         try:
             consumer = KafkaConsumer(
-                enable_auto_commit=False, group_id=None, **KafkaSettings().client_kwargs()
+                enable_auto_commit=False,
+                group_id=None,
+                isolation_level="read_committed",
+                **KafkaSettings().client_kwargs(),
             )
         except (KafkaError, OSError) as exc:
             self.error = exc
@@ -342,11 +345,14 @@ def bench_end_to_end(
     paced_s: float,
     sample_ratio: float,
     levels: tuple[float, ...] = LOAD_LEVELS,
+    rates: tuple[float, ...] = (),
     bursts: int = 1,
+    env: dict[str, str] | None = None,
 ) -> None:
     """Fills ``out`` as it goes, so what was measured before a failure is kept. ``levels``:
-    the paced streams, as shares of the saturation rate (none: saturation only); ``bursts``:
-    saturation bursts one after the other, the fastest is the saturation rate."""
+    the paced streams, as shares of the saturation rate (none: saturation only); ``rates``:
+    more paced streams, in frames/s; ``bursts``: saturation bursts one after the other, the
+    fastest is the saturation rate; ``env``: settings both services start with."""
     prefix = f"bench{uuid.uuid4().hex[:10]}."
     kafka = KafkaSettings(topic_prefix=prefix)
     out["prefix"] = prefix
@@ -363,6 +369,7 @@ def bench_end_to_end(
         common = {
             **service_env(prefix, root, work),
             "STREAMLOOP_TELEMETRY_SAMPLE_RATIO": str(sample_ratio),
+            **(env or {}),
         }
         sampler.phase = "c"
         start = time.perf_counter()
@@ -400,9 +407,9 @@ def bench_end_to_end(
 
             full = saturation_bursts(console, e2e, pub, out, cpu, snapshot, frames, bursts)
             out["paced"] = []
-            for level in levels:
+            for rate in [full * level for level in levels] + list(rates):
                 out["paced"].append(
-                    paced_stream(console, e2e, pub, cpu, snapshot, full * level, level, paced_s)
+                    paced_stream(console, e2e, pub, cpu, snapshot, rate, rate / full, paced_s)
                 )
         out["duplicates"] = reader.duplicates
         sampler.sample()

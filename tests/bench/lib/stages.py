@@ -156,6 +156,7 @@ def announce(ingress: Ingress, model: UntrainedModel) -> None:
     """Make ``model`` the ingress's champion, as the lifecycle events would."""
     for event in lifecycle_events(model.trained()):
         ingress.on_lifecycle(event)
+    ingress.caught_up()
     if not ingress.wait_for_champion(0):
         raise RuntimeError("the ingress did not adopt the model")
 
