@@ -442,12 +442,9 @@ class ConsumerLoop(Generic[E]):
                                 extra={"group": self.group_id},
                             )
                             BUS_METRICS.reconnects.labels(self.group_id).inc()
-                            consumer.close(autocommit=False)
-                            fresh = self._reconnect()
-                            if fresh is None:
-                                consumer = None
+                            consumer = self._replace(consumer)
+                            if consumer is None:
                                 break
-                            consumer = fresh
                             created = time.monotonic()
                     continue
                 idle_since = time.monotonic()
@@ -458,12 +455,9 @@ class ConsumerLoop(Generic[E]):
                 ):
                     # Aborted, and the committed offsets are out of reach: a new client
                     # starts from them once Kafka answers.
-                    consumer.close(autocommit=False)
-                    fresh = self._reconnect()
-                    if fresh is None:
-                        consumer = None
+                    consumer = self._replace(consumer)
+                    if consumer is None:
                         break
-                    consumer = fresh
                     created = time.monotonic()
         finally:
             try:
@@ -533,6 +527,12 @@ class ConsumerLoop(Generic[E]):
                 )
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
+
+    def _replace(self, consumer: KafkaConsumer) -> KafkaConsumer | None:
+        """Close ``consumer`` and return a fresh client, which starts from the committed
+        offsets; None when the loop is stopped meanwhile."""
+        consumer.close(autocommit=False)
+        return self._reconnect()
 
     def _reconnect(self) -> KafkaConsumer | None:
         """A fresh client for one that lost its group. The watchdog fires when polls come
