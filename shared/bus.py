@@ -23,10 +23,11 @@ Consumer loop (at-least-once; exactly once with a transactional producer):
 - ``stop()`` (wired to SIGTERM/SIGINT by ``stop_on_signals``) lets the record in hand finish,
   flushes, commits and closes.
 
-With a transactional producer (``EventProducer(transactional_id=...)``: ingest and serving),
-each polled batch is one transaction: what its handler published, its dead letters and its
-offsets commit together, or none of them does. An attempt that fails publishes nothing (its
-outputs are staged until it returns), so a retry does not repeat them. A transaction that
+With a transactional producer (``EventProducer(transactional_id=...)``: ingest and serving
+when their transactions are on), each polled batch is one transaction: what its handler
+published, its dead letters and its offsets commit together, or none of them does. An
+attempt that fails publishes nothing (its outputs are staged until it returns), so a retry
+does not repeat them. A transaction that
 does not commit (the broker away, or the group rebalanced and the broker fenced this member
 by its generation) is aborted and its records are read again from the committed offsets.
 Consumers read committed records only (``isolation_level=read_committed``), so what an

@@ -98,9 +98,39 @@ class TopicReader:
             ends = self._consumer.end_offsets(tps)
             begins = self._consumer.beginning_offsets(tps)
             for tp in tps:
-                self._consumer.seek(tp, max(begins[tp], ends[tp] - self._start))
+                self._consumer.seek(tp, self._last_records(tp, begins[tp], ends[tp], self._start))
         for tp in tps:  # resolve now: what is published from here on is read
             self._consumer.position(tp)
+
+    def _last_records(self, tp: TopicPartition, begin: int, end: int, n: int) -> int:
+        """The offset from which ``tp`` holds its last ``n`` readable records (or its
+        beginning). Usually ``end - n``; on a topic written in transactions further back,
+        since each transaction's commit marker takes an offset of its own and an aborted
+        transaction's records are not read: the span before the end is widened until it
+        holds ``n`` records."""
+        if n <= 0 or end - begin <= n:
+            return max(begin, end - max(n, 0))
+        others = [p for p in self._assigned if p != tp]
+        self._consumer.pause(*others)
+        try:
+            span = n
+            while True:
+                start = max(begin, end - span)
+                self._consumer.seek(tp, start)
+                offsets: list[int] = []
+                deadline = time.monotonic() + 60
+                while self._consumer.position(tp) < end:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"reading the last {n} records of {tp} took over 60 s")
+                    polled = self._consumer.poll(timeout_ms=500)
+                    offsets.extend(r.offset for r in polled.get(tp, ()) if r.offset < end)
+                if len(offsets) >= n:
+                    return offsets[-n]
+                if start == begin:
+                    return begin
+                span *= 2
+        finally:
+            self._consumer.resume(*others)
 
     def positions(self) -> dict[TopicPartition, int]:
         """The offset of the next record each partition will return."""

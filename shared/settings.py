@@ -288,9 +288,11 @@ class TransactionSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    enabled: bool = True
-    """Off: at-least-once (outputs flushed, then offsets committed; a crash repeats up to a
-    batch per partition)."""
+    enabled: bool = False
+    """Off (the default): at-least-once (outputs flushed, then offsets committed; a crash
+    repeats up to a batch per partition). On: exactly once, at a cost measured by
+    ``tests.bench.bench_transactions``; see docs/delivery.md for what it does not yet ride
+    out."""
 
     id: str = ""
     """The producer's ``transactional.id``. Empty: the topic prefix, the consumer group and

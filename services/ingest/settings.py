@@ -50,5 +50,5 @@ class IngestSettings(ServiceSettings):
     ``…__MAX_WAIT_MS``)."""
 
     transactions: TransactionSettings = Field(default_factory=TransactionSettings)
-    """Exactly once from ``frames.raw`` to ``frames.valid`` and ``frames.dlq``
+    """Exactly once from ``frames.raw`` to ``frames.valid`` and ``frames.dlq``, when on
     (``STREAMLOOP_INGEST_TRANSACTIONS__ENABLED``, ``…__ID``, ``…__TIMEOUT_MS``)."""

@@ -1,9 +1,9 @@
 """The Kafka side of serving: batches of frames in, one prediction per frame out.
 
-The consumer loop hands each polled batch to ``Ingress.handle``; the batch's predictions and
-its offsets commit in one transaction (or, with transactions off, the offsets after the
-predictions are acknowledged), so a crash never loses a frame and, with transactions, never
-shows one twice.
+The consumer loop hands each polled batch to ``Ingress.handle``; the batch's offsets are
+committed after its predictions are acknowledged (with transactions on, together with them
+in one transaction), so a crash never loses a frame and, with transactions, never shows one
+twice.
 
 Model changes arrive on another thread through ``Ingress.on_lifecycle``; at start nothing is
 served until the follower has read the log to its end (``caught_up``). A new champion is

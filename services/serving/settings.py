@@ -82,7 +82,7 @@ class ServingSettings(ServiceSettings):
 
     transactions: TransactionSettings = Field(default_factory=TransactionSettings)
     """Exactly once from ``frames.valid`` to ``predictions``, ``predictions.shadow`` and the
-    DLQ (``STREAMLOOP_SERVING_TRANSACTIONS__ENABLED``, ``…__ID``, ``…__TIMEOUT_MS``)."""
+    DLQ, when on (``STREAMLOOP_SERVING_TRANSACTIONS__ENABLED``, ``…__ID``, ``…__TIMEOUT_MS``)."""
 
     call_size: int = Field(default=64, gt=0)
     """Frames per model call; a batch's calls (and the challenger's) are all in flight at

@@ -1,8 +1,8 @@
 """The frame path's processes SIGKILLed mid-stream and started again: ingest, then the
-serving ingress. Each batch is one transaction with its offsets, so a frame in flight at the
-kill is either wholly done or read again: every acknowledged frame is predicted exactly once
-(``read_committed``), and the restarted instance, with the same transactional id, aborts its
-predecessor's open transaction at once."""
+serving ingress, with transactions on. Each batch is one transaction with its offsets, so a
+frame in flight at the kill is either wholly done or read again: every acknowledged frame is
+predicted exactly once (``read_committed``), and the restarted instance, with the same
+transactional id, aborts its predecessor's open transaction at once."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ pytestmark = pytest.mark.timeout(600)
 def test_ingest_and_serving_killed_mid_stream_lose_and_repeat_no_frame(
     infra: Infra, pipeline: Pipeline
 ) -> None:
+    pipeline.settings.update(
+        STREAMLOOP_INGEST_TRANSACTIONS__ENABLED="true",
+        STREAMLOOP_SERVING_TRANSACTIONS__ENABLED="true",
+    )
     pipeline.serve_frames()
     tally = Tally()
     camera = pipeline.stream(tally, rate=40.0, seconds=75)

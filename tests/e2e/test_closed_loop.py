@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from services.monitoring.estimate import EstimatePolicy
 from shared.artifacts import ArtifactStore
 from shared.events import Alert, Event, ModelLifecycle, RetrainRequest, WindowMetrics, decode
 from shared.model import ModelSpec
@@ -153,7 +154,10 @@ def test_day_to_night_one_retrain_a_promotion_and_recovery(
             "window", w.window_id, ",".join(conditions), w.accuracy,
             w.estimate.model_dump() if w.estimate else None,
         )  # fmt: skip
-    assert all(w.estimate is not None for w in live)
+    # (A demoted champion's last window can hold late labels and too few predictions of its
+    # own to estimate from.)
+    enough = EstimatePolicy().min_frames
+    assert all(w.estimate is not None for w in live if w.sample_count >= enough)
     bad = [w for w in live if w.accuracy is not None and w.accuracy < THRESHOLD]
     assert bad
 

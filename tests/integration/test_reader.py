@@ -57,6 +57,25 @@ def test_start_policies_and_the_cut_until_the_end(kafka: KafkaSettings) -> None:
         assert reader.count(Topics.LABELS) == 31 and reader.count(Topics.EXAMPLES) == 0
 
 
+def test_the_last_n_of_a_topic_written_in_transactions_are_n_committed_records(
+    kafka: KafkaSettings,
+) -> None:
+    # One record per transaction and key: every record is followed by a commit marker that
+    # takes an offset, and an aborted transaction's records are never read.
+    with EventProducer(kafka, transactional_id=f"{kafka.topic_prefix}reader") as producer:
+        for i in range(12):
+            producer.begin()
+            producer.publish(Topics.LABELS, Label(frame_id=f"t{i}", label="car"), key="k")
+            if i == 10:
+                producer.abort()
+            else:
+                producer.commit({}, None)
+    with TopicReader(kafka, [Topics.LABELS], start=4) as reader:
+        last = list(reader.until_end(timeout_s=30))
+    # The last four records begin ten offsets before the end, markers and t10 between them.
+    assert _ids(last) == ["t7", "t8", "t9", "t11"]
+
+
 def test_follow_reads_what_comes_and_stops_when_asked(kafka: KafkaSettings) -> None:
     _labels(kafka, ["old"])
     stop = threading.Event()

@@ -272,18 +272,22 @@ def test_every_frame_is_predicted_once_across_a_swap_and_a_refused_artifact(worl
         proc.kill()
 
 
-def test_a_killed_ingress_loses_no_frame_and_repeats_at_most_a_batch(world: World) -> None:
+def test_a_killed_transactional_ingress_loses_no_frame_and_repeats_none(world: World) -> None:
     v1 = world.train(1)
     world.register(v1)
     frames = world.frames(1500, seed=20)
-    proc = world.serving(STREAMLOOP_SERVING_MAX_POLL_RECORDS="64")
+    eos = {
+        "STREAMLOOP_SERVING_MAX_POLL_RECORDS": "64",
+        "STREAMLOOP_SERVING_TRANSACTIONS__ENABLED": "true",
+    }
+    proc = world.serving(**eos)
     world.send(frames)
     wait_for(
         lambda: len(world.predictions(10**6, timeout_s=1)) >= 300, 120, what="some predictions"
     )
     os.kill(proc.p.pid, signal.SIGKILL)
     proc.p.wait(10)
-    proc = world.serving(STREAMLOOP_SERVING_MAX_POLL_RECORDS="64")
+    proc = world.serving(**eos)
     try:
         wanted = {f.frame_id for f in frames}
 

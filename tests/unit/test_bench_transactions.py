@@ -3,7 +3,7 @@ picks each mode's best round (the runs themselves need the whole stack)."""
 
 from __future__ import annotations
 
-from tests.bench.bench_transactions import best, env_of, figures, parse_args
+from tests.bench.lib.transactions import best, env_of, figures
 
 
 def test_each_mode_sets_both_frame_path_services() -> None:
@@ -23,8 +23,3 @@ def test_the_best_round_is_the_fastest_and_the_lowest_latency() -> None:
     assert runs[2]["frames_per_s"] is None
     assert best(runs) == {"frames_per_s": 900.0, "p50_ms": 180.0, "p99_ms": 350.0}
     assert best([runs[2]])["frames_per_s"] is None
-
-
-def test_defaults_pace_at_a_few_cameras_rate() -> None:
-    args = parse_args([])
-    assert (args.rate, args.rounds, args.frames) == (40.0, 2, 2000)

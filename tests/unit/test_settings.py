@@ -115,7 +115,7 @@ def test_the_frame_path_fetches_in_batches_and_each_service_can_change_it(
     assert IngestSettings().fetch.max_wait_ms == 100, "one service's setting stays its own"
 
 
-def test_the_frame_path_is_transactional_by_default_with_an_id_stable_per_host(
+def test_transactions_are_off_by_default_and_on_use_an_id_stable_per_host(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import socket
@@ -124,6 +124,9 @@ def test_the_frame_path_is_transactional_by_default_with_an_id_stable_per_host(
     from services.serving.settings import ServingSettings
 
     monkeypatch.setenv("STREAMLOOP_KAFKA_TOPIC_PREFIX", "t1.")
+    assert IngestSettings().transactions.transactional_id(KafkaSettings(), "g") is None
+    monkeypatch.setenv("STREAMLOOP_INGEST_TRANSACTIONS__ENABLED", "true")
+    monkeypatch.setenv("STREAMLOOP_SERVING_TRANSACTIONS__ENABLED", "true")
     ingest = IngestSettings()
     assert ingest.transactions.transactional_id(ingest.kafka, "g") == (
         f"t1.g-{socket.gethostname()}"
