@@ -76,9 +76,13 @@ class Fleet:
         self._rate = rate or scenario.rate or 20.0
         self._cameras = scenario.camera_ids()
         self._styles = {
-            cam: CameraStyle.for_camera(i, scenario.seed) for i, cam in enumerate(self._cameras)
+            cam: CameraStyle.for_camera(i, scenario.site) for i, cam in enumerate(self._cameras)
         }
         self._class_p = np.asarray(scenario.class_weights(classes))
+
+    def camera_style(self, camera_id: str) -> CameraStyle:
+        """How ``camera_id`` looks at this scenario's site. Raises KeyError for an unknown one."""
+        return self._styles[camera_id]
 
     def scenario_time(self, index: int) -> float:
         return index / self._rate

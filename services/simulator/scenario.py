@@ -14,6 +14,9 @@ Darkness goes linearly from ``from`` at ``at_s`` to ``to`` ``over_s`` seconds la
 there until a later entry takes over (0 is day, 1 is night; see ``render.render_dusk``). For
 each camera the latest entry that has started wins.
 
+Cameras belong to a ``site`` (default 0, shared by the built-in scenarios): a camera's look
+depends on the site and its number, never on the seed.
+
 Scenario time is ``frame_index / rate``, not the wall clock, so a scenario run with the same
 seed produces the same frames in the same order however fast it is published.
 """
@@ -123,6 +126,11 @@ class Scenario(BaseModel):
     name: str
     description: str = ""
     seed: int = 0
+    """Draws the frames: class, condition and pixels of frame *i* depend on it and on *i*."""
+    site: int = Field(default=0, ge=0)
+    """The site the cameras stand at: ``cam-N`` looks the same (background, road, lamps,
+    sensor) in every scenario of one site, as a real camera does whatever the weather; a
+    model trained on one scenario's frames meets the same cameras in the next."""
     rate: float = Field(default=20.0, ge=0.0)
     """Frames per second for the whole fleet; 0 publishes as fast as possible."""
     cameras: int = Field(default=4, ge=1, le=10_000)
