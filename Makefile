@@ -9,6 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 KAFKA := infra/kafka/kafka.sh
 REDIS := infra/redis/redis.sh
+RAY := infra/ray/ray.sh
 WITH_INFRA := infra/with-infra.sh
 
 .PHONY: help setup up down status up-cluster down-cluster test test-slow test-unit test-integration \
@@ -34,12 +35,14 @@ setup: ## Install everything (idempotent): uv, Python deps (locked), Kafka jars,
 	  || echo "note: kcat not installed; the documented Kafka examples and their test need it (apt-get install kcat)"
 	@echo "setup: done"
 
-up: setup ## Start local Kafka (KRaft, 127.0.0.1:9092) and Redis (127.0.0.1:6379); create topics
+up: setup ## Start local Kafka (KRaft, 127.0.0.1:9092), Redis (127.0.0.1:6379) and a Ray head (127.0.0.1:6380); create topics
 	@$(KAFKA) start single
 	@$(REDIS) start
+	@$(RAY) start
 	@$(BIN)/streamloop topics create
 
-down: ## Stop everything StreamLoop started locally (Kafka single + cluster, Redis)
+down: ## Stop everything StreamLoop started locally (Kafka single + cluster, Redis, the Ray head)
+	@$(RAY) stop
 	@$(KAFKA) stop single
 	@$(KAFKA) stop cluster
 	@$(REDIS) stop
@@ -47,6 +50,7 @@ down: ## Stop everything StreamLoop started locally (Kafka single + cluster, Red
 status: ## Show local infrastructure: processes, ports, resident memory
 	@$(KAFKA) status
 	@$(REDIS) status
+	@$(RAY) status
 
 up-cluster: setup ## Start a 3-broker KRaft cluster on 127.0.0.1:9192/9194/9196 (RF 3, min ISR 2)
 	@$(KAFKA) start cluster
@@ -102,7 +106,7 @@ drift: setup ## Measure how a CNN trained on day frames fares at night and in fo
 	@$(BIN)/python infra/measure_drift.py
 
 demo: up ## The closed loop from nothing: bootstrap a model, day to night, drift, retrain, shadow, promote, recover
-	@$(BIN)/streamloop demo
+	@RAY_ADDRESS=$$($(RAY) address) $(BIN)/streamloop demo
 
 compose-check: ## Validate docker-compose.yml without a Docker engine
 	@docker-compose config -q && echo "docker-compose.yml: valid"

@@ -26,9 +26,10 @@ def main() -> int:
         store, threads = ArtifactStore(settings.artifacts.root), settings.torch_threads
         verifier = ServingCore(store, runtime=settings.runtime, threads=threads)
         with rt.loop_producer(settings.group_id, settings.transactions) as producer:
+            backend = open_backend(settings, verifier)
             ingress = Ingress(
                 settings.model_name,
-                backend=open_backend(settings, verifier),
+                backend=backend,
                 verifier=verifier,
                 producer=producer,
                 alerts=rt.producer,
@@ -51,7 +52,7 @@ def main() -> int:
                 rt.run(loop, follower)
             finally:
                 follower.stop()
-                close_backend(settings)
+                close_backend(backend)
     return 1 if follower.failed else 0
 
 

@@ -21,9 +21,8 @@ def open_backend(settings: ServingSettings, local: ServingCore) -> Backend:
     return start_ray_backend(settings)
 
 
-def close_backend(settings: ServingSettings) -> None:
+def close_backend(backend: Backend) -> None:
     """Stop what ``open_backend`` started in this process (a joined cluster stays up)."""
-    if settings.backend == "ray":
-        from services.serving.ray_app import stop_ray_backend
-
-        stop_ray_backend(settings)
+    close = getattr(backend, "close", None)
+    if close is not None:
+        close()

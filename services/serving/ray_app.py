@@ -8,6 +8,7 @@ coordination: the ingress simply names the new version in its next call.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -40,9 +41,9 @@ __all__ = [
     "APP_NAME",
     "Classifier",
     "RayBackend",
+    "app_fingerprint",
     "build_app",
     "start_ray_backend",
-    "stop_ray_backend",
 ]
 
 APP_NAME = "streamloop"
@@ -62,6 +63,7 @@ class Classifier:
         http_auth: HttpAuthSettings,
         runtime: RuntimeName = "eager",
         image_fit: FitPolicy = DEFAULT_FIT,
+        fingerprint: str = "",
     ) -> None:
         import torch
 
@@ -73,6 +75,13 @@ class Classifier:
         self._model_name = model_name
         self._auth = http_auth
         self._fit = image_fit
+        self._fingerprint = fingerprint
+
+    def fingerprint(self) -> str:
+        """What this replica was deployed with (``app_fingerprint``): an ingress that starts
+        on a cluster where the application runs reuses it when its own settings and code
+        give the same fingerprint."""
+        return self._fingerprint
 
     def predict(self, pixels: npt.NDArray[np.uint8], ref: ModelRef) -> npt.NDArray[np.float32]:
         """Probabilities of a batch under ``ref`` (called by the Kafka ingress)."""
@@ -159,19 +168,21 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def build_app(settings: ServingSettings) -> serve.Application:
-    """The bound application, with autoscaling and fractional CPUs from ``settings``."""
-    deployment: Any = Classifier  # the decorator makes it a Deployment; mypy sees the class
-    app: serve.Application = deployment.options(
-        autoscaling_config={
+def _options(settings: ServingSettings) -> dict[str, Any]:
+    return {
+        "autoscaling_config": {
             "min_replicas": settings.min_replicas,
             "initial_replicas": max(settings.min_replicas, 1),
             "max_replicas": settings.max_replicas,
             "target_ongoing_requests": settings.target_ongoing_requests,
         },
-        ray_actor_options={"num_cpus": settings.replica_cpus},
-        max_ongoing_requests=4,
-    ).bind(
+        "ray_actor_options": {"num_cpus": settings.replica_cpus},
+        "max_ongoing_requests": 4,
+    }
+
+
+def _arguments(settings: ServingSettings) -> tuple[Any, ...]:
+    return (
         str(settings.artifacts.root),
         settings.torch_threads,
         json.loads(settings.redis.model_dump_json()) | _secret(settings.redis),
@@ -179,6 +190,46 @@ def build_app(settings: ServingSettings) -> serve.Application:
         settings.http_auth,
         settings.runtime,
         settings.task.image_fit,
+    )
+
+
+# The code a replica runs: the serving package and the shared library.
+_CODE = (Path(__file__).parent, Path(__file__).parents[2] / "shared")
+
+
+def app_fingerprint(settings: ServingSettings) -> str:
+    """sha256 of what a deployment is made of: its options, its arguments (secrets included,
+    so a changed password or token redeploys; only the digest leaves this process) and the
+    source of the code its replicas run."""
+    digest = hashlib.sha256()
+    described = {"options": _options(settings), "arguments": _arguments(settings)}
+    digest.update(json.dumps(described, sort_keys=True, default=_plain).encode())
+    for folder in _CODE:
+        for source in sorted(folder.glob("*.py")):
+            digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json") | _secrets_of(value)
+    return str(value)
+
+
+def _secrets_of(value: Any) -> dict[str, str]:
+    # model_dump masks SecretStr as "**********"; a changed token must change the digest.
+    return {
+        name: field.get_secret_value()
+        for name, field in vars(value).items()
+        if hasattr(field, "get_secret_value")
+    }
+
+
+def build_app(settings: ServingSettings) -> serve.Application:
+    """The bound application, with autoscaling and fractional CPUs from ``settings``."""
+    deployment: Any = Classifier  # the decorator makes it a Deployment; mypy sees the class
+    app: serve.Application = deployment.options(**_options(settings)).bind(
+        *_arguments(settings), fingerprint=app_fingerprint(settings)
     )
     return app
 
@@ -191,13 +242,22 @@ def _secret(redis: RedisSettings) -> dict[str, Any]:
 class RayBackend:
     """Batches to the deployment through its handle."""
 
-    def __init__(self, handle: DeploymentHandle[Any], timeout_s: float) -> None:
+    def __init__(
+        self, handle: DeploymentHandle[Any], timeout_s: float, *, owns_cluster: bool
+    ) -> None:
         self._handle = handle
         self._timeout_s = timeout_s
+        self._owns_cluster = owns_cluster
 
     def submit(self, ref: ModelRef, pixels: npt.NDArray[np.uint8]) -> _RayCall:
         """Start one call; several may be in flight at once."""
         return _RayCall(self._handle.predict.remote(pixels, ref), self._timeout_s)
+
+    def close(self) -> None:
+        """Shut Ray Serve down when this process started Ray itself. On a joined cluster the
+        application stays: other ingress processes call it, and a restarted one reuses it."""
+        if self._owns_cluster:
+            serve.shutdown()  # type: ignore[no-untyped-call]
 
 
 class _RayCall:
@@ -218,19 +278,16 @@ class _RayCall:
 
 
 def start_ray_backend(settings: ServingSettings) -> RayBackend:
-    """Start (or join, with ``ray_address``) Ray and Ray Serve, run the application, and
-    return the backend that calls it."""
+    """Join the Ray cluster at ``ray_address`` (a local one started in this process when none
+    is given, or, with ``ray_fallback_local``, when none answers there), start Ray Serve, and
+    return the backend that calls the application. On a joined cluster where the application
+    already runs with this ingress's fingerprint, its replicas are reused as they are: a
+    restarted ingress answers in seconds and the model tier never noticed."""
     # On a busy machine a fresh proxy takes longer than Serve's 5 s readiness check to import
     # its web stack; three failed checks get it killed and ``serve.start`` raises. A longer
     # check (inherited by a local Ray's processes) and a retry below ride that out.
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
-    ray.init(
-        address=settings.ray_address or None,
-        object_store_memory=None if settings.ray_address else settings.object_store_mb * 2**20,
-        include_dashboard=False,
-        log_to_driver=False,
-        ignore_reinit_error=True,
-    )
+    joined = _init_ray(settings)
     for attempt in range(1, 4):
         try:
             serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
@@ -244,16 +301,61 @@ def start_ray_backend(settings: ServingSettings) -> RayBackend:
                 extra={"attempt": attempt, "error": str(exc).splitlines()[0]},
             )
             time.sleep(2.0 * attempt)
-    handle = serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
-    log.info(
-        "ray serve application running",
-        extra={"url": f"http://{settings.http_host}:{settings.http_port}/predict"},
-    )
-    return RayBackend(handle, settings.call_timeout_s)
+    fingerprint = app_fingerprint(settings)
+    handle = _running_app(fingerprint) if joined else None
+    if handle is None:
+        handle = serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+        log.info(
+            "ray serve application deployed",
+            extra={
+                "url": f"http://{settings.http_host}:{settings.http_port}/predict",
+                "fingerprint": fingerprint[:12],
+            },
+        )
+    return RayBackend(handle, settings.call_timeout_s, owns_cluster=not joined)
 
 
-def stop_ray_backend(settings: ServingSettings) -> None:
-    """Shut Ray Serve down when this process started Ray itself; on a shared cluster other
-    ingress processes still call the deployment, so it stays."""
-    if not settings.ray_address:
-        serve.shutdown()  # type: ignore[no-untyped-call]
+def _init_ray(settings: ServingSettings) -> bool:
+    """Join ``ray_address`` (True) or start a local Ray in this process (False)."""
+    common: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "ignore_reinit_error": True,
+    }
+    if settings.ray_address:
+        try:
+            ray.init(address=settings.ray_address, **common)
+            log.info("ray cluster joined", extra={"address": settings.ray_address})
+            return True
+        except ConnectionError as exc:
+            if not settings.ray_fallback_local:
+                raise
+            log.warning(
+                "no ray cluster answers; starting a local ray in this process",
+                extra={"address": settings.ray_address, "error": str(exc).splitlines()[0]},
+            )
+    ray.init(address="local", object_store_memory=settings.object_store_mb * 2**20, **common)
+    return False
+
+
+def _running_app(fingerprint: str) -> DeploymentHandle[Any] | None:
+    """The handle of the application already running on the cluster with ``fingerprint``;
+    None when there is none, it is not healthy, or it was deployed from other settings or
+    code (then it is redeployed)."""
+    status = serve.status().applications.get(APP_NAME)
+    if status is None or status.status != "RUNNING":
+        return None
+    handle: DeploymentHandle[Any] = serve.get_app_handle(APP_NAME)
+    try:
+        deployed = handle.fingerprint.remote().result(timeout_s=30)
+    except Exception as exc:  # noqa: BLE001 -- an old deployment without the method, a dead replica
+        log.info("running application not reusable", extra={"error": str(exc).splitlines()[0]})
+        return None
+    if deployed != fingerprint:
+        log.info(
+            "running application deployed from other settings or code; redeploying",
+            extra={"deployed": str(deployed)[:12], "fingerprint": fingerprint[:12]},
+        )
+        return None
+    log.info("ray serve application reused", extra={"fingerprint": fingerprint[:12]})
+    return handle

@@ -33,7 +33,12 @@ class ServingSettings(ServiceSettings):
     serving core in the ingress process (small machines, tests)."""
 
     ray_address: str | None = Field(default=None, validation_alias="RAY_ADDRESS")
-    """Ray cluster to join (the standard ``RAY_ADDRESS``); unset starts a local Ray."""
+    """Ray cluster to join (the standard ``RAY_ADDRESS``; ``make up`` starts one at
+    ``127.0.0.1:6380``); unset starts a local Ray in this process."""
+
+    ray_fallback_local: bool = True
+    """When no cluster answers at ``ray_address``, start a local Ray in this process instead
+    of failing (``false`` in production, where serving should wait for its cluster)."""
 
     min_replicas: int = Field(default=1, ge=0)
     """Autoscaling: fewest model replicas."""

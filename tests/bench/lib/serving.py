@@ -159,7 +159,7 @@ def bench_ray(
             f"  Ray started in {out['ray_init_s']:.1f} s, application deployed in "
             f"{out['deploy_s']:.1f} s"
         )
-        backend = RayBackend(handle, settings.call_timeout_s)
+        backend = RayBackend(handle, settings.call_timeout_s, owns_cluster=True)
         batches = batches_of(fx.pixels, BATCH)
         first = backend.submit(fx.ref, batches[0]).result()
         out["replica_max_abs_diff"] = _check_replica(console, fx, first, references)
