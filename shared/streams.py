@@ -211,6 +211,12 @@ def new_app(
         # joining nothing for 5 minutes on a loaded 2-core machine). Refreshed every 10 s,
         # the group sees the topic and rebalances within seconds.
         consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
+        # A worker that died leaves the group 10 s after its last heartbeat, as the consumer
+        # loop's members do (faust's default, 60 s, kept a restarted worker from its
+        # partitions, and its windows, for a minute). Heartbeats come from the consumer's own
+        # thread, so a busy agent does not miss them.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
         processing_guarantee="at_least_once",
         topic_allow_declare=True,
         topic_disable_leader=True,

@@ -14,7 +14,10 @@ all of a frame's records meet in one partition of the ``pending`` table (``join`
 single-partition topic, where ``watch`` feeds the pure ``Monitor`` in one order and keeps
 its state documents in the ``state`` table. Both tables have changelogs, so a restarted
 monitor carries on where it was: the same window ids, the same trigger state, and a drop
-that already fired never fires again.
+that already fired never fires again. What a restart reads again is not counted again: the
+join remembers what each frame has sent, and ``state`` holds the offset of the last
+observation folded in (written after the documents it covers), so ``watch`` skips the
+observations read again from the last committed offset.
 
 Timers send ticks through the same topics: each join partition sweeps its expired entries,
 and the observations partition closes quiet windows by time.
@@ -104,6 +107,8 @@ PENDING = Gauge("streamloop_monitoring_pending", "Frames held in this worker's j
 
 MAX_BYTES = MAX_RECORD_BYTES
 TICK = b'{"event_type":"monitoring.tick"}'
+FOLDED = "folded/observations"
+"""The ``state`` document holding the offset of the last observation folded in."""
 KEEP_WINDOW_SPANS = 500
 
 
@@ -128,6 +133,8 @@ class MonitorApp:
         self.join_rules = FrameJoin(settings.join_ttl_s)
         self.monitor = Monitor(settings.model_name, settings.task.classes, settings.policy())
         self._loaded = False
+        self._folded = -1
+        """Offset of the last ``observations`` record folded into the ``state`` table."""
         self._window_spans: OrderedDict[str, SpanContext] = OrderedDict()
         self.dead_letters = FaustDeadLetters(app, prefix, group=app_id)
 
@@ -295,8 +302,14 @@ class MonitorApp:
         """Feed one joined observation (or a tick) to the monitor and publish its answer."""
         now = self.clock()
         if not self._loaded:
-            self.monitor.load((k, self.state[k]) for k in list(self.state))
+            docs = {k: self.state[k] for k in list(self.state)}
+            self._folded = int(docs.pop(FOLDED, {}).get("offset", -1))
+            self.monitor.load(docs.items())
             self._loaded = True
+        if event.message.offset <= self._folded:
+            # Folded before a crash; its effects (windows published, requests sent) stand.
+            RECORDS.labels("observation", "replayed").inc()
+            return
         try:
             if event.value == TICK:
                 out = self.monitor.tick(now)
@@ -311,6 +324,10 @@ class MonitorApp:
             return
         for key, doc in self.monitor.take_dirty().items():
             self.state[key] = doc
+        # Last, after the documents it covers: a record read again after a crash (its offset
+        # was not committed yet) is recognised and not folded a second time.
+        self.state[FOLDED] = {"offset": event.message.offset}
+        self._folded = event.message.offset
         if out:
             await self.publish(out)
 

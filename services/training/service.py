@@ -565,6 +565,7 @@ class Trainer:
         for fmt in self.settings.exports:
             started = time.perf_counter()
             context: dict[str, object] = {"key": key, "format": fmt}
+            log.info("exporting", extra=context)
             try:
                 data = self._exporter(model, spec, fmt)
                 runtime = load_runtime(fmt, data, self.settings.torch_threads)

@@ -8,6 +8,7 @@ model rebuilt from the topic after Redis loses it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from shared.artifacts import ArtifactStore
 from shared.bus import EventProducer
 from shared.datasets import split_of
 from shared.events import (
@@ -260,6 +262,42 @@ def test_a_training_killed_mid_run_leaves_no_version_and_retrains_after_restart(
         what="the retrained model",
     )
     assert len(trained) == 1
+    wait_for(lambda: d.view().version(trained[0].model_version), 60, what="its registration")
+    assert len(d.view().versions) == versions_before + 1
+
+
+def test_a_training_killed_while_exporting_publishes_once_after_restart(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    versions_before = len(d.view().versions)
+    d.publish_examples(render_examples(60, seed=17, start=30_000, prefix=d.model))
+    d.retrain("killed-exporting")
+    proc = d.procs["training"]
+    wait_for(
+        lambda: any('"exporting"' in ln and "killed-exporting" in ln for ln in proc.lines),
+        240,
+        interval_s=0.02,
+        what="the export",
+    )
+    os.kill(proc.p.pid, signal.SIGKILL)
+    proc.p.wait(10)
+
+    def published() -> list[ModelTrained]:
+        return [
+            e
+            for e in d.events(Topics.MODELS_TRAINED, ModelTrained)
+            if e.idempotency_key == "killed-exporting"
+        ]
+
+    assert published() == []
+    d.start_training()
+    trained = wait_for(published, 240, what="the retrained model")
+    assert len(trained) == 1 and trained[0].exports, trained
+    # What the second run stored is whole: every export reads back with its digest.
+    store = ArtifactStore(d.root / "artifacts")
+    for ref in trained[0].exports.values():
+        assert hashlib.sha256(store.resolve(ref.uri).read_bytes()).hexdigest() == ref.sha256
     wait_for(lambda: d.view().version(trained[0].model_version), 60, what="its registration")
     assert len(d.view().versions) == versions_before + 1
 
