@@ -52,7 +52,7 @@ from types import FrameType
 from typing import Any, Generic, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 from kafka.future import Future
 from kafka.structs import OffsetAndMetadata
 from opentelemetry import trace
@@ -183,6 +183,9 @@ class EventProducer:
         config.update(overrides)
         self._config = config
         self.transactional_id = transactional_id
+        self._txn_wait_ms = transaction_timeout_ms
+        """How long ``commit`` and ``abort`` wait for Kafka: the broker aborts a transaction
+        left open longer than this anyway."""
         self._tracer = _tracer(tracer)
         self.topic_prefix = settings.topic_prefix
         self._failed: list[BaseException] = []
@@ -289,11 +292,25 @@ class EventProducer:
         transaction did not commit (it must be aborted)."""
         # Outputs first (the commit would flush them anyway): a fenced member's outputs are
         # then in the log, aborted, rather than dropped unsent, and either way never read.
-        self._producer.flush()
+        self._producer.flush(timeout=self._txn_wait_ms / 1000)
+        manager = self._producer._transaction_manager
         if offsets:
-            self._producer.send_offsets_to_transaction(dict(offsets), group_metadata)
-        self._producer.commit_transaction()
+            self._wait(
+                manager.send_offsets_to_transaction(dict(offsets), group_metadata), "the offsets"
+            )
+        self._wait(manager.begin_commit(), "the commit")
         self._failed.clear()
+
+    def _wait(self, result: Any, what: str) -> None:
+        """Wait for one of the transaction manager's requests, for at most the transaction
+        timeout. kafka-python's ``commit_transaction`` and ``abort_transaction`` wait without
+        a bound, and after the broker holding a transaction's coordinator or a partition's
+        leadership was killed they were seen waiting for minutes; ``init_transactions``
+        waits at most ``max_block_ms``, and this does the same, through the same private
+        request objects."""
+        self._producer._sender.wakeup()
+        if not result.wait(timeout_ms=self._txn_wait_ms):
+            raise KafkaTimeoutError(f"{what} not confirmed within {self._txn_wait_ms} ms")
 
     def abort(self) -> None:
         """Abort the open transaction. When this producer cannot (fenced, in a fatal state,
@@ -303,7 +320,7 @@ class EventProducer:
         self._failed.clear()
         self._staged = None
         try:
-            self._producer.abort_transaction()
+            self._wait(self._producer._transaction_manager.begin_abort(), "the abort")
             return
         except KafkaError as exc:
             log.warning(

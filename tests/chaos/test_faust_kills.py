@@ -15,6 +15,7 @@ import signal
 import time
 import uuid
 from collections import Counter, defaultdict
+from datetime import UTC, datetime
 
 import pytest
 from kafka import KafkaConsumer
@@ -22,7 +23,7 @@ from kafka import KafkaConsumer
 from shared.bus import EventProducer
 from shared.events import Example, decode
 from tests.chaos.conftest import Infra, Pipeline, Tally, record
-from tests.chaos.test_monitor_rebalance import PER_WINDOW, _offline, _windows
+from tests.chaos.test_monitor_rebalance import PER_WINDOW, _last_closed, _offline, _windows
 from tests.integration.helpers import Proc, free_port, wait_for
 from tests.integration.test_monitoring import Fleet
 
@@ -134,7 +135,7 @@ def test_monitoring_killed_mid_stream_counts_every_labelled_prediction_once(
     fleet.send(100, "night")  # and the kill while these are being counted
     os.kill(first.p.pid, signal.SIGKILL)
     first.p.wait(10)
-    killed_at = time.monotonic()
+    killed_at = datetime.now(UTC).timestamp()
     second = worker(2)
     for _ in range(2):
         fleet.send(100, "night")
@@ -148,7 +149,7 @@ def test_monitoring_killed_mid_stream_counts_every_labelled_prediction_once(
         return ws if sum(int(w["labelled_count"]) for w in ws) >= labelled else None  # type: ignore[call-overload]
 
     ws = wait_for(closed, 180, what=f"windows holding all {labelled} labelled predictions")
-    settled_s = time.monotonic() - killed_at
+    settled_s = _last_closed(ws) - killed_at
     ids = [str(w["window_id"]) for w in ws]
     in_windows = sum(int(w["labelled_count"]) for w in ws)  # type: ignore[call-overload]
     right = sum(round(float(w["accuracy"]) * int(w["labelled_count"])) for w in ws)  # type: ignore[arg-type, call-overload]
