@@ -65,8 +65,12 @@ EXPORT_KIND = "exports"
 """Artifact-store kind (top-level directory) of exported graphs."""
 EXPORT_SUFFIX: dict[ExportFormat, str] = {"onnx": ".onnx", "compiled": ".pt2"}
 
-TOLERANCE = 1e-4
-"""Largest difference to eager's probabilities an export may show on any image and class."""
+TOLERANCE = 1e-3
+"""Largest difference to eager's probabilities an export may show on any image and class.
+Float32 kernels differ between CPUs (vector width, fused multiply-add, reduction order):
+a deep network such as efficientnet_b0 differs from eager by 2e-4 on an AMD EPYC where it
+differed by less than 1e-4 elsewhere. A tenth of a percentage point of probability leaves
+every class and every calibrated chance the same for monitoring's purposes."""
 
 MAX_BATCH = 256
 """Largest batch an exported graph takes in one call; runtimes split longer inputs."""
