@@ -54,7 +54,7 @@ from shared.registry import DEFAULT_MODEL_NAME
 from shared.settings import KafkaSettings, RedisSettings, default_var_dir
 from shared.topics import Topics, provision
 
-__all__ = ["DemoReport", "LoopStory", "drift_onset_s", "run_demo"]
+__all__ = ["DemoReport", "LoopStory", "drift_complete_s", "drift_onset_s", "run_demo"]
 
 SERVICES = ("ingest", "labelling", "registry", "evaluation", "training", "serving", "monitoring")
 READY = {"labelling": "Worker ready", "monitoring": "Worker ready"}
@@ -77,6 +77,20 @@ def drift_onset_s(scenario: Scenario) -> float | None:
     return min(starts) if starts else None
 
 
+def drift_complete_s(scenario: Scenario) -> float | None:
+    """Scenario seconds at which the drift that starts at ``drift_onset_s`` is complete: the
+    end of its darkness ramp, or its start for a sudden change."""
+    onset = drift_onset_s(scenario)
+    if onset is None:
+        return None
+    ramps = [
+        e.at_s + e.darkness.over_s
+        for e in scenario.schedule
+        if e.at_s == onset and e.darkness is not None
+    ]
+    return max(ramps, default=onset)
+
+
 @dataclass
 class LoopStory:
     """What the demo saw on the topics, in order: the narration and the figures of the
@@ -97,6 +111,8 @@ class LoopStory:
     """First time of each step of the loop after the drift (``drift_alert``, ``retrain``…)."""
     promotions: list[tuple[datetime, str]] = field(default_factory=list)
     onset: datetime | None = None
+    complete: datetime | None = None
+    """When the drift is complete (the end of a gradual one's ramp; else the onset)."""
     compared: dict[tuple[str, str], int] = field(default_factory=dict)
     """Shared labelled frames of the last comparison told, per (champion, challenger)."""
 
@@ -212,13 +228,16 @@ class LoopStory:
         return [w for w in self.windows if not w.shadow]
 
     def unaffected(self, threshold: float = 0.75, windows: int = 3) -> bool:
-        """True when ``windows`` live windows after the onset all stayed above ``threshold``
-        and nothing was retrained: the champion already handles the new conditions (a
-        second ``make demo`` on a champion that has seen the night)."""
+        """True when ``windows`` live windows after the drift was complete all stayed above
+        ``threshold`` and nothing was retrained since the onset: the champion already
+        handles the new conditions (a second ``make demo`` on a champion that has seen the
+        night). A gradual drift is judged only once its light stopped falling: the first
+        minutes of a dusk look like day to any model."""
         onset = self.onset
         if onset is None:
             return False
-        after = [w for w in self.live() if w.window_start >= onset]
+        complete = max(onset, self.complete or onset)
+        after = [w for w in self.live() if w.window_start >= complete]
         return (
             len(after) >= windows
             and all((w.accuracy or 0) >= threshold for w in after)
@@ -454,6 +473,7 @@ def run_demo(
     logs.mkdir(parents=True, exist_ok=True)
     drift = load_scenario(scenario)
     onset_s = drift_onset_s(drift)
+    complete_s = drift_complete_s(drift)
     pace = rate if rate is not None else drift.rate
     console.rule(f"[bold]StreamLoop demo: {drift.name}, watched, retrained and recovered")
     wait_for_kafka(kafka, timeout_s=60)
@@ -513,8 +533,10 @@ def run_demo(
                 time.sleep(0.1)
             t0 = datetime.now(UTC)
             if onset_s is not None:
-                story.onset = datetime.fromtimestamp(
-                    t0.timestamp() + onset_s * drift.rate / (pace or drift.rate), UTC
+                scale = drift.rate / (pace or drift.rate)
+                story.onset = datetime.fromtimestamp(t0.timestamp() + onset_s * scale, UTC)
+                story.complete = datetime.fromtimestamp(
+                    t0.timestamp() + (complete_s or onset_s) * scale, UTC
                 )
             story.say(
                 f"scenario [bold]{drift.name}[/]: {drift.description} "

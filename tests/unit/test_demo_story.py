@@ -13,7 +13,7 @@ from shared.events import (
     RetrainRequest,
     WindowMetrics,
 )
-from streamloop.demo import LoopStory, drift_onset_s
+from streamloop.demo import LoopStory, drift_complete_s, drift_onset_s
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -58,6 +58,12 @@ def test_a_gradual_drift_starts_when_the_light_starts_to_fall() -> None:
     assert drift_onset_s(dusk) == 180
     held = ScheduleEntry(at_s=60, darkness=DarknessRamp(start=0.0, end=0.0, over_s=10))
     assert drift_onset_s(dusk.model_copy(update={"schedule": (held,)})) is None
+
+
+def test_a_gradual_drift_is_complete_when_the_light_stops_falling() -> None:
+    assert drift_complete_s(load("gradual-dusk")) == 180 + 600
+    assert drift_complete_s(load("day-to-night")) == 180
+    assert drift_complete_s(load("steady-day")) is None
 
 
 def test_recovery_is_the_first_good_window_of_a_champion_promoted_after_the_drift() -> None:
@@ -125,6 +131,20 @@ def test_a_champion_that_already_knows_the_night_is_unaffected() -> None:
         story.observe(window("v1", i, 9 + i, 0.95))
     assert not story.unaffected()  # two windows after the onset only
     story.observe(window("v1", 4, 14, 0.94))
+    assert story.unaffected()
+
+
+def test_a_dusk_is_not_judged_unaffected_before_its_light_stops_falling() -> None:
+    # Minutes into a gradual drift the frames still look like day: good windows then say
+    # nothing about the night to come.
+    story = LoopStory(
+        "m", onset=T0 + timedelta(minutes=10), complete=T0 + timedelta(minutes=20)
+    )
+    for i in range(1, 8):
+        story.observe(window("v1", i, 10 + i, 0.95))
+    assert not story.unaffected()
+    for i in range(8, 11):
+        story.observe(window("v1", i, 13 + i, 0.94))  # starting at minutes 20.5 to 22.5
     assert story.unaffected()
 
 
