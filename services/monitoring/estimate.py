@@ -20,9 +20,21 @@ Two label-free facts about a set of predictions, and the estimate is the lower o
    ``mix_alpha``): by day the predicted mix matches the prior and the estimate is the
    calibrated confidence.
 
-The interval is the estimate plus or minus ``z`` standard errors, clipped to [0, 1]: it
-states the sampling noise of the frames counted, not the error of the assumptions above,
-which ``WindowMetrics.estimate_error`` measures once labels arrive.
+3. **Recalibration by the labels already in** (``LabelledBias``). A temperature fitted on
+   the reference holdout describes the frames of that holdout; at night a day model is more
+   sure of itself than it is right, and no label-free fact says by how much. Labels arrive
+   late but they do arrive: each camera keeps how far the chances it counted were from the
+   outcomes of its recent labelled predictions (an exponentially weighted mean of
+   ``correct - chance``, shrunk towards the version's while few labels stand behind it),
+   and a prediction counts its chance plus its camera's correction *as known when the
+   prediction is counted*. The estimate of a prediction therefore never uses its own label
+   or any label that came after it; it follows a drift one label delay late, per camera.
+
+The interval is the estimate plus or minus ``z`` standard errors, clipped to [0, 1]: the
+sampling noise of the frames counted, plus the uncertainty of the corrections (counted as
+if every camera's correction erred the same way, so the interval errs wide). It does not
+state the error of the assumptions above, which ``WindowMetrics.estimate_error`` measures
+once labels arrive.
 
 Pure: no Kafka, no clock.
 """
@@ -40,11 +52,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.events import AccuracyEstimate
 
 __all__ = [
+    "Chance",
     "EstimateAccumulator",
     "EstimateBlock",
     "EstimatePolicy",
     "FullBlock",
     "LabelPrior",
+    "LabelledBias",
     "chi_square_critical",
     "normal_quantile",
 ]
@@ -69,6 +83,18 @@ class EstimatePolicy(BaseModel):
 
     prior_half_life: int = Field(default=1000, ge=10)
     """Labels after which an old label weighs half in the class prior."""
+
+    recalibrate: bool = True
+    """Correct each camera's chances by its recent labelled predictions (``LabelledBias``)."""
+
+    bias_half_life: int = Field(default=40, ge=1)
+    """Labels of the version after which an old one weighs half in the corrections."""
+
+    bias_prior_labels: float = Field(default=10.0, ge=0.0)
+    """Pseudo-labels of no correction behind the version's correction."""
+
+    bias_camera_prior_labels: float = Field(default=3.0, ge=0.0)
+    """Pseudo-labels of the version's correction behind a camera's."""
 
 
 def normal_quantile(p: float) -> float:
@@ -141,12 +167,15 @@ class EstimateAccumulator(BaseModel):
     """Sum of ``p (1 - p)``."""
     mix: dict[str, int] = Field(default_factory=dict)
     """Predicted class -> predictions."""
+    bias_sd_sum: float = 0.0
+    """Sum of the standard errors of the corrections the chances carry."""
 
-    def add(self, predicted: str, calibrated: float) -> None:
+    def add(self, predicted: str, calibrated: float, bias_sd: float = 0.0) -> None:
         p = min(max(calibrated, 0.0), 1.0)
         self.n += 1
         self.p_sum += p
         self.var_sum += p * (1.0 - p)
+        self.bias_sd_sum += bias_sd
         self.mix[predicted] = self.mix.get(predicted, 0) + 1
 
     def mix_differs(self, prior: Mapping[str, float], classes: Sequence[str], alpha: float) -> bool:
@@ -183,7 +212,9 @@ class EstimateAccumulator(BaseModel):
         if n < (policy.min_camera_frames if camera else policy.min_frames):
             return None
         value = self.p_sum / n
-        se = math.sqrt(self.var_sum) / n
+        # Corrections are shared by a camera's predictions: their errors add up instead of
+        # averaging out (taken as shared by all, the bound on the sum).
+        se = math.sqrt(self.var_sum / n**2 + (self.bias_sd_sum / n) ** 2)
         method: Literal["confidence", "class-mix"] = "confidence"
         if (
             prior is not None
@@ -203,6 +234,88 @@ class EstimateAccumulator(BaseModel):
             frames=n,
             method=method,
         )
+
+
+class Chance(BaseModel):
+    """What a prediction counts in an estimate: the chance it is right, and the standard
+    error of the correction in it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    p: float
+    sd: float = 0.0
+
+
+class _Residuals(BaseModel):
+    """Exponentially weighted sums of ``correct - chance`` over labelled predictions."""
+
+    s: float = 0.0
+    s2: float = 0.0
+    w: float = 0.0
+    n: int = 0
+    """Labels counted, undecayed."""
+    tick: int = 0
+    """The version's label count when last decayed."""
+
+    def decayed(self, tick: int, keep: float) -> _Residuals:
+        f = keep ** (tick - self.tick)
+        return _Residuals(s=self.s * f, s2=self.s2 * f, w=self.w * f, n=self.n, tick=tick)
+
+    def plus(self, r: float) -> _Residuals:
+        return _Residuals(
+            s=self.s + r, s2=self.s2 + r * r, w=self.w + 1.0, n=self.n + 1, tick=self.tick
+        )
+
+
+class LabelledBias(BaseModel):
+    """How far counted chances were from the outcomes of recent labelled predictions: point
+    3 of the module docstring. One per version and stream.
+
+    The version's own correction is the weighted mean residual, shrunk towards none by
+    ``bias_prior_labels`` pseudo-labels while few labels were seen. A camera's correction is
+    its own weighted mean residual shrunk towards the version's by
+    ``bias_camera_prior_labels``: a drift on every camera is followed at the pace of all
+    the labels, a drift on one camera (fog reaching it) by that camera's labels. Old labels
+    weigh half after ``bias_half_life`` labels of the version, in both."""
+
+    labels: int = 0
+    total: _Residuals = Field(default_factory=_Residuals)
+    cameras: dict[str, _Residuals] = Field(default_factory=dict)
+
+    def add(self, camera_id: str, chance: float, correct: bool, policy: EstimatePolicy) -> None:
+        """Count one labelled prediction: ``chance`` is its calibrated confidence (without
+        any correction), ``correct`` whether the label agreed."""
+        keep = 0.5 ** (1.0 / policy.bias_half_life)
+        self.labels += 1
+        r = float(correct) - min(max(chance, 0.0), 1.0)
+        self.total = self.total.decayed(self.labels, keep).plus(r)
+        own = self.cameras.get(camera_id, _Residuals(tick=self.labels))
+        self.cameras[camera_id] = own.decayed(self.labels, keep).plus(r)
+
+    def correction(self, camera_id: str, policy: EstimatePolicy) -> Chance:
+        """The camera's correction now (``p``) and its standard error (``sd``)."""
+        if not policy.recalibrate or self.total.n == 0:
+            return Chance(p=0.0)
+        keep = 0.5 ** (1.0 / policy.bias_half_life)
+        k = policy.bias_prior_labels
+        g = self.total
+        shrink = g.n / (g.n + k)
+        version = (g.s / g.w) * shrink if g.w > 0 else 0.0
+        spread = g.s2 / g.w if g.w > 1.0 else 0.25
+        version_sd = math.sqrt(spread / (g.w + k))
+        own = self.cameras.get(camera_id)
+        if own is None or own.w <= 0:
+            return Chance(p=version, sd=version_sd)
+        c = own.decayed(self.labels, keep)
+        k_own = policy.bias_camera_prior_labels
+        p = version + (c.s / c.w - version) * c.w / (c.w + k_own)
+        own_sd = math.sqrt(spread / (c.w + k_own))
+        return Chance(p=p, sd=min(max(own_sd, version_sd), 0.5))
+
+    def chance(self, camera_id: str, calibrated: float, policy: EstimatePolicy) -> Chance:
+        """A prediction's corrected chance of being right, clipped to [0, 1]."""
+        c = self.correction(camera_id, policy)
+        return Chance(p=min(max(calibrated + c.p, 0.0), 1.0), sd=c.sd)
 
 
 @dataclass(frozen=True)
@@ -227,13 +340,15 @@ class EstimateBlock(BaseModel):
     started_at: datetime | None = None
 
     def add(
-        self, camera_id: str, predicted: str, chance: float, served_at: datetime, size: int
+        self, camera_id: str, predicted: str, chance: Chance, served_at: datetime, size: int
     ) -> FullBlock | None:
         """Count one prediction; the block it filled, if any."""
         if self.started_at is None or served_at < self.started_at:
             self.started_at = served_at
-        self.total.add(predicted, chance)
-        self.cameras.setdefault(camera_id, EstimateAccumulator()).add(predicted, chance)
+        self.total.add(predicted, chance.p, chance.sd)
+        self.cameras.setdefault(camera_id, EstimateAccumulator()).add(
+            predicted, chance.p, chance.sd
+        )
         if self.total.n < size:
             return None
         self.closed += 1

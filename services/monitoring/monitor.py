@@ -194,6 +194,11 @@ class Monitor:
             book = self.books[name] = WindowBook(
                 model_name=self.model_name, model_version=version, stream=stream
             )
+            # A version promoted after shadowing meets the same frames live: the corrections
+            # its shadow labels taught carry over to its first live window.
+            shadowed = self.books.get(f"{version}:shadow")
+            if stream == "live" and shadowed is not None:
+                book.bias = shadowed.bias.model_copy(deep=True)
         self._dirty.add(f"book/{name}")
         return name, book
 
@@ -203,7 +208,7 @@ class Monitor:
         self, obs: Observation, version: str, stream: Stream, now: datetime
     ) -> Outputs:
         _, book = self._book(version, stream)
-        book.add_prediction(obs, now, self.policy.window)
+        chance = book.add_prediction(obs, now, self.policy.window)
         if stream != "live":
             return Outputs()
         out = self._asked(
@@ -218,7 +223,7 @@ class Monitor:
         full = book.block.add(
             obs.camera_id,
             obs.predicted,
-            obs.chance_correct,
+            chance,
             obs.served_at,
             self.policy.trigger.estimate_frames,
         )

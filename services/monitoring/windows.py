@@ -34,9 +34,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.monitoring.drift import psi
 from services.monitoring.estimate import (
+    Chance,
     EstimateAccumulator,
     EstimateBlock,
     EstimatePolicy,
+    LabelledBias,
     LabelPrior,
 )
 from shared.events import ClassMetrics, WindowMetrics
@@ -158,7 +160,11 @@ class WindowAccumulator(BaseModel):
         if self.opened_at is None:
             self.opened_at = now
 
-    def add_prediction(self, obs: Observation, now: datetime, keep_uncertain: int) -> None:
+    def add_prediction(
+        self, obs: Observation, now: datetime, keep_uncertain: int, chance: Chance | None = None
+    ) -> None:
+        """Count one prediction; ``chance`` is what it counts in the estimate (default: its
+        calibrated confidence, uncorrected)."""
         self._touch(obs.served_at, now)
         self.samples += 1
         self.confidence_sum += obs.confidence
@@ -166,9 +172,10 @@ class WindowAccumulator(BaseModel):
         cam = self.cameras.setdefault(obs.camera_id, [0.0, 0.0])
         cam[0] += 1
         cam[1] += obs.confidence
-        self.estimate.add(obs.predicted, obs.chance_correct)
+        c = chance or Chance(p=obs.chance_correct)
+        self.estimate.add(obs.predicted, c.p, c.sd)
         self.camera_estimates.setdefault(obs.camera_id, EstimateAccumulator()).add(
-            obs.predicted, obs.chance_correct
+            obs.predicted, c.p, c.sd
         )
         if keep_uncertain:
             # A max-heap on confidence (negated) of the ``keep_uncertain`` least confident.
@@ -365,13 +372,29 @@ class WindowBook(BaseModel):
     reference: Reference | None = None
     block: EstimateBlock = Field(default_factory=EstimateBlock)
     """The estimate block being filled (live stream only)."""
+    bias: LabelledBias = Field(default_factory=LabelledBias)
+    """Each camera's correction of the chances, from this version's labelled predictions."""
+    window_bias: LabelledBias | None = None
+    """The corrections as they were when the open window got its first prediction: the
+    window counts these, so its estimate never leans on the labels it is judged by."""
 
     @property
     def shadow(self) -> bool:
         return self.stream == "shadow"
 
-    def add_prediction(self, obs: Observation, now: datetime, policy: WindowPolicy) -> None:
-        self.open.add_prediction(obs, now, policy.uncertain_per_camera)
+    def add_prediction(self, obs: Observation, now: datetime, policy: WindowPolicy) -> Chance:
+        """Count one prediction; its chance of being right now: the calibrated confidence
+        corrected by the labels in so far (the window counts the corrections it opened
+        with, ``window_bias``)."""
+        if self.window_bias is None or self.open.samples == 0:
+            self.window_bias = self.bias.model_copy(deep=True)
+        self.open.add_prediction(
+            obs,
+            now,
+            policy.uncertain_per_camera,
+            self.window_bias.chance(obs.camera_id, obs.chance_correct, policy.estimate),
+        )
+        return self.bias.chance(obs.camera_id, obs.chance_correct, policy.estimate)
 
     def add_label(
         self,
@@ -383,6 +406,10 @@ class WindowBook(BaseModel):
     ) -> Closed | None:
         """Count one labelled prediction; the window it closed, if any."""
         self.open.add_label(obs, now)
+        if obs.label is not None:
+            self.bias.add(
+                obs.camera_id, obs.chance_correct, obs.predicted == obs.label, policy.estimate
+            )
         if self.open.labelled >= policy.labelled_per_window:
             return self._close("count", classes, policy, prior)
         return None

@@ -137,9 +137,7 @@ def test_a_champion_that_already_knows_the_night_is_unaffected() -> None:
 def test_a_dusk_is_not_judged_unaffected_before_its_light_stops_falling() -> None:
     # Minutes into a gradual drift the frames still look like day: good windows then say
     # nothing about the night to come.
-    story = LoopStory(
-        "m", onset=T0 + timedelta(minutes=10), complete=T0 + timedelta(minutes=20)
-    )
+    story = LoopStory("m", onset=T0 + timedelta(minutes=10), complete=T0 + timedelta(minutes=20))
     for i in range(1, 8):
         story.observe(window("v1", i, 10 + i, 0.95))
     assert not story.unaffected()
