@@ -1,7 +1,7 @@
 """Benchmark: the closed loop's speed, drift onset to recovery, per scenario.
 
     python -m tests.bench.bench_loop [--scenarios NAME ...] [--runs N] [--selection on off]
-                                     [--timeout S]
+                                     [--coverage F] [--timeout S]
 
 Each run is ``streamloop demo`` from nothing, as a user starts it: every service, a fresh
 model (its own name, topic prefix, consumer groups, artifacts and logs), the bootstrap of a
@@ -9,7 +9,10 @@ first model from simulated day frames, then the scenario (default: ``day-to-nigh
 ``fog-bank`` and ``gradual-dusk``), until the loop recovers or ``--timeout``. ``--runs``
 (default 3) runs of each, and the median of each figure. ``--selection off`` runs the same
 with the monitor's label requests turned off (``STREAMLOOP_MONITORING_REQUESTS__
-PER_CAMERA_MINUTE=0``): only the simulator's random coverage labels frames.
+PER_CAMERA_MINUTE=0``): only the simulator's random coverage labels frames. ``--coverage``
+sets that random coverage (the scenario's, 0.3 in the built-ins, by default) for the
+random runs: random labels at the label rate the active runs consumed compare the two at
+the same budget.
 
 Per run, from the demo's summary and the run's topics:
 
@@ -45,12 +48,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from services.simulator.scenario import load as load_scenario
 from shared.events import Event, Label, LabelRequest, WindowMetrics, decode
 from shared.kafka_admin import KafkaAdmin
 from shared.settings import KafkaSettings
 from shared.topics import Topics
 from tests.bench.lib.control import delete_groups, delete_redis_keys, delete_topics
-from tests.bench.lib.loop import estimate_mae
+from tests.bench.lib.loop import estimate_mae, with_coverage
 from tests.bench.lib.procs import load_average
 from tests.bench.lib.report import bench_dir, write_figures
 from tests.integration.helpers import DEMO_GROUPS, demo_env, read_all
@@ -60,8 +64,15 @@ SCENARIOS = ("day-to-night", "fog-bank", "gradual-dusk")
 STEPS = ("suspected", "retrain", "trained", "evaluated", "promoted")
 
 
-def run_once(console: Console, scenario: str, selection: bool, timeout_s: float) -> dict[str, Any]:
-    """One demo run from nothing; its figures."""
+def run_once(
+    console: Console,
+    scenario: str,
+    selection: bool,
+    timeout_s: float,
+    coverage: float | None = None,
+) -> dict[str, Any]:
+    """One demo run from nothing; its figures. ``coverage`` replaces the scenario's random
+    label coverage."""
     tag = uuid.uuid4().hex[:8]
     prefix, model = f"loopbench-{tag}-", f"loop-{tag}"
     home = bench_dir() / "loop" / f"{scenario}-{'active' if selection else 'random'}-{tag}"
@@ -69,12 +80,13 @@ def run_once(console: Console, scenario: str, selection: bool, timeout_s: float)
     env = {**os.environ, "COLUMNS": "160", **demo_env(prefix, home)}
     if not selection:
         env["STREAMLOOP_MONITORING_REQUESTS__PER_CAMERA_MINUTE"] = "0"
+    played = str(with_coverage(scenario, coverage, home)) if coverage is not None else scenario
     summary_path = home / "summary.json"
     console.print(f"[bold]{scenario}[/] ({'active' if selection else 'random'} labels): {home}")
     started = time.monotonic()
     with (home / "demo.txt").open("w") as out:
         code = subprocess.call(
-            [sys.executable, "-m", "streamloop", "demo", "--scenario", scenario,
+            [sys.executable, "-m", "streamloop", "demo", "--scenario", played,
              "--model", model, "--summary", str(summary_path), "--timeout", str(int(timeout_s))],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             timeout=timeout_s + 600,
@@ -90,7 +102,17 @@ def run_once(console: Console, scenario: str, selection: bool, timeout_s: float)
         )  # fmt: skip
         delete_groups(settings, [f"{prefix}{g}" for g in DEMO_GROUPS])
         delete_redis_keys(f"streamloop:registry:{model}:*", console.print)
-    figures |= {"exit": code, "wall_s": round(time.monotonic() - started, 1), "home": str(home)}
+    rate = load_scenario(played).rate
+    if figures.get("labels_to_recover") is not None and figures["recovery_s"]:
+        figures["label_rate"] = round(
+            figures["labels_to_recover"] / (rate * figures["recovery_s"]), 3
+        )
+    figures |= {
+        "exit": code,
+        "wall_s": round(time.monotonic() - started, 1),
+        "home": str(home),
+        "coverage": coverage,
+    }
     console.print(f"  {json.dumps({k: v for k, v in figures.items() if k != 'home'})}")
     return figures
 
@@ -145,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS))
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--selection", nargs="+", choices=("on", "off"), default=["on"])
+    parser.add_argument("--coverage", type=float, default=None)
     parser.add_argument("--timeout", type=float, default=1500.0)
     args = parser.parse_args(argv)
     console = Console()
@@ -153,13 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     for scenario in args.scenarios:
         for selection in args.selection:
             key = f"{scenario} ({'active' if selection == 'on' else 'random'} labels)"
+            on = selection == "on"
+            coverage = None if on else args.coverage
+            if coverage is not None:
+                key = f"{scenario} (random labels, coverage {coverage:g})"
             results[key] = [
-                run_once(console, scenario, selection == "on", args.timeout)
-                for _ in range(args.runs)
+                run_once(console, scenario, on, args.timeout, coverage) for _ in range(args.runs)
             ]
     table = Table(
         "scenario", "runs", "recovered", "onset to recovery (median)", "each run",
-        "promoted (median)", "labels to recover", "estimate MAE by condition",
+        "promoted (median)", "labels to recover", "labels per frame", "estimate MAE by condition",
     )  # fmt: skip
     summary: dict[str, Any] = {}
     for key, runs in results.items():
@@ -178,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             if any(p is not None for p in promoted)
             else None,
             "labels_to_recover_median": median_of(recovered, "labels_to_recover"),
+            "label_rate_median": median_of(recovered, "label_rate"),
             "estimate_mae_median": {c: round(statistics.median(v), 4) for c, v in mae.items()},
         }
         summary[key] = row
@@ -185,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             key, str(len(runs)), f"{len(recovered)}/{len(runs)}",
             _s(row["recovery_s_median"]), ", ".join(_s(r) for r in row["recovery_s"]),
             _s(row["promoted_s_median"]), _n(row["labels_to_recover_median"]),
+            f"{row['label_rate_median']:.2f}" if row["label_rate_median"] is not None else "-",
             ", ".join(f"{c} {v:.3f}" for c, v in row["estimate_mae_median"].items()),
         )  # fmt: skip
     console.print(table)

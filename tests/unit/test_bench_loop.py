@@ -1,11 +1,16 @@
-"""The closed-loop benchmark's pure part: the estimate's error per condition."""
+"""The closed-loop benchmark's pure part: the estimate's error per condition, and a
+scenario played at another random label coverage."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
+import pytest
+
+from services.simulator.scenario import load as load_scenario
 from shared.events import AccuracyEstimate, WindowMetrics
-from tests.bench.lib.loop import estimate_mae
+from tests.bench.lib.loop import estimate_mae, with_coverage
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -42,3 +47,12 @@ def test_the_error_counts_windows_of_one_condition_only_per_condition() -> None:
     assert mae.keys() == {"day", "night"}
     assert mae["day"]["windows"] == 2 and abs(mae["day"]["mae"] - 0.03) < 1e-9
     assert mae["night"] == {"mae": 0.1, "windows": 1}
+
+
+def test_random_labels_at_another_coverage_play_the_same_scenario(tmp_path: Path) -> None:
+    path = with_coverage("day-to-night", 0.4, tmp_path)
+    played, builtin = load_scenario(path), load_scenario("day-to-night")
+    assert played.labels.coverage == 0.4 != builtin.labels.coverage
+    assert played.model_copy(update={"labels": builtin.labels}) == builtin
+    with pytest.raises(FileNotFoundError):
+        with_coverage("no-such-scenario", 0.4, tmp_path)

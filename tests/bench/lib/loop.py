@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import defaultdict
+from pathlib import Path
 
+from services.simulator.scenario import BUILTIN_DIR
+from services.simulator.scenario import load as load_scenario
 from shared.events import WindowMetrics
 
-__all__ = ["estimate_mae"]
+__all__ = ["estimate_mae", "with_coverage"]
 
 
 def estimate_mae(windows: list[WindowMetrics]) -> dict[str, dict[str, float]]:
@@ -24,3 +28,19 @@ def estimate_mae(windows: list[WindowMetrics]) -> dict[str, dict[str, float]]:
         c: {"mae": round(statistics.fmean(e), 4), "windows": len(e)}
         for c, e in sorted(errors.items())
     }
+
+
+def with_coverage(scenario: str, coverage: float, home: Path) -> Path:
+    """A copy of the built-in ``scenario`` whose annotators label ``coverage`` of the frames
+    at random; its path."""
+    text = (BUILTIN_DIR / f"{scenario}.toml").read_text()
+    changed, n = re.subn(
+        r"^coverage = .*$", f"coverage = {coverage}", text, count=1, flags=re.MULTILINE
+    )
+    if n != 1:
+        raise ValueError(f"scenario {scenario} sets no label coverage")
+    path = home / f"{scenario}.toml"
+    path.write_text(changed)
+    if load_scenario(path).labels.coverage != coverage:
+        raise ValueError(f"coverage {coverage} did not reach {path}")
+    return path
