@@ -31,6 +31,7 @@ from shared.auth import Decision, HttpAuthSettings, authorize_read, check_length
 from shared.fitting import DEFAULT_FIT, FitPolicy
 from shared.images import ImageError, decode_image
 from shared.ports import Unavailable
+from shared.ray_cluster import init_ray
 from shared.redis_registry import RedisRegistry
 from shared.redis_store import connect
 from shared.registry import RegistryUnavailableError
@@ -317,25 +318,11 @@ def start_ray_backend(settings: ServingSettings) -> RayBackend:
 
 def _init_ray(settings: ServingSettings) -> bool:
     """Join ``ray_address`` (True) or start a local Ray in this process (False)."""
-    common: dict[str, Any] = {
-        "include_dashboard": False,
-        "log_to_driver": False,
-        "ignore_reinit_error": True,
-    }
-    if settings.ray_address:
-        try:
-            ray.init(address=settings.ray_address, **common)
-            log.info("ray cluster joined", extra={"address": settings.ray_address})
-            return True
-        except ConnectionError as exc:
-            if not settings.ray_fallback_local:
-                raise
-            log.warning(
-                "no ray cluster answers; starting a local ray in this process",
-                extra={"address": settings.ray_address, "error": str(exc).splitlines()[0]},
-            )
-    ray.init(address="local", object_store_memory=settings.object_store_mb * 2**20, **common)
-    return False
+    return init_ray(
+        settings.ray_address,
+        fallback_local=settings.ray_fallback_local,
+        object_store_mb=settings.object_store_mb,
+    )
 
 
 def _running_app(fingerprint: str) -> DeploymentHandle[Any] | None:

@@ -8,12 +8,15 @@ import uuid
 
 from services.training.bootstrap import Bootstrapper
 from services.training.handler import make_handler
+from services.training.ray_fit import RayFitter
 from services.training.service import Trainer, installed_code_version
 from services.training.settings import TrainingSettings
+from services.training.trainer import Fitter, fit
 from shared.artifacts import ArtifactStore
 from shared.bus import RetryPolicy
 from shared.events import RetrainRequest
 from shared.example_log import examples_loader
+from shared.ray_cluster import init_ray
 from shared.reader import RecordCounter
 from shared.redis_registry import RedisRegistry
 from shared.redis_store import RedisLeases, connect
@@ -30,6 +33,12 @@ def main() -> int:
         examples_loader(settings.kafka, settings.task, progress=log) as examples,
     ):
         registry = RedisRegistry(redis_client := connect(settings.redis))
+        fitter: Fitter = fit
+        if settings.backend == "ray":
+            init_ray(settings.ray_address, fallback_local=settings.ray.fallback_local)
+            fitter = RayFitter(
+                settings.ray, settings.ray.storage or str(settings.var_dir / "ray-train")
+            )
         trainer = Trainer(
             settings,
             load_examples=examples,
@@ -39,6 +48,7 @@ def main() -> int:
             publisher=rt.producer,
             owner=f"training-{uuid.uuid4().hex[:8]}",
             code_version=installed_code_version(),
+            fitter=fitter,
         )
         loop = rt.consumer_loop(
             [Topics.RETRAIN_REQUESTS],

@@ -37,7 +37,7 @@ from torch import nn
 from services.training.dataset import Snapshot, build_snapshot, frame_ids_sha256
 from services.training.lease import LeaseKeeper, LeaseLostError
 from services.training.settings import TrainingSettings
-from services.training.trainer import EpochStats, fit
+from services.training.trainer import EpochStats, Fitter, fit
 from shared.artifacts import ArtifactRef, ArtifactStore
 from shared.datasets import ExampleTable
 from shared.events import (
@@ -158,6 +158,7 @@ class Trainer:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         exporter: Exporter = export_model,
+        fitter: Fitter = fit,
     ) -> None:
         self.settings = settings
         self.spec = ModelSpec.for_architecture(
@@ -176,6 +177,7 @@ class Trainer:
         self._sleep = sleep
         self._clock = clock
         self._exporter = exporter
+        self._fit = fitter
 
     def handle(self, request: RetrainRequest) -> Outcome:
         """Train for ``request`` unless its key already trained.
@@ -321,7 +323,7 @@ class Trainer:
             )
 
         seen = snap.epoch_examples()
-        result = fit(
+        result = self._fit(
             self.spec,
             table.select(seen),
             snap.labels(self.spec.classes, seen),
@@ -359,6 +361,8 @@ class Trainer:
                 **hp.model_dump(),
                 "time_budget_s": s.time_budget_s,
                 "stopped_by_budget": result.stopped_by_budget,
+                # A fit on Ray says where it ran; a local one's record is as it always was.
+                **({"backend": "ray", "workers": s.ray.workers} if s.backend == "ray" else {}),
             },
             init=start.init,
             parent=start.parent,

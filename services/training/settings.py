@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from shared.registry import DEFAULT_MODEL_NAME
 from shared.runtimes import ExportFormat
 from shared.settings import ModelSettings, ServiceSettings, service_config
 from shared.zoo import check_input_size
 
-__all__ = ["Hyperparameters", "SamplingPolicy", "TrainingSettings"]
+__all__ = ["Hyperparameters", "RayTrainSettings", "SamplingPolicy", "TrainingSettings"]
 
 
 class SamplingPolicy(BaseModel):
@@ -81,6 +83,34 @@ class Hyperparameters(BaseModel):
     weight_decay: float = Field(default=0.0, ge=0)
 
 
+class RayTrainSettings(BaseModel):
+    """How a fit runs on Ray (``STREAMLOOP_TRAINING_BACKEND=ray``;
+    ``services.training.ray_fit``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    workers: int = Field(default=2, gt=0)
+    """Data-parallel workers (Ray Train's ``num_workers``)."""
+
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    """CPUs each worker reserves; its torch threads are at most this many."""
+
+    gpu: Literal["auto", "on", "off"] = "auto"
+    """A GPU per worker: ``auto`` when the cluster has one for each worker."""
+
+    max_failures: int = Field(default=3, ge=-1)
+    """Worker losses a fit recovers from, each time from its last checkpoint (-1: any)."""
+
+    fallback_local: bool = True
+    """When no cluster answers at ``RAY_ADDRESS``, start a local Ray in the training process
+    instead of failing."""
+
+    storage: str | None = None
+    """Where checkpoints go: a folder every node of the cluster sees (NFS) or a URI that
+    pyarrow opens (``s3://bucket/path``); unset, ``<var>/ray-train`` on this machine, which
+    is enough for a one-machine cluster only. A finished fit's checkpoints are deleted."""
+
+
 class TrainingSettings(ServiceSettings):
     model_config = service_config("training")
 
@@ -113,7 +143,20 @@ class TrainingSettings(ServiceSettings):
     is."""
 
     torch_threads: int = Field(default=2, gt=0)
-    """Threads torch may use."""
+    """Threads torch may use (on Ray: each worker, at most its ``cpus_per_worker``)."""
+
+    backend: Literal["local", "ray"] = "local"
+    """Where the fit runs: ``local``, in this process; ``ray``, on the Ray cluster at
+    ``RAY_ADDRESS`` (a local Ray in this process without one) with Ray Train, data-parallel
+    over ``ray.workers`` workers (``STREAMLOOP_TRAINING_RAY__WORKERS``). The service stays the
+    one consumer of the requests; only the fit is distributed."""
+
+    ray: RayTrainSettings = Field(default_factory=RayTrainSettings)
+
+    ray_address: str | None = Field(
+        default=None, validation_alias=AliasChoices("RAY_ADDRESS", "ray_address")
+    )
+    """The Ray cluster to fit on (``RAY_ADDRESS``, as for serving)."""
 
     exports: tuple[ExportFormat, ...] = ("onnx",)
     """Inference runtimes to export each model for, besides its weights: ``onnx``,

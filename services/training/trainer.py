@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +23,7 @@ from services.training.settings import Hyperparameters
 from shared.imports import starting_state
 from shared.model import ModelSpec, build_model, preprocess
 
-__all__ = ["EpochStats", "FitResult", "fit"]
+__all__ = ["EpochStats", "FitResult", "Fitter", "fit", "recalibrate_norms"]
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,31 @@ class FitResult:
     history: list[EpochStats]
     duration_s: float
     stopped_by_budget: bool
+    resumed_after: tuple[int, ...] = ()
+    """Epochs after which the fit resumed from a checkpoint (a lost worker on Ray)."""
 
     @property
     def final(self) -> EpochStats:
         return self.history[-1]
+
+
+class Fitter(Protocol):
+    """What fits the network: ``fit`` here, or ``services.training.ray_fit.RayFitter``."""
+
+    def __call__(
+        self,
+        spec: ModelSpec,
+        pixels: npt.NDArray[np.uint8],
+        labels: npt.NDArray[np.int64],
+        hp: Hyperparameters,
+        *,
+        seed: int,
+        time_budget_s: float,
+        threads: int,
+        on_epoch: Callable[[EpochStats], None] | None = None,
+        start_from: Mapping[str, torch.Tensor] | None = None,
+        keep_head: bool = True,
+    ) -> FitResult: ...
 
 
 def fit(
@@ -118,13 +140,13 @@ def fit(
         if on_epoch is not None:
             on_epoch(stats)
     if norms:
-        _recalibrate(model, norms, x, hp.batch_size)
+        recalibrate_norms(model, norms, x, hp.batch_size)
     model.eval()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return FitResult(state, history, time.perf_counter() - start, stopped)
 
 
-def _recalibrate(
+def recalibrate_norms(
     model: nn.Module, norms: list[nn.modules.batchnorm._BatchNorm], x: torch.Tensor, size: int
 ) -> None:
     """Recompute every batch-norm layer's running mean and variance as the plain average over

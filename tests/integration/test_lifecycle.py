@@ -28,6 +28,7 @@ from shared.events import (
     ModelEvaluated,
     ModelTrained,
     RetrainRequest,
+    TrainingProgress,
     decode,
 )
 from shared.redis_registry import RedisRegistry
@@ -317,3 +318,55 @@ def test_the_read_model_is_rebuilt_from_the_topic_after_redis_loses_it(
     assert after.versions == before.versions
     assert after.aliases == before.aliases
     assert [h.event_id for h in after.history] == [h.event_id for h in before.history]
+
+
+def test_a_retrain_on_ray_with_two_workers_is_blessed_with_the_lineage_of_a_local_one(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    local = next(
+        e for e in d.events(Topics.MODELS_TRAINED, ModelTrained) if e.idempotency_key == "killed"
+    )
+    d.procs["training"].kill()
+    # No RAY_ADDRESS: the training process starts a local Ray of this machine's two CPUs.
+    proc = d.start_training(STREAMLOOP_TRAINING_BACKEND="ray", STREAMLOOP_TRAINING_RAY__WORKERS="2")
+    d.publish_examples(render_examples(300, seed=19, start=40_000, prefix=d.model))
+    d.retrain("on-ray")
+    d.retrain("on-ray")  # the same key again: one training
+
+    def verdict() -> tuple[ModelTrained, ModelEvaluated] | None:
+        trained = [
+            e
+            for e in d.events(Topics.MODELS_TRAINED, ModelTrained)
+            if e.idempotency_key == "on-ray"
+        ]
+        evals = [
+            e
+            for e in d.events(Topics.MODELS_EVALUATED, ModelEvaluated)
+            if trained and e.model_version == trained[0].model_version
+        ]
+        return (trained[0], evals[0]) if evals else None
+
+    trained, evaluated = wait_for(verdict, 400, what="the candidate trained on Ray, judged")
+    assert any('"ray fit"' in ln and '"workers": 2' in ln for ln in proc.lines)
+    assert evaluated.verdict == "blessed", evaluated.reasons
+    assert trained.hyperparameters["backend"] == "ray" and trained.hyperparameters["workers"] == 2
+    assert trained.init.startswith("champion:") and trained.parent_version
+    # The same lineage as a local run: every field a local run records, this one records.
+    recorded = {k for k, v in local.model_dump().items() if v not in (None, {}, [], "")}
+    assert recorded <= {k for k, v in trained.model_dump().items() if v not in (None, {}, [], "")}
+    assert trained.exports.keys() == local.exports.keys()
+    progress = [
+        p.epoch
+        for p in d.events(Topics.TRAINING_PROGRESS, TrainingProgress)
+        if p.idempotency_key == "on-ray"
+    ]
+    assert progress == list(range(1, int(trained.hyperparameters["epochs"]) + 1))  # rank 0's
+    wait_for(
+        lambda: any("already trained" in ln and "on-ray" in ln for ln in proc.lines),
+        60,
+        what="the repeated request recognised",
+    )
+    assert [
+        e for e in d.events(Topics.MODELS_TRAINED, ModelTrained) if e.idempotency_key == "on-ray"
+    ] == [trained]
