@@ -96,8 +96,8 @@ bench-scale: setup ## End-to-end saturation with 1/2/3 serving ingress processes
 bench-baseline: setup ## Re-measure the regression guard's baseline (tests/perf/baseline.json): three runs, the median
 	@$(WITH_INFRA) $(BIN)/python -m tests.perf.test_ratio_guard
 
-bench: setup ## Benchmarks (bus, ingest, image fitting, training, warm start, runtimes, CPU per stage, serving, architectures), then the tables of the run (var/bench/report.md)
-	@$(WITH_INFRA) sh -c 'since=$$(date +%s) && $(BIN)/python -m tests.bench.bench_bus && $(BIN)/python -m tests.bench.bench_ingest && $(BIN)/python -m tests.bench.bench_images && $(BIN)/python -m tests.bench.bench_training && $(BIN)/python -m tests.bench.bench_warm && $(BIN)/python -m tests.bench.bench_runtimes && $(BIN)/python -m tests.bench.bench_profile && $(BIN)/python -m tests.bench.bench_serving && $(BIN)/python -m tests.bench.bench_architectures && $(BIN)/python -m tests.bench.bench_report --since $$since'
+bench: setup ## Benchmarks (bus, ingest, image fitting, training, warm start, training on Ray, runtimes, CPU per stage, serving, architectures), then the tables of the run (var/bench/report.md)
+	@$(WITH_INFRA) sh -c 'since=$$(date +%s) && $(BIN)/python -m tests.bench.bench_bus && $(BIN)/python -m tests.bench.bench_ingest && $(BIN)/python -m tests.bench.bench_images && $(BIN)/python -m tests.bench.bench_training && $(BIN)/python -m tests.bench.bench_warm && $(BIN)/python -m tests.bench.bench_ray_train && $(BIN)/python -m tests.bench.bench_runtimes && $(BIN)/python -m tests.bench.bench_profile && $(BIN)/python -m tests.bench.bench_serving && $(BIN)/python -m tests.bench.bench_architectures && $(BIN)/python -m tests.bench.bench_report --since $$since'
 
 loop-bench: setup ## The closed loop, drift onset to recovery: day-to-night, fog-bank, gradual-dusk, three demo runs each (an hour or more; var/bench/loop.json)
 	@$(WITH_INFRA) $(BIN)/python -m tests.bench.bench_loop $(LOOP_BENCH_ARGS)

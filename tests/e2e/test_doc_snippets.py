@@ -390,6 +390,24 @@ def own_task_publish(snippet: Snippet, ctx: Context) -> None:
     assert read_until(prefix + Topics.LABELS, labelled, 30), f"{counted} of 20 labels arrived"
 
 
+def ray_training_settings(snippet: Snippet, ctx: Context) -> None:
+    """The settings the page gives for GPU workers are the training service's, as meant."""
+    check = (
+        f"{sys.executable} -c 'import json; from services.training.settings import "
+        "TrainingSettings as T; t = T(); r = t.ray; print(json.dumps([t.backend, r.workers, "
+        "r.cpus_per_worker, r.gpu, r.storage, r.fallback_local]))'"
+    )
+    out = run_snippet(snippet, ctx.prefix(provisioned=False), text=f"{snippet.text}\n{check}")
+    assert json.loads(out.stdout.splitlines()[-1]) == [
+        "ray",
+        4,
+        4.0,
+        "auto",
+        "s3://bucket/streamloop/ray-train",
+        False,
+    ], out.stdout
+
+
 RUN: dict[str, Callable[[Snippet, Context], None]] = {
     "label-kcat": label_becomes_example,
     "label-kcat-events": label_becomes_example,
@@ -399,6 +417,7 @@ RUN: dict[str, Callable[[Snippet, Context], None]] = {
     "partitions-6": partitions_raised,
     "own-task-env": own_task_settings,
     "own-task-publish": own_task_publish,
+    "train-on-ray-gpu": ray_training_settings,
 }
 
 SKIP: dict[str, str] = {
