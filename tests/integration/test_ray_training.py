@@ -18,7 +18,7 @@ import torch
 from services.training.ray_fit import RayFitter
 from services.training.settings import Hyperparameters, RayTrainSettings
 from services.training.trainer import EpochStats, FitResult, fit
-from shared.model import ModelSpec
+from shared.model import ModelSpec, build_model, predict_proba
 from tests.synthetic import CLASSES, render_examples, table_of
 
 ray = pytest.importorskip("ray")
@@ -137,3 +137,28 @@ def test_an_exception_in_on_epoch_stops_the_workers_and_is_raised(
     with pytest.raises(Lost, match="epoch 1"):
         ray_fit(tmp_path, data, on_epoch=lose)
     assert time.monotonic() - started < 120
+
+
+def test_a_zoo_network_warm_starts_on_ray_and_its_batch_norm_is_recomputed(
+    cluster: None, data: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    spec = ModelSpec.for_architecture("mobilenet_v3_small", CLASSES, 64, 64)
+    hp = Hyperparameters(epochs=1, batch_size=32)
+    start = fit(spec, *data, hp, seed=1, time_budget_s=600, threads=1)
+    fitter = RayFitter(RayTrainSettings(workers=2, gpu="off"), str(tmp_path / "ray-train"))
+    warm = fitter(
+        spec, *data, hp, seed=1, time_budget_s=600, threads=1, start_from=start.state_dict
+    )
+    assert [s.epoch for s in warm.history] == [1]
+    # Fine-tuned from the starting weights, not from the seed's.
+    moved = [
+        k for k in start.state_dict if not torch.equal(start.state_dict[k], warm.state_dict[k])
+    ]
+    assert moved and warm.history[0].accuracy > 0.0
+    means = [k for k in warm.state_dict if k.endswith("running_mean")]
+    assert means and all(torch.isfinite(warm.state_dict[k]).all() for k in means)
+    model = build_model(spec)
+    model.load_state_dict(warm.state_dict)
+    model.eval()
+    probs = predict_proba(model, data[0][:16])
+    assert probs.shape == (16, len(CLASSES)) and np.isfinite(probs).all()
