@@ -14,8 +14,10 @@ After each epoch rank 0 reports the epoch's loss and accuracy (summed over the w
 checkpoint: the weights, the optimiser's state and the history so far. A worker that dies
 makes Ray Train restart the group (``FailureConfig(max_failures)``); the new workers resume
 from the last checkpoint, and because an epoch's order depends only on its number, the
-weights come out as if nothing had happened. The time budget counts from the first start and
-is decided by rank 0 between epochs (an epoch is run whole or not started) and broadcast.
+weights come out as if nothing had happened. The time budget counts from the start of the
+first epoch (not the worker group's start-up, which takes minutes on a busy cluster), across
+restarts, and is decided by rank 0 between epochs (an epoch is run whole or not started) and
+broadcast.
 
 Progress goes to the caller's ``on_epoch`` from rank 0 only, through a Ray queue; an
 exception ``on_epoch`` raises asks the workers to stop after the epoch they are in, and is
@@ -107,6 +109,10 @@ def _train_worker(config: dict[str, Any]) -> None:
     )
     history: list[dict[str, Any]] = []
     resumed: list[int] = []
+    # The budget counts from the first epoch's start: starting a worker group takes seconds
+    # on an idle cluster and minutes on a busy one, and that wait must not cost epochs.
+    # Rank 0's clock decides; a resumed group keeps the first start.
+    started = time.time()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -115,11 +121,11 @@ def _train_worker(config: dict[str, Any]) -> None:
         optimiser.load_state_dict(state["optimiser"])
         history = state["history"]
         resumed = [*state["resumed"], len(history)]
+        started = state["started_at"]
     device = ray.train.torch.get_device()
     ddp = ray.train.torch.prepare_model(model)
     loss_fn = nn.CrossEntropyLoss()
     steps = config["steps"]
-    started = config["started_at"]
     control = config["control"]
     progress = config["progress"]
     ddp.train()
@@ -166,6 +172,7 @@ def _train_worker(config: dict[str, Any]) -> None:
                         "optimiser": optimiser.state_dict(),
                         "history": history,
                         "resumed": resumed,
+                        "started_at": started,
                     },
                     Path(tmp) / STATE_FILE,
                 )
@@ -241,7 +248,6 @@ class RayFitter:
                 "start_from": ray.put(dict(start_from)) if start_from is not None else None,
                 "keep_head": keep_head,
                 "steps": steps_per_epoch(len(pixels), workers, hp.batch_size),
-                "started_at": started,
                 "time_budget_s": time_budget_s,
                 "progress": progress,
                 "control": control,

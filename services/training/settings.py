@@ -135,7 +135,8 @@ class TrainingSettings(ServiceSettings):
 
     time_budget_s: float = Field(default=110.0, gt=0)
     """Wall-clock budget of the fitting; no epoch starts that is not expected to finish in
-    time (the run then records ``stopped_by_budget``)."""
+    time (the run then records ``stopped_by_budget``). On Ray it counts from the first
+    epoch's start: the worker group's start-up is not counted."""
 
     drift_wait_s: float = Field(default=45.0, ge=0)
     """How long a run waits, at most, for ``policy.min_drift_examples`` examples of the

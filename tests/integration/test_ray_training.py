@@ -162,3 +162,11 @@ def test_a_zoo_network_warm_starts_on_ray_and_its_batch_norm_is_recomputed(
     model.eval()
     probs = predict_proba(model, data[0][:16])
     assert probs.shape == (16, len(CLASSES)) and np.isfinite(probs).all()
+
+
+def test_the_budget_stops_between_epochs_and_not_before_the_first(
+    cluster: None, data: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    fitter = RayFitter(RayTrainSettings(workers=2, gpu="off"), str(tmp_path / "ray-train"))
+    result = fitter(SPEC, *data, HP, seed=3, time_budget_s=0.01, threads=1)
+    assert [s.epoch for s in result.history] == [1] and result.stopped_by_budget
