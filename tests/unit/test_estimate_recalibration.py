@@ -131,18 +131,23 @@ def test_recalibrated_night_windows_are_estimated_near_the_floor_of_their_labels
     assert day < statistics.fmean(e for d, _ in plain for e in d) + 0.015
 
 
-def test_a_window_counts_the_corrections_it_opened_with() -> None:
-    policy = WindowPolicy(labelled_per_window=100)
-    book = WindowBook(model_name="m", model_version="v1", stream="live")
-    o = Observation(
+def night_car(chance: float) -> Observation:
+    """A prediction of ``car`` at night on cam-1, calibrated to ``chance``."""
+    return Observation(
         frame_id="f0",
         camera_id="cam-1",
         condition="night",
         predicted="car",
-        confidence=0.9,
+        confidence=chance,
         served_at=T0,
-        calibrated=0.9,
+        calibrated=chance,
     )
+
+
+def test_a_window_counts_the_corrections_it_opened_with() -> None:
+    policy = WindowPolicy(labelled_per_window=100)
+    book = WindowBook(model_name="m", model_version="v1", stream="live")
+    o = night_car(0.9)
     book.add_prediction(o, T0, policy)
     for i in range(50):
         book.add_label(replace(o, frame_id=f"g{i}", label="bus"), T0, policy, CLASSES)
@@ -154,15 +159,7 @@ def test_a_window_counts_the_corrections_it_opened_with() -> None:
 
 def test_a_version_promoted_from_shadow_starts_live_with_its_shadow_corrections() -> None:
     monitor = Monitor("m", CLASSES, MonitorPolicy())
-    o = Observation(
-        frame_id="f0",
-        camera_id="cam-1",
-        condition="night",
-        predicted="car",
-        confidence=0.8,
-        served_at=T0,
-        calibrated=0.8,
-    )
+    o = night_car(0.8)
     for i in range(60):  # right every time while it said 0.8: it undersells itself
         shadow = replace(o, frame_id=f"s{i}")
         monitor.on_prediction(shadow, "v2", "shadow", T0)
