@@ -330,7 +330,9 @@ def test_a_retrain_on_ray_with_two_workers_is_blessed_with_the_lineage_of_a_loca
     d.procs["training"].kill()
     # No RAY_ADDRESS: the training process starts a local Ray of this machine's two CPUs.
     proc = d.start_training(STREAMLOOP_TRAINING_BACKEND="ray", STREAMLOOP_TRAINING_RAY__WORKERS="2")
-    d.publish_examples(render_examples(300, seed=19, start=40_000, prefix=d.model))
+    # More clean examples than the recency window (700): the corrupted ones published above
+    # stay out of this snapshot's training set and fresh holdout.
+    d.publish_examples(render_examples(800, seed=19, start=40_000, prefix=d.model))
     d.retrain("on-ray")
     d.retrain("on-ray")  # the same key again: one training
 
