@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -320,7 +321,13 @@ def test_the_read_model_is_rebuilt_from_the_topic_after_redis_loses_it(
     assert [h.event_id for h in after.history] == [h.event_id for h in before.history]
 
 
-def test_a_retrain_on_ray_with_two_workers_is_blessed_with_the_lineage_of_a_local_one(
+def ray_train_workers() -> list[int]:
+    """Pids of Ray Train's worker processes on this machine."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if "RayTrainWorker" in line]
+
+
+def test_a_retrain_on_ray_survives_a_lost_worker_and_is_blessed_with_a_local_lineage(
     deployment: Deployment,
 ) -> None:
     d = deployment
@@ -335,6 +342,17 @@ def test_a_retrain_on_ray_with_two_workers_is_blessed_with_the_lineage_of_a_loca
     d.publish_examples(render_examples(800, seed=19, start=40_000, prefix=d.model))
     d.retrain("on-ray")
     d.retrain("on-ray")  # the same key again: one training
+    # A Ray Train worker SIGKILLed in the third epoch: the fit resumes from a checkpoint (the
+    # first's at least: Ray Train registers a checkpoint a moment after its epoch is told).
+    wait_for(
+        lambda: any('"epoch": 2,' in ln and "on-ray" in ln for ln in proc.lines),
+        300,
+        interval_s=0.05,
+        what="the second epoch on Ray",
+    )
+    workers = ray_train_workers()
+    assert len(workers) == 2, workers
+    os.kill(workers[-1], signal.SIGKILL)
 
     def verdict() -> tuple[ModelTrained, ModelEvaluated] | None:
         trained = [
@@ -351,6 +369,7 @@ def test_a_retrain_on_ray_with_two_workers_is_blessed_with_the_lineage_of_a_loca
 
     trained, evaluated = wait_for(verdict, 400, what="the candidate trained on Ray, judged")
     assert any('"ray fit"' in ln and '"workers": 2' in ln for ln in proc.lines)
+    assert any('"ray fit resumed"' in ln for ln in proc.lines)
     assert evaluated.verdict == "blessed", evaluated.reasons
     assert trained.hyperparameters["backend"] == "ray" and trained.hyperparameters["workers"] == 2
     assert trained.init.startswith("champion:") and trained.parent_version
