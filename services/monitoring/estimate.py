@@ -26,9 +26,10 @@ Two label-free facts about a set of predictions, and the estimate is the lower o
    late but they do arrive: each camera keeps how far the chances it counted were from the
    outcomes of its recent labelled predictions (an exponentially weighted mean of
    ``correct - chance``, shrunk towards the version's while few labels stand behind it),
-   and a prediction counts its chance plus its camera's correction *as known when the
-   prediction is counted*. The estimate of a prediction therefore never uses its own label
-   or any label that came after it; it follows a drift one label delay late, per camera.
+   and a prediction counts its chance plus its camera's correction. A window counts the
+   corrections as they were when the window before it closed, so its estimate never uses
+   the labels the window itself counts (``WindowBook.window_bias``); the trigger's estimate
+   blocks take the latest. The estimate thus follows a drift one window late, per camera.
 
 The interval is the estimate plus or minus ``z`` standard errors, clipped to [0, 1]: the
 sampling noise of the frames counted, plus the uncertainty of the corrections (counted as

@@ -375,8 +375,9 @@ class WindowBook(BaseModel):
     bias: LabelledBias = Field(default_factory=LabelledBias)
     """Each camera's correction of the chances, from this version's labelled predictions."""
     window_bias: LabelledBias | None = None
-    """The corrections as they were when the open window got its first prediction: the
-    window counts these, so its estimate never leans on the labels it is judged by."""
+    """The corrections as they were when the window before closed (or when the first one got
+    its first prediction): the open window counts these, so its estimate never leans on the
+    labels it is judged by."""
 
     @property
     def shadow(self) -> bool:
@@ -386,7 +387,7 @@ class WindowBook(BaseModel):
         """Count one prediction; its chance of being right now: the calibrated confidence
         corrected by the labels in so far (the window counts the corrections it opened
         with, ``window_bias``)."""
-        if self.window_bias is None or self.open.samples == 0:
+        if self.window_bias is None:
             self.window_bias = self.bias.model_copy(deep=True)
         self.open.add_prediction(
             obs,
@@ -453,4 +454,6 @@ class WindowBook(BaseModel):
             window = Reference.of(acc, metrics.window_id, classes)
             self.reference = window if self.reference is None else self.reference.grown(window)
         self.open = WindowAccumulator()
+        # Every label counted so far belongs to a closed window: the next counts them all.
+        self.window_bias = self.bias.model_copy(deep=True)
         return Closed(metrics, acc)

@@ -155,6 +155,14 @@ def test_a_window_counts_the_corrections_it_opened_with() -> None:
     assert book.add_prediction(replace(o, frame_id="f1"), T0, policy).p < 0.3
     # ... and the open window, opened before them, still counts 0.9 for both predictions.
     assert book.open.estimate.p_sum == pytest.approx(1.8)
+    for i in range(50, 100):  # the window closes on its 100th label
+        book.add_label(replace(o, frame_id=f"g{i}", label="bus"), T0, policy, CLASSES)
+    book.add_label(replace(o, frame_id="h0", label="bus"), T0, policy, CLASSES)
+    # The next window takes the corrections of every label the closed one counted, and
+    # none of its own (h0 came after the close).
+    assert book.window_bias is not None and book.window_bias.labels == 100
+    book.add_prediction(replace(o, frame_id="f2"), T0, policy)
+    assert book.open.estimate.p_sum < 0.3
 
 
 def test_a_version_promoted_from_shadow_starts_live_with_its_shadow_corrections() -> None:
