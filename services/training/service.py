@@ -158,7 +158,7 @@ class Trainer:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         exporter: Exporter = export_model,
-        fitter: Fitter = fit,
+        fitter: Fitter | None = None,
     ) -> None:
         self.settings = settings
         self.spec = ModelSpec.for_architecture(
@@ -177,7 +177,7 @@ class Trainer:
         self._sleep = sleep
         self._clock = clock
         self._exporter = exporter
-        self._fit = fitter
+        self._fit = fitter if fitter is not None else fit
 
     def handle(self, request: RetrainRequest) -> Outcome:
         """Train for ``request`` unless its key already trained.
