@@ -23,6 +23,9 @@ from tests.synthetic import CLASSES, render_examples, table_of
 
 ray = pytest.importorskip("ray")
 
+# A fit on Ray starts a worker group first (30 to 45 s on two cores); a test runs up to three.
+pytestmark = pytest.mark.timeout(600)
+
 SPEC = ModelSpec(classes=CLASSES, image_height=64, image_width=64)
 HP = Hyperparameters(epochs=3, batch_size=32)
 
