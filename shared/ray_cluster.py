@@ -5,18 +5,29 @@ the head that ``make up`` or compose starts) a service joins that cluster; witho
 starts a local Ray in its own process (``address="local"``, never Ray's default of joining
 whatever cluster ran last on the machine). When nothing answers at the address, it starts a
 local one instead, unless told to fail (a cluster member that must not silently run alone).
+
+A process joining a cluster runs with the cluster's authentication mode: ``RAY_AUTH_MODE`` as
+the environment sets it, and ``disabled`` when it is unset, as the heads StreamLoop starts
+(``infra/ray/ray.sh``, compose) run. Left unset, Ray turns token authentication on in the
+joining process whenever ``~/.ray/auth_token`` exists (any local ``ray.init()`` on the machine
+writes one), and the process then refuses the replies of the cluster's workers: a call to a
+replica times out although the replica answered.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import ray
 
-__all__ = ["init_ray"]
+__all__ = ["AUTH_MODE_ENV", "init_ray"]
 
 log = logging.getLogger("streamloop.ray")
+
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+"""Ray's own variable for its authentication mode: ``disabled`` or ``token``."""
 
 
 def init_ray(
@@ -35,9 +46,10 @@ def init_ray(
         "ignore_reinit_error": True,
     }
     if address:
+        auth_mode = os.environ.setdefault(AUTH_MODE_ENV, "disabled")
         try:
             ray.init(address=address, **common)
-            log.info("ray cluster joined", extra={"address": address})
+            log.info("ray cluster joined", extra={"address": address, "auth_mode": auth_mode})
             return True
         except ConnectionError as exc:
             if not fallback_local:

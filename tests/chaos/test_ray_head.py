@@ -61,7 +61,13 @@ def test_the_ingress_restarts_onto_the_running_replicas_and_a_killed_replica_is_
         STREAMLOOP_INGEST_TRANSACTIONS__ENABLED="true",
         STREAMLOOP_SERVING_TRANSACTIONS__ENABLED="true",
     )
+    # A token in the home folder, as any local ray.init() leaves one: left to Ray, the ingress
+    # would turn token authentication on and refuse the replies of the head's replicas.
+    home = pipeline.root / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("a-token-the-head-does-not-know")
     serving_env = {
+        "HOME": str(home),
         "RAY_ADDRESS": head.address,
         "STREAMLOOP_SERVING_BACKEND": "ray",
         "STREAMLOOP_SERVING_RAY_FALLBACK_LOCAL": "false",

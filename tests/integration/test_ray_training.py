@@ -32,11 +32,18 @@ HP = Hyperparameters(epochs=3, batch_size=32)
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
-    from shared.ray_cluster import init_ray
+    from shared.ray_cluster import AUTH_MODE_ENV, init_ray
 
+    # A local Ray sets RAY_AUTH_MODE=token in this process for its workers; left after the
+    # shutdown, every service a later test starts would inherit it.
+    before = os.environ.get(AUTH_MODE_ENV)
     init_ray(None, num_cpus=2, object_store_mb=256)
     yield
     ray.shutdown()
+    if before is None:
+        os.environ.pop(AUTH_MODE_ENV, None)
+    else:
+        os.environ[AUTH_MODE_ENV] = before
 
 
 @pytest.fixture(scope="module")
@@ -70,17 +77,28 @@ def same_weights(a: FitResult, b: FitResult) -> bool:
     )
 
 
-def test_two_workers_learn_and_a_rerun_gives_the_same_weights(
-    cluster: None, data: tuple[np.ndarray, np.ndarray], tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def reference(
+    cluster: None, data: tuple[np.ndarray, np.ndarray], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[FitResult, list[EpochStats], Path]:
+    """Two workers, seed 3, uninterrupted: the fit the other runs are compared with; its
+    epochs as rank 0 told them and its checkpoint folder."""
+    root = tmp_path_factory.mktemp("reference")
     seen: list[EpochStats] = []
-    first = ray_fit(tmp_path / "a", data, on_epoch=seen.append)
+    return ray_fit(root, data, on_epoch=seen.append), seen, root / "ray-train"
+
+
+def test_two_workers_learn_and_a_rerun_gives_the_same_weights(
+    reference: tuple[FitResult, list[EpochStats], Path],
+    data: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    first, seen, checkpoints = reference
     assert [s.epoch for s in seen] == [1, 2, 3]  # rank 0 only: one event per epoch
     assert [s.epoch for s in first.history] == [1, 2, 3] and not first.stopped_by_budget
     assert first.final.accuracy > seen[0].accuracy
-    assert not (tmp_path / "a" / "ray-train").exists() or not any(
-        (tmp_path / "a" / "ray-train").iterdir()
-    )
+    assert first.resumed_after == ()
+    assert not checkpoints.exists() or not any(checkpoints.iterdir())
     second = ray_fit(tmp_path / "b", data)
     assert same_weights(first, second)
     # Another worker count shards and batches otherwise; so does the local fit.
@@ -98,9 +116,10 @@ def train_workers() -> list[int]:
 
 
 def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_to_the_same_weights(
-    cluster: None, data: tuple[np.ndarray, np.ndarray], tmp_path: Path
+    reference: tuple[FitResult, list[EpochStats], Path],
+    data: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
 ) -> None:
-    reference = ray_fit(tmp_path / "ref", data)
     killed: list[int] = []
 
     def kill_in_the_third_epoch(stats: EpochStats) -> None:
@@ -123,8 +142,7 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_to_the_same_weigh
     # the worker died), not from scratch; every epoch told once.
     assert resumed.resumed_after in ((1,), (2,))
     assert [s.epoch for s in resumed.history] == [s.epoch for s in seen] == [1, 2, 3]
-    assert same_weights(reference, resumed)
-    assert reference.resumed_after == ()
+    assert same_weights(reference[0], resumed)
 
 
 def test_an_exception_in_on_epoch_stops_the_workers_and_is_raised(

@@ -5,6 +5,8 @@ application it finds running (Ray itself is replaced by a recorder here; the rea
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,18 @@ import yaml
 
 from services.serving import ray_app
 from services.serving.settings import ServingSettings
+from shared.ray_cluster import AUTH_MODE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _auth_mode_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Joining sets ``RAY_AUTH_MODE`` in the process; these tests leave it as they found it."""
+    # Set, then removed: monkeypatch's undo then removes the value a test's join leaves.
+    monkeypatch.setenv(AUTH_MODE_ENV, "unset")
+    monkeypatch.delenv(AUTH_MODE_ENV)
+    yield
 
 
 def settings(**env: str) -> ServingSettings:
@@ -56,7 +68,7 @@ class Recorder:
         self.down = down
 
     def __call__(self, address: str | None = None, **kwargs: Any) -> None:
-        self.calls.append({"address": address, **kwargs})
+        self.calls.append({"address": address, "auth": os.environ.get(AUTH_MODE_ENV), **kwargs})
         if address in self.down:
             raise ConnectionError(f"Could not find any running Ray instance at {address}")
 
@@ -73,6 +85,22 @@ def test_an_address_is_joined_and_no_address_starts_a_ray_of_its_own(
     # "local", never None: Ray would otherwise join whatever cluster ran last on the machine.
     assert init.calls[-1]["address"] == "local"
     assert init.calls[-1]["object_store_memory"] == 256 * 2**20
+
+
+def test_joining_runs_with_authentication_as_set_and_off_when_unset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unset, Ray would switch token authentication on in the joining process whenever a token
+    file exists, and refuse the replies of the head's workers."""
+    init = Recorder(down=set())
+    monkeypatch.setattr(ray_app.ray, "init", init)
+    ray_app._init_ray(settings())
+    assert init.calls[-1]["auth"] is None  # a Ray of its own keeps Ray's default
+    ray_app._init_ray(settings(RAY_ADDRESS="127.0.0.1:6380"))
+    assert init.calls[-1]["auth"] == "disabled"
+    monkeypatch.setenv(AUTH_MODE_ENV, "token")
+    ray_app._init_ray(settings(RAY_ADDRESS="127.0.0.1:6380"))
+    assert init.calls[-1]["auth"] == "token"
 
 
 def test_with_no_cluster_answering_it_falls_back_or_fails_as_configured(
