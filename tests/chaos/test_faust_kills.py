@@ -23,7 +23,12 @@ from kafka import KafkaConsumer
 from shared.bus import EventProducer
 from shared.events import Example, decode
 from tests.chaos.conftest import Infra, Pipeline, Tally, record
-from tests.chaos.test_monitor_rebalance import PER_WINDOW, _last_closed, _offline, _windows
+from tests.chaos.test_monitor_rebalance import (
+    PER_WINDOW,
+    _last_closed,
+    _offline,
+    _wait_for_windows,
+)
 from tests.integration.helpers import Proc, free_port, wait_for
 from tests.integration.test_monitoring import Fleet
 
@@ -144,11 +149,7 @@ def test_monitoring_killed_mid_stream_counts_every_labelled_prediction_once(
     labelled, correct = _offline(pipeline)
     assert labelled == 300 and 0 < correct < labelled
 
-    def closed() -> list[dict[str, object]] | None:
-        ws = _windows(pipeline)
-        return ws if sum(int(w["labelled_count"]) for w in ws) >= labelled else None  # type: ignore[call-overload]
-
-    ws = wait_for(closed, 180, what=f"windows holding all {labelled} labelled predictions")
+    ws = _wait_for_windows(pipeline, labelled, [second])
     settled_s = _last_closed(ws) - killed_at
     ids = [str(w["window_id"]) for w in ws]
     in_windows = sum(int(w["labelled_count"]) for w in ws)  # type: ignore[call-overload]

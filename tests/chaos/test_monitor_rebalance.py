@@ -6,6 +6,7 @@ count window depends on arrival order, which a rebalance reshuffles; the totals 
 from __future__ import annotations
 
 import json
+import signal
 import time
 import uuid
 from datetime import UTC, datetime
@@ -51,6 +52,29 @@ def _windows(pipeline: Pipeline) -> list[dict[str, object]]:
         if r.value is not None
     ]
     return [w for w in out if w.get("event_type") == "metrics.window" and not w.get("shadow")]
+
+
+def _wait_for_windows(
+    pipeline: Pipeline, labelled: int, workers: list[Proc], timeout_s: float = 180
+) -> list[dict[str, object]]:
+    """The windows once they hold all ``labelled`` predictions. At the deadline each live
+    worker is sent SIGUSR1 first: faust's worker prints every thread's and task's stack to its
+    log, which shows where a worker that stopped counting waits."""
+
+    def closed() -> list[dict[str, object]] | None:
+        ws = _windows(pipeline)
+        return ws if sum(int(w["labelled_count"]) for w in ws) >= labelled else None  # type: ignore[call-overload]
+
+    try:
+        return wait_for(
+            closed, timeout_s, what=f"windows holding all {labelled} labelled predictions"
+        )
+    except AssertionError:
+        for w in workers:
+            if w.alive():
+                w.p.send_signal(signal.SIGUSR1)
+        time.sleep(3)
+        raise
 
 
 def _last_closed(windows: list[dict[str, object]]) -> float:
@@ -99,11 +123,7 @@ def test_a_rebalance_from_one_monitor_to_two_counts_every_labelled_prediction_on
     labelled, correct = _offline(pipeline)
     assert labelled == 300 and 0 < correct < labelled
 
-    def closed() -> list[dict[str, object]] | None:
-        ws = _windows(pipeline)
-        return ws if sum(int(w["labelled_count"]) for w in ws) >= labelled else None  # type: ignore[call-overload]
-
-    ws = wait_for(closed, 180, what=f"windows holding all {labelled} labelled predictions")
+    ws = _wait_for_windows(pipeline, labelled, workers)
     settled_s = _last_closed(ws) - rebalance_at.timestamp()
     ids = [str(w["window_id"]) for w in ws]
     in_windows = sum(int(w["labelled_count"]) for w in ws)  # type: ignore[call-overload]

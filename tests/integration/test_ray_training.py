@@ -32,18 +32,16 @@ HP = Hyperparameters(epochs=3, batch_size=32)
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
-    from shared.ray_cluster import AUTH_MODE_ENV, init_ray
+    from shared.ray_cluster import init_ray
 
-    # A local Ray sets RAY_AUTH_MODE=token in this process for its workers; left after the
-    # shutdown, every service a later test starts would inherit it.
-    before = os.environ.get(AUTH_MODE_ENV)
+    # A local Ray sets variables in this process for its workers (RAY_AUTH_MODE=token among
+    # them); left after the shutdown, every service a later test starts would inherit them.
+    before = dict(os.environ)
     init_ray(None, num_cpus=2, object_store_mb=256)
     yield
     ray.shutdown()
-    if before is None:
-        os.environ.pop(AUTH_MODE_ENV, None)
-    else:
-        os.environ[AUTH_MODE_ENV] = before
+    os.environ.clear()
+    os.environ.update(before)
 
 
 @pytest.fixture(scope="module")
