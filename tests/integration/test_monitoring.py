@@ -335,3 +335,33 @@ def test_labels_published_without_event_type_are_joined(
         proc.kill()
         raw.close()
         producer.close()
+
+
+def test_sigusr1_prints_every_task_and_the_worker_goes_on_counting(
+    env: dict[str, str], kafka_settings: KafkaSettings, prefix: str
+) -> None:
+    """``kill -USR1`` (docs/reliability.md) dumps the worker's threads and asyncio tasks, the
+    monitor's agents among them, to its log; the worker is not disturbed by it."""
+    producer = EventProducer(KafkaSettings(topic_prefix=prefix))
+    run = uuid.uuid4().hex[:6]
+    now = datetime.now(UTC)
+    proc = start(env)
+    try:
+        proc.p.send_signal(signal.SIGUSR1)
+        wait_for(lambda: any(ln.startswith("TASKS") for ln in proc.lines), 30, what="a dump")
+        dump = "\n".join(proc.lines)
+        assert "THREAD MainThread" in dump
+        assert all(f"services.monitoring.app.{a}" in dump for a in ("route", "join", "watch"))
+        for i in range(20):
+            fid, cam = f"{run}-{i}", f"cam-{i % 4 + 1}"
+            p = prediction(fid, cam, "v1", "car", 0.95, "day", now, shadow=False)
+            producer.publish(Topics.PREDICTIONS, p, key=cam)
+            producer.publish(
+                Topics.LABELS, Label(frame_id=fid, label="car", camera_id=cam), key=fid
+            )
+        producer.flush()
+        [window] = windows(kafka_settings, prefix, 1)
+        assert window["labelled_count"] == 20 and proc.alive()
+    finally:
+        proc.kill()
+        producer.close()
