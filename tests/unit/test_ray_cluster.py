@@ -6,7 +6,6 @@ application it finds running (Ray itself is replaced by a recorder here; the rea
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
-def _auth_mode_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _auth_mode_restored(monkeypatch: pytest.MonkeyPatch) -> None:
     """Joining sets ``RAY_AUTH_MODE`` in the process; these tests leave it as they found it."""
     # Set, then removed: monkeypatch's undo then removes the value a test's join leaves.
     monkeypatch.setenv(AUTH_MODE_ENV, "unset")
     monkeypatch.delenv(AUTH_MODE_ENV)
-    yield
 
 
 def settings(**env: str) -> ServingSettings:
