@@ -15,6 +15,7 @@ from shared.events import Event, decode, derived_id, encode
 from shared.expiry import ExpiryIndex
 from shared.metrics import BUS_METRICS
 from shared.settings import KafkaSettings, default_var_dir
+from shared.stream_consumer import FencedTransport
 from shared.topics import dlq_for, event_for
 
 __all__ = [
@@ -172,6 +173,13 @@ METADATA_MAX_AGE_MS = 10_000
 """How often a faust worker's consumer refreshes topic metadata (see ``new_app``)."""
 
 
+class _App(faust.App):
+    """A faust app whose consumer is fenced at each seek (``shared.stream_consumer``)."""
+
+    def _new_transport(self) -> FencedTransport:
+        return FencedTransport(self.conf.broker_consumer, self)
+
+
 def new_app(
     app_id: str,
     kafka: KafkaSettings,
@@ -192,7 +200,7 @@ def new_app(
     # the folder itself but not its parents.
     parent = default_var_dir() / "faust"
     parent.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    return _App(
         app_id,
         **broker_options(kafka),
         datadir=str(parent / f"{app_id}-data"),

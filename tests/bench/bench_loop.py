@@ -9,7 +9,8 @@ first model from simulated day frames, then the scenario (default: ``day-to-nigh
 ``fog-bank`` and ``gradual-dusk``), until the loop recovers or ``--timeout``. ``--runs``
 (default 3) runs of each, and the median of each figure. ``--selection off`` runs the same
 with the monitor's label requests turned off (``STREAMLOOP_MONITORING_REQUESTS__
-PER_CAMERA_MINUTE=0``): only the simulator's random coverage labels frames. ``--coverage``
+PER_CAMERA_MINUTE=0``, and the drift alert's, ``…_DRIFT__LABEL_REQUESTS_PER_WINDOW=0``):
+only the simulator's random coverage labels frames. ``--coverage``
 sets that random coverage (the scenario's, 0.3 in the built-ins, by default) for the
 random runs: random labels at the label rate the active runs consumed compare the two at
 the same budget.
@@ -80,6 +81,7 @@ def run_once(
     env = {**os.environ, "COLUMNS": "160", **demo_env(prefix, home)}
     if not selection:
         env["STREAMLOOP_MONITORING_REQUESTS__PER_CAMERA_MINUTE"] = "0"
+        env["STREAMLOOP_MONITORING_DRIFT__LABEL_REQUESTS_PER_WINDOW"] = "0"
     played = str(with_coverage(scenario, coverage, home)) if coverage is not None else scenario
     summary_path = home / "summary.json"
     console.print(f"[bold]{scenario}[/] ({'active' if selection else 'random'} labels): {home}")
