@@ -59,12 +59,12 @@ class SeekFence(_Consumer):
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
         seeks = self._seeks
         last: TP | None = None
-        positions: dict[TP, int | None] | None = None  # once a seek ended mid-batch
+        positions: dict[TP, int | None] | None = None  # from the last seek that ended
         batch = cast(AsyncGenerator[tuple[TP, Message], None], super().getmany(timeout))
         try:
             async for tp, message in batch:
-                if positions is None and self._seek_ended(seeks):
-                    positions = {}
+                if self._seek_ended(seeks):
+                    seeks, positions = self._seeks, {}
                     await self._put_back(last, positions)
                 if positions is not None:
                     if tp not in positions:
@@ -75,7 +75,7 @@ class SeekFence(_Consumer):
                         continue
                 last = tp
                 yield tp, message
-            if positions is None and self._seek_ended(seeks):
+            if self._seek_ended(seeks):
                 await self._put_back(last, {})
         finally:
             await batch.aclose()
