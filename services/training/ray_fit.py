@@ -300,15 +300,20 @@ class RayFitter:
         for q in (progress, control):
             q.shutdown()
         del shards
-        if failed is not None:
-            raise failed
-        if "error" in outcome:
-            raise outcome["error"]
-        checkpoint = outcome["result"].checkpoint
-        if checkpoint is None:
-            raise RuntimeError(f"ray fit {name} ended without a checkpoint")
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, weights_only=False)
+        try:
+            if failed is not None:
+                raise failed
+            if "error" in outcome:
+                raise outcome["error"]
+            checkpoint = outcome["result"].checkpoint
+            if checkpoint is None:
+                raise RuntimeError(f"ray fit {name} ended without a checkpoint")
+            with checkpoint.as_directory() as d:
+                state = torch.load(Path(d) / STATE_FILE, weights_only=False)
+        finally:
+            # The run's checkpoints, a fit's that failed too: a retry starts a run of its own.
+            if Path(self.storage).is_dir():
+                shutil.rmtree(Path(self.storage) / name, ignore_errors=True)
         model = build_model(spec)
         model.load_state_dict(state["model"])
         history = [EpochStats(**h) for h in state["history"]]
@@ -319,8 +324,6 @@ class RayFitter:
         model.eval()
         if state["resumed"]:
             log.warning("ray fit resumed", extra={"run": name, "after_epochs": state["resumed"]})
-        if Path(self.storage).is_dir():
-            shutil.rmtree(Path(self.storage) / name, ignore_errors=True)
         return FitResult(
             {k: v.detach().clone() for k, v in model.state_dict().items()},
             history,

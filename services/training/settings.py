@@ -108,7 +108,8 @@ class RayTrainSettings(BaseModel):
     storage: str | None = None
     """Where checkpoints go: a folder every node of the cluster sees (NFS) or a URI that
     pyarrow opens (``s3://bucket/path``); unset, ``<var>/ray-train`` on this machine, which
-    is enough for a one-machine cluster only. A finished fit's checkpoints are deleted."""
+    is enough for a one-machine cluster only. A fit's checkpoints in a folder are deleted
+    when it ends, whether it succeeded or failed."""
 
 
 class TrainingSettings(ServiceSettings):

@@ -156,6 +156,8 @@ def test_an_exception_in_on_epoch_stops_the_workers_and_is_raised(
     with pytest.raises(Lost, match="epoch 1"):
         ray_fit(tmp_path, data, on_epoch=lose)
     assert time.monotonic() - started < 120
+    # The failed run's checkpoints are gone with it.
+    assert [p.name for p in (tmp_path / "ray-train").iterdir()] == []
 
 
 def test_a_zoo_network_warm_starts_on_ray_and_its_batch_norm_is_recomputed(
