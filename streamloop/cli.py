@@ -154,6 +154,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         recovery_ratio=args.recovery_ratio,
         summary_path=Path(args.summary) if args.summary else None,
         model_name=args.model,
+        linger_s=args.linger,
     )
 
 
@@ -626,6 +627,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--summary", help="also write the summary as JSON to this file")
     p.add_argument("--model", default="vehicle-classifier", help="model name")
+    p.add_argument(
+        "--linger",
+        type=float,
+        default=0.0,
+        help="after the recovery, run on this many seconds (more windows in the figures)",
+    )
     p.add_argument("--round-trip", action="store_true", help="only a traced bus round trip")
     p.add_argument("--events", type=int, default=5, help="events of the round trip")
     p.set_defaults(func=cmd_demo)

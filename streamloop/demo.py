@@ -463,8 +463,11 @@ def run_demo(
     recovery_ratio: float = 0.9,
     summary_path: Path | None = None,
     model_name: str = DEFAULT_MODEL_NAME,
+    linger_s: float = 0.0,
 ) -> int:
-    """The closed-loop demo; returns the exit status (0 when the loop recovered)."""
+    """The closed-loop demo; returns the exit status (0 when the loop recovered).
+    ``linger_s``: after the recovery, the loop runs on this long before the services stop
+    (more windows of the new world for the summary's figures)."""
     # The narration owns the terminal; the Kafka client's own warnings go nowhere.
     logging.getLogger("kafka").setLevel(logging.ERROR)
     kafka = KafkaSettings()
@@ -542,11 +545,15 @@ def run_demo(
                 f"scenario [bold]{drift.name}[/]: {drift.description} "
                 f"({pace:g} frames/s; the drift starts in {onset_s or 0:.0f} s)"
             )
+            lingering = False
             while time.monotonic() < end:
-                if story.report(recovery_ratio).recovered:
+                if not lingering and story.report(recovery_ratio).recovered:
                     story.say("[bold green]recovered[/]: live accuracy is back")
-                    break
-                if story.unaffected():
+                    if linger_s <= 0:
+                        break
+                    story.say(f"running on for {linger_s:.0f} s")
+                    lingering, end = True, min(end, time.monotonic() + linger_s)
+                if not lingering and story.unaffected():
                     story.say(
                         f"[bold green]champion {story.champion} already handles this "
                         "scenario[/]: no window fell below the threshold (clean up with "

@@ -1,7 +1,7 @@
 """Benchmark: the closed loop's speed, drift onset to recovery, per scenario.
 
     python -m tests.bench.bench_loop [--scenarios NAME ...] [--runs N] [--selection on off]
-                                     [--coverage F] [--timeout S]
+                                     [--coverage F] [--linger S] [--timeout S]
 
 Each run is ``streamloop demo`` from nothing, as a user starts it: every service, a fresh
 model (its own name, topic prefix, consumer groups, artifacts and logs), the bootstrap of a
@@ -13,7 +13,9 @@ PER_CAMERA_MINUTE=0``, and the drift alert's, ``…_DRIFT__LABEL_REQUESTS_PER_WI
 only the simulator's random coverage labels frames. ``--coverage``
 sets that random coverage (the scenario's, 0.3 in the built-ins, by default) for the
 random runs: random labels at the label rate the active runs consumed compare the two at
-the same budget.
+the same budget. ``--linger`` keeps each run going that many seconds after its recovery
+(``streamloop demo --linger``), so that the estimate's error is measured over more windows
+of the new condition than the few before the recovery.
 
 Per run, from the demo's summary and the run's topics:
 
@@ -71,9 +73,10 @@ def run_once(
     selection: bool,
     timeout_s: float,
     coverage: float | None = None,
+    linger_s: float = 0.0,
 ) -> dict[str, Any]:
     """One demo run from nothing; its figures. ``coverage`` replaces the scenario's random
-    label coverage."""
+    label coverage; ``linger_s`` runs the loop on after the recovery."""
     tag = uuid.uuid4().hex[:8]
     prefix, model = f"loopbench-{tag}-", f"loop-{tag}"
     home = bench_dir() / "loop" / f"{scenario}-{'active' if selection else 'random'}-{tag}"
@@ -89,7 +92,8 @@ def run_once(
     with (home / "demo.txt").open("w") as out:
         code = subprocess.call(
             [sys.executable, "-m", "streamloop", "demo", "--scenario", played,
-             "--model", model, "--summary", str(summary_path), "--timeout", str(int(timeout_s))],
+             "--model", model, "--summary", str(summary_path), "--timeout", str(int(timeout_s)),
+             "--linger", str(linger_s)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             timeout=timeout_s + 600,
         )  # fmt: skip
@@ -171,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--selection", nargs="+", choices=("on", "off"), default=["on"])
     parser.add_argument("--coverage", type=float, default=None)
     parser.add_argument("--timeout", type=float, default=1500.0)
+    parser.add_argument("--linger", type=float, default=0.0)
     args = parser.parse_args(argv)
     console = Console()
     console.rule("[bold]the closed loop: drift onset to recovery")
@@ -183,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             if coverage is not None:
                 key = f"{scenario} (random labels, coverage {coverage:g})"
             results[key] = [
-                run_once(console, scenario, on, args.timeout, coverage) for _ in range(args.runs)
+                run_once(console, scenario, on, args.timeout, coverage, args.linger)
+                for _ in range(args.runs)
             ]
     table = Table(
         "scenario", "runs", "recovered", "onset to recovery (median)", "each run",

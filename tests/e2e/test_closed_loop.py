@@ -12,7 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +119,7 @@ def test_day_to_night_one_retrain_a_promotion_and_recovery(
     summary = demo(
         env,
         Path(env["STREAMLOOP_VAR"]) / "summary.json",
-        *("--scenario", str(SCENARIOS / "dusk.toml"), "--timeout", "1100"),
+        *("--scenario", str(SCENARIOS / "dusk.toml"), "--timeout", "1100", "--linger", "30"),
         timeout=1400,
     )
     assert summary["returncode"] == 0, summary
@@ -197,6 +197,9 @@ def test_day_to_night_one_retrain_a_promotion_and_recovery(
     assert ModelSpec.from_metadata(weights.metadata).architecture == architecture
     assert summary["recovered"] and summary["after"] >= 0.9 * summary["before"]
     assert summary["drift_to_recovery_s"] < RECOVERY_BOUND_S
+    # --linger: the loop ran on after the recovery, and closed windows of its own.
+    recovered_at = onset + timedelta(seconds=summary["drift_to_recovery_s"])
+    assert any(w.produced_at > recovered_at + timedelta(seconds=1) for w in live)
     moves = [
         e
         for e in events(prefix, Topics.MODELS_LIFECYCLE)

@@ -46,7 +46,8 @@ def test_the_error_counts_windows_of_one_condition_only_per_condition() -> None:
     mae = estimate_mae(windows)
     assert mae.keys() == {"day", "night"}
     assert mae["day"]["windows"] == 2 and abs(mae["day"]["mae"] - 0.03) < 1e-9
-    assert mae["night"] == {"mae": 0.1, "windows": 1}
+    assert mae["day"]["first"] == 0.02  # the first day window's error, in windows' order
+    assert mae["night"] == {"mae": 0.1, "windows": 1, "first": 0.1}
 
 
 def test_random_labels_at_another_coverage_play_the_same_scenario(tmp_path: Path) -> None:

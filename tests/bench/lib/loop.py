@@ -16,7 +16,9 @@ __all__ = ["estimate_mae", "with_coverage"]
 
 def estimate_mae(windows: list[WindowMetrics]) -> dict[str, dict[str, float]]:
     """Mean absolute error of the estimate over windows whose labels are all of one
-    condition, per condition, with the number of windows."""
+    condition, per condition, with the number of windows and the error of the first (in
+    ``windows``' order): the window that opens a change, whose estimate has no labels of the
+    new condition to correct it yet."""
     errors: dict[str, list[float]] = defaultdict(list)
     for w in windows:
         conditions = [
@@ -25,7 +27,7 @@ def estimate_mae(windows: list[WindowMetrics]) -> dict[str, dict[str, float]]:
         if len(conditions) == 1 and w.estimate_error is not None:
             errors[conditions[0]].append(abs(w.estimate_error))
     return {
-        c: {"mae": round(statistics.fmean(e), 4), "windows": len(e)}
+        c: {"mae": round(statistics.fmean(e), 4), "windows": len(e), "first": round(e[0], 4)}
         for c, e in sorted(errors.items())
     }
 
