@@ -125,12 +125,13 @@ class Snapshot:
 
     def emphasis(self) -> tuple[str, list[ExampleRecord], int]:
         """What an epoch emphasises and how often it sees each: ``("slices",
-        drifted_examples, drift_repeat)`` when there are such examples, else
+        drifted_examples, drift_repeat)`` when there are such examples, at most the policy's
+        ``drift_max_share`` of ``train``, else
         ``("newest", the policy's ``newest_examples`` newest, newest_repeat)`` (``train`` is
         in capture order: they are its tail), or ``("none", [], 1)``."""
         p = self.policy
         drifted = self.drifted_examples()
-        if drifted:
+        if drifted and len(drifted) <= p.drift_max_share * len(self.train):
             return "slices", drifted, p.drift_repeat
         n = min(p.newest_examples, self.recent_size, len(self.train))
         if n == 0 or p.newest_repeat == 1:

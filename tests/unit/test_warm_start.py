@@ -306,6 +306,19 @@ def test_slices_that_cover_every_example_or_none_fall_back_to_the_newest(
     assert one_camera.weighted_slices() == tuple(cameras[:1])
 
 
+def test_slices_that_hold_most_examples_fall_back_to_the_newest(stream: ExampleTable) -> None:
+    policy = SamplingPolicy(recent_examples=5000, older_per_class=0, newest_examples=50)
+    snap = build_snapshot(stream, policy, 0, ["condition=night"])
+    share = len(snap.drifted_examples()) / len(snap.train)
+    assert 0 < share < 1 and snap.weighting()["by"] == "slices"
+    most = build_snapshot(
+        stream, policy.model_copy(update={"drift_max_share": share / 2}), 0, ["condition=night"]
+    )
+    assert most.weighted_slices() == ("condition=night",)
+    assert most.weighting()["by"] == "newest"
+    assert len(most.epoch_examples()) == len(most.train) + 50 * (policy.newest_repeat - 1)
+
+
 def test_a_focused_epoch_is_the_drift_repeated_and_a_seeded_replay_of_the_rest(
     stream: ExampleTable,
 ) -> None:
