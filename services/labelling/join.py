@@ -10,7 +10,11 @@ Rules:
 - when both are there, one ``Example`` is emitted; the frame stays until its expiry so that a
   corrected label (a second label for the same frame) emits a new example, which replaces the
   first on the compacted ``examples`` topic;
-- the same label event delivered twice (at-least-once) emits once;
+- the same label (or frame) delivered again emits nothing while the worker that emitted the
+  example runs: its producer has it. Read again by another worker (or by this one restarted)
+  it emits the same example again, since a worker killed before its producer flushed leaves
+  the entry marked emitted (RocksDB keeps writes the changelog and the committed offsets have
+  not caught up with) and the example lost. Compaction keeps one of the copies;
 - a label naming a class outside the configured list is refused (``unknown_class``);
 - an entry expires ``frame_ttl_s`` after its frame arrived, or ``label_ttl_s`` after a label
   that never met its frame arrived, whichever is later.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import time
+import uuid
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,8 +62,12 @@ class Joiner:
         frame_ttl_s: float = 900.0,
         label_ttl_s: float = 900.0,
         clock: Callable[[], float] = time.time,
+        incarnation: str | None = None,
     ) -> None:
+        """``incarnation`` names this joiner in the entries it marks emitted (default: a new
+        random id, so each process is its own incarnation)."""
         self.classes = tuple(classes)
+        self.incarnation = incarnation or uuid.uuid4().hex
         self._known = frozenset(self.classes)
         self.frame_ttl_s = frame_ttl_s
         self.label_ttl_s = label_ttl_s
@@ -124,8 +133,10 @@ class Joiner:
         held = table.get(label.frame_id)
         entry = dict(held or {})
         entry["p"] = partition
-        if entry.get("label", {}).get("event_id") == label.event_id:
-            return None  # the same label event again
+        if entry.get("label", {}).get("event_id") == label.event_id and (
+            "frame" not in entry or self._emitted_here(entry)
+        ):
+            return None  # the same label event again, and nothing of it to re-send
         entry["label"] = {
             "event_id": label.event_id,
             "label": label.label,
@@ -165,11 +176,18 @@ class Joiner:
                 labelled += 1
         return Expired(unlabelled, orphans, labelled)
 
+    def _emitted_here(self, entry: Entry) -> bool:
+        """This joiner emitted the example of the entry's current label."""
+        label = entry.get("label") or {}
+        return entry.get("emitted") == label.get("event_id") and (
+            entry.get("emitted_by") == self.incarnation
+        )
+
     def _maybe_emit(self, frame_id: str, entry: Entry) -> Example | None:
         frame, label = entry.get("frame"), entry.get("label")
-        if frame is None or label is None or entry.get("emitted") == label["event_id"]:
+        if frame is None or label is None or self._emitted_here(entry):
             return None
-        entry["emitted"] = label["event_id"]
+        entry["emitted"], entry["emitted_by"] = label["event_id"], self.incarnation
         return Example(
             frame_id=frame_id,
             camera_id=frame["camera_id"],

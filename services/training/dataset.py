@@ -166,13 +166,14 @@ class Snapshot:
 
     def weighting(self) -> dict[str, Any]:
         """How ``epoch_examples`` weights ``train``, for the manifest and the lineage:
-        ``by`` (``slices``, ``newest`` or ``none``), the slices named and weighted, the
-        repeat, how many examples it applies to, whether the epoch is focused and, if so,
-        the size of its replay sample and of the epoch."""
+        ``by`` (``slices``, ``newest`` or ``none``), the slices named and those weighted
+        (none unless ``by`` is ``slices``), the repeat, how many examples it applies to,
+        whether the epoch is focused and, if so, the size of its replay sample and of the
+        epoch."""
         by, emphasised, repeat = self.emphasis()
         out: dict[str, Any] = {
             "drifted": list(self.drifted),
-            "slices": list(self.weighted_slices()),
+            "slices": list(self.weighted_slices()) if by == "slices" else [],
             "by": by,
             "repeat": repeat,
             "examples": len(emphasised),

@@ -61,6 +61,29 @@ def test_corrections_replace_and_redeliveries_do_not_repeat() -> None:
         joiner.on_label(table, Label(frame_id="a", label="tram"))
 
 
+def test_a_record_read_again_by_another_worker_emits_its_example_again() -> None:
+    """A worker killed after it marked the entry emitted but before its producer sent the
+    example: the worker that reads the records again sends the example again, once."""
+    table: dict[str, Any] = {}
+    killed, restarted = Joiner(CLASSES, clock=Clock()), Joiner(CLASSES, clock=Clock())
+    label = Label(frame_id="a", label="bus")
+    killed.on_frame(table, frame("a"))
+    assert killed.on_label(table, label) is not None
+    again = restarted.on_label(table, label)
+    assert again is not None and (again.frame_id, again.label) == ("a", "bus")
+    assert restarted.on_label(table, label) is None, "once per worker"
+    assert restarted.on_frame(table, frame("a")) is None
+    # the frame completed the pair: the frame read again completes it again
+    killed.on_label(table, Label(frame_id="b", label="car"))
+    assert killed.on_frame(table, frame("b")) is not None
+    replayed = restarted.on_frame(table, frame("b"))
+    assert replayed is not None and replayed.label == "car"
+    # a label still waiting for its frame has nothing to re-send
+    orphan = Label(frame_id="c", label="bus")
+    assert killed.on_label(table, orphan) is None
+    assert restarted.on_label(table, orphan) is None
+
+
 def test_entries_expire_per_partition_after_their_time_to_live() -> None:
     clock = Clock()
     table: dict[str, Any] = {}

@@ -315,7 +315,7 @@ def test_slices_that_hold_most_examples_fall_back_to_the_newest(stream: ExampleT
         stream, policy.model_copy(update={"drift_max_share": share / 2}), 0, ["condition=night"]
     )
     assert most.weighted_slices() == ("condition=night",)
-    assert most.weighting()["by"] == "newest"
+    assert most.weighting()["by"] == "newest" and most.weighting()["slices"] == []
     assert len(most.epoch_examples()) == len(most.train) + 50 * (policy.newest_repeat - 1)
 
 
