@@ -10,10 +10,11 @@ BIN := $(VENV)/bin
 KAFKA := infra/kafka/kafka.sh
 REDIS := infra/redis/redis.sh
 RAY := infra/ray/ray.sh
+PEER_ENV := var/envs/quix
 WITH_INFRA := infra/with-infra.sh
 
 .PHONY: help setup up down status up-cluster down-cluster test test-slow test-unit test-integration \
-        test-e2e test-chaos soak bench-scale bench-baseline lint fmt bench loop-bench drift demo compose-check clean
+        test-e2e test-chaos soak bench-scale bench-baseline lint fmt bench peer-env loop-bench drift demo compose-check clean
 
 help: ## Show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -96,8 +97,12 @@ bench-scale: setup ## End-to-end saturation with 1/2/3 serving ingress processes
 bench-baseline: setup ## Re-measure the regression guard's baseline (tests/perf/baseline.json): three runs, the median
 	@$(WITH_INFRA) $(BIN)/python -m tests.perf.test_ratio_guard
 
-bench: setup ## Benchmarks (bus, ingest, image fitting, training, warm start, training on Ray, runtimes, CPU per stage, serving, architectures), then the tables of the run (var/bench/report.md)
-	@$(WITH_INFRA) sh -c 'since=$$(date +%s) && $(BIN)/python -m tests.bench.bench_bus && $(BIN)/python -m tests.bench.bench_ingest && $(BIN)/python -m tests.bench.bench_images && $(BIN)/python -m tests.bench.bench_training && $(BIN)/python -m tests.bench.bench_warm && $(BIN)/python -m tests.bench.bench_ray_train && $(BIN)/python -m tests.bench.bench_runtimes && $(BIN)/python -m tests.bench.bench_profile && $(BIN)/python -m tests.bench.bench_serving && $(BIN)/python -m tests.bench.bench_architectures && $(BIN)/python -m tests.bench.bench_report --since $$since'
+bench: setup peer-env ## Benchmarks (bus, ingest, image fitting, training, warm start, training on Ray, runtimes, CPU per stage, serving and its peer, the stack at rest, architectures), then the tables of the run (var/bench/report.md)
+	@$(WITH_INFRA) sh -c 'since=$$(date +%s) && $(BIN)/python -m tests.bench.bench_bus && $(BIN)/python -m tests.bench.bench_ingest && $(BIN)/python -m tests.bench.bench_images && $(BIN)/python -m tests.bench.bench_training && $(BIN)/python -m tests.bench.bench_warm && $(BIN)/python -m tests.bench.bench_ray_train && $(BIN)/python -m tests.bench.bench_runtimes && $(BIN)/python -m tests.bench.bench_profile && $(BIN)/python -m tests.bench.bench_serving && $(BIN)/python -m tests.bench.bench_idle && $(BIN)/python -m tests.bench.bench_architectures && $(BIN)/python -m tests.bench.bench_report --since $$since'
+
+peer-env: setup ## The environment of the benchmark's Quix Streams peer (var/envs/quix; never the project's venv)
+	@test -x $(PEER_ENV)/bin/python || $(UV) venv --quiet --python $(PYTHON) $(PEER_ENV)
+	@$(UV) pip install --quiet --python $(PEER_ENV)/bin/python -r infra/peer/requirements.txt
 
 loop-bench: setup ## The closed loop, drift onset to recovery: day-to-night, fog-bank, gradual-dusk, three demo runs each (an hour or more; var/bench/loop.json)
 	@$(WITH_INFRA) $(BIN)/python -m tests.bench.bench_loop $(LOOP_BENCH_ARGS)

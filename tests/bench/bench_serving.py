@@ -36,6 +36,12 @@ the frames used throughout and named in the ``models.trained`` event the benchma
     its receipt by a consumer in this process (p50, p95, p99, max). The CPU time of every
     process involved (from /proc) is taken over each phase.
 
+(d) the peer (``tests.bench.lib.peer``): the same frames through a one-process Quix Streams
+    pipeline a user would write by hand (``infra/peer/quix_peer.py``, in its own environment:
+    ``make peer-env``), on the same broker with the same ONNX export, one frame per call; a
+    warm-up, then one burst of N frames. Both (c) and (d) are also rated over the middle 80 %
+    of their burst by their own served time, and the ratio (c)/(d) is printed.
+
 Peak resident memory is sampled from /proc every 0.5 s: the sum over this process's
 descendants whose command line names ``ray::``, ``raylet`` or ``gcs_server``; the sum over
 every process below the Ray driver (Ray also runs Python helpers those names miss), with its
@@ -68,6 +74,7 @@ from services.serving.settings import ServingSettings
 from tests.bench.lib.control import preflight, workdir
 from tests.bench.lib.e2e import bench_end_to_end
 from tests.bench.lib.fixtures import Fixture, make_fixture
+from tests.bench.lib.peer import bench_peer, peer_ratio
 from tests.bench.lib.procs import MemorySampler, load_average
 from tests.bench.lib.report import write_figures
 from tests.bench.lib.serving import (
@@ -191,6 +198,12 @@ def measure(
             failed = True
             results["end_to_end_error"] = f"{type(exc).__name__}: {exc}"
             console.print(f"[red](c) failed:[/] {results['end_to_end_error']}")
+        results["peer"] = {}
+        try:
+            bench_peer(console, fx, root, work, results["peer"], frames=args.frames)
+        except Exception as exc:  # noqa: BLE001 - report it, keep the rest
+            results["peer_error"] = f"{type(exc).__name__}: {exc}"
+            console.print(f"[yellow](d) not measured:[/] {results['peer_error']}")
         sampler.paused = True
         inprocess(console, fx, root, args.seconds, results, "again, after (c)")
         results["model"] = {
@@ -201,6 +214,20 @@ def measure(
             "export": fx.export,
         }
     return failed
+
+
+def peer_line(results: dict[str, Any]) -> str:
+    """StreamLoop's frames/s, the peer's and their ratio (each over the middle of its burst)."""
+    ratio = peer_ratio(results)
+    if ratio is None:
+        return "peer: not measured (" + results.get("peer_error", "no rate") + ")"
+    ours = results["end_to_end"]["saturation"]["middle_frames_per_s"]
+    theirs = results["peer"]["middle_frames_per_s"]
+    return (
+        f"peer: StreamLoop end to end {ours:,.0f} frames/s, the one-process Quix Streams peer "
+        f"{theirs:,.0f} frames/s (middle 80 % of each burst, by served time): ratio {ratio:.2f} "
+        f"(goal 1.5)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sampler.stop()
     complete(results, settings_of(args), sampler)
+    results["ratios"]["c_over_peer"] = peer_ratio(results)
 
     wall_s = time.perf_counter() - wall_start
     console.print("")
@@ -233,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print("")
     for line in target_lines(results):
         console.out(line, highlight=False)
+    console.out(peer_line(results), highlight=False)
     load_end = load_average()
     console.print(
         f"whole run: {wall_s:.0f} s; load average at start {load_start}, at end {load_end}"

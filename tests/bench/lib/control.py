@@ -76,9 +76,17 @@ def kafka_reachable(settings: KafkaSettings, timeout_s: float = 2.0) -> str | No
 
 
 class Service:
-    """A service run as ``python -m MODULE``; its output is kept (the last lines) for errors."""
+    """A service run as ``python -m MODULE`` (or as ``command``); its output is kept (the last
+    lines) for errors."""
 
-    def __init__(self, name: str, module: str, env: dict[str, str], markers: tuple[str, ...]):
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        env: dict[str, str],
+        markers: tuple[str, ...],
+        command: list[str] | None = None,
+    ):
         self.name = name
         self.tail: deque[str] = deque(maxlen=300)
         self.seen: set[str] = set()
@@ -87,7 +95,7 @@ class Service:
         self._markers = markers
         base = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         self.p = subprocess.Popen(
-            [sys.executable, "-m", module],
+            command or [sys.executable, "-m", module],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -24,7 +24,11 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else 0.0
 
 
-def middle_rate(stamps: Sequence[float], share: float = 0.8) -> float | None:
+MIDDLE = 0.8
+"""The share of a burst's frames a rate is taken over (``middle_rate``)."""
+
+
+def middle_rate(stamps: Sequence[float], share: float = MIDDLE) -> float | None:
     """Events per second over the middle ``share`` of ``stamps`` (seconds): the first and last
     ``(1 - share) / 2`` are left out, where a run warms up and drains. None when that middle
     spans no time."""
@@ -150,6 +154,7 @@ def saturation(preds: list[PredictionSeen]) -> dict[str, Any]:
         "mean_batch": round(len(preds) / calls, 1),
         "served_span_s": round(span, 3),
         "frames_per_s": round(after_first / span, 1) if span > 0 else None,
+        "middle_frames_per_s": _round(middle_rate(served)),
         "record_span_s": round((stamps[-1] - stamps[0]) / 1e3, 3),
         "record_frames_per_s": (
             round((len(stamps) - 1) / ((stamps[-1] - stamps[0]) / 1e3), 1)
@@ -158,6 +163,10 @@ def saturation(preds: list[PredictionSeen]) -> dict[str, Any]:
         ),
         "ingest_frames_per_s": round(len(preds) / ingest_span, 1) if ingest_span > 0 else None,
     }
+
+
+def _round(rate: float | None) -> float | None:
+    return None if rate is None else round(rate, 1)
 
 
 def latencies(preds: list[PredictionSeen]) -> dict[str, Any]:

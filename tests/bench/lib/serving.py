@@ -144,7 +144,10 @@ def bench_ray(
     out: dict[str, Any] = {}
     try:
         start = time.perf_counter()
+        # "local": a Ray of its own, as serving starts one; never a cluster left behind by
+        # another run (Ray's default joins the one named in /tmp/ray/ray_current_cluster).
         ray.init(
+            address="local",
             object_store_memory=settings.object_store_mb * 2**20,
             include_dashboard=False,
             log_to_driver=False,
