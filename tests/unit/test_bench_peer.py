@@ -71,3 +71,33 @@ def test_each_process_at_rest_counts_in_its_service_its_children_or_the_infrastr
         30: "kafka",
         31: "redis",
     }
+
+
+def test_a_window_counts_each_process_by_pid_and_start_a_new_one_whole(monkeypatch) -> None:
+    import tests.bench.lib.idle as idle
+
+    def snap(cpu: dict[tuple[int, int], float]) -> dict[int, ProcInfo]:
+        cmd = {10: "python -m services.ingest", 30: "java kafka.Kafka", 11: "worker"}
+        return {
+            pid: ProcInfo(pid, 10 if pid == 11 else 1, start, s, 0, cmd[pid])
+            for (pid, start), s in cpu.items()
+        }
+
+    # ingest spends 1 s; its child is replaced by a new process on the same pid (2 s so far,
+    # all of it in the window); Kafka spends 0.5 s
+    scans = iter(
+        [
+            snap({(10, 1): 5.0, (11, 1): 9.0, (30, 1): 1.0}),
+            snap({(10, 1): 6.0, (11, 2): 2.0, (30, 1): 1.5}),
+        ]
+    )
+    clock = iter([0.0, 10.0])
+    monkeypatch.setattr(idle, "scan_procs", lambda: next(scans))
+    monkeypatch.setattr(idle.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(idle.time, "sleep", lambda _s: None)
+    assert idle.window({"ingest": 10}, 10.0) == {
+        "ingest": 0.1,
+        "ingest children": 0.2,
+        "kafka": 0.05,
+        "total": 0.35,
+    }

@@ -17,6 +17,11 @@ SAMPLE_RATIO = "0.05"
 """Trace sampling as ``streamloop demo`` runs the services."""
 
 
+def ready_marker(service: str) -> str:
+    """The log line that says ``service`` is ready (as ``streamloop demo`` waits for it)."""
+    return READY.get(service, '"consumer started"')
+
+
 def groups_of(procs: dict[int, ProcInfo], services: dict[str, int]) -> dict[int, str]:
     """pid -> the row it counts in: a service, what a service started, Kafka or Redis."""
     out: dict[int, str] = {}
@@ -32,23 +37,28 @@ def groups_of(procs: dict[int, ProcInfo], services: dict[str, int]) -> dict[int,
     return out
 
 
-def cpu_by_group(services: dict[str, int]) -> tuple[float, dict[str, float]]:
-    """(now, CPU seconds so far per row); processes keyed by pid and start time."""
+Counted = dict[tuple[int, int], tuple[str, float]]
+"""(pid, start time) -> (the process's row, its CPU seconds so far)."""
+
+
+def cpu_by_process(services: dict[str, int]) -> tuple[float, Counted]:
+    """(now, every process counted)."""
     procs = scan_procs()
-    rows: dict[str, float] = {}
-    for pid, group in groups_of(procs, services).items():
-        rows[group] = rows.get(group, 0.0) + procs[pid].cpu_s
-    return time.monotonic(), rows
+    rows = groups_of(procs, services)
+    cpu = {(pid, procs[pid].start_ticks): (row, procs[pid].cpu_s) for pid, row in rows.items()}
+    return time.monotonic(), cpu
 
 
 def window(services: dict[str, int], seconds: float) -> dict[str, float]:
-    """Cores per row over ``seconds`` (a process that ended or started in between counts
-    for the part it was seen in both scans)."""
-    t0, before = cpu_by_group(services)
+    """Cores per row over ``seconds``: a process started in the window counts whole, one
+    that ended in it is not counted (its last CPU time is not readable)."""
+    t0, before = cpu_by_process(services)
     time.sleep(seconds)
-    t1, after = cpu_by_group(services)
-    wall = t1 - t0
-    cores = {g: max(0.0, after[g] - before.get(g, 0.0)) / wall for g in after}
+    t1, after = cpu_by_process(services)
+    cores: dict[str, float] = {}
+    for key, (row, cpu_s) in after.items():
+        spent = cpu_s - before.get(key, (row, 0.0))[1]
+        cores[row] = cores.get(row, 0.0) + spent / (t1 - t0)
     cores["total"] = sum(cores.values())
     return {g: round(c, 3) for g, c in sorted(cores.items())}
 
@@ -58,17 +68,14 @@ def start_stack(home: Path, prefix: str) -> list[Service]:
         **demo_env(prefix, home),
         "STREAMLOOP_TELEMETRY_SAMPLE_RATIO": SAMPLE_RATIO,
     }
-    return [
-        Service(name, f"services.{name}", env, (READY.get(name, '"consumer started"'),))
-        for name in SERVICES
-    ]
+    return [Service(name, f"services.{name}", env, (ready_marker(name),)) for name in SERVICES]
 
 
 def wait_ready(services: list[Service], timeout_s: float) -> float:
     start = time.monotonic()
     for s in services:
-        marker = READY.get(s.name, '"consumer started"')
-        s.wait_for(marker, max(1.0, timeout_s - (time.monotonic() - start)), f"{s.name} ready")
+        left = max(1.0, timeout_s - (time.monotonic() - start))
+        s.wait_for(ready_marker(s.name), left, f"{s.name} ready")
     return time.monotonic() - start
 
 

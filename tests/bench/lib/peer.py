@@ -37,26 +37,26 @@ def peer_python() -> Path | None:
     return python if python.exists() else None
 
 
-def served_times(reader: PredictionReader, phase: str) -> list[float]:
-    """When the peer served each frame of ``phase`` (its ``served_at``, epoch seconds)."""
+def phase_records(reader: PredictionReader, phase: str) -> list[tuple[int, dict[str, Any]]]:
+    """The peer's predictions of ``phase``: (the frame's number in the phase, the JSON)."""
     head = f"{reader.prefix}{phase}-"
     return [
-        float(json.loads(value)["served_at"])
+        (int(fid[len(head) :]), json.loads(value))
         for fid, (value, _, _) in list(reader.records.items())
         if fid.startswith(head)
     ]
+
+
+def served_times(reader: PredictionReader, phase: str) -> list[float]:
+    """When the peer served each frame of ``phase`` (its ``served_at``, epoch seconds)."""
+    return [float(p["served_at"]) for _, p in phase_records(reader, phase)]
 
 
 def agreement(reader: PredictionReader, phase: str, expected: list[str]) -> float:
     """The share of ``phase``'s frames the peer gave the class ``expected`` holds for their
     frame of the pool (frame ``i`` is the pool's frame ``i % len(expected)``)."""
-    head = f"{reader.prefix}{phase}-"
-    got = [
-        (int(fid[len(head) :]), json.loads(value)["predicted_class"])
-        for fid, (value, _, _) in list(reader.records.items())
-        if fid.startswith(head)
-    ]
-    same = sum(cls == expected[i % len(expected)] for i, cls in got)
+    got = phase_records(reader, phase)
+    same = sum(p["predicted_class"] == expected[i % len(expected)] for i, p in got)
     return same / len(got) if got else 0.0
 
 
