@@ -61,6 +61,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from shared.errors import is_transient
 from shared.events import DecodeError, Event, decode, encode
+from shared.fetch import FetchPacing
 from shared.metrics import BUS_METRICS
 from shared.ports import (
     BatchHandler,
@@ -377,6 +378,7 @@ class ConsumerLoop(Generic[E]):
         dlq_topic_for: Callable[[str], str] = dlq_for,
         client_id: str | None = None,
         member_lost_after_s: float = 30.0,
+        pacing: FetchPacing | None = None,
         **consumer_overrides: Any,
     ) -> None:
         if (handler is None) == (batch_handler is None):
@@ -395,6 +397,7 @@ class ConsumerLoop(Generic[E]):
         self._poll_timeout_ms = poll_timeout_ms
         self._dlq_topic_for = dlq_topic_for
         self._member_lost_after_s = member_lost_after_s
+        self._pacing = pacing
         self._stop = threading.Event()
         config: dict[str, Any] = {
             "group_id": group_id,
@@ -443,6 +446,8 @@ class ConsumerLoop(Generic[E]):
                 for tp, batch in polled.items():
                     BUS_METRICS.consumed.labels(tp.topic).inc(len(batch))
                     records.extend(batch)
+                if self._pacing is not None:
+                    self._pacing.observe(consumer, len(records), time.monotonic())
                 if not records:
                     now = time.monotonic()
                     if max_idle_s is not None and now - idle_since > max_idle_s:
@@ -487,6 +492,8 @@ class ConsumerLoop(Generic[E]):
             log.info("consumer stopped", extra={"group": self.group_id})
 
     def _new_consumer(self) -> KafkaConsumer:
+        if self._pacing is not None:
+            self._pacing.reset()
         consumer = KafkaConsumer(**self._consumer_config)
         consumer.subscribe([self._prefix + t for t in self.topics])
         return consumer

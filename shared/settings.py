@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.auth import MIN_PRODUCTION_TOKEN_LENGTH, HttpAuthSettings
+from shared.fetch import FetchPacing
 from shared.fitting import DEFAULT_FIT, FitPolicy
 from shared.zoo import BUILTIN_CNN, check_architecture
 
@@ -276,9 +277,21 @@ class FetchSettings(BaseModel):
     It is also how often an idle consumer asks: at 10 ms an idle ingest cost 0.2 cores and
     the broker 0.1 answering it, at 100 ms 0.03 each."""
 
+    idle_after_s: float = Field(default=5.0, ge=0)
+    """Seconds without a record after which the consumer waits at rest (``shared.fetch``):
+    any record answers a fetch at once, and an empty one comes back after ``idle_wait_ms``.
+    0 keeps ``min_bytes`` and ``max_wait_ms`` at all times."""
+
+    idle_wait_ms: int = Field(default=5_000, ge=1, le=25_000)
+    """How long the broker holds a fetch at rest (under the client's request timeout)."""
+
     def consumer_kwargs(self) -> dict[str, Any]:
         """kafka-python consumer settings."""
         return {"fetch_min_bytes": self.min_bytes, "fetch_max_wait_ms": self.max_wait_ms}
+
+    def pacing(self) -> FetchPacing:
+        """Switches the consumer between these settings and waiting at rest."""
+        return FetchPacing(self.min_bytes, self.max_wait_ms, self.idle_after_s, self.idle_wait_ms)
 
 
 class TransactionSettings(BaseModel):

@@ -37,6 +37,7 @@ def main() -> int:
                 max_poll_records=settings.max_poll_records,
                 max_message_bytes=record_limit(settings.max_image_bytes),
                 max_partition_fetch_bytes=FRAME_RECORD_MAX_BYTES,
+                pacing=settings.fetch.pacing(),
                 **settings.fetch.consumer_kwargs(),
             )
             rt.run(loop)

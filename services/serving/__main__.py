@@ -44,6 +44,7 @@ def main() -> int:
                 max_poll_records=settings.max_poll_records,
                 # Before the first champion, a batch waits inside the handler; stay in the group.
                 max_poll_interval_ms=3_600_000,
+                pacing=settings.fetch.pacing(),
                 **settings.fetch.consumer_kwargs(),
             )
             follower = LifecycleFollower(settings.kafka, ingress, rt.tracer)

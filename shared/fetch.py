@@ -1,0 +1,58 @@
+"""How long the broker may hold a frame-path consumer's fetch: batching while records flow,
+waiting at rest.
+
+While records flow, a fetch asks the broker to gather ``min_bytes`` or wait ``max_wait_ms``
+(``FetchSettings``): fewer, fuller batches. That wait is also how often a consumer with
+nothing to read asks again: ten empty fetches a second at 100 ms, each answered by the
+broker. After ``idle_after_s`` without a record the consumer asks for any record at all
+(``min_bytes`` 1) and lets the broker hold the fetch ``idle_wait_ms``: the broker answers the
+moment a record arrives, so the first frame after a quiet spell waits no longer than before,
+and a consumer at rest asks ``idle_wait_ms / max_wait_ms`` times less often. The first batch
+polled switches back.
+
+kafka-python reads its fetcher's settings each time it builds a fetch request, so a change
+applies from the next request; a client without them (another version) is left as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["FetchPacing"]
+
+
+@dataclass
+class FetchPacing:
+    min_bytes: int
+    max_wait_ms: int
+    idle_after_s: float
+    """Seconds without a record before the consumer waits at rest; 0 never."""
+    idle_wait_ms: int
+    idle: bool = field(default=False, init=False)
+    _last: float | None = field(default=None, init=False)
+
+    def observe(self, consumer: Any, records: int, now: float) -> None:
+        """After each poll: ``records`` it returned, at ``now`` (monotonic seconds)."""
+        if records or self._last is None:
+            self._last = now
+            if self.idle:
+                self.idle = not _apply(consumer, self.min_bytes, self.max_wait_ms)
+            return
+        if self.idle or self.idle_after_s <= 0 or now - self._last < self.idle_after_s:
+            return
+        self.idle = _apply(consumer, 1, self.idle_wait_ms)
+
+    def reset(self) -> None:
+        """A new client: it starts with the busy settings it was made with."""
+        self.idle, self._last = False, None
+
+
+def _apply(consumer: Any, min_bytes: int, max_wait_ms: int) -> bool:
+    """Set the fetch settings of ``consumer``'s fetcher; False when it has none."""
+    config = getattr(getattr(consumer, "_fetcher", None), "config", None)
+    if not isinstance(config, dict) or "fetch_max_wait_ms" not in config:
+        return False
+    config["fetch_min_bytes"] = min_bytes
+    config["fetch_max_wait_ms"] = max_wait_ms
+    return True

@@ -1,0 +1,73 @@
+"""A frame-path consumer fetches in batches while records flow and waits at rest
+(``shared.fetch``); no broker."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from kafka import KafkaConsumer
+
+from shared.fetch import FetchPacing
+from shared.settings import FetchSettings
+
+
+def fake_consumer() -> Any:
+    config = {"fetch_min_bytes": 131_072, "fetch_max_wait_ms": 100}
+    return SimpleNamespace(_fetcher=SimpleNamespace(config=config))
+
+
+def fetch(consumer: Any) -> tuple[int, int]:
+    c = consumer._fetcher.config
+    return c["fetch_min_bytes"], c["fetch_max_wait_ms"]
+
+
+def test_quiet_polls_switch_to_waiting_at_rest_and_the_first_records_switch_back() -> None:
+    pacing = FetchSettings(idle_after_s=5.0, idle_wait_ms=5000).pacing()
+    consumer = fake_consumer()
+    pacing.observe(consumer, 0, now=100.0)  # the first poll starts the clock
+    pacing.observe(consumer, 0, now=104.9)
+    assert fetch(consumer) == (131_072, 100) and not pacing.idle
+    pacing.observe(consumer, 0, now=105.0)
+    assert fetch(consumer) == (1, 5000) and pacing.idle
+    pacing.observe(consumer, 3, now=200.0)
+    assert fetch(consumer) == (131_072, 100) and not pacing.idle
+    pacing.observe(consumer, 0, now=204.0)
+    assert fetch(consumer) == (131_072, 100), "records 4 s ago: still busy"
+
+
+def test_zero_keeps_the_batching_settings_and_a_new_client_starts_busy() -> None:
+    never = FetchSettings(idle_after_s=0).pacing()
+    consumer = fake_consumer()
+    never.observe(consumer, 0, now=0.0)
+    never.observe(consumer, 0, now=1e6)
+    assert fetch(consumer) == (131_072, 100)
+    pacing = FetchSettings(idle_after_s=1.0).pacing()
+    pacing.observe(consumer, 0, now=0.0)
+    pacing.observe(consumer, 0, now=2.0)
+    assert pacing.idle
+    pacing.reset()
+    assert not pacing.idle
+    pacing.observe(consumer, 0, now=2.5)
+    assert not pacing.idle, "the clock starts again with the new client"
+
+
+def test_a_client_without_the_fetcher_settings_is_left_alone() -> None:
+    pacing = FetchPacing(131_072, 100, 1.0, 5000)
+    other = SimpleNamespace()
+    pacing.observe(other, 0, now=0.0)
+    pacing.observe(other, 0, now=10.0)
+    assert not pacing.idle
+
+
+def test_kafka_pythons_consumer_keeps_the_settings_where_pacing_changes_them() -> None:
+    consumer = KafkaConsumer(
+        bootstrap_servers="127.0.0.1:9", api_version=(2, 8), fetch_max_wait_ms=100
+    )
+    try:
+        pacing = FetchPacing(1024, 100, 1.0, 5000)
+        pacing.observe(consumer, 0, now=0.0)
+        pacing.observe(consumer, 0, now=2.0)
+        assert pacing.idle and fetch(consumer) == (1, 5000)
+    finally:
+        consumer.close()
