@@ -1,0 +1,133 @@
+"""Label Studio's REST API, the part the bridge uses, over plain HTTP (the standard library).
+
+Authentication is Label Studio's API token (``Authorization: Token <key>``; an open-source
+server accepts it once its organisation allows legacy tokens, which ``--enable-legacy-api-token``
+turns on at its first start). The token is never part of an error message, a log line or a
+span: errors carry the method, the path, the status and the start of the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from pydantic import SecretStr
+
+__all__ = ["LabelStudioClient", "StudioError"]
+
+PAGE = 100
+
+
+class StudioError(RuntimeError):
+    """Label Studio refused a request or could not be reached."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying: unreachable, or a 5xx or 429 answer."""
+        return self.status is None or self.status >= 500 or self.status == 429
+
+
+class LabelStudioClient:
+    def __init__(self, url: str, token: SecretStr, timeout_s: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self._token = token
+        self.timeout_s = timeout_s
+
+    def request(
+        self, method: str, path: str, body: Any = None, query: Mapping[str, Any] | None = None
+    ) -> Any:
+        """The decoded JSON answer (None when empty). Raises ``StudioError``."""
+        target = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(target, data=data, method=method)
+        req.add_header("Authorization", "Token " + self._token.get_secret_value())
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:300].decode(errors="replace")
+            raise StudioError(f"{method} {path}: {exc.code} {detail}", exc.code) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise StudioError(f"{method} {path}: {exc}") from None
+        return json.loads(raw) if raw.strip() else None
+
+    # --- projects and webhooks ----------------------------------------------------------
+
+    def projects(self) -> Iterator[dict[str, Any]]:
+        page = 1
+        while True:
+            answer = self.request("GET", "/api/projects/", query={"page": page, "page_size": PAGE})
+            rows = answer.get("results", []) if isinstance(answer, dict) else answer or []
+            yield from rows
+            if not isinstance(answer, dict) or not answer.get("next"):
+                return
+            page += 1
+
+    def ensure_project(self, title: str, label_config: str) -> int:
+        """The id of the project titled ``title``, created with ``label_config`` if there is
+        none (an existing project keeps its interface)."""
+        for project in self.projects():
+            if project.get("title") == title:
+                return int(project["id"])
+        made = self.request(
+            "POST", "/api/projects/", {"title": title, "label_config": label_config}
+        )
+        return int(made["id"])
+
+    def ensure_webhook(self, project: int, url: str, actions: Sequence[str]) -> int:
+        """The id of the project's webhook to ``url``, created if there is none."""
+        hooks = self.request("GET", "/api/webhooks/", query={"project": project}) or []
+        for hook in hooks:
+            if hook.get("url") == url and hook.get("project") in (project, None):
+                return int(hook["id"])
+        made = self.request(
+            "POST",
+            "/api/webhooks/",
+            {
+                "project": project,
+                "url": url,
+                "send_payload": True,
+                "send_for_all_actions": False,
+                "is_active": True,
+                "actions": list(actions),
+            },
+        )
+        return int(made["id"])
+
+    # --- tasks and annotations ----------------------------------------------------------
+
+    def import_tasks(self, project: int, tasks: Sequence[Mapping[str, Any]]) -> list[int]:
+        answer = self.request(
+            "POST",
+            f"/api/projects/{project}/import",
+            list(tasks),
+            query={"return_task_ids": "true"},
+        )
+        return [int(t) for t in answer.get("task_ids", [])]
+
+    def task(self, task: int) -> dict[str, Any]:
+        return dict(self.request("GET", f"/api/tasks/{task}/"))
+
+    def annotations(self, task: int) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/api/tasks/{task}/annotations/") or [])
+
+    def annotate(self, task: int, result: list[dict[str, Any]]) -> dict[str, Any]:
+        """Create an annotation as the token's user (what a person's submit does)."""
+        return dict(self.request("POST", f"/api/tasks/{task}/annotations/", {"result": result}))
+
+    def update_annotation(self, annotation: int, result: list[dict[str, Any]]) -> dict[str, Any]:
+        return dict(self.request("PATCH", f"/api/annotations/{annotation}/", {"result": result}))
+
+    def user(self, user: int) -> dict[str, Any]:
+        return dict(self.request("GET", f"/api/users/{user}/"))
