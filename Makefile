@@ -11,6 +11,7 @@ KAFKA := infra/kafka/kafka.sh
 REDIS := infra/redis/redis.sh
 RAY := infra/ray/ray.sh
 PEER_ENV := var/envs/quix
+LABELSTUDIO_ENV := var/envs/labelstudio
 WITH_INFRA := infra/with-infra.sh
 
 .PHONY: help setup up down status up-cluster down-cluster test test-slow test-unit test-integration \
@@ -47,6 +48,7 @@ down: ## Stop everything StreamLoop started locally (Kafka single + cluster, Red
 	@$(KAFKA) stop single
 	@$(KAFKA) stop cluster
 	@$(REDIS) stop
+	@infra/labelstudio/labelstudio.sh stop
 
 status: ## Show local infrastructure: processes, ports, resident memory
 	@$(KAFKA) status
@@ -59,7 +61,7 @@ up-cluster: setup ## Start a 3-broker KRaft cluster on 127.0.0.1:9192/9194/9196 
 down-cluster: ## Stop the 3-broker cluster
 	@$(KAFKA) stop cluster
 
-test: setup ## Run every test tier against real Kafka and Redis, the slow tests aside (starts and stops what it needs)
+test: setup labelstudio-env ## Run every test tier against real Kafka and Redis, the slow tests aside (starts and stops what it needs)
 	@$(WITH_INFRA) $(BIN)/pytest --durations=30 -m "not slow" tests/unit tests/integration tests/e2e tests/perf tests/chaos
 
 test-slow: setup ## The slow tests make test leaves out: the corrupted-label closed loop, the overload
@@ -68,7 +70,7 @@ test-slow: setup ## The slow tests make test leaves out: the corrupted-label clo
 test-unit: setup ## Unit tests only (no infrastructure)
 	@$(BIN)/pytest tests/unit
 
-test-integration: setup ## Integration tests (real Kafka and Redis)
+test-integration: setup labelstudio-env ## Integration tests (real Kafka, Redis and Label Studio)
 	@$(WITH_INFRA) $(BIN)/pytest tests/integration
 
 test-e2e: setup ## End-to-end tests (real Kafka and Redis, whole commands)
@@ -103,6 +105,16 @@ bench: setup peer-env ## Benchmarks (bus, ingest, image fitting, training, warm 
 peer-env: setup ## The environment of the benchmark's Quix Streams peer (var/envs/quix; never the project's venv)
 	@test -x $(PEER_ENV)/bin/python || $(UV) venv --quiet --python $(PYTHON) $(PEER_ENV)
 	@$(UV) pip install --quiet --python $(PEER_ENV)/bin/python -r infra/peer/requirements.txt
+
+labelstudio-env: setup ## Label Studio's environment (var/envs/labelstudio; never the project's venv)
+	@test -x $(LABELSTUDIO_ENV)/bin/python || $(UV) venv --quiet --python $(PYTHON) $(LABELSTUDIO_ENV)
+	@$(UV) pip install --quiet --python $(LABELSTUDIO_ENV)/bin/python -r infra/labelstudio/requirements.txt
+
+up-labelstudio: labelstudio-env ## Start Label Studio on 127.0.0.1:8740 (data in var/labelstudio) for the annotation bridge
+	@infra/labelstudio/labelstudio.sh start
+
+down-labelstudio: ## Stop the local Label Studio
+	@infra/labelstudio/labelstudio.sh stop
 
 loop-bench: setup ## The closed loop, drift onset to recovery: day-to-night, fog-bank, gradual-dusk, three demo runs each (an hour or more; var/bench/loop.json)
 	@$(WITH_INFRA) $(BIN)/python -m tests.bench.bench_loop $(LOOP_BENCH_ARGS)

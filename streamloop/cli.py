@@ -24,6 +24,7 @@ SERVICES = (
     "training",
     "evaluation",
     "registry",
+    "annotation",
 )
 
 console = Console()

@@ -9,6 +9,7 @@ span: errors carry the method, the path, the status and the start of the answer.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,7 +18,9 @@ from typing import Any
 
 from pydantic import SecretStr
 
-__all__ = ["LabelStudioClient", "StudioError"]
+from shared.ports import Unavailable
+
+__all__ = ["LabelStudioClient", "StudioError", "StudioUnavailable"]
 
 PAGE = 100
 
@@ -29,10 +32,16 @@ class StudioError(RuntimeError):
         super().__init__(message)
         self.status = status
 
-    @property
-    def transient(self) -> bool:
-        """Worth retrying: unreachable, or a 5xx or 429 answer."""
-        return self.status is None or self.status >= 500 or self.status == 429
+    @classmethod
+    def of(cls, message: str, status: int | None = None) -> StudioError:
+        """The error for an answer of ``status`` (None: no answer): ``StudioUnavailable``
+        when the same request may succeed later (unreachable, 5xx, 429)."""
+        transient = status is None or status >= 500 or status == 429
+        return (StudioUnavailable if transient else StudioError)(message, status)
+
+
+class StudioUnavailable(StudioError, Unavailable):
+    """Label Studio did not answer, or answered that it cannot now: retried by the loops."""
 
 
 class LabelStudioClient:
@@ -57,9 +66,9 @@ class LabelStudioClient:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:300].decode(errors="replace")
-            raise StudioError(f"{method} {path}: {exc.code} {detail}", exc.code) from None
+            raise StudioError.of(f"{method} {path}: {exc.code} {detail}", exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
-            raise StudioError(f"{method} {path}: {exc}") from None
+            raise StudioError.of(f"{method} {path}: {exc}") from None
         return json.loads(raw) if raw.strip() else None
 
     # --- projects and webhooks ----------------------------------------------------------
@@ -84,6 +93,19 @@ class LabelStudioClient:
             "POST", "/api/projects/", {"title": title, "label_config": label_config}
         )
         return int(made["id"])
+
+    def wait_for_project(self, title: str, label_config: str, timeout_s: float = 300.0) -> int:
+        """``ensure_project``, retried while Label Studio is unreachable or starting (its
+        first start migrates its database for a minute or so). A refusal (a wrong token)
+        is raised at once."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self.ensure_project(title, label_config)
+            except StudioUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2.0)
 
     def ensure_webhook(self, project: int, url: str, actions: Sequence[str]) -> int:
         """The id of the project's webhook to ``url``, created if there is none."""
@@ -118,6 +140,24 @@ class LabelStudioClient:
 
     def task(self, task: int) -> dict[str, Any]:
         return dict(self.request("GET", f"/api/tasks/{task}/"))
+
+    def annotation(self, annotation: int) -> dict[str, Any]:
+        return dict(self.request("GET", f"/api/annotations/{annotation}/"))
+
+    def annotated_tasks(self, project: int) -> Iterator[dict[str, Any]]:
+        """Every task of ``project`` that has an annotation, each with its annotations."""
+        page = 1
+        while True:
+            answer = self.request(
+                "GET",
+                "/api/tasks/",
+                query={"project": project, "fields": "all", "page": page, "page_size": PAGE},
+            )
+            rows = answer.get("tasks", []) if isinstance(answer, dict) else answer or []
+            yield from (t for t in rows if t.get("annotations"))
+            if len(rows) < PAGE:
+                return
+            page += 1
 
     def annotations(self, task: int) -> list[dict[str, Any]]:
         return list(self.request("GET", f"/api/tasks/{task}/annotations/") or [])

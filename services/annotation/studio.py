@@ -27,9 +27,11 @@ from shared.events import Label, LabelRequest, derived_id
 __all__ = [
     "CHOICES",
     "IMAGE",
+    "WEBHOOK_ACTIONS",
     "Refused",
     "label_config",
     "priority",
+    "project_title",
     "read_annotation",
     "task_for",
 ]
@@ -39,6 +41,12 @@ IMAGE = "image"
 CHOICES = "class"
 """The ``<Choices>`` tag's name: where an annotation's class is."""
 ANNOTATOR_PREFIX = "labelstudio:"
+WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+
+
+def project_title(model_name: str) -> str:
+    """The title of the Label Studio project of ``model_name``'s label requests."""
+    return f"StreamLoop: {model_name}"
 
 
 def label_config(classes: Sequence[str]) -> str:

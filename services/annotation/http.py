@@ -1,0 +1,159 @@
+"""The bridge's HTTP endpoint: the frames people see, and Label Studio's webhook.
+
+- ``GET /frames/<frame_id>.png?sig=…``: the rendered frame. A person's browser fetches it from
+  Label Studio's page, so it cannot send the read token; when a read token is set, each
+  image URL instead carries a signature made with it (HMAC-SHA256 of the frame id), which
+  opens that frame only. The page fetches it from another origin, so it is served with
+  ``Access-Control-Allow-Origin: *``.
+- ``POST /webhook``: Label Studio's ``ANNOTATION_CREATED``, ``ANNOTATION_UPDATED`` and
+  ``ANNOTATIONS_DELETED``. Only the annotation's id is taken from the payload: the bridge reads
+  the annotation back from Label Studio with its token, so a forged call can publish nothing
+  Label Studio does not hold, and the endpoint needs no secret of its own.
+- ``GET /healthz``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import socket
+from http import HTTPStatus
+from http.server import ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from prometheus_client import Counter
+from pydantic import SecretStr
+
+from services.annotation.bridge import Bridge
+from services.annotation.client import StudioError
+from shared.auth import SMALL_BODY_BYTES
+from shared.http import ActionHandler, BackgroundHTTPServer, HttpError
+from shared.ports import Unavailable
+
+__all__ = ["ImageSigner", "serve_bridge"]
+
+log = logging.getLogger("streamloop.annotation")
+
+WEBHOOKS = Counter(
+    "streamloop_annotation_webhooks",
+    "Label Studio webhook calls, by action and outcome.",
+    ["action", "outcome"],
+)
+_FRAME = re.compile(r"^/frames/([^/]{1,128})\.png$")
+WEBHOOK_BODY_BYTES = 4 * SMALL_BODY_BYTES
+
+
+class ImageSigner:
+    """Image URLs of ``public_url`` signed with ``key`` (the read token; None: unsigned)."""
+
+    def __init__(self, public_url: str, key: SecretStr | None) -> None:
+        self.public_url = public_url.rstrip("/")
+        self._key = key.get_secret_value().encode() if key is not None else None
+
+    def sign(self, frame_id: str) -> str:
+        if self._key is None:
+            return ""
+        return hmac.new(self._key, frame_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def url(self, frame_id: str) -> str:
+        path = f"{self.public_url}/frames/{quote(frame_id, safe='')}.png"
+        return path + (f"?sig={self.sign(frame_id)}" if self._key is not None else "")
+
+    def admits(self, frame_id: str, sig: str) -> bool:
+        return self._key is None or hmac.compare_digest(self.sign(frame_id), sig)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], bridge: Bridge, signer: ImageSigner) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+        self.bridge = bridge
+        self.signer = signer
+
+
+class _Handler(ActionHandler):
+    server: _Server
+    server_version = "streamloop-annotation"
+    logger = log
+
+    def allowed_methods(self) -> str:
+        return "POST" if urlsplit(self.path).path == "/webhook" else "GET"
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        if url.path == "/healthz":
+            self.send_json(HTTPStatus.OK, {"status": "ok"})
+            return
+        match = _FRAME.match(url.path)
+        if match is None:
+            self.send_json(HTTPStatus.NOT_FOUND, {"error": "no such path"})
+            return
+        frame_id = unquote(match.group(1))
+        sig = (parse_qs(url.query).get("sig") or [""])[0]
+        if not self.server.signer.admits(frame_id, sig):
+            self.send_json(HTTPStatus.FORBIDDEN, {"error": "bad or missing image signature"})
+            return
+        try:
+            png = self.server.bridge.images.get(frame_id)
+        except Unavailable:
+            self.send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "image store unavailable"})
+            return
+        if png is None:
+            self.send_json(HTTPStatus.NOT_FOUND, {"error": "no such frame"})
+            return
+        self.send_bytes(
+            HTTPStatus.OK,
+            png,
+            "image/png",
+            cache="private, max-age=86400",
+            headers={"Access-Control-Allow-Origin": "*"},
+        )
+
+    def post(self) -> tuple[HTTPStatus, Any]:
+        if urlsplit(self.path).path != "/webhook":
+            raise HttpError(HTTPStatus.NOT_FOUND, "no such path")
+        body = self.read_json(WEBHOOK_BODY_BYTES)
+        action = str(body.get("action") or "")
+        bridge = self.server.bridge
+        if action == "ANNOTATIONS_DELETED":
+            count = len(body.get("annotations") or [])
+            bridge.deleted(count)
+            WEBHOOKS.labels(action, "ignored").inc()
+            return HTTPStatus.OK, {"ignored": count}
+        if action not in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+            WEBHOOKS.labels("other", "ignored").inc()
+            return HTTPStatus.OK, {"ignored": action or "no action"}
+        annotation = body.get("annotation")
+        ann_id = annotation.get("id") if isinstance(annotation, dict) else None
+        if not isinstance(ann_id, int):
+            raise HttpError(HTTPStatus.BAD_REQUEST, "annotation.id (an integer) is required")
+        try:
+            outcome = bridge.annotated(ann_id)
+        except Unavailable as exc:
+            # Label Studio retries nothing; the poll picks the annotation up later.
+            log.warning("webhook not handled now", extra={"annotation": ann_id, "error": str(exc)})
+            WEBHOOKS.labels(action, "unavailable").inc()
+            raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, "try again later") from None
+        except StudioError as exc:
+            WEBHOOKS.labels(action, "unreadable").inc()
+            raise HttpError(HTTPStatus.NOT_FOUND, f"annotation {ann_id}: {exc}") from None
+        WEBHOOKS.labels(action, outcome).inc()
+        return HTTPStatus.OK, {"outcome": outcome}
+
+
+class BridgeHttp(BackgroundHTTPServer):
+    def __init__(self, server: _Server) -> None:
+        super().__init__(server, "annotation-http")
+
+
+def serve_bridge(bridge: Bridge, signer: ImageSigner, host: str, port: int) -> BridgeHttp:
+    """Serve the bridge's endpoint on ``host:port`` (0 picks a free port) from a thread."""
+    http = BridgeHttp(_Server((host, port), bridge, signer))
+    log.info("annotation bridge listening", extra={"url": http.url})
+    return http
