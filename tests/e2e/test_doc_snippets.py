@@ -450,6 +450,10 @@ SKIP: dict[str, str] = {
     "posts a file to the same route with the same query and headers",
     "init-imported": "needs an imported version: tests/unit/test_imports.py fine-tunes from "
     "one with the same setting",
+    "labelstudio-local": "starts Label Studio and the bridge: tests/integration/"
+    "test_labelstudio.py starts both the same way (infra/labelstudio/labelstudio.sh, "
+    "python -m services.annotation with the token setting)",
+    "labelstudio-compose": "no Docker engine here: make compose-check validates the profile",
     "own-task-retrain": "trains a second model: the retrain and the gate are "
     "tests/e2e/test_model_lifecycle.py (the same code for any task)",
 }

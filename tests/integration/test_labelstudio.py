@@ -92,6 +92,7 @@ class Stack:
     bridge_url: str
     project: int
     producer: EventProducer
+    traces: Path
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +112,10 @@ def stack(studio: Studio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         ],
     )
     metrics_port, port = free_port(), free_port()
+    traces = tmp_path_factory.mktemp("traces")
     common = {
         "STREAMLOOP_KAFKA_TOPIC_PREFIX": prefix,
-        "STREAMLOOP_TELEMETRY_TRACES_DIR": str(tmp_path_factory.mktemp("traces")),
+        "STREAMLOOP_TELEMETRY_TRACES_DIR": str(traces),
         "STREAMLOOP_TELEMETRY_LOG_LEVEL": "DEBUG",
     }
     labelling = Proc(
@@ -153,7 +155,14 @@ def stack(studio: Studio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             if p["title"] == project_title(DEFAULT_MODEL_NAME)
         )
         yield Stack(
-            prefix, bridge, labelling, metrics_port, f"http://127.0.0.1:{port}", project, producer
+            prefix,
+            bridge,
+            labelling,
+            metrics_port,
+            f"http://127.0.0.1:{port}",
+            project,
+            producer,
+            traces,
         )
     finally:
         producer.close()
@@ -314,6 +323,9 @@ def test_the_api_token_is_in_no_line_the_bridge_wrote(studio: Studio, stack: Sta
     assert sum("task made" in ln for ln in stack.bridge.lines) >= 2  # it logged all along
     leaked = [ln for ln in stack.bridge.lines if studio.token in ln or READ_TOKEN in ln]
     assert leaked == []
+    spans = (stack.traces / "annotation.jsonl").read_text()
+    assert "labels.requests process" in spans  # its spans were written
+    assert studio.token not in spans and READ_TOKEN not in spans
 
 
 def logged_in(studio: Studio) -> dict[str, str]:
