@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from shared.events import DecodeError, Event, FrameValid, Prediction, decode
 from shared.reader import TopicReader
@@ -81,8 +82,8 @@ class RecentFrames:
 
 class FrameFollower:
     """Reads ``frames.valid`` and ``predictions`` into ``frames`` on a daemon thread, from
-    each partition's last ``backlog`` records on; ``read_until`` is the newest record time
-    read so far (or the time the reader last found nothing new)."""
+    each partition's last ``backlog`` records on, and knows up to when it has read every
+    record (``caught_up_since``)."""
 
     def __init__(self, kafka: KafkaSettings, frames: RecentFrames, backlog: int) -> None:
         self.frames = frames
@@ -96,13 +97,24 @@ class FrameFollower:
         return self
 
     def _run(self) -> None:
+        # Caught up to time t0 once every partition's position has reached the end offset it
+        # had at t0 (a steady stream never leaves a poll empty, so emptiness is no test).
+        target: tuple[float, dict[Any, int]] | None = None
         try:
-            for rec in self._reader.follow(stop=self._stop, poll_ms=500):
-                if rec is None:
-                    self._caught_up_at = time.time()
-                    self._reader.refresh()
+            while not self._stop.is_set():
+                records = self._reader.poll(500)
+                for rec in records:
+                    self._keep(self._reader.logical(rec.topic), rec.value)
+                if not records:
+                    self._reader.refresh()  # a topic created after the bridge started
+                if target is None and time.time() - self._caught_up_at >= 0.5:
+                    target = (time.time(), self._reader.end_offsets())
+                if target is None:
                     continue
-                self._keep(self._reader.logical(rec.topic), rec.value)
+                positions = self._reader.positions()
+                if all(positions.get(tp, 0) >= end for tp, end in target[1].items()):
+                    self._caught_up_at = target[0]
+                    target = None
         except Exception:
             log.exception("frame follower stopped")
             raise
@@ -124,8 +136,7 @@ class FrameFollower:
         return self.frames.get(frame_id)
 
     def caught_up_since(self, when: datetime) -> bool:
-        """True once the reader has found nothing new after ``when``: every record published
-        before it has been read."""
+        """True once every record published before ``when`` has been read."""
         return self._caught_up_at > when.timestamp()
 
     def close(self) -> None:
