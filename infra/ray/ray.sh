@@ -38,6 +38,10 @@ cmd_start() {
   if our_head; then log "already running (session $(session)) on 127.0.0.1:$PORT"; return 0; fi
   mkdir -p "$DIR"
   log "starting a head on 127.0.0.1:$PORT ($CPUS CPUs, object store $STORE_MB MiB)"
+  # Serve's controller loop and metric exports as serving sets them for a local Ray
+  # (services/serving/ray_app.py, QUIET_SERVE): little CPU at rest.
+  RAY_SERVE_CONTROL_LOOP_INTERVAL_S="${RAY_SERVE_CONTROL_LOOP_INTERVAL_S:-0.5}" \
+  RAY_SERVE_METRICS_EXPORT_INTERVAL_MS="${RAY_SERVE_METRICS_EXPORT_INTERVAL_MS:-1000}" \
   RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 setsid "$RAY" start --head \
       --port "$PORT" --node-ip-address 127.0.0.1 --num-cpus "$CPUS" \
       --ray-client-server-port $((PORT + 1)) --dashboard-agent-listen-port $((PORT + 2)) \

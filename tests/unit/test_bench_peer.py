@@ -55,7 +55,7 @@ def test_each_process_at_rest_counts_in_its_service_its_children_or_the_infrastr
         for p in (
             proc(10, 1, "python -m services.serving"),
             proc(11, 10, "ray::ServeReplica:serving"),
-            proc(12, 11, "raylet"),
+            proc(12, 11, "/site-packages/ray/core/src/ray/raylet/raylet --node_ip=x"),
             proc(20, 1, "python -m services.ingest"),
             proc(30, 1, "java ... kafka.Kafka server.properties"),
             proc(31, 1, "redis-server 127.0.0.1:6379"),
@@ -65,8 +65,8 @@ def test_each_process_at_rest_counts_in_its_service_its_children_or_the_infrastr
     groups = groups_of(procs, {"serving": 10, "ingest": 20})
     assert groups == {
         10: "serving",
-        11: "serving children",
-        12: "serving children",
+        11: "serving: ray::ServeReplica",
+        12: "serving: raylet",
         20: "ingest",
         30: "kafka",
         31: "redis",
@@ -97,7 +97,7 @@ def test_a_window_counts_each_process_by_pid_and_start_a_new_one_whole(monkeypat
     monkeypatch.setattr(idle.time, "sleep", lambda _s: None)
     assert idle.window({"ingest": 10}, 10.0) == {
         "ingest": 0.1,
-        "ingest children": 0.2,
+        "ingest: worker": 0.2,
         "kafka": 0.05,
         "total": 0.35,
     }

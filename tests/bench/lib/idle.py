@@ -22,13 +22,32 @@ def ready_marker(service: str) -> str:
     return READY.get(service, '"consumer started"')
 
 
+def kind_of(cmdline: str) -> str:
+    """What a started process is, from its command line: a Ray actor or worker by its name
+    (``ray::ServeController``), a program by its file name (``gcs_server``, ``raylet``,
+    ``agent.py``)."""
+    words = cmdline.split()
+    if not words:
+        return "?"
+    if words[0].startswith("ray::"):
+        # Ray renames a worker by the task it runs (ray::ServeController.listen_for_change).
+        return "ray::" + words[0][len("ray::") :].split(":")[0].split(".")[0]
+    program = (
+        next((w for w in words[1:] if w.endswith(".py")), words[0])
+        if Path(words[0]).name.startswith("python")
+        else words[0]
+    )
+    return Path(program).name
+
+
 def groups_of(procs: dict[int, ProcInfo], services: dict[str, int]) -> dict[int, str]:
-    """pid -> the row it counts in: a service, what a service started, Kafka or Redis."""
+    """pid -> the row it counts in: a service, each kind of process a service started, Kafka
+    or Redis."""
     out: dict[int, str] = {}
     for name, pid in services.items():
         out[pid] = name
         for child in descendants(procs, pid) - {pid}:
-            out[child] = f"{name} children"
+            out[child] = f"{name}: {kind_of(procs[child].cmdline)}"
     for p in procs.values():
         if "kafka.Kafka" in p.cmdline:
             out[p.pid] = "kafka"
