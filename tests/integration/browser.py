@@ -19,9 +19,22 @@ from websockets.sync.client import connect
 
 from tests.integration.helpers import free_port, wait_for
 
-__all__ = ["CHROMIUM", "Browser"]
+__all__ = ["CHROMIUM", "Browser", "headless"]
 
 CHROMIUM = shutil.which("chromium")
+
+
+def headless(workdir: Path) -> list[str]:
+    """Chromium's options for a headless run in a container, its profile under ``workdir``."""
+    return [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={workdir / 'profile'}",
+    ]
 
 
 class Browser:
@@ -32,13 +45,7 @@ class Browser:
         self._proc = subprocess.Popen(
             [
                 CHROMIUM,
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--disable-extensions",
-                f"--user-data-dir={workdir / 'profile'}",
+                *headless(workdir),
                 f"--window-size={width},{height}",
                 "--remote-debugging-address=127.0.0.1",
                 f"--remote-debugging-port={port}",

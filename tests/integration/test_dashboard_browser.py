@@ -7,7 +7,6 @@ from __future__ import annotations
 import html
 import os
 import re
-import shutil
 import subprocess
 import time
 from datetime import timedelta
@@ -32,9 +31,9 @@ from shared.registry import MemoryRegistry, RegistryView, VersionView, lifecycle
 from shared.settings import KafkaSettings
 from shared.topics import Topics
 from tests.conftest import new_prefix, provision_prefixed
+from tests.integration.browser import CHROMIUM, headless
 from tests.integration.helpers import bare_producer, wait_for
 
-CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None,
     reason="the chromium binary is not installed (make setup installs Debian's chromium)",
@@ -137,13 +136,7 @@ def dump_dom(url: str, workdir: Path) -> str:
     proc = subprocess.run(
         [
             CHROMIUM,
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--disable-extensions",
-            f"--user-data-dir={workdir / 'profile'}",
+            *headless(workdir),
             "--window-size=1280,1600",
             "--virtual-time-budget=8000",
             "--dump-dom",
