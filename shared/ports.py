@@ -31,6 +31,7 @@ __all__ = [
     "Leases",
     "MemoryClaims",
     "MemoryLeases",
+    "MemoryValues",
     "Message",
     "Publisher",
     "RegistryReader",
@@ -38,6 +39,7 @@ __all__ = [
     "Rejection",
     "TracingPublisher",
     "Unavailable",
+    "Values",
 ]
 
 E = TypeVar("E", bound=Event)
@@ -173,6 +175,15 @@ class Leases(Protocol):
         ...
 
 
+class Values(Protocol):
+    """Small values by key, each kept for ``ttl_s`` seconds (None: until replaced). Both
+    methods raise ``Unavailable`` when the store cannot be reached."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, value: bytes, ttl_s: int | None = None) -> None: ...
+
+
 class RegistryReader(Protocol):
     """Read access to the registry. Every method raises ``RegistryUnavailableError`` when
     the store cannot be reached; an unknown model reads as empty."""
@@ -267,3 +278,20 @@ class MemoryLeases:
     def release(self, key: str, owner: str) -> None:
         if self._get(key) == LEASE_PREFIX + owner:
             del self._data[key]
+
+
+class MemoryValues:
+    """``Values`` in a dict (unit tests); ``clock`` decides when a value has expired."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._data: dict[str, tuple[bytes, float | None]] = {}
+        self._clock = clock
+
+    def get(self, key: str) -> bytes | None:
+        held = self._data.get(key)
+        if held is None or (held[1] is not None and held[1] <= self._clock()):
+            return None
+        return held[0]
+
+    def put(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
+        self._data[key] = (value, None if ttl_s is None else self._clock() + ttl_s)

@@ -19,6 +19,7 @@ from shared.ports import (
     Leases,
     MemoryClaims,
     MemoryLeases,
+    Unavailable,
 )
 from shared.settings import RedisSettings
 
@@ -31,6 +32,7 @@ __all__ = [
     "MemoryLeases",
     "RedisClaims",
     "RedisLeases",
+    "RedisValues",
     "connect",
 ]
 
@@ -127,3 +129,24 @@ class RedisLeases:
 
     def release(self, key: str, owner: str) -> None:
         self._release(keys=[self._prefix + key], args=[LEASE_PREFIX + owner])
+
+
+class RedisValues:
+    """``Values`` in Redis, under ``namespace``."""
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self._redis = client
+        self._prefix = namespace.rstrip(":") + ":"
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            found = self._redis.get(self._prefix + key)
+        except redis.RedisError as exc:
+            raise Unavailable(f"redis: {exc}") from exc
+        return found if isinstance(found, bytes) else None
+
+    def put(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
+        try:
+            self._redis.set(self._prefix + key, value, ex=ttl_s)
+        except redis.RedisError as exc:
+            raise Unavailable(f"redis: {exc}") from exc

@@ -13,10 +13,9 @@ from services.annotation.client import LabelStudioClient
 from services.annotation.frames import FrameFollower, RecentFrames
 from services.annotation.http import ImageSigner, serve_bridge
 from services.annotation.settings import AnnotationSettings
-from services.annotation.store import RedisImages, RedisSeen
 from services.annotation.studio import WEBHOOK_ACTIONS, label_config, project_title
 from shared.events import Label, LabelRequest
-from shared.redis_store import RedisLeases, connect
+from shared.redis_store import RedisLeases, RedisValues, connect
 from shared.service import service_runtime
 from shared.topics import Topics
 
@@ -32,7 +31,6 @@ def main() -> int:
         studio = LabelStudioClient(settings.studio_url, settings.studio_token)
         classes = tuple(settings.task.classes)
         project = studio.wait_for_project(project_title(settings.model_name), label_config(classes))
-        signer = ImageSigner(settings.public_url, settings.http_auth.read_token)
         redis = connect(settings.redis)
         follower = FrameFollower(
             settings.kafka, RecentFrames(settings.keep_frames), settings.keep_frames
@@ -45,20 +43,21 @@ def main() -> int:
             BridgePolicy(
                 project=project,
                 classes=classes,
-                image_url=signer.url,
+                image_url=ImageSigner(settings.public_url, settings.http_auth.read_token).url,
                 owner=f"annotation-{uuid.uuid4().hex[:8]}",
                 keep_s=settings.keep_days * 86_400,
             ),
             studio,
             follower,
             RedisLeases(redis, NAMESPACE),
-            RedisImages(redis, NAMESPACE),
-            RedisSeen(redis, NAMESPACE),
+            RedisValues(redis, NAMESPACE),
             publish,
         )
-        http = serve_bridge(bridge, signer, settings.host, settings.port)
+        http = serve_bridge(
+            bridge, settings.http_auth, settings.public_url, settings.host, settings.port
+        )
         if settings.webhook:
-            hook = settings.webhook_url or signer.public_url + "/webhook"
+            hook = settings.webhook_url or settings.public_url.rstrip("/") + "/webhook"
             studio.ensure_webhook(project, hook, WEBHOOK_ACTIONS)
         stop = threading.Event()
         poller = threading.Thread(
@@ -68,11 +67,14 @@ def main() -> int:
             daemon=True,
         )
         poller.start()
+        threading.Thread(
+            target=bridge.run_queue, args=(stop,), name="annotation-webhooks", daemon=True
+        ).start()
         loop = rt.consumer_loop(
             [Topics.LABELS_REQUESTS],
             LabelRequest,
             group_id=settings.group_id,
-            handler=lambda msg: bridge.ask_message(msg),
+            handler=bridge.ask_message,
         )
         log.info("annotation bridge ready", extra={"project": project, "url": http.url})
         try:

@@ -3,36 +3,43 @@ becomes one task, and a person's annotation becomes one label.
 
 - ``ask`` (a ``labels.requests`` record): one task per frame, ever. The frame's lease in the
   ``Leases`` store makes a second request for the same frame, a redelivery or another bridge
-  process a no-op; the frame is rendered once, kept in the ``Images`` store for the page
-  that shows it, and imported with the champion's class pre-selected.
-- ``annotated`` (a webhook's annotation id, or an annotation a poll found): the annotation is
-  read again from Label Studio, so what is published is always Label Studio's own state and a
-  forged or replayed webhook publishes nothing new. One state of an annotation is published
-  once (the ``Seen`` store remembers its ``updated_at``); an update is a new label, which
-  replaces the first downstream as a corrected label does.
-- ``deleted``: counted, nothing published (a label already used for training stays, as a
-  label deleted from ``labels`` would).
+  process a no-op. Before importing, the bridge writes an "importing" mark; a later attempt
+  that finds the mark (the answer to the import was lost, or the process died before it
+  recorded the task) looks for the frame's task in Label Studio before importing again.
+  The frame is rendered once and kept in the ``Values`` store for the page that shows it.
+- ``annotated`` (an annotation id from a webhook, or one a poll found changed): the annotation
+  is read again from Label Studio, so what is published is always Label Studio's own state
+  and a forged or replayed webhook publishes nothing new. A state (``updated_at``) is
+  published only when it is newer than the last one published (kept without expiry), one
+  annotation at a time per process, so an older state never follows a newer one; an update
+  is a new label, which replaces the first downstream as a corrected label does.
+- ``on_webhook``: the payload's ids are queued and answered at once (Label Studio waits for a
+  webhook's answer, in its open edition while the person's submit waits); ``run_queue``
+  handles them, and what fails there is left to the poll. A deletion is counted, nothing is
+  published (a label already used for training stays, as a label deleted from ``labels``
+  would).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Literal, Protocol
 
 import numpy as np
 from prometheus_client import Counter
 
 from services.annotation.client import StudioError
-from services.annotation.studio import Refused, read_annotation, task_for
+from services.annotation.studio import Refused, read_annotation, task_for, webhook_event
 from shared.events import Label, LabelRequest
 from shared.images import encode_image
-from shared.ports import Leases, Message, Rejected, Unavailable
+from shared.ports import Leases, Message, Rejected, Unavailable, Values
 
-__all__ = ["Bridge", "BridgePolicy", "Images", "Seen", "Studio"]
+__all__ = ["Bridge", "BridgePolicy", "Studio"]
 
 log = logging.getLogger("streamloop.annotation")
 
@@ -43,19 +50,22 @@ TASKS = Counter(
 )
 ANSWERS = Counter(
     "streamloop_annotation_answers",
-    "Annotations read: published as labels, unchanged since published, refused (by reason) "
-    "or deleted.",
-    ["outcome", "reason"],
+    "Annotations read, by how they came (webhook, poll): published as labels, unchanged since "
+    "published, refused (by reason) or deleted.",
+    ["outcome", "reason", "source"],
 )
 
 Asked = Literal["created", "exists"]
 Answered = Literal["published", "unchanged", "refused"]
+Source = Literal["webhook", "poll"]
 
 
 class Studio(Protocol):
     """The part of Label Studio's API the bridge uses (``LabelStudioClient``)."""
 
     def import_tasks(self, project: int, tasks: Sequence[Mapping[str, Any]]) -> list[int]: ...
+
+    def find_task(self, project: int, frame_id: str) -> int | None: ...
 
     def annotation(self, annotation: int) -> dict[str, Any]: ...
 
@@ -66,26 +76,12 @@ class Studio(Protocol):
     def annotated_tasks(self, project: int) -> Iterable[dict[str, Any]]: ...
 
 
-class Images(Protocol):
-    """Rendered frames, by frame id, for as long as their tasks may be open."""
-
-    def put(self, frame_id: str, png: bytes, ttl_s: int) -> None: ...
-
-    def get(self, frame_id: str) -> bytes | None: ...
-
-
-class Seen(Protocol):
-    """The last state (``updated_at``) of each annotation published."""
-
-    def get(self, annotation_id: int) -> str | None: ...
-
-    def put(self, annotation_id: int, version: str, ttl_s: int) -> None: ...
-
-
 class FrameSource(Protocol):
     def get(self, frame_id: str) -> Any: ...
 
-    def caught_up_since(self, when: datetime) -> bool: ...
+    def caught_up_since(self, when: float) -> bool:
+        """True once every record published before ``when`` (this host's clock) was read."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -97,18 +93,26 @@ class BridgePolicy:
     owner: str
     """This process's name in the leases."""
     keep_s: int = 30 * 86_400
-    """How long a frame's task lease, image and an annotation's published state are kept."""
+    """How long a frame's task record and image are kept."""
     lease_s: int = 60
 
 
 @dataclass
 class Counts:
+    """What this process did (also in the Prometheus counters)."""
+
     tasks: int = 0
     duplicates: int = 0
     labels: int = 0
     unchanged: int = 0
     refused: dict[str, int] = field(default_factory=dict)
     deleted: int = 0
+
+
+def _version(annotation: Mapping[str, Any]) -> str:
+    """An annotation's state: its ``updated_at`` (ISO 8601, UTC, one format, so later states
+    sort after earlier ones as strings)."""
+    return str(annotation.get("updated_at") or annotation.get("created_at") or "")
 
 
 class Bridge:
@@ -118,26 +122,29 @@ class Bridge:
         studio: Studio,
         frames: FrameSource,
         leases: Leases,
-        images: Images,
-        seen: Seen,
+        values: Values,
         publish: Callable[[Label], None],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
         self.studio = studio
         self.frames = frames
         self.leases = leases
-        self.images = images
-        self.seen = seen
+        self.values = values
         self.publish = publish
         self.counts = Counts()
+        self._clock = clock
         self._annotators: dict[int, str] = {}
+        self._first_asked: dict[str, float] = {}
+        self._answering = threading.Lock()
+        self._queue: queue.Queue[int] = queue.Queue(maxsize=10_000)
 
     # --- requests -> tasks ---------------------------------------------------------------
 
     def ask(self, request: LabelRequest) -> Asked:
         """Make the task of ``request``'s frame unless one exists. Raises ``Unavailable``
-        while the frame has not been read yet (or another process holds its lease), and
-        ``Rejected`` for a frame that is no longer kept."""
+        while the frame may still be read (or another process holds its lease), and
+        ``Rejected`` for a frame not among those kept."""
         key = f"task:{request.frame_id}"
         lease = self.leases.acquire(key, self.policy.owner, self.policy.lease_s)
         if lease.state == "done":
@@ -151,7 +158,11 @@ class Bridge:
         except BaseException:
             self.leases.release(key, self.policy.owner)
             raise
-        self.leases.finish(key, self.policy.owner, str(task_id), self.policy.keep_s)
+        if not self.leases.finish(key, self.policy.owner, str(task_id), self.policy.keep_s):
+            log.warning(
+                "the frame's lease ran out while its task was made",
+                extra={"frame_id": request.frame_id, "task": task_id},
+            )
         self.counts.tasks += 1
         TASKS.labels("created").inc()
         return "created"
@@ -160,82 +171,117 @@ class Bridge:
         """``ask``, as the consumer loop's handler."""
         self.ask(message.event)
 
-    def _make_task(self, request: LabelRequest) -> int:
-        kept = self.frames.get(request.frame_id)
+    def _frame(self, frame_id: str) -> Any:
+        """The kept frame; ``Unavailable`` while it may still be read, ``Rejected`` once the
+        reader has read everything published before the request first came."""
+        first = self._first_asked.setdefault(frame_id, self._clock())
+        kept = self.frames.get(frame_id)
+        if kept is None and not self.frames.caught_up_since(first):
+            raise Unavailable(f"frame {frame_id} not read yet")
+        del self._first_asked[frame_id]
         if kept is None:
-            if not self.frames.caught_up_since(request.produced_at):
-                raise Unavailable(f"frame {request.frame_id} not read yet")
             raise Rejected(
                 "frame_unknown",
-                f"frame {request.frame_id} is not among the frames kept (too old or never valid)",
+                f"frame {frame_id} is not among the frames kept (too old or never valid)",
             )
+        return kept
+
+    def _make_task(self, request: LabelRequest) -> int:
+        kept = self._frame(request.frame_id)
         frame = kept.frame
+        project, mark = self.policy.project, f"importing:{frame.frame_id}"
+        if self.values.get(mark) is not None:
+            found = self.studio.find_task(project, frame.frame_id)
+            if found is not None:
+                log.info("task found", extra={"frame_id": frame.frame_id, "task": found})
+                return found
         pixels = np.frombuffer(frame.pixels, np.uint8).reshape(
             frame.height, frame.width, frame.channels
         )
-        self.images.put(frame.frame_id, encode_image(pixels), self.policy.keep_s)
+        self.values.put(f"image:{frame.frame_id}", encode_image(pixels), self.policy.keep_s)
         task = task_for(request, self.policy.image_url(frame.frame_id), kept.champion)
-        ids = self.studio.import_tasks(self.policy.project, [task])
-        if len(ids) != 1:
-            raise Unavailable(f"Label Studio made {len(ids)} tasks for one")
+        self.values.put(mark, b"1", self.policy.keep_s)
+        ids = self.studio.import_tasks(project, [task])
+        # An edition that imports in the background answers without the ids: 0, unknown.
+        task_id = ids[0] if ids else 0
         log.info(
             "task made",
-            extra={"frame_id": frame.frame_id, "task": ids[0], "reason": request.reason},
+            extra={"frame_id": frame.frame_id, "task": task_id, "reason": request.reason},
         )
-        return ids[0]
+        return task_id
+
+    def image(self, frame_id: str) -> bytes | None:
+        """The rendered image of a frame that has a task."""
+        return self.values.get(f"image:{frame_id}")
 
     # --- annotations -> labels -----------------------------------------------------------
 
-    def annotated(self, annotation_id: int) -> Answered:
-        """Publish the label of annotation ``annotation_id`` as Label Studio has it now."""
-        annotation = self.studio.annotation(annotation_id)
-        task = self.studio.task(int(annotation["task"]))
-        return self._answer(annotation, task)
+    def annotated(self, annotation_id: int, source: Source) -> Answered:
+        """Publish the label of annotation ``annotation_id`` as Label Studio has it now,
+        unless that state (or a later one) was published already."""
+        with self._answering:
+            annotation = self.studio.annotation(annotation_id)
+            task = self.studio.task(int(annotation["task"]))
+            return self._answer(annotation, task, source)
 
-    def _answer(self, annotation: Mapping[str, Any], task: Mapping[str, Any]) -> Answered:
-        ann_id = int(annotation["id"])
-        version = str(annotation.get("updated_at") or annotation.get("created_at") or "")
-        if self.seen.get(ann_id) == version:
+    def _published(self, annotation_id: int) -> str:
+        found = self.values.get(f"seen:{annotation_id}")
+        return found.decode() if found is not None else ""
+
+    def _answer(
+        self, annotation: Mapping[str, Any], task: Mapping[str, Any], source: Source
+    ) -> Answered:
+        ann_id, version = int(annotation["id"]), _version(annotation)
+        project = task.get("project")
+        if project is not None and int(project) != self.policy.project:
+            return self._refused(Refused("other_project", f"task of project {project}"), source)
+        if version <= self._published(ann_id):
             self.counts.unchanged += 1
-            ANSWERS.labels("unchanged", "").inc()
+            ANSWERS.labels("unchanged", "", source).inc()
             return "unchanged"
         outcome = read_annotation(
             annotation, task, self.policy.classes, self._annotator(annotation.get("completed_by"))
         )
         if isinstance(outcome, Refused):
-            self.counts.refused[outcome.reason] = self.counts.refused.get(outcome.reason, 0) + 1
-            ANSWERS.labels("refused", outcome.reason).inc()
-            log.info("annotation not a label", extra={"reason": outcome.reason, "id": ann_id})
-            self.seen.put(ann_id, version, self.policy.keep_s)
-            return "refused"
+            self.values.put(f"seen:{ann_id}", version.encode())
+            return self._refused(outcome, source, ann_id)
         self.publish(outcome)
-        self.seen.put(ann_id, version, self.policy.keep_s)
+        self.values.put(f"seen:{ann_id}", version.encode())
         self.counts.labels += 1
-        ANSWERS.labels("published", "").inc()
+        ANSWERS.labels("published", "", source).inc()
         return "published"
 
+    def _refused(self, refused: Refused, source: Source, ann_id: int | None = None) -> Answered:
+        self.counts.refused[refused.reason] = self.counts.refused.get(refused.reason, 0) + 1
+        ANSWERS.labels("refused", refused.reason, source).inc()
+        log.info("annotation not a label", extra={"reason": refused.reason, "id": ann_id})
+        return "refused"
+
     def _annotator(self, user: object) -> str | None:
+        """Who annotated: the user's e-mail (or name). ``Unavailable`` while Label Studio
+        cannot say; None (the label says ``user-<id>``) when it has no such user."""
         if not isinstance(user, int):
             return None
         if user not in self._annotators:
             try:
                 found = self.studio.user(user)
-            except (Unavailable, StudioError):
+            except Unavailable:
+                raise
+            except StudioError:
                 return None
             self._annotators[user] = str(found.get("email") or found.get("username") or "")
         return self._annotators[user] or None
 
-    def deleted(self, count: int) -> None:
-        self.counts.deleted += count
-        ANSWERS.labels("deleted", "").inc(count)
-
     def poll(self) -> int:
-        """Read every annotated task of the project and publish what the webhook missed;
-        returns the number of labels published."""
+        """Read every annotated task of the project and publish the states not published
+        yet (each read again first, so that a stale list publishes nothing older); returns
+        the number of labels published."""
         published = 0
         for task in self.studio.annotated_tasks(self.policy.project):
             for annotation in task.get("annotations") or []:
-                if self._answer(annotation, task) == "published":
+                if _version(annotation) <= self._published(int(annotation["id"])):
+                    continue
+                if self.annotated(int(annotation["id"]), "poll") == "published":
                     published += 1
         return published
 
@@ -250,3 +296,42 @@ class Bridge:
                 continue
             if found:
                 log.info("poll found labels the webhook did not bring", extra={"count": found})
+
+    # --- webhooks ------------------------------------------------------------------------
+
+    def on_webhook(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Take a webhook's payload: queue its annotations, count its deletions. Raises
+        ValueError for a payload that is not one of Label Studio's."""
+        action, ids = webhook_event(body)
+        if action == "ANNOTATIONS_DELETED":
+            with self._answering:
+                self.counts.deleted += len(ids)
+            ANSWERS.labels("deleted", "", "webhook").inc(len(ids))
+            return {"deleted": len(ids)}
+        queued = 0
+        for ann_id in ids:
+            try:
+                self._queue.put_nowait(ann_id)
+                queued += 1
+            except queue.Full:  # the poll brings it
+                log.warning("webhook queue full", extra={"annotation": ann_id})
+        return {"queued": queued}
+
+    def run_queue(self, stop: threading.Event) -> None:
+        """Handle the webhooks' annotations until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                ann_id = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self.annotated(ann_id, "webhook")
+            except (Unavailable, StudioError) as exc:
+                log.warning(
+                    "annotation left to the poll", extra={"annotation": ann_id, "error": str(exc)}
+                )
+
+    def handle_queued(self) -> None:
+        """Handle what the webhooks have queued so far, in the caller's thread."""
+        while not self._queue.empty():
+            self.annotated(self._queue.get_nowait(), "webhook")

@@ -144,9 +144,9 @@ class LabelStudioClient:
     def annotation(self, annotation: int) -> dict[str, Any]:
         return dict(self.request("GET", f"/api/annotations/{annotation}/"))
 
-    def annotated_tasks(self, project: int) -> Iterator[dict[str, Any]]:
-        """Every task of ``project`` that has an annotation, each with its annotations."""
-        page = 1
+    def tasks(self, project: int) -> Iterator[dict[str, Any]]:
+        """Every task of ``project``, each with its data and annotations, page by page."""
+        page, seen = 1, 0
         while True:
             answer = self.request(
                 "GET",
@@ -154,10 +154,24 @@ class LabelStudioClient:
                 query={"project": project, "fields": "all", "page": page, "page_size": PAGE},
             )
             rows = answer.get("tasks", []) if isinstance(answer, dict) else answer or []
-            yield from (t for t in rows if t.get("annotations"))
-            if len(rows) < PAGE:
+            yield from rows
+            seen += len(rows)
+            total = answer.get("total") if isinstance(answer, dict) else None
+            if not rows or len(rows) < PAGE or (isinstance(total, int) and seen >= total):
                 return
             page += 1
+
+    def annotated_tasks(self, project: int) -> Iterator[dict[str, Any]]:
+        """Every task of ``project`` that has an annotation, each with its annotations."""
+        return (t for t in self.tasks(project) if t.get("annotations"))
+
+    def find_task(self, project: int, frame_id: str) -> int | None:
+        """The id of ``project``'s task of ``frame_id`` (read through every task: only
+        after an import whose answer was lost)."""
+        for task in self.tasks(project):
+            if (task.get("data") or {}).get("frame_id") == frame_id:
+                return int(task["id"])
+        return None
 
     def annotations(self, task: int) -> list[dict[str, Any]]:
         return list(self.request("GET", f"/api/tasks/{task}/annotations/") or [])

@@ -3,8 +3,9 @@ and ``predictions`` (the champion's) without a consumer group, from each partiti
 records at start, so every bridge process holds every recent frame and a restart loses none
 that a pending request could name.
 
-``RecentFrames`` is the bounded store (pure); ``FrameFollower`` fills it from Kafka on a
-thread of its own and says how far it has read, so a request for a frame not read yet waits
+``RecentFrames`` is the bounded store and ``CatchUp`` the rule of how far a reader has read
+(both pure); ``FrameFollower`` fills the store from Kafka on a thread of its own and says how
+far it has read, so a request for a frame not read yet waits
 for the follower instead of being refused.
 """
 
@@ -14,8 +15,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from shared.events import DecodeError, Event, FrameValid, Prediction, decode
@@ -80,16 +81,46 @@ class RecentFrames:
         return len(self._frames)
 
 
+class CatchUp:
+    """Up to when a reader has read everything: a target is the time and the end offsets of
+    the partitions then; once every position has reached its target's end, everything
+    published before that time is read. (A steady stream never leaves a poll empty, so an
+    empty poll is no test of it.)"""
+
+    def __init__(self, every_s: float = 0.5) -> None:
+        self.every_s = every_s
+        self.caught_up_at = 0.0
+        self._target: tuple[float, Mapping[Any, int]] | None = None
+
+    def due(self, now: float) -> bool:
+        """Whether to take a new target now (none pending, and the last met a while ago)."""
+        return self._target is None and now - self.caught_up_at >= self.every_s
+
+    def aim(self, now: float, ends: Mapping[Any, int]) -> None:
+        self._target = (now, dict(ends))
+
+    def observe(self, positions: Mapping[Any, int]) -> None:
+        if self._target is None:
+            return
+        when, ends = self._target
+        if all(positions.get(tp, 0) >= end for tp, end in ends.items()):
+            self.caught_up_at, self._target = when, None
+
+
 class FrameFollower:
     """Reads ``frames.valid`` and ``predictions`` into ``frames`` on a daemon thread, from
     each partition's last ``backlog`` records on, and knows up to when it has read every
-    record (``caught_up_since``)."""
+    record (``caught_up_since``). A failure to read (Kafka away) is logged and retried; the
+    reader never stops on one."""
+
+    REFRESH_S = 10.0
+    """How often partitions that appeared since (a topic created later) are looked for."""
 
     def __init__(self, kafka: KafkaSettings, frames: RecentFrames, backlog: int) -> None:
         self.frames = frames
         self._reader = TopicReader(kafka, [Topics.FRAMES_VALID, Topics.PREDICTIONS], start=backlog)
         self._stop = threading.Event()
-        self._caught_up_at = 0.0
+        self._catch_up = CatchUp()
         self._thread = threading.Thread(target=self._run, name="frame-follower", daemon=True)
 
     def start(self) -> FrameFollower:
@@ -97,27 +128,26 @@ class FrameFollower:
         return self
 
     def _run(self) -> None:
-        # Caught up to time t0 once every partition's position has reached the end offset it
-        # had at t0 (a steady stream never leaves a poll empty, so emptiness is no test).
-        target: tuple[float, dict[Any, int]] | None = None
-        try:
-            while not self._stop.is_set():
-                records = self._reader.poll(500)
-                for rec in records:
-                    self._keep(self._reader.logical(rec.topic), rec.value)
-                if not records:
-                    self._reader.refresh()  # a topic created after the bridge started
-                if target is None and time.time() - self._caught_up_at >= 0.5:
-                    target = (time.time(), self._reader.end_offsets())
-                if target is None:
-                    continue
-                positions = self._reader.positions()
-                if all(positions.get(tp, 0) >= end for tp, end in target[1].items()):
-                    self._caught_up_at = target[0]
-                    target = None
-        except Exception:
-            log.exception("frame follower stopped")
-            raise
+        refreshed, backoff = time.monotonic(), 1.0
+        while not self._stop.is_set():
+            try:
+                self._step()
+                if time.monotonic() - refreshed > self.REFRESH_S:
+                    self._reader.refresh()
+                    refreshed = time.monotonic()
+                backoff = 1.0
+            except Exception as exc:  # noqa: BLE001 -- logged, and read again after a pause
+                log.warning("reading frames failed; retrying", extra={"error": str(exc)})
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _step(self) -> None:
+        for rec in self._reader.poll(500):
+            self._keep(self._reader.logical(rec.topic), rec.value)
+        now = time.time()
+        if self._catch_up.due(now):
+            self._catch_up.aim(now, self._reader.end_offsets())
+        self._catch_up.observe(self._reader.positions())
 
     def _keep(self, topic: str, value: bytes | None) -> None:
         if value is None:
@@ -135,9 +165,9 @@ class FrameFollower:
     def get(self, frame_id: str) -> KeptFrame | None:
         return self.frames.get(frame_id)
 
-    def caught_up_since(self, when: datetime) -> bool:
-        """True once every record published before ``when`` has been read."""
-        return self._caught_up_at > when.timestamp()
+    def caught_up_since(self, when: float) -> bool:
+        """True once every record published before ``when`` (``time.time()`` here) is read."""
+        return self._catch_up.caught_up_at > when
 
     def close(self) -> None:
         self._stop.set()

@@ -3,12 +3,13 @@
 - ``GET /frames/<frame_id>.png?sig=…``: the rendered frame. A person's browser fetches it from
   Label Studio's page, so it cannot send the read token; when a read token is set, each
   image URL instead carries a signature made with it (HMAC-SHA256 of the frame id), which
-  opens that frame only. The page fetches it from another origin, so it is served with
-  ``Access-Control-Allow-Origin: *``.
+  opens that frame only (a client that can send the read token as a bearer token may). The
+  page fetches it from another origin, so it is served with ``Access-Control-Allow-Origin: *``.
 - ``POST /webhook``: Label Studio's ``ANNOTATION_CREATED``, ``ANNOTATION_UPDATED`` and
-  ``ANNOTATIONS_DELETED``. Only the annotation's id is taken from the payload: the bridge reads
-  the annotation back from Label Studio with its token, so a forged call can publish nothing
-  Label Studio does not hold, and the endpoint needs no secret of its own.
+  ``ANNOTATIONS_DELETED``, answered at once (``Bridge.on_webhook`` queues the ids). Only the
+  annotation's id is taken from the payload: the bridge reads the annotation back from Label
+  Studio with its token, so a forged call can publish nothing Label Studio does not hold, and
+  the endpoint needs no secret of its own.
 - ``GET /healthz``.
 """
 
@@ -28,8 +29,7 @@ from prometheus_client import Counter
 from pydantic import SecretStr
 
 from services.annotation.bridge import Bridge
-from services.annotation.client import StudioError
-from shared.auth import SMALL_BODY_BYTES
+from shared.auth import SMALL_BODY_BYTES, HttpAuthSettings, authorize_read
 from shared.http import ActionHandler, BackgroundHTTPServer, HttpError
 from shared.ports import Unavailable
 
@@ -39,8 +39,8 @@ log = logging.getLogger("streamloop.annotation")
 
 WEBHOOKS = Counter(
     "streamloop_annotation_webhooks",
-    "Label Studio webhook calls, by action and outcome.",
-    ["action", "outcome"],
+    "Label Studio webhook calls, by action (malformed: refused with 400).",
+    ["action"],
 )
 _FRAME = re.compile(r"^/frames/([^/]{1,128})\.png$")
 WEBHOOK_BODY_BYTES = 4 * SMALL_BODY_BYTES
@@ -69,12 +69,19 @@ class ImageSigner:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], bridge: Bridge, signer: ImageSigner) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        bridge: Bridge,
+        signer: ImageSigner,
+        auth: HttpAuthSettings,
+    ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
         self.bridge = bridge
         self.signer = signer
+        self.auth = auth
 
 
 class _Handler(ActionHandler):
@@ -96,11 +103,14 @@ class _Handler(ActionHandler):
             return
         frame_id = unquote(match.group(1))
         sig = (parse_qs(url.query).get("sig") or [""])[0]
-        if not self.server.signer.admits(frame_id, sig):
+        bearer = authorize_read(self.headers.get("Authorization"), self.server.auth)
+        if not self.server.signer.admits(frame_id, sig) and not (
+            bearer.allowed and self.server.auth.read_token is not None
+        ):
             self.send_json(HTTPStatus.FORBIDDEN, {"error": "bad or missing image signature"})
             return
         try:
-            png = self.server.bridge.images.get(frame_id)
+            png = self.server.bridge.image(frame_id)
         except Unavailable:
             self.send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "image store unavailable"})
             return
@@ -119,32 +129,13 @@ class _Handler(ActionHandler):
         if urlsplit(self.path).path != "/webhook":
             raise HttpError(HTTPStatus.NOT_FOUND, "no such path")
         body = self.read_json(WEBHOOK_BODY_BYTES)
-        action = str(body.get("action") or "")
-        bridge = self.server.bridge
-        if action == "ANNOTATIONS_DELETED":
-            count = len(body.get("annotations") or [])
-            bridge.deleted(count)
-            WEBHOOKS.labels(action, "ignored").inc()
-            return HTTPStatus.OK, {"ignored": count}
-        if action not in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
-            WEBHOOKS.labels("other", "ignored").inc()
-            return HTTPStatus.OK, {"ignored": action or "no action"}
-        annotation = body.get("annotation")
-        ann_id = annotation.get("id") if isinstance(annotation, dict) else None
-        if not isinstance(ann_id, int):
-            raise HttpError(HTTPStatus.BAD_REQUEST, "annotation.id (an integer) is required")
         try:
-            outcome = bridge.annotated(ann_id)
-        except Unavailable as exc:
-            # Label Studio retries nothing; the poll picks the annotation up later.
-            log.warning("webhook not handled now", extra={"annotation": ann_id, "error": str(exc)})
-            WEBHOOKS.labels(action, "unavailable").inc()
-            raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, "try again later") from None
-        except StudioError as exc:
-            WEBHOOKS.labels(action, "unreadable").inc()
-            raise HttpError(HTTPStatus.NOT_FOUND, f"annotation {ann_id}: {exc}") from None
-        WEBHOOKS.labels(action, outcome).inc()
-        return HTTPStatus.OK, {"outcome": outcome}
+            answer = self.server.bridge.on_webhook(body)
+        except ValueError as exc:
+            WEBHOOKS.labels("malformed").inc()
+            raise HttpError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        WEBHOOKS.labels(str(body.get("action"))[:40]).inc()
+        return HTTPStatus.OK, answer
 
 
 class BridgeHttp(BackgroundHTTPServer):
@@ -152,8 +143,11 @@ class BridgeHttp(BackgroundHTTPServer):
         super().__init__(server, "annotation-http")
 
 
-def serve_bridge(bridge: Bridge, signer: ImageSigner, host: str, port: int) -> BridgeHttp:
-    """Serve the bridge's endpoint on ``host:port`` (0 picks a free port) from a thread."""
-    http = BridgeHttp(_Server((host, port), bridge, signer))
+def serve_bridge(
+    bridge: Bridge, auth: HttpAuthSettings, public_url: str, host: str, port: int
+) -> BridgeHttp:
+    """Serve the bridge's endpoint on ``host:port`` (0 picks a free port) from a thread;
+    images open with their signature or the read token (``auth``)."""
+    http = BridgeHttp(_Server((host, port), bridge, ImageSigner(public_url, auth.read_token), auth))
     log.info("annotation bridge listening", extra={"url": http.url})
     return http

@@ -34,6 +34,7 @@ __all__ = [
     "project_title",
     "read_annotation",
     "task_for",
+    "webhook_event",
 ]
 
 IMAGE = "image"
@@ -157,3 +158,28 @@ def read_annotation(
         annotator=ANNOTATOR_PREFIX + who,
         source="labelstudio",
     )
+
+
+def webhook_event(body: Mapping[str, Any]) -> tuple[str, list[int]]:
+    """The action of a Label Studio webhook payload and the annotation ids it names: one for
+    ``ANNOTATION_CREATED`` and ``ANNOTATION_UPDATED`` (``annotation.id``), each of
+    ``annotations`` for ``ANNOTATIONS_DELETED``, none for an action the bridge does not
+    subscribe to. Raises ValueError for a payload of another shape."""
+    action = body.get("action")
+    if not isinstance(action, str):
+        raise ValueError("a webhook payload names its action")
+    if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+        annotation = body.get("annotation")
+        ann_id = annotation.get("id") if isinstance(annotation, Mapping) else None
+        if not isinstance(ann_id, int) or isinstance(ann_id, bool):
+            raise ValueError(f"{action} without annotation.id (an integer)")
+        return action, [ann_id]
+    if action == "ANNOTATIONS_DELETED":
+        items = body.get("annotations")
+        if not isinstance(items, list):
+            raise ValueError(f"{action} without an annotations list")
+        ids = [item.get("id") for item in items if isinstance(item, Mapping)]
+        if len(ids) != len(items) or not all(isinstance(i, int) for i in ids):
+            raise ValueError(f"{action}: every annotation needs an integer id")
+        return action, [int(i) for i in ids if isinstance(i, int)]
+    return action, []

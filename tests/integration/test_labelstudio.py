@@ -278,10 +278,10 @@ def test_an_annotation_reaches_labels_and_examples_and_an_update_replaces_it(
     (label,) = labels_of(stack, 1)
     assert (label["frame_id"], label["label"]) == (F1, "bus")
     assert label["annotator"] == f"labelstudio:{studio.username}"
-    webhooks = (
-        'streamloop_annotation_webhooks_total{action="ANNOTATION_CREATED",outcome="published"}'
+    by_webhook = (
+        'streamloop_annotation_answers_total{outcome="published",reason="",source="webhook"}'
     )
-    assert metric(stack.metrics_port, webhooks) == 1  # the webhook brought it, not the poll
+    assert metric(stack.metrics_port, by_webhook) == 1  # the webhook brought it, not the poll
 
     studio.client.update_annotation(int(made["id"]), choice("truck"))
     labels = labels_of(stack, 2)
@@ -296,7 +296,7 @@ def test_an_annotation_reaches_labels_and_examples_and_an_update_replaces_it(
     wait_for(latest_example, 90, interval_s=1, what="the corrected example")
 
     studio.client.request("DELETE", f"/api/annotations/{made['id']}/")
-    deleted = 'streamloop_annotation_webhooks_total{action="ANNOTATIONS_DELETED",outcome="ignored"}'
+    deleted = 'streamloop_annotation_answers_total{outcome="deleted",reason="",source="webhook"}'
     wait_for(lambda: metric(stack.metrics_port, deleted) == 1, 30, what="the deletion counted")
     assert len(labels_of(stack, 3, timeout_s=5)) == 2  # nothing published for it
 

@@ -12,11 +12,12 @@ import pytest
 from pydantic import SecretStr
 
 from services.annotation.bridge import Bridge, BridgePolicy
-from services.annotation.frames import RecentFrames
+from services.annotation.client import StudioUnavailable
+from services.annotation.frames import CatchUp, RecentFrames
 from services.annotation.http import ImageSigner
-from services.annotation.studio import CHOICES, IMAGE
+from services.annotation.studio import CHOICES, IMAGE, webhook_event
 from shared.events import FrameValid, Label, LabelRequest, Prediction
-from shared.ports import MemoryLeases, Rejected, Unavailable
+from shared.ports import MemoryLeases, MemoryValues, Rejected, Unavailable
 
 CLASSES = ("car", "bus")
 
@@ -58,6 +59,8 @@ class FakeStudio:
         self.tasks: dict[int, dict[str, Any]] = {}
         self.annotations: dict[int, dict[str, Any]] = {}
         self.users = {3: {"email": "ana@example.org"}}
+        self.lose_import_answer = False
+        self.users_down = False
 
     def import_tasks(self, project: int, tasks: Sequence[Mapping[str, Any]]) -> list[int]:
         ids = []
@@ -65,7 +68,13 @@ class FakeStudio:
             tid = len(self.tasks) + 1
             self.tasks[tid] = {"id": tid, "project": project, **task}
             ids.append(tid)
+        if self.lose_import_answer:
+            raise StudioUnavailable("POST /import: timed out")
         return ids
+
+    def find_task(self, project: int, frame_id: str) -> int | None:
+        found = [t for t in self.tasks.values() if t["data"]["frame_id"] == frame_id]
+        return found[0]["id"] if found else None
 
     def annotate(self, task: int, choice: str, when: str) -> int:
         aid = 100 + len(self.annotations)
@@ -88,6 +97,8 @@ class FakeStudio:
         return self.tasks[task]
 
     def user(self, user: int) -> dict[str, Any]:
+        if self.users_down:
+            raise StudioUnavailable("GET /api/users: 502")
         return self.users[user]
 
     def annotated_tasks(self, project: int) -> Iterable[dict[str, Any]]:
@@ -105,19 +116,8 @@ class Follower:
     def get(self, frame_id: str) -> Any:
         return self.frames.get(frame_id)
 
-    def caught_up_since(self, when: datetime) -> bool:
+    def caught_up_since(self, when: float) -> bool:
         return self.caught_up
-
-
-class Store:
-    def __init__(self) -> None:
-        self.data: dict[Any, Any] = {}
-
-    def put(self, key: Any, value: Any, ttl_s: int) -> None:
-        self.data[key] = value
-
-    def get(self, key: Any) -> Any:
-        return self.data.get(key)
 
 
 def bridge(
@@ -129,7 +129,7 @@ def bridge(
     policy = BridgePolicy(
         project=1, classes=CLASSES, image_url=lambda f: f"http://b/frames/{f}.png", owner="me"
     )
-    made = Bridge(policy, studio, follower, MemoryLeases(), Store(), Store(), published.append)
+    made = Bridge(policy, studio, follower, MemoryLeases(), MemoryValues(), published.append)
     return made, studio, frames, published, follower
 
 
@@ -150,7 +150,7 @@ def test_a_request_makes_one_task_with_the_champions_class_and_a_second_makes_no
     (pred,) = task["predictions"]
     assert pred["model_version"] == "v3"
     assert pred["result"][0]["value"] == {"choices": ["bus"]}
-    png = b.images.get("f1")
+    png = b.image("f1")
     assert png is not None and png.startswith(b"\x89PNG")
     assert (b.counts.tasks, b.counts.duplicates) == (1, 1)
 
@@ -180,8 +180,8 @@ def test_an_annotation_is_published_once_per_state_and_an_update_replaces_it() -
     frames.add_frame(frame("f1"))
     b.ask(request("f1"))
     aid = studio.annotate(1, "car", "2026-12-04T10:00:00Z")
-    assert b.annotated(aid) == "published"
-    assert b.annotated(aid) == "unchanged"  # a webhook delivered twice
+    assert b.annotated(aid, "webhook") == "published"
+    assert b.annotated(aid, "webhook") == "unchanged"  # a webhook delivered twice
     assert b.poll() == 0  # and the poll finds nothing new
     studio.annotations[aid].update(
         updated_at="2026-12-04T10:05:00Z",
@@ -200,7 +200,7 @@ def test_an_annotation_that_is_not_a_label_is_counted_not_published() -> None:
     frames.add_frame(frame("f1"))
     b.ask(request("f1"))
     aid = studio.annotate(1, "tram", "2026-12-04T10:00:00Z")
-    assert b.annotated(aid) == "refused"
+    assert b.annotated(aid, "webhook") == "refused"
     assert published == [] and b.counts.refused == {"unknown_class": 1}
 
 
@@ -216,3 +216,104 @@ def test_an_image_url_opens_its_own_frame_only() -> None:
     open_signer = ImageSigner("http://bridge:8730", None)
     assert open_signer.url("f") == "http://bridge:8730/frames/f.png"
     assert open_signer.admits("f", "")
+
+
+def test_a_lost_import_answer_finds_the_task_instead_of_making_a_second() -> None:
+    b, studio, frames, _, _ = bridge()
+    frames.add_frame(frame("f1"))
+    studio.lose_import_answer = True
+    with pytest.raises(Unavailable):
+        b.ask(request("f1"))  # the task was made; the answer never came
+    studio.lose_import_answer = False
+    assert b.ask(request("f1")) == "created"  # the redelivered request
+    assert b.ask(request("f1")) == "exists"
+    assert len(studio.tasks) == 1
+
+
+def test_a_stale_poll_never_publishes_an_older_state_after_a_newer_one() -> None:
+    b, studio, frames, published, _ = bridge()
+    frames.add_frame(frame("f1"))
+    b.ask(request("f1"))
+    aid = studio.annotate(1, "car", "2026-12-04T10:00:00.000000Z")
+    stale = [dict(t) for t in studio.annotated_tasks(1)]  # the poll's list, read now
+    studio.annotations[aid] = {
+        **studio.annotations[aid],
+        "updated_at": "2026-12-04T10:05:00.000000Z",
+        "result": [{"from_name": CHOICES, "to_name": IMAGE, "type": "choices",
+                    "value": {"choices": ["bus"]}}],
+    }  # fmt: skip
+    assert b.annotated(aid, "webhook") == "published"  # the update, by webhook
+    studio.annotated_tasks = lambda project: iter(stale)  # type: ignore[method-assign]
+    assert b.poll() == 0  # its older copy publishes nothing
+    assert [lab.label for lab in published] == ["bus"]
+
+
+def test_an_annotator_not_known_yet_is_retried_not_published_as_a_user_id() -> None:
+    b, studio, frames, published, _ = bridge()
+    frames.add_frame(frame("f1"))
+    b.ask(request("f1"))
+    aid = studio.annotate(1, "car", "2026-12-04T10:00:00Z")
+    studio.users_down = True
+    with pytest.raises(Unavailable):
+        b.annotated(aid, "webhook")
+    studio.users_down = False
+    assert b.poll() == 1 and published[0].annotator == "labelstudio:ana@example.org"
+
+
+def test_webhooks_are_queued_deletions_counted_and_a_foreign_task_refused() -> None:
+    b, studio, frames, published, _ = bridge()
+    frames.add_frame(frame("f1"))
+    b.ask(request("f1"))
+    aid = studio.annotate(1, "car", "2026-12-04T10:00:00Z")
+    assert b.on_webhook({"action": "ANNOTATION_CREATED", "annotation": {"id": aid}}) == {
+        "queued": 1
+    }
+    assert published == []  # answered before it is handled
+    b.handle_queued()
+    assert len(published) == 1
+    assert b.on_webhook({"action": "ANNOTATIONS_DELETED", "annotations": [{"id": aid}]}) == {
+        "deleted": 1
+    }
+    studio.tasks[1]["project"] = 99  # an id of another project's annotation
+    other = studio.annotate(1, "bus", "2026-12-04T11:00:00Z")
+    assert b.annotated(other, "webhook") == "refused"
+    assert (len(published), b.counts.deleted) == (1, 1)
+    assert b.counts.refused == {"other_project": 1}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"action": "ANNOTATION_CREATED"},
+        {"action": "ANNOTATION_UPDATED", "annotation": {"id": "7"}},
+        {"action": "ANNOTATION_CREATED", "annotation": {"id": True}},
+        {"action": "ANNOTATIONS_DELETED", "annotations": "abc"},
+        {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 1}, {}]},
+    ],
+)
+def test_a_webhook_payload_of_another_shape_is_refused(body: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        webhook_event(body)
+
+
+def test_webhook_payloads_name_their_annotations() -> None:
+    assert webhook_event({"action": "ANNOTATION_UPDATED", "annotation": {"id": 7}}) == (
+        "ANNOTATION_UPDATED",
+        [7],
+    )
+    deleted = {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 1}, {"id": 2}]}
+    assert webhook_event(deleted) == ("ANNOTATIONS_DELETED", [1, 2])
+    assert webhook_event({"action": "PROJECT_UPDATED"}) == ("PROJECT_UPDATED", [])
+
+
+def test_a_reader_has_caught_up_to_a_time_once_it_reached_the_ends_of_then() -> None:
+    catch_up = CatchUp(every_s=0.5)
+    assert catch_up.due(100.0)
+    catch_up.aim(100.0, {"p0": 10, "p1": 5})
+    assert not catch_up.due(100.1)  # one target at a time
+    catch_up.observe({"p0": 10, "p1": 4})  # a steady stream: p1 not there yet
+    assert catch_up.caught_up_at == 0.0
+    catch_up.observe({"p0": 12, "p1": 5})
+    assert catch_up.caught_up_at == 100.0
+    assert not catch_up.due(100.2) and catch_up.due(100.6)
