@@ -20,7 +20,13 @@ from pydantic import TypeAdapter
 
 from shared.auth import Decision, check_length
 
-__all__ = ["ActionHandler", "BackgroundHTTPServer", "HttpError", "ReadOnlyHandler"]
+__all__ = [
+    "ActionHandler",
+    "BackgroundHTTPServer",
+    "EndpointServer",
+    "HttpError",
+    "ReadOnlyHandler",
+]
 
 log = logging.getLogger("streamloop.http")
 
@@ -237,6 +243,18 @@ class ActionHandler(ReadOnlyHandler):
         except OSError:
             pass  # the client is gone or too slow: nothing more to do for it
         self.close_connection = True
+
+
+class EndpointServer(ThreadingHTTPServer):
+    """A threading HTTP server of one of StreamLoop's endpoints: a thread per connection
+    that does not hold the process up at exit, on IPv4 or, for an address with a colon, IPv6."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
 
 
 class BackgroundHTTPServer:

@@ -19,9 +19,7 @@ import hashlib
 import hmac
 import logging
 import re
-import socket
 from http import HTTPStatus
-from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -30,7 +28,7 @@ from pydantic import SecretStr
 
 from services.annotation.bridge import Bridge
 from shared.auth import SMALL_BODY_BYTES, HttpAuthSettings, authorize_read
-from shared.http import ActionHandler, BackgroundHTTPServer, HttpError
+from shared.http import ActionHandler, BackgroundHTTPServer, EndpointServer, HttpError
 from shared.ports import Unavailable
 
 __all__ = ["ImageSigner", "serve_bridge"]
@@ -66,9 +64,7 @@ class ImageSigner:
         return self._key is None or hmac.compare_digest(self.sign(frame_id), sig)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _Server(EndpointServer):
     def __init__(
         self,
         address: tuple[str, int],
@@ -76,8 +72,6 @@ class _Server(ThreadingHTTPServer):
         signer: ImageSigner,
         auth: HttpAuthSettings,
     ) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
         self.bridge = bridge
         self.signer = signer

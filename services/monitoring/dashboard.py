@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import gzip
 import logging
-import socket
 import threading
 from http import HTTPStatus
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,7 +30,7 @@ from pydantic import TypeAdapter
 
 from services.monitoring.board import DashboardState
 from shared.auth import ApiAuthSettings, HttpAuthSettings, authorize_read
-from shared.http import BackgroundHTTPServer, ReadOnlyHandler
+from shared.http import BackgroundHTTPServer, EndpointServer, ReadOnlyHandler
 from shared.registry import RegistryReader, RegistryView
 
 __all__ = ["DashboardServer", "plotly_js", "serve_dashboard"]
@@ -70,9 +68,7 @@ def plotly_js() -> tuple[bytes, bytes]:
         return _plotly
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _Server(EndpointServer):
     def __init__(
         self,
         address: tuple[str, int],
@@ -82,8 +78,6 @@ class _Server(ThreadingHTTPServer):
         threshold: float,
         auth: HttpAuthSettings,
     ) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
         self.auth = auth
         self.state = state
         self.registry = registry

@@ -37,11 +37,9 @@ the client inside JSON strings.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -57,7 +55,7 @@ from shared.commands import (
     retrain_request,
 )
 from shared.events import Event
-from shared.http import ActionHandler, BackgroundHTTPServer, HttpError
+from shared.http import ActionHandler, BackgroundHTTPServer, EndpointServer, HttpError
 from shared.ports import Publisher
 from shared.registry import RegistryReader, VersionView, valid_name
 from shared.settings import TaskSettings
@@ -135,9 +133,7 @@ class ImportTarget:
     max_bytes: int
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _Server(EndpointServer):
     def __init__(
         self,
         address: tuple[str, int],
@@ -147,8 +143,6 @@ class _Server(ThreadingHTTPServer):
         publisher: Publisher | None,
         imports: ImportTarget | None,
     ) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
         self.reader = reader
         self.model_name = model_name
