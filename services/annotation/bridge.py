@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -73,7 +74,9 @@ class Studio(Protocol):
 
     def user(self, user: int) -> dict[str, Any]: ...
 
-    def annotated_tasks(self, project: int) -> Iterable[dict[str, Any]]: ...
+    def annotated_tasks(
+        self, project: int, updated_after: str | None = None
+    ) -> Iterable[dict[str, Any]]: ...
 
 
 class FrameSource(Protocol):
@@ -109,6 +112,16 @@ class Counts:
     deleted: int = 0
 
 
+POLL_MARGIN_S = 60.0
+"""How far before the newest task it saw a poll starts the next one."""
+
+
+def _earlier(timestamp: str, seconds: float) -> str:
+    """``timestamp`` (ISO 8601) ``seconds`` earlier, in UTC, as Label Studio writes times."""
+    when = datetime.fromisoformat(timestamp.replace("Z", "+00:00")) - timedelta(seconds=seconds)
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _version(annotation: Mapping[str, Any]) -> str:
     """An annotation's state: its ``updated_at`` (ISO 8601, UTC, one format, so later states
     sort after earlier ones as strings)."""
@@ -138,6 +151,7 @@ class Bridge:
         self._first_asked: dict[str, float] = {}
         self._answering = threading.Lock()
         self._queue: queue.Queue[int] = queue.Queue(maxsize=10_000)
+        self._poll_since = ""
 
     # --- requests -> tasks ---------------------------------------------------------------
 
@@ -273,16 +287,21 @@ class Bridge:
         return self._annotators[user] or None
 
     def poll(self) -> int:
-        """Read every annotated task of the project and publish the states not published
-        yet (each read again first, so that a stale list publishes nothing older); returns
-        the number of labels published."""
-        published = 0
-        for task in self.studio.annotated_tasks(self.policy.project):
+        """Read the annotated tasks updated since the last poll (all of them at the first)
+        and publish the states not published yet (each read again first, so that a stale
+        list publishes nothing older); returns the number of labels published."""
+        published, newest = 0, ""
+        since = self._poll_since
+        for task in self.studio.annotated_tasks(self.policy.project, since or None):
+            newest = max(newest, str(task.get("updated_at") or ""))
             for annotation in task.get("annotations") or []:
                 if _version(annotation) <= self._published(int(annotation["id"])):
                     continue
                 if self.annotated(int(annotation["id"]), "poll") == "published":
                     published += 1
+        if newest:
+            # A margin for writes that committed after a later one's timestamp was taken.
+            self._poll_since = _earlier(newest, POLL_MARGIN_S)
         return published
 
     def poll_every(self, interval_s: float, stop: threading.Event) -> None:

@@ -144,15 +144,42 @@ class LabelStudioClient:
     def annotation(self, annotation: int) -> dict[str, Any]:
         return dict(self.request("GET", f"/api/annotations/{annotation}/"))
 
-    def tasks(self, project: int) -> Iterator[dict[str, Any]]:
-        """Every task of ``project``, each with its data and annotations, page by page."""
+    def tasks(
+        self,
+        project: int,
+        *,
+        updated_after: str | None = None,
+        frame_id: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """The tasks of ``project``, each with its data and annotations, page by page; only
+        those updated after ``updated_after`` (ISO 8601: a task is updated when one of its
+        annotations is) or of ``frame_id``, when given (Label Studio's Data Manager
+        filters)."""
+        items = []
+        if updated_after is not None:
+            items.append(
+                {
+                    "filter": "filter:tasks:updated_at",
+                    "operator": "greater",
+                    "type": "Datetime",
+                    "value": updated_after,
+                }
+            )
+        if frame_id is not None:
+            items.append(
+                {
+                    "filter": "filter:tasks:data.frame_id",
+                    "operator": "equal",
+                    "type": "String",
+                    "value": frame_id,
+                }
+            )
+        query: dict[str, Any] = {"project": project, "fields": "all", "page_size": PAGE}
+        if items:
+            query["query"] = json.dumps({"filters": {"conjunction": "and", "items": items}})
         page, seen = 1, 0
         while True:
-            answer = self.request(
-                "GET",
-                "/api/tasks/",
-                query={"project": project, "fields": "all", "page": page, "page_size": PAGE},
-            )
+            answer = self.request("GET", "/api/tasks/", query={**query, "page": page})
             rows = answer.get("tasks", []) if isinstance(answer, dict) else answer or []
             yield from rows
             seen += len(rows)
@@ -161,14 +188,16 @@ class LabelStudioClient:
                 return
             page += 1
 
-    def annotated_tasks(self, project: int) -> Iterator[dict[str, Any]]:
-        """Every task of ``project`` that has an annotation, each with its annotations."""
-        return (t for t in self.tasks(project) if t.get("annotations"))
+    def annotated_tasks(
+        self, project: int, updated_after: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The tasks of ``project`` that have an annotation (updated after
+        ``updated_after``, when given), each with its annotations."""
+        return (t for t in self.tasks(project, updated_after=updated_after) if t.get("annotations"))
 
     def find_task(self, project: int, frame_id: str) -> int | None:
-        """The id of ``project``'s task of ``frame_id`` (read through every task: only
-        after an import whose answer was lost)."""
-        for task in self.tasks(project):
+        """The id of ``project``'s task of ``frame_id``, if there is one."""
+        for task in self.tasks(project, frame_id=frame_id):
             if (task.get("data") or {}).get("frame_id") == frame_id:
                 return int(task["id"])
         return None

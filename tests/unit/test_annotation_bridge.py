@@ -60,6 +60,7 @@ class FakeStudio:
         self.annotations: dict[int, dict[str, Any]] = {}
         self.users = {3: {"email": "ana@example.org"}}
         self.lose_import_answer = False
+        self.asked_since: list[str | None] = []
         self.users_down = False
 
     def import_tasks(self, project: int, tasks: Sequence[Mapping[str, Any]]) -> list[int]:
@@ -101,11 +102,15 @@ class FakeStudio:
             raise StudioUnavailable("GET /api/users: 502")
         return self.users[user]
 
-    def annotated_tasks(self, project: int) -> Iterable[dict[str, Any]]:
+    def annotated_tasks(
+        self, project: int, updated_after: str | None = None
+    ) -> Iterable[dict[str, Any]]:
+        self.asked_since.append(updated_after)
         for tid, task in self.tasks.items():
             anns = [a for a in self.annotations.values() if a["task"] == tid]
-            if anns:
-                yield {**task, "annotations": anns}
+            updated = max(a["updated_at"] for a in anns) if anns else ""
+            if anns and (updated_after is None or updated > updated_after):
+                yield {**task, "annotations": anns, "updated_at": updated}
 
 
 class Follower:
@@ -243,7 +248,7 @@ def test_a_stale_poll_never_publishes_an_older_state_after_a_newer_one() -> None
                     "value": {"choices": ["bus"]}}],
     }  # fmt: skip
     assert b.annotated(aid, "webhook") == "published"  # the update, by webhook
-    studio.annotated_tasks = lambda project: iter(stale)  # type: ignore[method-assign]
+    studio.annotated_tasks = lambda project, updated_after=None: iter(stale)  # type: ignore[method-assign]
     assert b.poll() == 0  # its older copy publishes nothing
     assert [lab.label for lab in published] == ["bus"]
 
@@ -317,3 +322,13 @@ def test_a_reader_has_caught_up_to_a_time_once_it_reached_the_ends_of_then() -> 
     catch_up.observe({"p0": 12, "p1": 5})
     assert catch_up.caught_up_at == 100.0
     assert not catch_up.due(100.2) and catch_up.due(100.6)
+
+
+def test_a_poll_asks_for_the_tasks_updated_since_a_minute_before_the_newest_it_saw() -> None:
+    b, studio, frames, _, _ = bridge()
+    frames.add_frame(frame("f1"))
+    b.ask(request("f1"))
+    studio.annotate(1, "car", "2026-12-04T10:00:00.000000Z")
+    assert b.poll() == 1
+    assert b.poll() == 0
+    assert studio.asked_since == [None, "2026-12-04T09:59:00.000000Z"]
