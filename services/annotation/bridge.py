@@ -345,9 +345,10 @@ class Bridge:
                 continue
             try:
                 self.annotated(ann_id, "webhook")
-            except (Unavailable, StudioError) as exc:
+            except Exception as exc:  # noqa: BLE001 -- one annotation never stops the worker
                 log.warning(
-                    "annotation left to the poll", extra={"annotation": ann_id, "error": str(exc)}
+                    "annotation left to the poll",
+                    extra={"annotation": ann_id, "error": f"{type(exc).__name__}: {exc}"},
                 )
 
     def handle_queued(self) -> None:

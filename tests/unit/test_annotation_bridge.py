@@ -4,6 +4,8 @@ is published once, and an image URL opens only its own frame."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -332,3 +334,33 @@ def test_a_poll_asks_for_the_tasks_updated_since_a_minute_before_the_newest_it_s
     assert b.poll() == 1
     assert b.poll() == 0
     assert studio.asked_since == [None, "2026-12-04T09:59:00.000000Z"]
+
+
+def test_the_webhook_worker_goes_on_after_an_annotation_fails() -> None:
+    b, studio, frames, published, _ = bridge()
+    for fid in ("f1", "f2"):
+        frames.add_frame(frame(fid))
+        b.ask(request(fid))
+    first = studio.annotate(1, "car", "2026-12-04T10:00:00Z")
+    second = studio.annotate(2, "bus", "2026-12-04T10:00:01Z")
+    sent = b.publish
+    failures = iter([RuntimeError("broker timed out")])
+
+    def publish(label: Label) -> None:
+        for exc in failures:
+            raise exc
+        sent(label)
+
+    b.publish = publish
+    stop = threading.Event()
+    worker = threading.Thread(target=b.run_queue, args=(stop,), daemon=True)
+    worker.start()
+    b.on_webhook({"action": "ANNOTATION_CREATED", "annotation": {"id": first}})
+    b.on_webhook({"action": "ANNOTATION_CREATED", "annotation": {"id": second}})
+    deadline = time.monotonic() + 5
+    while not published and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    worker.join(5)
+    assert [lab.frame_id for lab in published] == ["f2"]  # the first is left to the poll
+    assert b.poll() == 1 and [lab.frame_id for lab in published] == ["f2", "f1"]
