@@ -58,10 +58,11 @@ from kafka.structs import OffsetAndMetadata
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from shared.errors import is_transient
 from shared.events import DecodeError, Event, decode, encode
-from shared.fetch import FetchPacing
+from shared.fetch import AT_REST_AFTER_S, AT_REST_WAIT_MS, FetchPacing
 from shared.metrics import BUS_METRICS
 from shared.ports import (
     BatchHandler,
@@ -73,7 +74,7 @@ from shared.ports import (
     Unavailable,
 )
 from shared.settings import KafkaSettings
-from shared.telemetry import Headers, extract_context, inject_headers
+from shared.telemetry import Headers, dead_letter_span, extract_context, inject_headers
 from shared.topics import FRAME_DLQ_MAX_BYTES, dlq_for
 
 __all__ = [
@@ -397,7 +398,6 @@ class ConsumerLoop(Generic[E]):
         self._poll_timeout_ms = poll_timeout_ms
         self._dlq_topic_for = dlq_topic_for
         self._member_lost_after_s = member_lost_after_s
-        self._pacing = pacing
         self._stop = threading.Event()
         config: dict[str, Any] = {
             "group_id": group_id,
@@ -405,6 +405,8 @@ class ConsumerLoop(Generic[E]):
             "enable_auto_commit": False,
             "auto_offset_reset": auto_offset_reset,
             "max_poll_records": max_poll_records,
+            "fetch_min_bytes": 1,
+            "fetch_max_wait_ms": 500,
             "fetch_max_bytes": 32 * 1024 * 1024,
             "max_partition_fetch_bytes": 4 * 1024 * 1024,
             # Records of aborted transactions (and of open ones, until they end) are not read.
@@ -421,6 +423,11 @@ class ConsumerLoop(Generic[E]):
         }
         config.update(consumer_overrides)
         self._consumer_config = config
+        # Any loop waits at rest (shared.fetch): after a quiet spell the broker holds its
+        # empty fetches seconds instead of half a second, and answers at the first record.
+        self._pacing = pacing or FetchPacing(
+            config["fetch_min_bytes"], config["fetch_max_wait_ms"], AT_REST_AFTER_S, AT_REST_WAIT_MS
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -446,8 +453,7 @@ class ConsumerLoop(Generic[E]):
                 for tp, batch in polled.items():
                     BUS_METRICS.consumed.labels(tp.topic).inc(len(batch))
                     records.extend(batch)
-                if self._pacing is not None:
-                    self._pacing.observe(consumer, len(records), time.monotonic())
+                self._pacing.observe(consumer, len(records), time.monotonic())
                 if not records:
                     now = time.monotonic()
                     if max_idle_s is not None and now - idle_since > max_idle_s:
@@ -492,8 +498,7 @@ class ConsumerLoop(Generic[E]):
             log.info("consumer stopped", extra={"group": self.group_id})
 
     def _new_consumer(self) -> KafkaConsumer:
-        if self._pacing is not None:
-            self._pacing.reset()
+        self._pacing.reset()
         consumer = KafkaConsumer(**self._consumer_config)
         consumer.subscribe([self._prefix + t for t in self.topics])
         return consumer
@@ -653,22 +658,25 @@ class ConsumerLoop(Generic[E]):
         assert self._batch_handler is not None
         links = []
         # Each record's context is extracted once: it links the batch span here and parents
-        # the handler's publishes (``Message.trace_context``).
+        # the handler's publishes (``Message.trace_context``). Only recorded spans are
+        # linked: a link to a trace nobody kept leads nowhere, and costs on every record.
         contexts = [extract_context(rec.headers) for rec in records]
         for context in contexts:
             parent = trace.get_current_span(context).get_span_context()
-            if parent.is_valid:
+            if parent.is_valid and parent.trace_flags.sampled:
                 links.append(Link(parent))
+        topic = records[0].topic
+        attributes: dict[str, AttributeValue] = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.consumer.group.name": self.group_id,
+            "messaging.batch.message_count": len(records),
+        }
+        if all(rec.topic == topic for rec in records):
+            # The sampling policy keeps a frame path batch as it keeps a frame.
+            attributes["messaging.destination.name"] = topic
         with self._tracer.start_as_current_span(
-            f"{records[0].topic} process batch",
-            kind=SpanKind.CONSUMER,
-            links=links,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.operation.type": "process",
-                "messaging.consumer.group.name": self.group_id,
-                "messaging.batch.message_count": len(records),
-            },
+            f"{topic} process batch", kind=SpanKind.CONSUMER, links=links, attributes=attributes
         ):
             decoded = [
                 (rec, self._decode(rec, context))
@@ -781,7 +789,15 @@ class ConsumerLoop(Generic[E]):
             },
         )
         BUS_METRICS.dead_lettered.labels(rec.topic, reason).inc()
-        self._producer.publish_raw(topic, rec.value, key=rec.key, headers=headers)
+        span = dead_letter_span(
+            self._tracer,
+            rec.headers,
+            dlq_topic=self._prefix + topic,
+            source_topic=rec.topic,
+            reason=reason,
+        )
+        with trace.use_span(span, end_on_exit=True):
+            self._producer.publish_raw(topic, rec.value, key=rec.key, headers=headers)
 
     def _commit(self, consumer: KafkaConsumer, records: Iterable[Any]) -> None:
         offsets = _next_offsets(records)

@@ -1,5 +1,5 @@
-"""How long the broker may hold a frame-path consumer's fetch: batching while records flow,
-waiting at rest.
+"""How long the broker may hold a consumer loop's fetch: batching while records flow (on the
+frame path), waiting at rest (every loop).
 
 While records flow, a fetch asks the broker to gather ``min_bytes`` or wait ``max_wait_ms``
 (``FetchSettings``): fewer, fuller batches. That wait is also how often a consumer with
@@ -10,6 +10,10 @@ moment a record arrives, so the first frame after a quiet spell waits no longer 
 and a consumer at rest asks ``idle_wait_ms / max_wait_ms`` times less often. The first batch
 polled switches back.
 
+Every ``ConsumerLoop`` waits at rest; a loop built without ``FetchPacing`` keeps the fetch
+settings it was made with (kafka-python's: any record, 500 ms) while records flow, and
+waits ``AT_REST_WAIT_MS`` after ``AT_REST_AFTER_S`` of quiet.
+
 kafka-python reads its fetcher's settings each time it builds a fetch request, so a change
 applies from the next request; a client without them (another version) is left as it is.
 """
@@ -19,7 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FetchPacing"]
+__all__ = ["AT_REST_AFTER_S", "AT_REST_WAIT_MS", "FetchPacing"]
+
+AT_REST_AFTER_S = 5.0
+"""Seconds without a record before a consumer waits at rest, unless told otherwise."""
+AT_REST_WAIT_MS = 5_000
+"""How long the broker holds an empty fetch at rest, unless told otherwise."""
 
 
 @dataclass

@@ -29,7 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.auth import MIN_PRODUCTION_TOKEN_LENGTH, HttpAuthSettings
-from shared.fetch import FetchPacing
+from shared.fetch import AT_REST_AFTER_S, AT_REST_WAIT_MS, FetchPacing
 from shared.fitting import DEFAULT_FIT, FitPolicy
 from shared.zoo import BUILTIN_CNN, check_architecture
 
@@ -175,8 +175,14 @@ class TelemetrySettings(BaseSettings):
     """Folder of the local JSONL trace files, one file per service."""
 
     sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
-    """Share of new traces recorded (parent-based: a trace is kept or dropped whole).
-    1.0 traces every frame; lower it on busy systems, where each span costs CPU."""
+    """Share of new traces recorded (parent-based: a trace is kept or dropped whole), for
+    every trace but a frame's: labels, examples, models, commands."""
+
+    frames_sample_ratio: float = Field(default=0.01, ge=0.0, le=1.0)
+    """Share of frames whose trace is recorded: traces that start on the frame path
+    (``frames.raw``, ``frames.valid``, ``predictions``: a trace per frame). Each recorded
+    frame costs ingest and serving about 0.25 CPU-ms more; 1.0 follows every frame.
+    Dead letters and the loop's decisions are recorded whatever either ratio."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Root log level."""
@@ -277,12 +283,12 @@ class FetchSettings(BaseModel):
     It is also how often an idle consumer asks: at 10 ms an idle ingest cost 0.2 cores and
     the broker 0.1 answering it, at 100 ms 0.03 each."""
 
-    idle_after_s: float = Field(default=5.0, ge=0)
+    idle_after_s: float = Field(default=AT_REST_AFTER_S, ge=0)
     """Seconds without a record after which the consumer waits at rest (``shared.fetch``):
     any record answers a fetch at once, and an empty one comes back after ``idle_wait_ms``.
     0 keeps ``min_bytes`` and ``max_wait_ms`` at all times."""
 
-    idle_wait_ms: int = Field(default=5_000, ge=1, le=25_000)
+    idle_wait_ms: int = Field(default=AT_REST_WAIT_MS, ge=1, le=25_000)
     """How long the broker holds a fetch at rest (under the client's request timeout)."""
 
     def consumer_kwargs(self) -> dict[str, Any]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
 import faust
+from opentelemetry import trace
 
 from shared.bus import dead_letter_headers
 from shared.events import Event, decode, derived_id, encode
@@ -16,6 +17,7 @@ from shared.expiry import ExpiryIndex
 from shared.metrics import BUS_METRICS
 from shared.settings import KafkaSettings, default_var_dir
 from shared.stream_consumer import FencedTransport
+from shared.telemetry import Headers, dead_letter_span, inject_headers
 from shared.topics import dlq_for, event_for
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "broker_options",
     "new_app",
     "read_source",
+    "record_headers",
     "run_worker",
 ]
 
@@ -120,14 +123,24 @@ def read_source(
     return parsed, encode(parsed)
 
 
+def record_headers(message: Any) -> Headers:
+    """A faust message's headers as (key, bytes) pairs, whichever shape faust hands them in."""
+    headers = message.headers or []
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return [(str(k), v) for k, v in pairs if isinstance(v, bytes)]
+
+
 class FaustDeadLetters:
     """Parks records a faust agent cannot handle in the dead-letter topic of their source,
     with the original key, value and headers plus the standard ``dlq.*`` headers."""
 
-    def __init__(self, app: faust.App, prefix: str, *, group: str) -> None:
+    def __init__(
+        self, app: faust.App, prefix: str, *, group: str, tracer: trace.Tracer | None = None
+    ) -> None:
         self._app = app
         self._prefix = prefix
         self._group = group
+        self._tracer = tracer or trace.get_tracer("streamloop.streams")
         self._topics: dict[str, Any] = {}
 
     def logical(self, event: Any) -> str:
@@ -142,20 +155,26 @@ class FaustDeadLetters:
             self._topics[dlq] = self._app.topic(
                 self._prefix + dlq, key_type=bytes, value_type=bytes
             )
-        await self._topics[dlq].send(
-            key=event.key,
-            value=event.value,
-            headers=dead_letter_headers(
-                msg.headers,
-                topic=msg.topic,
-                partition=msg.partition,
-                offset=msg.offset,
-                reason=reason,
-                message=message,
-                attempts=1,
-                group=self._group,
-            ),
+        headers = dead_letter_headers(
+            record_headers(msg),
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            reason=reason,
+            message=message,
+            attempts=1,
+            group=self._group,
         )
+        span = dead_letter_span(
+            self._tracer,
+            record_headers(msg),
+            dlq_topic=self._prefix + dlq,
+            source_topic=msg.topic,
+            reason=reason,
+        )
+        with trace.use_span(span, end_on_exit=True):
+            headers = inject_headers(headers)
+        await self._topics[dlq].send(key=event.key, value=event.value, headers=headers)
         BUS_METRICS.dead_lettered.labels(msg.topic, reason).inc()
         log.warning(
             "dead-lettered",

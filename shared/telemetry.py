@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -45,14 +46,19 @@ from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
 from shared.settings import TelemetrySettings
+from shared.topics import Topics
 
 __all__ = [
+    "ALWAYS_SAMPLE",
+    "FRAME_PATH_TOPICS",
     "Headers",
     "JsonlSpanExporter",
     "Telemetry",
     "configure_logging",
+    "dead_letter_span",
     "extract_context",
     "inject_headers",
+    "on_frame_path",
     "read_spans",
     "setup_telemetry",
     "streamloop_version",
@@ -189,13 +195,27 @@ class Telemetry:
 ALWAYS_SAMPLE = "streamloop.always_sample"
 """Span attribute: a root span carrying it (True) is sampled whatever the ratio."""
 
+FRAME_PATH_TOPICS = (Topics.FRAMES_RAW, Topics.FRAMES_VALID, Topics.PREDICTIONS)
+"""Topics with a record per frame: a trace that starts on one of them is a frame's."""
 
-class _MarkedOrRatio(Sampler):
-    """Samples root spans marked ``ALWAYS_SAMPLE``; the others by trace id ratio."""
+DESTINATION = "messaging.destination.name"
 
-    def __init__(self, ratio: float) -> None:
+
+@lru_cache(maxsize=256)
+def on_frame_path(topic: str) -> bool:
+    """Whether ``topic`` (a Kafka topic name, under any deployment prefix) is a frame path
+    topic."""
+    return any(topic == t or topic.endswith("." + t) for t in FRAME_PATH_TOPICS)
+
+
+class _SamplingPolicy(Sampler):
+    """Decides each new trace by its root span: marked ``ALWAYS_SAMPLE``, always; on a
+    frame path topic (``DESTINATION``), by ``frames_ratio``; any other, by ``ratio``. Both
+    ratios decide by trace id, so every process keeps the same traces."""
+
+    def __init__(self, ratio: float, frames_ratio: float) -> None:
         self._ratio = TraceIdRatioBased(ratio)
-        self._always = ALWAYS_ON
+        self._frames = TraceIdRatioBased(frames_ratio)
 
     def should_sample(
         self,
@@ -207,13 +227,49 @@ class _MarkedOrRatio(Sampler):
         links: Sequence[Link] | None = None,
         trace_state: TraceState | None = None,
     ) -> SamplingResult:
-        chosen = self._always if attributes and attributes.get(ALWAYS_SAMPLE) else self._ratio
+        chosen: Sampler = self._ratio
+        if attributes:
+            topic = attributes.get(DESTINATION)
+            if attributes.get(ALWAYS_SAMPLE):
+                chosen = ALWAYS_ON
+            elif isinstance(topic, str) and on_frame_path(topic):
+                chosen = self._frames
         return chosen.should_sample(
             parent_context, trace_id, name, kind, attributes, links, trace_state
         )
 
     def get_description(self) -> str:
-        return f"MarkedOrRatio{{{self._ratio.get_description()}}}"
+        return (
+            f"SamplingPolicy{{{self._ratio.get_description()},"
+            f"frames:{self._frames.get_description()}}}"
+        )
+
+
+def dead_letter_span(
+    tracer: trace.Tracer,
+    record_headers: Sequence[tuple[str, bytes | None]] | None,
+    *,
+    dlq_topic: str,
+    source_topic: str,
+    reason: str,
+) -> trace.Span:
+    """A recorded PRODUCER span for a dead letter, whatever the sampling of the record's own
+    trace: a trace of its own (marked ``ALWAYS_SAMPLE``), linked to the record's. The caller
+    ends it, and puts its context in the dead letter's headers."""
+    parent = trace.get_current_span(extract_context(record_headers)).get_span_context()
+    return tracer.start_span(
+        f"{dlq_topic} dead letter",
+        context=Context(),
+        kind=SpanKind.PRODUCER,
+        links=[Link(parent)] if parent.is_valid else None,
+        attributes={
+            ALWAYS_SAMPLE: True,
+            "messaging.system": "kafka",
+            DESTINATION: dlq_topic,
+            "streamloop.dlq.source_topic": source_topic,
+            "streamloop.dlq.reason": reason,
+        },
+    )
 
 
 def _batch(exporter: SpanExporter) -> BatchSpanProcessor:
@@ -244,9 +300,10 @@ def setup_telemetry(
     )
     # Parent-based: the service that starts a trace (the camera, the monitor) decides once,
     # and every downstream span of that trace follows, so sampled traces stay whole. Root
-    # spans marked ALWAYS_SAMPLE (the loop's rare decisions: windows, retrain requests) are
-    # kept whatever the ratio, so a retrain's trace is never lost to frame sampling.
-    sampler = ParentBased(_MarkedOrRatio(settings.sample_ratio))
+    # spans marked ALWAYS_SAMPLE (the loop's rare decisions: windows, retrain requests; dead
+    # letters) are kept whatever the ratio, so a retrain's trace is never lost to frame
+    # sampling; a frame's trace is kept at frames_sample_ratio (one trace per frame).
+    sampler = ParentBased(_SamplingPolicy(settings.sample_ratio, settings.frames_sample_ratio))
     provider = TracerProvider(resource=resource, sampler=sampler)
     memory: InMemorySpanExporter | None = None
     kind = settings.resolved_exporter()

@@ -560,11 +560,18 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from shared.telemetry import read_spans
     from streamloop.trace_view import render_trace, select_trace
 
-    traces_dir = TelemetrySettings().traces_dir
+    telemetry = TelemetrySettings()
+    traces_dir = telemetry.traces_dir
     every = read_spans(traces_dir)
     spans = select_trace(every, args.id, follow_links=not args.no_links)
     if not spans:
-        console.print(f"[red]no trace found for {args.id!r} in {traces_dir}")
+        console.print(
+            f"[red]no trace found for {args.id!r} in {traces_dir}[/]\n"
+            f"A frame's trace is kept for a share of frames "
+            f"(STREAMLOOP_TELEMETRY_FRAMES_SAMPLE_RATIO, {telemetry.frames_sample_ratio:g} "
+            f"here), other traces for STREAMLOOP_TELEMETRY_SAMPLE_RATIO "
+            f"({telemetry.sample_ratio:g}); dead letters and retrains always."
+        )
         return 1
     console.print(render_trace(spans, selected=args.id, known=every))
     return 0

@@ -32,7 +32,7 @@ agent: a record that cannot be handled goes to the dead-letter topic with the st
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -52,7 +52,14 @@ from shared.events import (
     decode,
     encode,
 )
-from shared.streams import MAX_RECORD_BYTES, BytesKeyed, FaustDeadLetters, new_app, read_source
+from shared.streams import (
+    MAX_RECORD_BYTES,
+    BytesKeyed,
+    FaustDeadLetters,
+    new_app,
+    read_source,
+    record_headers,
+)
 from shared.telemetry import Headers, extract_context, inject_headers
 from shared.topics import Topics
 
@@ -80,13 +87,6 @@ SOURCE_OF = {"frame": Topics.FRAMES_VALID, "label": Topics.LABELS, "unknown": To
 KIND_OF: dict[type[Event], str] = {FrameValid: "frame", Label: "label"}
 TICK = b'{"event_type":"labelling.tick"}'
 """Sent by the timer to each join partition: sweep your expired entries."""
-
-
-def record_headers(message: Any) -> Headers:
-    """A faust message's headers as (key, bytes) pairs, whichever shape faust hands them in."""
-    headers = message.headers or []
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    return [(str(k), v) for k, v in pairs if isinstance(v, bytes)]
 
 
 def consumer_span(tracer: trace.Tracer, message: Any) -> AbstractContextManager[trace.Span]:
@@ -173,7 +173,7 @@ class LabellingApp:
             else None,
         )
         self.state = BytesKeyed(self.pending)
-        self.dead_letters = FaustDeadLetters(app, prefix, group=app_id)
+        self.dead_letters = FaustDeadLetters(app, prefix, group=app_id, tracer=self.tracer)
         self._wire()
 
     # --- agents ---------------------------------------------------------------------------

@@ -136,7 +136,7 @@ class MonitorApp:
         self._folded = -1
         """Offset of the last ``observations`` record folded into the ``state`` table."""
         self._window_spans: OrderedDict[str, SpanContext] = OrderedDict()
-        self.dead_letters = FaustDeadLetters(app, prefix, group=app_id)
+        self.dead_letters = FaustDeadLetters(app, prefix, group=app_id, tracer=self.tracer)
 
         self.sources = app.topic(
             prefix + Topics.PREDICTIONS,

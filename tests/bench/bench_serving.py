@@ -71,6 +71,7 @@ import torch
 from rich.console import Console
 
 from services.serving.settings import ServingSettings
+from shared.settings import TelemetrySettings
 from tests.bench.lib.control import preflight, workdir
 from tests.bench.lib.e2e import bench_end_to_end
 from tests.bench.lib.fixtures import Fixture, make_fixture
@@ -114,7 +115,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=5.0, help="per throughput part (5)")
     ap.add_argument("--train-examples", type=int, default=400, help="model's examples (400)")
     ap.add_argument(
-        "--sample-ratio", type=float, default=1.0, help="services' trace sampling (1.0, default)"
+        "--sample-ratio",
+        type=float,
+        default=None,
+        help="the share of traces the services record, frames' too (default: their defaults)",
     )
     ap.add_argument(
         "--quick", action="store_true", help="1000 frames, 5 s per paced stream, 3 s parts"
@@ -124,12 +128,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.frames, args.paced_s, args.seconds = 1000, 5.0, 3.0
     if args.frames < 2 * BATCH or args.paced_s <= 0 or args.seconds <= 0:
         ap.error(f"--frames must be at least {2 * BATCH}; --paced-s and --seconds positive")
-    if not 0.0 <= args.sample_ratio <= 1.0:
+    if args.sample_ratio is not None and not 0.0 <= args.sample_ratio <= 1.0:
         ap.error("--sample-ratio is between 0 and 1")
     return args
 
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    ratio, defaults = args.sample_ratio, TelemetrySettings()
     return {
         "runtime": args.runtime,
         "frames": args.frames,
@@ -140,7 +145,9 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         "torch_threads": TORCH_THREADS,
         "replica_cpus": REPLICA_CPUS,
         "replicas": 1,
-        "sample_ratio": args.sample_ratio,
+        # What the services record: the ratio given, else their own defaults.
+        "sample_ratio": ratio if ratio is not None else defaults.sample_ratio,
+        "frames_sample_ratio": ratio if ratio is not None else defaults.frames_sample_ratio,
     }
 
 

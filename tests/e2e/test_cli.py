@@ -45,6 +45,7 @@ def test_trace_of_an_unknown_id_fails_clearly() -> None:
     out = run("trace", "0" * 32)
     assert out.returncode == 1
     assert "no trace found" in out.stdout
+    assert "STREAMLOOP_TELEMETRY_FRAMES_SAMPLE_RATIO, 0.01 here" in out.stdout  # why, maybe
 
 
 def test_topics_create_is_idempotent_from_the_command_line() -> None:

@@ -34,6 +34,7 @@ def stack(prefix: str, tmp_path: Path) -> Iterator[dict[str, str]]:
         "STREAMLOOP_KAFKA_TOPIC_PREFIX": prefix,
         "STREAMLOOP_TELEMETRY_TRACES_DIR": str(tmp_path / "traces"),
         "STREAMLOOP_TELEMETRY_SAMPLE_RATIO": "0.05",
+        "STREAMLOOP_TELEMETRY_FRAMES_SAMPLE_RATIO": "0.05",
         "STREAMLOOP_INGEST_GROUP_ID": f"{prefix}ingest",
         "STREAMLOOP_SIMULATOR_GROUP_ID": f"{prefix}simulator",
     }
@@ -100,7 +101,7 @@ def test_a_day_to_night_run_yields_examples_that_match_what_the_simulator_sent(
     # A sampled frame's trace runs from the camera's publish into ingest's publish.
     spans = read_spans(tmp_path / "traces")
     camera = [s for s in spans if s["attributes"].get("streamloop.frame_id", "").startswith(run_id)]
-    assert camera, "the simulator traced some frames (sample ratio 0.05)"
+    assert camera, "the simulator traced some frames (frames sample ratio 0.05)"
     services = {
         s["service"] for s in select_trace(spans, camera[0]["attributes"]["streamloop.frame_id"])
     }

@@ -319,3 +319,76 @@ def test_batch_handler_gets_whole_polls_and_a_poison_record_is_isolated(
     [dead] = read_all(kafka_settings, dlq, expect=1)
     assert headers_of(dead)[DlqHeaders.ERROR] == "handler_error"
     assert b"poison" in dead.value
+
+
+def test_on_a_frame_path_topic_only_the_kept_frames_are_traced_and_every_dead_letter_is(
+    kafka_settings: KafkaSettings, topics: tuple[str, str], prefix: str
+) -> None:
+    """A frame's trace is kept at the frames ratio, decided where it starts; the batch span
+    links only kept traces, the handler's publishes continue each record's own; a dead
+    letter is recorded whatever its record's sampling, linked to the record's trace."""
+    _, dlq = topics
+    provision_prefixed(kafka_settings, prefix, [Topics.FRAMES_VALID])
+    topic = prefix + Topics.FRAMES_VALID
+    out = topics[0]
+
+    def telemetry(name: str, frames: float):  # type: ignore[no-untyped-def]
+        settings = TelemetrySettings(exporter="memory", frames_sample_ratio=frames)
+        return setup_telemetry(name, settings, set_global=False)
+
+    kept_camera, dropped_camera = telemetry("kept", 1.0), telemetry("dropped", 0.0)
+    kept = [alert(f"kept-{i}") for i in range(5)]
+    dropped = [alert(f"dropped-{i}") for i in range(5)]
+    for tel, events in ((kept_camera, kept), (dropped_camera, dropped)):
+        camera = EventProducer(kafka_settings, tracer=tel.tracer)
+        for e in events:
+            camera.publish(topic, e, key="cam")
+        camera.close()
+    raw = bare_producer(kafka_settings)
+    raw.send(topic, value=b"{not json", key=b"cam")
+    raw.flush()
+    raw.close()
+
+    service = telemetry("service", 1.0)  # batch spans kept, to see what they link
+    producer = EventProducer(kafka_settings, tracer=service.tracer)
+    handled: list[str] = []
+
+    def handle(batch: list[Message[Alert]]) -> None:
+        for m in batch:
+            producer.publish(out, m.event, context=m.trace_context())
+            handled.append(m.event.message)
+
+    loop = ConsumerLoop(
+        kafka_settings,
+        group_id=prefix + "sampled",
+        topics=[topic],
+        event_type=Alert,
+        producer=producer,
+        batch_handler=handle,
+        tracer=service.tracer,
+        dlq_topic_for=lambda _t: dlq,
+    )
+    with running(loop):
+        wait_for(lambda: len(handled) == 10, what="ten records handled")
+    [dead] = read_all(kafka_settings, dlq, expect=1)
+    producer.close()
+
+    def trace_ids(tel, name: str) -> set[int]:  # type: ignore[no-untyped-def]
+        return {s.context.trace_id for s in tel.memory.get_finished_spans() if s.name == name}
+
+    kept_traces = trace_ids(kept_camera, f"{topic} publish")
+    dropped_traces = trace_ids(dropped_camera, f"{topic} publish")
+    assert len(kept_traces) == 5 and not dropped_traces  # the cameras' decisions
+    spans = service.memory.get_finished_spans()
+    batches = [s for s in spans if s.name == f"{topic} process batch"]
+    assert batches
+    assert {link.context.trace_id for b in batches for link in b.links} == kept_traces
+    # Outputs: only the kept frames' publishes are recorded, each in its frame's trace.
+    assert {s.context.trace_id for s in spans if s.name == f"{out} publish"} == kept_traces
+    [letter] = [s for s in spans if s.name.endswith("dead letter")]
+    assert letter.attributes["streamloop.dlq.reason"] == "not_json"
+    assert letter.attributes["messaging.destination.name"] == dlq
+    carried = headers_of(dead)["traceparent"].split("-")
+    assert int(carried[1], 16) == letter.context.trace_id and int(carried[3], 16) & 1  # sampled
+    for tel in (kept_camera, dropped_camera, service):
+        tel.shutdown()

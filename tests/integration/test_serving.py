@@ -165,7 +165,9 @@ def test_a_frames_trace_runs_from_its_publish_to_its_prediction(world: World) ->
     world.register(v1)
     camera = setup_telemetry(
         "camera-test",
-        TelemetrySettings(exporter="jsonl", traces_dir=world.root / "traces"),
+        TelemetrySettings(
+            exporter="jsonl", traces_dir=world.root / "traces", frames_sample_ratio=1.0
+        ),
         set_global=False,
     )
     traced = EventProducer(world.kafka, tracer=camera.tracer)

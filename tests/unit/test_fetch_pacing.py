@@ -1,5 +1,5 @@
-"""A frame-path consumer fetches in batches while records flow and waits at rest
-(``shared.fetch``); no broker."""
+"""A consumer loop fetches in batches while records flow (on the frame path) and waits at
+rest (every loop; ``shared.fetch``); no broker."""
 
 from __future__ import annotations
 
@@ -71,3 +71,30 @@ def test_kafka_pythons_consumer_keeps_the_settings_where_pacing_changes_them() -
         assert pacing.idle and fetch(consumer) == (1, 5000)
     finally:
         consumer.close()
+
+
+def test_every_consumer_loop_waits_at_rest_and_keeps_its_own_settings_while_records_flow() -> None:
+    from shared.bus import ConsumerLoop
+    from shared.events import Alert
+    from shared.fetch import AT_REST_AFTER_S, AT_REST_WAIT_MS
+    from shared.settings import KafkaSettings
+
+    def loop(**overrides: Any) -> Any:
+        return ConsumerLoop(
+            KafkaSettings(),
+            group_id="g",
+            topics=["alerts"],
+            event_type=Alert,
+            producer=SimpleNamespace(),  # type: ignore[arg-type]
+            handler=lambda m: None,
+            **overrides,
+        )
+
+    for made, busy in ((loop(), (1, 500)), (loop(fetch_max_wait_ms=50), (1, 50))):
+        consumer = SimpleNamespace(_fetcher=SimpleNamespace(config=dict(made._consumer_config)))
+        assert fetch(consumer) == busy
+        made._pacing.observe(consumer, 0, now=0.0)
+        made._pacing.observe(consumer, 0, now=AT_REST_AFTER_S)
+        assert fetch(consumer) == (1, AT_REST_WAIT_MS)
+        made._pacing.observe(consumer, 1, now=AT_REST_AFTER_S + 1)
+        assert fetch(consumer) == busy

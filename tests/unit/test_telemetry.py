@@ -129,3 +129,91 @@ def test_a_message_gives_the_context_its_loop_extracted_or_extracts_it_from_its_
     extracted = extract_context(headers)
     loop_made = replace(bare, headers=[], context=extracted)
     assert loop_made.trace_context() is extracted and parent_of(loop_made) == producer_span
+
+
+def _policy_telemetry(**ratios: float):  # type: ignore[no-untyped-def]
+    from shared.telemetry import setup_telemetry
+
+    return setup_telemetry(
+        "policy-test", TelemetrySettings(exporter="memory", **ratios), set_global=False
+    )
+
+
+def _root_sampled(tel, topic: str, n: int) -> int:  # type: ignore[no-untyped-def]
+    kept = 0
+    for _ in range(n):
+        span = tel.tracer.start_span(
+            f"{topic} publish", attributes={"messaging.destination.name": topic}
+        )
+        kept += span.get_span_context().trace_flags.sampled
+        span.end()
+    return kept
+
+
+def test_a_trace_that_starts_on_the_frame_path_is_kept_at_the_frames_ratio_others_at_theirs() -> (
+    None
+):
+    tel = _policy_telemetry(sample_ratio=1.0, frames_sample_ratio=0.0)
+    for topic in ("frames.raw", "frames.valid", "predictions", "site-a.predictions"):
+        assert _root_sampled(tel, topic, 50) == 0, topic
+    for topic in ("labels", "examples", "models.lifecycle", "frames.dlq", "predictions.x"):
+        assert _root_sampled(tel, topic, 50) == 50, topic
+    tel.shutdown()
+
+    tel = _policy_telemetry(sample_ratio=0.0, frames_sample_ratio=0.1)
+    kept = _root_sampled(tel, "frames.raw", 4000)
+    assert 300 <= kept <= 500, kept  # 400 expected; binomial sd 19
+    assert _root_sampled(tel, "labels", 200) == 0
+    tel.shutdown()
+
+
+def test_the_frames_ratio_does_not_touch_a_trace_already_decided() -> None:
+    from opentelemetry import trace as api
+
+    tel = _policy_telemetry(sample_ratio=1.0, frames_sample_ratio=0.0)
+    with tel.tracer.start_as_current_span("labels publish") as upstream:
+        # A span on a frame topic inside a kept trace follows its parent.
+        child = tel.tracer.start_span(
+            "predictions publish",
+            context=api.set_span_in_context(upstream),
+            attributes={"messaging.destination.name": "predictions"},
+        )
+        assert child.get_span_context().trace_flags.sampled
+        child.end()
+    tel.shutdown()
+
+
+def test_a_dead_letter_is_recorded_in_a_trace_of_its_own_linked_to_its_unsampled_record() -> None:
+    from opentelemetry import trace as api
+
+    from shared.telemetry import dead_letter_span, extract_context
+
+    camera = _policy_telemetry(frames_sample_ratio=0.0)
+    with camera.tracer.start_as_current_span(
+        "frames.raw publish", attributes={"messaging.destination.name": "frames.raw"}
+    ) as frame:
+        headers = inject_headers()
+    assert not frame.get_span_context().trace_flags.sampled
+    ingest = _policy_telemetry(sample_ratio=0.0, frames_sample_ratio=0.0)
+    span = dead_letter_span(
+        ingest.tracer,
+        headers,
+        dlq_topic="frames.dlq",
+        source_topic="frames.raw",
+        reason="bad_image",
+    )
+    with api.use_span(span, end_on_exit=True):
+        carried = inject_headers()
+    assert ingest.memory is not None
+    [recorded] = ingest.memory.get_finished_spans()
+    assert recorded.name == "frames.dlq dead letter"
+    assert recorded.attributes is not None
+    assert recorded.attributes["streamloop.dlq.reason"] == "bad_image"
+    assert recorded.context is not None
+    assert recorded.context.trace_id != frame.get_span_context().trace_id
+    assert [link.context.trace_id for link in recorded.links] == [frame.get_span_context().trace_id]
+    # The dead letter carries the recorded trace: whoever replays it continues that one.
+    replayed = api.get_current_span(extract_context(carried)).get_span_context()
+    assert replayed.trace_id == recorded.context.trace_id and replayed.trace_flags.sampled
+    camera.shutdown()
+    ingest.shutdown()

@@ -343,7 +343,7 @@ def bench_end_to_end(
     *,
     frames: int,
     paced_s: float,
-    sample_ratio: float,
+    sample_ratio: float | None,
     levels: tuple[float, ...] = LOAD_LEVELS,
     rates: tuple[float, ...] = (),
     bursts: int = 1,
@@ -352,7 +352,9 @@ def bench_end_to_end(
     """Fills ``out`` as it goes, so what was measured before a failure is kept. ``levels``:
     the paced streams, as shares of the saturation rate (none: saturation only); ``rates``:
     more paced streams, in frames/s; ``bursts``: saturation bursts one after the other, the
-    fastest is the saturation rate; ``env``: settings both services start with."""
+    fastest is the saturation rate; ``env``: settings both services start with;
+    ``sample_ratio``: the share of every kind of trace the services record, frames' too
+    (None: their defaults)."""
     prefix = f"bench{uuid.uuid4().hex[:10]}."
     kafka = KafkaSettings(topic_prefix=prefix)
     out["prefix"] = prefix
@@ -366,11 +368,15 @@ def bench_end_to_end(
     try:
         provision(kafka, [TOPICS[n] for n in TOPIC_NAMES], name_prefix=prefix, timeout_s=30)
         announce(kafka, fx.trained)
-        common = {
-            **service_env(prefix, root, work),
-            "STREAMLOOP_TELEMETRY_SAMPLE_RATIO": str(sample_ratio),
-            **(env or {}),
-        }
+        ratios = (
+            {}
+            if sample_ratio is None
+            else {
+                "STREAMLOOP_TELEMETRY_SAMPLE_RATIO": str(sample_ratio),
+                "STREAMLOOP_TELEMETRY_FRAMES_SAMPLE_RATIO": str(sample_ratio),
+            }
+        )
+        common = {**service_env(prefix, root, work), **ratios, **(env or {})}
         sampler.phase = "c"
         start = time.perf_counter()
         ingest, serving = start_services(fx, prefix, common, services)

@@ -314,7 +314,9 @@ def summary(figures: Path, since: float | None, out: Path) -> str:
     header = (
         f"StreamLoop serving benchmark, {serving.get('started_at', '?')[:19]} "
         f"({serving.get('cpu_count', '?')} cores, runtime {serving['settings']['runtime']}, "
-        f"trace sample ratio {serving['settings'].get('sample_ratio')}; profile of "
+        f"trace sample ratio {serving['settings'].get('sample_ratio')}, frames "
+        f"{serving['settings'].get('frames_sample_ratio', serving['settings'].get('sample_ratio'))}"
+        f"; profile of "
         f"{profile.get('frames', '?')} frames)"
     )
     text = summary_markdown(summary_rows(serving, profile), header)
