@@ -432,7 +432,9 @@ class ConsumerLoop(Generic[E]):
     # -- lifecycle ---------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the loop to finish the record in hand, commit and return (thread-safe)."""
+        """Ask the loop to finish the record in hand, commit and return (thread-safe): after
+        the poll in progress, which waits up to ``poll_timeout_ms``, at rest up to
+        ``shared.fetch.AT_REST_POLL_MS``."""
         self._stop.set()
 
     def run(self, *, max_idle_s: float | None = None) -> None:
@@ -443,7 +445,8 @@ class ConsumerLoop(Generic[E]):
         try:
             while not self._stop.is_set():
                 polled = consumer.poll(
-                    timeout_ms=self._poll_timeout_ms, max_records=self._max_poll_records
+                    timeout_ms=self._pacing.poll_timeout_ms(self._poll_timeout_ms),
+                    max_records=self._max_poll_records,
                 )
                 # The membership these records were fetched under: a member that drops out
                 # of the group before it commits them (its poll interval expired, the group

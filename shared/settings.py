@@ -181,7 +181,7 @@ class TelemetrySettings(BaseSettings):
     frames_sample_ratio: float = Field(default=0.01, ge=0.0, le=1.0)
     """Share of frames whose trace is recorded: traces that start on the frame path
     (``frames.raw``, ``frames.valid``, ``predictions``: a trace per frame). Each recorded
-    frame costs ingest and serving about 0.25 CPU-ms more; 1.0 follows every frame.
+    frame costs ingest and serving up to 0.25 CPU-ms more; 1.0 follows every frame.
     Dead letters and the loop's decisions are recorded whatever either ratio."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

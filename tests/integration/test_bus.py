@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from shared.bus import ConsumerLoop, DlqHeaders, EventProducer, RetryPolicy
 from shared.events import Alert, encode
+from shared.fetch import AT_REST_POLL_MS, AT_REST_WAIT_MS, FetchPacing
 from shared.kafka_admin import KafkaAdmin
 from shared.ports import ClaimsUnavailableError, Message
 from shared.settings import KafkaSettings, TelemetrySettings
@@ -319,6 +322,50 @@ def test_batch_handler_gets_whole_polls_and_a_poison_record_is_isolated(
     [dead] = read_all(kafka_settings, dlq, expect=1)
     assert headers_of(dead)[DlqHeaders.ERROR] == "handler_error"
     assert b"poison" in dead.value
+
+
+def test_a_loop_at_rest_takes_the_first_record_at_once_and_stops_within_its_poll_wait(
+    kafka_settings: KafkaSettings, topics: tuple[str, str], prefix: str
+) -> None:
+    """At rest the broker holds an empty fetch up to AT_REST_WAIT_MS and a poll waits up to
+    AT_REST_POLL_MS: a record that arrives is handled without waiting for either, and stop()
+    returns after the poll in progress."""
+    topic, dlq = topics
+    producer = EventProducer(kafka_settings)
+    handled: dict[str, float] = {}
+    pacing = FetchPacing(1, 500, 0.5, AT_REST_WAIT_MS)
+    loop = ConsumerLoop(
+        kafka_settings,
+        group_id=prefix + "rest",
+        topics=[topic],
+        event_type=Alert,
+        producer=producer,
+        handler=lambda m: handled.setdefault(m.event.message, time.monotonic()),
+        dlq_topic_for=lambda _t: dlq,
+        pacing=pacing,
+    )
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        producer.publish(topic, alert("joined"), key="k").get(timeout=10)
+        wait_for(lambda: "joined" in handled, what="the first record (the group joined)")
+        wait_for(lambda: pacing.idle, what="the loop at rest")
+        time.sleep(1.5)  # the fetch in flight is now one the broker holds AT_REST_WAIT_MS
+        sent = time.monotonic()
+        producer.publish(topic, alert("at rest"), key="k").get(timeout=10)
+        wait_for(lambda: "at rest" in handled, what="the record sent at rest")
+        assert handled["at rest"] - sent < AT_REST_WAIT_MS / 1000 / 2
+        wait_for(lambda: pacing.idle, what="the loop at rest again")
+        time.sleep(1.5)
+        asked = time.monotonic()
+        loop.stop()
+        thread.join(30)
+        assert not thread.is_alive()
+        assert time.monotonic() - asked < AT_REST_POLL_MS / 1000 + 2.0
+    finally:
+        loop.stop()
+        thread.join(30)
+        producer.close()
 
 
 def test_on_a_frame_path_topic_only_the_kept_frames_are_traced_and_every_dead_letter_is(

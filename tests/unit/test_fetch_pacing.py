@@ -8,7 +8,7 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
-from shared.fetch import FetchPacing
+from shared.fetch import AT_REST_POLL_MS, FetchPacing
 from shared.settings import FetchSettings
 
 
@@ -98,3 +98,15 @@ def test_every_consumer_loop_waits_at_rest_and_keeps_its_own_settings_while_reco
         assert fetch(consumer) == (1, AT_REST_WAIT_MS)
         made._pacing.observe(consumer, 1, now=AT_REST_AFTER_S + 1)
         assert fetch(consumer) == busy
+
+
+def test_at_rest_a_poll_waits_longer_and_never_shorter_than_the_loops_own_wait() -> None:
+    pacing = FetchPacing(1, 500, 1.0, 5000)
+    consumer = fake_consumer()
+    assert pacing.poll_timeout_ms(200) == 200
+    pacing.observe(consumer, 0, now=0.0)
+    pacing.observe(consumer, 0, now=1.0)
+    assert pacing.idle and pacing.poll_timeout_ms(200) == AT_REST_POLL_MS
+    assert pacing.poll_timeout_ms(AT_REST_POLL_MS * 3) == AT_REST_POLL_MS * 3
+    pacing.observe(consumer, 2, now=1.5)
+    assert pacing.poll_timeout_ms(200) == 200, "records again: the loop's own wait"
