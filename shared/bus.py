@@ -114,6 +114,8 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 
 DEFAULT_MAX_MESSAGE_BYTES = 1_500_000
 """Largest payload a consumer accepts (a 1 MB image grows by a third in base64)."""
+POLL_RETRY_S = 1.0
+"""Pause after a poll that failed because no broker answered, before polling again."""
 
 
 class DlqHeaders:
@@ -444,10 +446,7 @@ class ConsumerLoop(Generic[E]):
         idle_since = created = checked = time.monotonic()
         try:
             while not self._stop.is_set():
-                polled = consumer.poll(
-                    timeout_ms=self._pacing.poll_timeout_ms(self._poll_timeout_ms),
-                    max_records=self._max_poll_records,
-                )
+                polled = self._poll(consumer)
                 # The membership these records were fetched under: a member that drops out
                 # of the group before it commits them (its poll interval expired, the group
                 # moved on) is fenced by it, even after it forgot its old generation.
@@ -499,6 +498,28 @@ class ConsumerLoop(Generic[E]):
             if consumer is not None:
                 consumer.close(autocommit=False)
             log.info("consumer stopped", extra={"group": self.group_id})
+
+    def _poll(self, consumer: KafkaConsumer) -> dict[Any, list[Any]]:
+        """One poll. A retriable client error (no broker answers: kafka-python raises the
+        failed connection out of a metadata wait when the poll's wait outlasts it) is an
+        outage, not a reason to stop: it reads as an empty poll after a pause, so the
+        membership watchdog below still sees the outage and rebuilds the client when needed.
+        Other errors propagate."""
+        try:
+            polled: dict[Any, list[Any]] = consumer.poll(
+                timeout_ms=self._pacing.poll_timeout_ms(self._poll_timeout_ms),
+                max_records=self._max_poll_records,
+            )
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            log.warning(
+                "poll failed; Kafka unreachable, polling again",
+                extra={"group": self.group_id, "error": f"{type(exc).__name__}: {exc}"},
+            )
+            self._stop.wait(POLL_RETRY_S)
+            return {}
+        return polled
 
     def _new_consumer(self) -> KafkaConsumer:
         self._pacing.reset()
