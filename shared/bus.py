@@ -60,7 +60,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from shared.errors import is_transient
+from shared.errors import POLL_RETRY_S, is_transient, poll_through_outage
 from shared.events import DecodeError, Event, decode, encode
 from shared.fetch import AT_REST_AFTER_S, AT_REST_WAIT_MS, FetchPacing
 from shared.metrics import BUS_METRICS
@@ -114,8 +114,6 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 
 DEFAULT_MAX_MESSAGE_BYTES = 1_500_000
 """Largest payload a consumer accepts (a 1 MB image grows by a third in base64)."""
-POLL_RETRY_S = 1.0
-"""Pause after a poll that failed because no broker answered, before polling again."""
 
 
 class DlqHeaders:
@@ -500,26 +498,16 @@ class ConsumerLoop(Generic[E]):
             log.info("consumer stopped", extra={"group": self.group_id})
 
     def _poll(self, consumer: KafkaConsumer) -> dict[Any, list[Any]]:
-        """One poll. A retriable client error (no broker answers: kafka-python raises the
-        failed connection out of a metadata wait when the poll's wait outlasts it) is an
-        outage, not a reason to stop: it reads as an empty poll after a pause, so the
-        membership watchdog below still sees the outage and rebuilds the client when needed.
-        Other errors propagate."""
-        try:
-            polled: dict[Any, list[Any]] = consumer.poll(
-                timeout_ms=self._pacing.poll_timeout_ms(self._poll_timeout_ms),
-                max_records=self._max_poll_records,
-            )
-        except KafkaError as exc:
-            if not exc.retriable:
-                raise
-            log.warning(
-                "poll failed; Kafka unreachable, polling again",
-                extra={"group": self.group_id, "error": f"{type(exc).__name__}: {exc}"},
-            )
-            self._stop.wait(POLL_RETRY_S)
-            return {}
-        return polled
+        """One poll; an outage reads as an empty poll after a pause (``poll_through_outage``),
+        so the membership watchdog below still sees it and rebuilds the client when needed."""
+        return poll_through_outage(
+            consumer,
+            timeout_ms=self._pacing.poll_timeout_ms(self._poll_timeout_ms),
+            max_records=self._max_poll_records,
+            pause=self._stop.wait,
+            retry_s=POLL_RETRY_S,
+            who=self.group_id,
+        )
 
     def _new_consumer(self) -> KafkaConsumer:
         self._pacing.reset()

@@ -6,6 +6,10 @@ the registry replays ``models.lifecycle``, serving follows it, training and eval
 ``examples``, and the CLI, the demo and the dashboard watch whatever they show. Where each
 partition starts is the ``start`` policy: its beginning, its end, or its last N records.
 
+A poll that cannot reach the broker reads as an empty poll after a pause
+(``poll_through_outage``): a reader waits out an outage instead of raising it to the service
+that follows a topic.
+
 Topics are named as StreamLoop names them; the settings' prefix is added here, and
 ``logical`` takes it off a record's topic again.
 """
@@ -20,6 +24,7 @@ from typing import Any, Literal
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from shared.errors import poll_through_outage
 from shared.settings import KafkaSettings
 
 __all__ = ["ConsumerRecord", "RecordCounter", "Start", "TopicReader"]
@@ -122,7 +127,7 @@ class TopicReader:
                 while self._consumer.position(tp) < end:
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"reading the last {n} records of {tp} took over 60 s")
-                    polled = self._consumer.poll(timeout_ms=500)
+                    polled = self._poll(500)
                     offsets.extend(r.offset for r in polled.get(tp, ()) if r.offset < end)
                 if len(offsets) >= n:
                     return offsets[-n]
@@ -166,8 +171,17 @@ class TopicReader:
         if not self._assigned:
             time.sleep(timeout_ms / 1000)
             return []
-        polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        polled = self._poll(timeout_ms, max_records)
         return [rec for batch in polled.values() for rec in batch]
+
+    def _poll(self, timeout_ms: int, max_records: int | None = None) -> dict[Any, list[Any]]:
+        return poll_through_outage(
+            self._consumer,
+            timeout_ms=timeout_ms,
+            max_records=max_records,
+            pause=time.sleep,
+            who=",".join(self._names),
+        )
 
     def until_end(
         self,
@@ -196,7 +210,7 @@ class TopicReader:
                 raise TimeoutError(
                     f"reading {', '.join(names)} did not reach its end in {timeout_s}s"
                 )
-            polled = self._consumer.poll(timeout_ms=500, max_records=max_records)
+            polled = self._poll(500, max_records)
             for tp, batch in polled.items():
                 end = ends[tp]
                 for rec in batch:

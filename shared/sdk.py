@@ -43,6 +43,7 @@ from opentelemetry import trace
 from PIL import Image
 
 from shared.bus import EventProducer
+from shared.errors import poll_through_outage
 from shared.events import DecodeError, FrameRaw, Label, Prediction, decode, new_id, utcnow
 from shared.images import encode_image, sniff_content_type, to_rgb_array
 from shared.settings import KafkaSettings
@@ -279,9 +280,11 @@ class PredictionSubscriber:
     exception, so one whose handling failed is delivered again: at-least-once. Without a
     group nothing is committed, and the partitions are those the topic had at the start.
 
-    Records that are not a valid prediction are skipped and counted in ``skipped``.
-    Iteration stops after ``max_records`` predictions, or once the next one has been waited
-    for ``idle_timeout_s`` seconds; otherwise it runs until the loop is left.
+    Records that are not a valid prediction are skipped and counted in ``skipped``. While
+    no broker answers, iteration waits (a warning a second in the log) and goes on once
+    one does; ``idle_timeout_s`` still counts. Iteration stops after ``max_records``
+    predictions, or once the next one has been waited for ``idle_timeout_s`` seconds;
+    otherwise it runs until the loop is left.
     """
 
     def __init__(
@@ -386,7 +389,12 @@ class PredictionSubscriber:
                 ):
                     return None
                 self._commit()
-                polled = self._consumer.poll(timeout_ms=int(self.poll_timeout_s * 1000))
+                polled = poll_through_outage(
+                    self._consumer,
+                    timeout_ms=int(self.poll_timeout_s * 1000),
+                    pause=time.sleep,
+                    who=self.topic,
+                )
                 self._buffer.extend(rec for batch in polled.values() for rec in batch)
 
     def _done(self, rec: Any) -> None:

@@ -3,13 +3,17 @@ without a restart of its own, and every frame Kafka acknowledged gets its predic
 
 from __future__ import annotations
 
+import threading
 import time
+from typing import Any
 
 import pytest
 
+from shared.reader import TopicReader
 from shared.redis_registry import RedisRegistry
 from shared.redis_store import connect
-from shared.settings import RedisSettings
+from shared.sdk import PredictionSubscriber
+from shared.settings import KafkaSettings, RedisSettings
 from shared.topics import Topics
 from tests.chaos.conftest import Infra, Pipeline, Tally, record
 from tests.integration.helpers import wait_for
@@ -21,10 +25,54 @@ OUTAGE_S = 30.0
 RATE = 20.0
 
 
+class Follower(threading.Thread):
+    """Follows ``predictions`` across the outage the way a user and a service do: with the
+    SDK's subscriber and with a group-less topic reader. Each counts what it read after the
+    broker came back; an error out of either ends it, kept in ``failed``."""
+
+    def __init__(self, settings: KafkaSettings, how: str) -> None:
+        super().__init__(name=f"follow-{how}", daemon=True)
+        self.settings, self.how = settings, how
+        self.stop, self.back = threading.Event(), threading.Event()
+        self.after_back = 0
+        self.failed: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            # Each waits longer than the outage for its next record, so only an error ends
+            # it before the test says stop.
+            if self.how == "subscriber":
+                with PredictionSubscriber(self.settings, idle_timeout_s=2 * OUTAGE_S) as got:
+                    for _ in got:
+                        if self._counted():
+                            return
+            else:
+                with TopicReader(self.settings, [Topics.PREDICTIONS], start="end") as reader:
+                    for rec in reader.follow(stop=self.stop, idle_timeout_s=2 * OUTAGE_S):
+                        if rec is not None and self._counted():
+                            return
+        except BaseException as exc:  # noqa: BLE001 -- the test reports it
+            self.failed = exc
+
+    def _counted(self) -> bool:
+        """Count one record; True once told to stop."""
+        if self.back.is_set():
+            self.after_back += 1
+        return self.stop.is_set()
+
+
+def _followers(settings: KafkaSettings) -> list[Follower]:
+    made = [Follower(settings, "subscriber"), Follower(settings, "reader")]
+    for f in made:
+        f.start()
+    return made
+
+
 def test_a_broker_stopped_for_30_s_loses_no_acknowledged_frame(
     infra: Infra, pipeline: Pipeline
 ) -> None:
     pipeline.serve_frames()
+    followers = _followers(pipeline.kafka)
     tally = Tally()
     camera = pipeline.stream(tally, rate=RATE, seconds=15 + OUTAGE_S + 20)
     time.sleep(15)
@@ -32,9 +80,13 @@ def test_a_broker_stopped_for_30_s_loses_no_acknowledged_frame(
     time.sleep(OUTAGE_S)
     infra.kafka("start")
     back_at, sent_at_return = time.monotonic(), len(tally.sent)
+    for f in followers:
+        f.back.set()
     recovery = pipeline.recovery_s(tally, back_at, sent_at_return)
     camera.join(120)
     pipeline.count_predictions(tally, timeout_s=180)
+    for f in followers:
+        f.stop.set()
 
     row = {
         "fault": "broker stopped",
@@ -47,6 +99,9 @@ def test_a_broker_stopped_for_30_s_loses_no_acknowledged_frame(
     }
     record("broker_stopped", row)
     assert tally.acked, "the camera's frames were acknowledged"
+    # A user's subscriber and a service's topic reader waited the outage out and read on.
+    read: dict[str, Any] = {f.how: (f.failed, f.after_back) for f in followers}
+    assert all(failed is None and after > 0 for failed, after in read.values()), read
     assert tally.lost == set(), row
     # Nothing was restarted: each service started once and is still running.
     for name in ("ingest", "serving"):
