@@ -54,7 +54,17 @@ voters() {
 pid_of() { local f="$(base_dir "$1")/node-$2/kafka.pid"; [ -f "$f" ] && cat "$f" || true; }
 alive() { local p; p=$(pid_of "$1" "$2"); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-started_count() { grep -c "Kafka Server started" "$1" 2>/dev/null || true; }
+# Whether the broker logging to $1 (or to a file it rolled over to, since the log rolls at
+# 20 MB) said it started at or after $2 ("YYYY-MM-DD HH:MM:SS", as log4j stamps each line).
+started_since() { # log since
+  local f
+  for f in "$1" "$1".[0-9]; do
+    [ -f "$f" ] || continue
+    awk -v since="$2" '/Kafka Server started/ && substr($0, 2, 19) >= since { found = 1 }
+      END { exit !found }' "$f" && return 0
+  done
+  return 1
+}
 
 render() { # mode node -> path of server.properties
   local mode=$1 n=$2 dir tpl port
@@ -76,7 +86,7 @@ running_pid() { # mode node
   pgrep -f -- "-Dstreamloop\.kafka\.node=$mode-$n( |\$)" | awk 'NR == 1 { print; found = 1 } END { exit !found }'
 }
 
-start_node() { # mode node ; leaves "<node> <log> <count-before>" on stdout
+start_node() { # mode node ; leaves "<node> <log> <start time>" on stdout
   local mode=$1 n=$2 cfg dir cid port
   dir="$(base_dir "$mode")/node-$n"; port=$(broker_port "$mode" "$n")
   if port_open "$port"; then die "port $port is taken by another process; stop it or set STREAMLOOP_KAFKA_PORT"; fi
@@ -91,7 +101,7 @@ start_node() { # mode node ; leaves "<node> <log> <count-before>" on stdout
     java -cp "$LIB/*" -Dlog4j.configuration="file:$HERE/log4j.properties" -Dkafka.logs.dir="$dir/logs" \
       kafka.tools.StorageTool format -t "$cid" -c "$cfg" --ignore-formatted >/dev/null
   fi
-  local before; before=$(started_count "$dir/logs/server.log")
+  local since; since=$(date '+%Y-%m-%d %H:%M:%S')
   # setsid: the broker must outlive the shell (and its process group) that started it.
   setsid nohup java -Xms"$HEAP" -Xmx"$HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
     -Djava.awt.headless=true -Dlog4j.configuration="file:$HERE/log4j.properties" \
@@ -99,13 +109,13 @@ start_node() { # mode node ; leaves "<node> <log> <count-before>" on stdout
     -cp "$LIB/*" kafka.Kafka "$cfg" >"$dir/logs/stdout.log" 2>&1 < /dev/null &
   echo $! > "$dir/kafka.pid"
   log "started $mode node $n (pid $!) on 127.0.0.1:$port"
-  echo "$n $dir/logs/server.log ${before:-0}"
+  echo "$n $dir/logs/server.log $since"
 }
 
-wait_started() { # mode, then lines "node log before" on stdin
-  local mode=$1 deadline=$((SECONDS + START_TIMEOUT)) n logf before
-  while read -r n logf before; do
-    until [ "$(started_count "$logf")" -gt "$before" ]; do
+wait_started() { # mode, then lines "node log since" on stdin
+  local mode=$1 deadline=$((SECONDS + START_TIMEOUT)) n logf since
+  while read -r n logf since; do
+    until started_since "$logf" "$since"; do
       alive "$mode" "$n" || die "$mode node $n exited during start-up; see $(dirname "$logf")/server.log"
       [ $SECONDS -lt $deadline ] || die "$mode node $n did not start within ${START_TIMEOUT}s; see $logf"
       sleep 0.5

@@ -98,3 +98,48 @@ def test_starting_the_running_redis_is_a_no_op() -> None:
     [note] = lines(done.stderr)
     assert "running" in note or "using it" in note
     assert run(REDIS, "running").returncode == 0
+
+
+def _free_port_pair() -> int:
+    """A port free with the next one (the single node's controller listens on port + 1)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two free ports in a row")
+
+
+@pytest.mark.timeout(240)
+def test_a_broker_whose_log_rolls_over_while_it_starts_is_seen_started(tmp_path: Path) -> None:
+    env = {
+        "STREAMLOOP_VAR": str(tmp_path),
+        "STREAMLOOP_KAFKA_PORT": str(_free_port_pair()),
+        "STREAMLOOP_KAFKA_START_TIMEOUT": "60",
+    }
+    logs = tmp_path / "kafka" / "node-1" / "logs"
+    try:
+        # A broker that ran here before (its storage formatted, its starts in the log) ...
+        first = run(KAFKA, "start", "single", env=env)
+        assert first.returncode == 0, first.stderr
+        assert run(KAFKA, "stop", "single", env=env).returncode == 0
+        # ... and a log just under the 20 MB at which it rolls, holding older starts: it
+        # rolls over while the broker starts, so the new start is alone in the new file.
+        old = "[2020-01-01 00:00:00,000] INFO [KafkaRaftServer nodeId=1] Kafka Server started\n"
+        filler = "[2020-01-01 00:00:00,000] INFO filler " + "x" * 200 + "\n"
+        with (logs / "server.log").open("w") as f:
+            f.write(old * 5)
+            f.write(filler * ((20 * 1024 * 1024 - 4096) // len(filler)))
+        done = run(KAFKA, "start", "single", env=env)
+        assert done.returncode == 0, done.stderr
+        assert "answers on" in done.stderr
+        assert (logs / "server.log.1").exists(), "the log did not roll over during the start"
+    finally:
+        run(KAFKA, "kill", "single", "1", env=env)
