@@ -3,6 +3,7 @@ that is not kept (its record carries the parent's context on)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,10 +31,16 @@ def producer(tel: Telemetry, monkeypatch: pytest.MonkeyPatch) -> tuple[EventProd
     return EventProducer(KafkaSettings(), tracer=tel.tracer), sent
 
 
-def telemetry(**ratios: float) -> Telemetry:
-    return setup_telemetry(
-        "publish-test", TelemetrySettings(exporter="memory", **ratios), set_global=False
+@pytest.fixture
+def tel() -> Iterator[Telemetry]:
+    """Every trace kept but a frame's, recorded in memory."""
+    made = setup_telemetry(
+        "publish-test",
+        TelemetrySettings(exporter="memory", sample_ratio=1.0, frames_sample_ratio=0.0),
+        set_global=False,
     )
+    yield made
+    made.shutdown()
 
 
 def carried(sent: Sent) -> api.SpanContext:
@@ -45,9 +52,8 @@ def alert() -> Alert:
 
 
 def test_under_a_trace_that_is_not_kept_no_span_is_made_and_the_parent_is_carried_on(
-    monkeypatch: pytest.MonkeyPatch,
+    tel: Telemetry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tel = telemetry(sample_ratio=1.0, frames_sample_ratio=0.0)
     events, sent = producer(tel, monkeypatch)
     frame = tel.tracer.start_span(
         "frames.raw process", attributes={"messaging.destination.name": "frames.raw"}
@@ -67,13 +73,11 @@ def test_under_a_trace_that_is_not_kept_no_span_is_made_and_the_parent_is_carrie
     )
     assert not got.trace_flags.sampled
     assert tel.memory is not None and tel.memory.get_finished_spans() == ()
-    tel.shutdown()
 
 
 def test_under_a_kept_trace_the_publish_is_a_recorded_child_and_the_record_carries_it(
-    monkeypatch: pytest.MonkeyPatch,
+    tel: Telemetry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tel = telemetry(sample_ratio=1.0, frames_sample_ratio=0.0)
     events, sent = producer(tel, monkeypatch)
     with tel.tracer.start_as_current_span("labels process") as parent:
         events.publish("predictions", alert())
@@ -85,13 +89,11 @@ def test_under_a_kept_trace_the_publish_is_a_recorded_child_and_the_record_carri
     got = carried(sent)
     assert publish.context is not None
     assert got.span_id == publish.context.span_id and got.trace_flags.sampled
-    tel.shutdown()
 
 
 def test_without_a_parent_the_publish_starts_a_trace_decided_by_its_topic(
-    monkeypatch: pytest.MonkeyPatch,
+    tel: Telemetry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tel = telemetry(sample_ratio=1.0, frames_sample_ratio=0.0)
     events, sent = producer(tel, monkeypatch)
     events.publish("alerts", alert())
     assert carried(sent).trace_flags.sampled
@@ -99,4 +101,3 @@ def test_without_a_parent_the_publish_starts_a_trace_decided_by_its_topic(
     assert carried(sent).is_valid and not carried(sent).trace_flags.sampled
     assert tel.memory is not None
     assert [s.name for s in tel.memory.get_finished_spans()] == ["alerts publish"]
-    tel.shutdown()
