@@ -60,7 +60,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from shared.errors import POLL_RETRY_S, is_transient, poll_through_outage
+from shared.errors import is_transient, poll_through_outage
 from shared.events import DecodeError, Event, decode, encode
 from shared.fetch import AT_REST_AFTER_S, AT_REST_WAIT_MS, FetchPacing
 from shared.metrics import BUS_METRICS
@@ -512,7 +512,6 @@ class ConsumerLoop(Generic[E]):
             timeout_ms=self._pacing.poll_timeout_ms(self._poll_timeout_ms),
             max_records=self._max_poll_records,
             pause=self._stop.wait,
-            retry_s=POLL_RETRY_S,
             who=self.group_id,
         )
 

@@ -59,13 +59,12 @@ def poll_through_outage(
     timeout_ms: int,
     max_records: int | None = None,
     pause: Callable[[float], object],
-    retry_s: float | None = None,
     who: str = "",
 ) -> dict[Any, list[Any]]:
     """One ``poll`` of a kafka-python consumer. A retriable client error (no broker answers:
     kafka-python raises the failed connection out of a metadata wait inside ``poll`` when
     the poll's wait outlasts it) is an outage, not a reason to stop: it is logged, then
-    ``pause(retry_s)`` (``POLL_RETRY_S`` unless given; a ``time.sleep``, or a stop event's
+    ``pause(POLL_RETRY_S)`` (a ``time.sleep``, or a stop event's
     ``wait`` so that stopping is not held up), and the poll reads as empty. Other errors
     propagate."""
     try:
@@ -77,6 +76,6 @@ def poll_through_outage(
             "poll failed; Kafka unreachable, polling again",
             extra={"reader": who, "error": f"{type(exc).__name__}: {exc}"},
         )
-        pause(POLL_RETRY_S if retry_s is None else retry_s)
+        pause(POLL_RETRY_S)
         return {}
     return polled

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from kafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
-import shared.bus
+import shared.errors
 from shared.bus import ConsumerLoop
 from shared.events import Alert
 from shared.settings import KafkaSettings
@@ -40,7 +40,7 @@ class ScriptedConsumer:
 
 
 def loop_over(consumer: ScriptedConsumer, monkeypatch: pytest.MonkeyPatch) -> ConsumerLoop[Alert]:
-    monkeypatch.setattr(shared.bus, "POLL_RETRY_S", 0.0)
+    monkeypatch.setattr(shared.errors, "POLL_RETRY_S", 0.0)
     producer = SimpleNamespace(transactional_id=None, flush=lambda timeout_s: None)
     made: ConsumerLoop[Alert] = ConsumerLoop(
         KafkaSettings(),

@@ -86,7 +86,7 @@ def test_a_retriable_error_is_an_empty_poll_after_the_pause() -> None:
     consumer = ScriptedConsumer(NodeNotReadyError("0"), [b"a"])
     assert poll_through_outage(consumer, timeout_ms=100, pause=pauses.append) == {}
     assert pauses == [0.25]
-    polled = poll_through_outage(consumer, timeout_ms=100, pause=pauses.append, retry_s=3)
+    polled = poll_through_outage(consumer, timeout_ms=100, pause=pauses.append)
     assert [r.value for r in polled[TP]] == [b"a"]
     assert pauses == [0.25]  # no pause after a poll that worked
 
