@@ -421,6 +421,11 @@ class DatasetSnapshot(BaseModel):
     """Examples inside the recency window (all trained on, except the holdout)."""
     policy: dict[str, Any] = Field(default_factory=dict)
     """The sampling policy and split rule that chose the examples."""
+    taken_at: datetime | None = None
+    """When the examples were read, after their end offsets were: a frame ingested later
+    cannot be among them (its label, and so its example, comes after it). Serving's shadow
+    replay scores a new challenger on the frames ingested since (``services.serving.replay``).
+    None in lineage written before it was recorded."""
 
 
 class ExportRef(BaseModel):

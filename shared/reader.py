@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from kafka import KafkaConsumer, TopicPartition
@@ -145,6 +146,20 @@ class TopicReader:
         """Read each partition of ``offsets`` from that offset on."""
         for tp, offset in offsets.items():
             self._consumer.seek(tp, offset)
+
+    def seek_to_time(self, at: datetime) -> None:
+        """Read each partition from its first record with a timestamp at or after ``at``
+        (naive means UTC); a partition with none such is read from its end."""
+        if not self._assigned:
+            return
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        ms = int(at.timestamp() * 1000)
+        found = self._consumer.offsets_for_times({tp: ms for tp in self._assigned})
+        ends = self._consumer.end_offsets(self._assigned)
+        for tp in self._assigned:
+            hit = found.get(tp)
+            self._consumer.seek(tp, hit.offset if hit is not None else ends[tp])
 
     def end_offsets(self) -> dict[TopicPartition, int]:
         """Each partition's end offset now (the offset its next record will get)."""

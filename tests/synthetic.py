@@ -87,6 +87,7 @@ def trained_event(
     seed: int = 0,
     duration_s: float = 0.0,
     code_version: str = "test",
+    taken_at: datetime | None = None,
 ) -> ModelTrained:
     """A ``models.trained`` event for stored weights that no training run made (serving tests
     and benchmarks): the lineage fields are placeholders."""
@@ -104,6 +105,7 @@ def trained_event(
             per_condition={},
             topic_offsets={},
             holdout_size=0,
+            taken_at=taken_at,
         ),
         hyperparameters={},
         metrics={},

@@ -10,6 +10,7 @@ from services.serving.backends import close_backend, open_backend
 from services.serving.core import ServingCore
 from services.serving.ingress import Ingress
 from services.serving.lifecycle import LifecycleFollower
+from services.serving.replay import KafkaFrameHistory, ShadowReplay
 from services.serving.settings import ServingSettings
 from shared.artifacts import ArtifactStore
 from shared.events import FrameValid
@@ -27,6 +28,13 @@ def main() -> int:
         verifier = ServingCore(store, runtime=settings.runtime, threads=threads)
         with rt.loop_producer(settings.group_id, settings.transactions) as producer:
             backend = open_backend(settings, verifier)
+            replay = ShadowReplay(
+                KafkaFrameHistory(settings.kafka),
+                verifier,
+                rt.producer,
+                max_age_s=settings.shadow_replay_s,
+                call_size=settings.call_size,
+            )
             ingress = Ingress(
                 settings.model_name,
                 backend=backend,
@@ -34,6 +42,7 @@ def main() -> int:
                 producer=producer,
                 alerts=rt.producer,
                 call_size=settings.call_size,
+                on_challenger=replay.follow,
             )
             loop = rt.consumer_loop(
                 [Topics.FRAMES_VALID],
@@ -53,6 +62,7 @@ def main() -> int:
                 rt.run(loop, follower)
             finally:
                 follower.stop()
+                replay.stop()
                 close_backend(backend)
     return 1 if follower.failed else 0
 

@@ -20,7 +20,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -61,6 +61,9 @@ class ModelRef:
     uri: str
     sha256: str
     exports: tuple[tuple[str, ExportRef], ...] = ()
+    data_cut: datetime | None = field(default=None, compare=False)
+    """When its training examples were read (``DatasetSnapshot.taken_at``): frames ingested
+    later are unseen by it. None when its lineage does not say."""
 
     def export(self, runtime: str) -> ExportRef | None:
         return dict(self.exports).get(runtime)
@@ -253,6 +256,7 @@ class AliasTracker:
                 trained.artifact_uri,
                 trained.sha256,
                 exports=tuple(sorted(trained.exports.items())),
+                data_cut=trained.dataset.taken_at,
             )
         elif event.action == "alias_set" and event.alias:
             if event.model_version is None:

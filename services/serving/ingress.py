@@ -113,6 +113,8 @@ class Ingress:
         alerts: Publisher | None = None,
         call_size: int = 64,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_challenger: Callable[[tuple[ModelRef, tuple[str, ...]] | None, datetime], object]
+        | None = None,
     ) -> None:
         self.model_name = model_name
         self._backend = backend
@@ -129,6 +131,12 @@ class Ingress:
         self._challenger: tuple[ModelRef, tuple[str, ...]] | None = None
         self._has_champion = threading.Event()
         self._caught_up = False
+        self._on_challenger = on_challenger
+        """Told (on the lifecycle thread) each change of challenger, with its classes, or
+        None when there is none any more, and since when the champion serves: the shadow
+        replay (``services.serving.replay``)."""
+        self._champion_since = clock()
+        """When this ingress adopted the champion it serves."""
 
     # -- models ------------------------------------------------------------------------
 
@@ -157,6 +165,7 @@ class Ingress:
             if verified is not None:
                 with self._lock:
                     self._champion = verified
+                self._champion_since = self._clock()
                 self._has_champion.set()
                 _set_version("champion", current, champion)
                 log.info("champion adopted", extra={"version": champion.version})
@@ -172,6 +181,8 @@ class Ingress:
                 log.info(
                     "challenger removed", extra={"version": current.version if current else None}
                 )
+            if self._on_challenger is not None:
+                self._on_challenger(verified, self._champion_since)
 
     def _verify(self, ref: ModelRef, alias: str) -> tuple[ModelRef, tuple[str, ...]] | None:
         try:

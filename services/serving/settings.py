@@ -95,3 +95,9 @@ class ServingSettings(ServiceSettings):
 
     call_timeout_s: float = Field(default=60.0, gt=0)
     """How long one batch call to the deployment may take before it is retried."""
+
+    shadow_replay_s: float = Field(default=120.0, ge=0)
+    """How far back, at most, a newly adopted challenger is scored on the frames served since
+    its training examples were read (``services.serving.replay``), so that the live comparison
+    has evidence at once instead of after the labels' delay; 0 turns the replay off. The
+    replay runs in the ingress process, with the core that verified the challenger."""

@@ -20,6 +20,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,8 @@ class Snapshot:
     """Slices the retrain request says dropped (``camera=ID``, ``condition=NAME``), sorted."""
     focused: bool = False
     """An epoch is the emphasised examples and a replay sample of the others (warm runs)."""
+    taken_at: datetime | None = None
+    """When the examples were read (after their end offsets): see ``DatasetSnapshot``."""
 
     def labels(
         self, classes: tuple[str, ...], records: list[ExampleRecord] | None = None

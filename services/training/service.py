@@ -49,6 +49,7 @@ from shared.events import (
     RetrainRequest,
     TrainingProgress,
     derived_id,
+    utcnow,
 )
 from shared.model import ModelSpec, build_model, load_model, predict_proba
 from shared.ports import Leases, Publisher
@@ -229,6 +230,7 @@ class Trainer:
         waited = 0.0
         while True:
             table = self._load_examples()
+            taken_at = utcnow()
             snap = build_snapshot(table, s.policy, s.seed, request.slices)
             if waited >= s.drift_wait_s or not snap.wants_drift_examples(
                 s.policy.min_drift_examples
@@ -246,7 +248,7 @@ class Trainer:
                     "weighted": snap.weighting()["examples"],
                 },
             )
-        return table, snap
+        return table, replace(snap, taken_at=taken_at)
 
     def _lease_key(self, key: str) -> str:
         # Idempotency keys are unique per model, not across models.
@@ -482,6 +484,7 @@ class Trainer:
             manifest_uri=manifest.uri,
             manifest_sha256=manifest.sha256,
             recent_size=snap.recent_size,
+            taken_at=snap.taken_at,
             policy={
                 **s.policy.model_dump(),
                 "split": "sha256(frame_id) bucket: reference < reference_share <= holdout "

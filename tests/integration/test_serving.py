@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -270,6 +271,45 @@ def test_every_frame_is_predicted_once_across_a_swap_and_a_refused_artifact(worl
         assert all(p.shadow and p.model_version == v1.model_version for p in shadow)
         main = decoded(world.predictions(750, alive=proc.alive))
         assert len(main) == 750 and all(not p.shadow for p in main)
+    finally:
+        proc.kill()
+
+
+def test_a_new_challenger_is_scored_at_once_on_the_frames_since_its_data_cut(
+    world: World,
+) -> None:
+    v1, v2 = world.train(1), world.train(2)
+    world.register(v1)
+    proc = world.serving()
+    try:
+        before = world.frames(100, seed=50)
+        world.send(before)
+        world.predictions(100, alive=proc.alive)
+        time.sleep(0.05)  # record timestamps are milliseconds: the cut falls between the two
+        cut = datetime.now(UTC)
+        since = world.frames(120, seed=51)
+        world.send(since)
+        world.predictions(220, alive=proc.alive)
+        # The challenger's training examples were read at `cut`: the frames after it are
+        # unseen by it, and it scores them as soon as it is adopted, no new frame needed.
+        challenger = v2.model_copy(
+            update={"dataset": v2.dataset.model_copy(update={"taken_at": cut})}
+        )
+        world.register(challenger, alias="challenger")
+        wait_for(
+            lambda: any('"shadow replay done"' in ln for ln in proc.lines) or not proc.alive(),
+            60,
+            what="the replay done",
+        )
+        shadow = decoded(world.predictions(10**6, Topics.PREDICTIONS_SHADOW, timeout_s=3))
+        assert sorted(p.frame_id for p in shadow) == sorted(f.frame_id for f in since)
+        assert all(p.shadow and p.model_version == v2.model_version for p in shadow)
+        # Frames from here on are shadowed live, as before.
+        after = world.frames(40, seed=52)
+        world.send(after)
+        shadow = decoded(world.predictions(160, Topics.PREDICTIONS_SHADOW, alive=proc.alive))
+        assert sorted(p.frame_id for p in shadow) == sorted(f.frame_id for f in since + after)
+        assert len(decoded(world.predictions(260, alive=proc.alive))) == 260
     finally:
         proc.kill()
 

@@ -13,7 +13,14 @@ from services.training.service import LeaseLostError, RequestBusyError, Trainer
 from services.training.settings import Hyperparameters, SamplingPolicy, TrainingSettings
 from shared.artifacts import ArtifactStore
 from shared.datasets import ExampleTable, split_of
-from shared.events import Alert, Event, ModelTrained, RetrainRequest, TrainingProgress
+from shared.events import (
+    Alert,
+    Event,
+    ModelTrained,
+    RetrainRequest,
+    TrainingProgress,
+    utcnow,
+)
 from shared.model import load_model
 from shared.ports import MemoryLeases
 from shared.registry import MemoryRegistry
@@ -120,6 +127,7 @@ def test_a_request_trains_once_with_progress_and_full_lineage(
     tmp_path: Path, table: ExampleTable
 ) -> None:
     trainer, pub, store = make_trainer(tmp_path, table)
+    started = utcnow()
     outcome = trainer.handle(request())
     assert outcome.status == "trained"
     progress = pub.of(Topics.TRAINING_PROGRESS)
@@ -134,6 +142,9 @@ def test_a_request_trains_once_with_progress_and_full_lineage(
     assert len(manifest["holdout"]) == trained.dataset.holdout_size > 0
     assert sum(trained.dataset.per_class.values()) == trained.dataset.size
     assert trained.dataset.topic_offsets == {"examples:0": 500}
+    # When the examples were read: serving's shadow replay scores frames from then on.
+    assert trained.dataset.taken_at is not None
+    assert started <= trained.dataset.taken_at <= trained.produced_at
     assert "holdout_accuracy" in trained.metrics
     _model, spec = load_model(store, trained.artifact_uri, trained.sha256)
     assert spec.classes == ("car", "truck", "bus", "motorcycle")
