@@ -69,8 +69,8 @@ def alias(version: str | None, name: str = "champion") -> ModelLifecycle:
     return ModelLifecycle(model_name=MODEL, action="alias_set", alias=name, model_version=version)  # type: ignore[arg-type]
 
 
-def frame(i: int, size: int = 64) -> Message[FrameValid]:
-    now = datetime.now(UTC)
+def frame(i: int, size: int = 64, ingested_at: datetime | None = None) -> Message[FrameValid]:
+    now = ingested_at or datetime.now(UTC)
     px = np.full((size, size, 3), i % 255, dtype=np.uint8)
     ev = FrameValid(
         frame_id=f"f{i}",

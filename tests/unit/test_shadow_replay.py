@@ -18,22 +18,13 @@ from shared.events import FrameValid, ModelLifecycle, Prediction
 from shared.topics import Topics
 from tests.synthetic import trained_event
 from tests.unit.test_serving import MODEL, CountingBackend, FakeProducer, alias, store_model
+from tests.unit.test_serving import frame as serving_frame
 
 NOW = datetime(2026, 12, 5, 12, 0, 0, tzinfo=UTC)
 
 
-def frame(i: int, ingested_at: datetime, size: int = 64) -> FrameValid:
-    px = np.full((size, size, 3), i % 255, dtype=np.uint8)
-    return FrameValid(
-        frame_id=f"f{i}",
-        camera_id=f"cam-{i % 2}",
-        captured_at=ingested_at - timedelta(milliseconds=20),
-        ingested_at=ingested_at,
-        width=size,
-        height=size,
-        pixels=px.tobytes(),
-        content_sha256="0" * 64,
-    )
+def frame(i: int, ingested_at: datetime) -> FrameValid:
+    return serving_frame(i, ingested_at=ingested_at).event
 
 
 class History:
