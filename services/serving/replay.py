@@ -18,9 +18,13 @@ frames are served live, with the challenger), predicts them with the challenger 
 ``call_size`` and publishes the predictions to ``predictions.shadow`` as live shadow
 predictions are published (``served_at`` is when the replay made them). Only frames ingested
 at or after the cut are scored: an earlier frame may be one the challenger was trained on,
-and scoring it would flatter the challenger. A frame the live loop also scored with the
+and scoring it would flatter the challenger. (A frame's example is published after its
+label, which comes after the frame's ingest; so a frame ingested after the cut cannot be in
+the snapshot, as long as ingest's and training's clocks agree to better than a frame's time
+to its label.) A frame the live loop also scored with the
 challenger (the loop behind the end offsets) is counted once: the monitor's join keeps a
-frame's first shadow prediction. With several ingress processes, each replays every
+frame's first shadow prediction. The replay publishes outside the loop's transactions, so
+with exactly-once serving such a frame is on ``predictions.shadow`` twice. With several ingress processes, each replays every
 partition; the join counts each frame once all the same.
 
 One replay runs at a time, on a thread of its own; a newer challenger, or ``stop``, ends the
