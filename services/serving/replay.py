@@ -24,8 +24,9 @@ the snapshot, as long as ingest's and training's clocks agree to better than a f
 to its label.) A frame the live loop also scored with the
 challenger (the loop behind the end offsets) is counted once: the monitor's join keeps a
 frame's first shadow prediction. The replay publishes outside the loop's transactions, so
-with exactly-once serving such a frame is on ``predictions.shadow`` twice. With several ingress processes, each replays every
-partition; the join counts each frame once all the same.
+with exactly-once serving such a frame is on ``predictions.shadow`` twice. With several
+ingress processes, each replays every partition; the join counts each frame once all the
+same.
 
 One replay runs at a time, on a thread of its own; a newer challenger, or ``stop``, ends the
 one running at its next chunk. A replay that fails is logged and counted; the challenger's
