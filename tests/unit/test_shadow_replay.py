@@ -28,9 +28,10 @@ def frame(i: int, ingested_at: datetime) -> FrameValid:
 
 
 class History:
-    """Frames as a topic holds them; ``since`` filters by time as record timestamps do,
-    give or take the clocks (it returns one frame before ``at``, as a record whose
-    timestamp the producer set before ingest's ``ingested_at`` would be)."""
+    """Frames as a topic holds them; ``since`` seeks by time as record timestamps do. It also
+    returns the last frame ingested before ``at``: a record is stamped when it is sent, after
+    ingest set ``ingested_at``, so a frame ingested just before the cut can be sent just
+    after it, and the replay must skip it."""
 
     def __init__(self, frames: list[FrameValid]) -> None:
         self.frames = frames
