@@ -337,13 +337,24 @@ def test_a_retrain_on_ray_survives_a_lost_worker_and_is_blessed_with_a_local_lin
     d.procs["training"].kill()
     # The reference holdout now holds the corrupted labels an earlier test published (about a
     # third of it): the champion scores 0.68 there, and two good models differ by 0.02 to 0.03
-    # on it by chance (seen: a Ray candidate 0.962 against 0.943 on fresh frames, rejected for
-    # 0.654 against 0.681 on reference). This gate allows a drop of 0.06, so that it judges the
-    # fit and not those labels; the floor and the other checks are the defaults.
+    # on it by chance. The champion itself is the retrain of the tests above, on a recency
+    # window of mostly corrupted labels, and a few epochs fine-tuning it on clean frames land
+    # anywhere from 0.06 below it to 0.02 above on the fresh holdout (about 100 frames; seen:
+    # 0.962 / 0.943, 0.969 / 0.948, 0.917 / 0.981, 0.882 / 0.941). This gate allows a drop of
+    # 0.12, so that it judges the fit and not those labels; the floor and the other checks are
+    # the defaults.
     d.procs["evaluation"].kill()
-    d.start("evaluation", STREAMLOOP_EVALUATION_THRESHOLDS__MAX_ACCURACY_DROP="0.06")
+    d.start("evaluation", STREAMLOOP_EVALUATION_THRESHOLDS__MAX_ACCURACY_DROP="0.12")
     # No RAY_ADDRESS: the training process starts a local Ray of this machine's two CPUs.
-    proc = d.start_training(STREAMLOOP_TRAINING_BACKEND="ray", STREAMLOOP_TRAINING_RAY__WORKERS="2")
+    # The fit's budget counts from its first epoch, so the restart after the lost worker
+    # (30 s here, more on a loaded machine) spends it: a budget that ends the fit early would
+    # judge the machine's load. Ten epochs took 113 s here, restart included.
+    proc = d.start_training(
+        STREAMLOOP_TRAINING_BACKEND="ray",
+        STREAMLOOP_TRAINING_RAY__WORKERS="2",
+        STREAMLOOP_TRAINING_TIME_BUDGET_S="400",
+        STREAMLOOP_TRAINING_WARM_EPOCHS="10",
+    )
     # More clean examples than the recency window (700): the corrupted ones published above
     # stay out of this snapshot's training set and fresh holdout.
     d.publish_examples(render_examples(800, seed=19, start=40_000, prefix=d.model))
@@ -377,7 +388,8 @@ def test_a_retrain_on_ray_survives_a_lost_worker_and_is_blessed_with_a_local_lin
     trained, evaluated = wait_for(verdict, 400, what="the candidate trained on Ray, judged")
     assert any('"ray fit"' in ln and '"workers": 2' in ln for ln in proc.lines)
     assert any('"ray fit resumed"' in ln for ln in proc.lines)
-    assert evaluated.verdict == "blessed", evaluated.reasons
+    assert evaluated.verdict == "blessed", (evaluated.reasons, trained.metrics)
+    assert not trained.hyperparameters["stopped_by_budget"], trained.metrics
     assert trained.hyperparameters["backend"] == "ray" and trained.hyperparameters["workers"] == 2
     assert trained.init.startswith("champion:") and trained.parent_version
     # The same lineage as a local run: every field a local run records, this one records.
