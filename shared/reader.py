@@ -28,11 +28,26 @@ from kafka.consumer.fetcher import ConsumerRecord
 from shared.errors import poll_through_outage
 from shared.settings import KafkaSettings
 
-__all__ = ["ConsumerRecord", "RecordCounter", "Start", "TopicReader"]
+__all__ = ["ConsumerRecord", "RecordCounter", "Start", "TopicReader", "offsets_at"]
 
 Start = Literal["beginning", "end"] | int
 """Where a partition is first read: ``"beginning"``, ``"end"`` (only what comes after), or
 an int N (its last N records, or its beginning when it holds fewer)."""
+
+
+def offsets_at(
+    consumer: KafkaConsumer, partitions: Sequence[TopicPartition], at: datetime
+) -> dict[TopicPartition, int]:
+    """Each partition's offset of its first record with a timestamp at or after ``at``
+    (naive means UTC), or its end offset when it holds none such."""
+    if not partitions:
+        return {}
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    ms = int(at.timestamp() * 1000)
+    found = consumer.offsets_for_times({tp: ms for tp in partitions})
+    ends = consumer.end_offsets(list(partitions))
+    return {tp: hit.offset if (hit := found.get(tp)) is not None else ends[tp] for tp in partitions}
 
 
 class TopicReader:
@@ -150,16 +165,8 @@ class TopicReader:
     def seek_to_time(self, at: datetime) -> None:
         """Read each partition from its first record with a timestamp at or after ``at``
         (naive means UTC); a partition with none such is read from its end."""
-        if not self._assigned:
-            return
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=UTC)
-        ms = int(at.timestamp() * 1000)
-        found = self._consumer.offsets_for_times({tp: ms for tp in self._assigned})
-        ends = self._consumer.end_offsets(self._assigned)
-        for tp in self._assigned:
-            hit = found.get(tp)
-            self._consumer.seek(tp, hit.offset if hit is not None else ends[tp])
+        for tp, offset in offsets_at(self._consumer, self._assigned, at).items():
+            self._consumer.seek(tp, offset)
 
     def end_offsets(self) -> dict[TopicPartition, int]:
         """Each partition's end offset now (the offset its next record will get)."""

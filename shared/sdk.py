@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -46,6 +46,7 @@ from shared.bus import EventProducer
 from shared.errors import poll_through_outage
 from shared.events import DecodeError, FrameRaw, Label, Prediction, decode, new_id, utcnow
 from shared.images import encode_image, sniff_content_type, to_rgb_array
+from shared.reader import offsets_at
 from shared.settings import KafkaSettings
 from shared.topics import Topics
 
@@ -443,13 +444,7 @@ class PredictionSubscriber:
             return {TopicPartition(self.topic, p): o for p, o in from_offsets.items()}
         if from_time is None:
             return {}
-        if from_time.tzinfo is None:
-            from_time = from_time.replace(tzinfo=UTC)
-        ms = int(from_time.timestamp() * 1000)
-        tps = self._partitions()
-        found = self._consumer.offsets_for_times({tp: ms for tp in tps})
-        ends = self._consumer.end_offsets(tps)
-        return {tp: found[tp].offset if found.get(tp) else ends[tp] for tp in tps}
+        return offsets_at(self._consumer, self._partitions(), from_time)
 
     def _assigned(self, assigned: Iterable[TopicPartition]) -> None:
         # Runs inside poll for a group: seek only (no I/O), and only on a first assignment,

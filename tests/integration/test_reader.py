@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -74,6 +75,24 @@ def test_the_last_n_of_a_topic_written_in_transactions_are_n_committed_records(
         last = list(reader.until_end(timeout_s=30))
     # The last four records begin ten offsets before the end, markers and t10 between them.
     assert _ids(last) == ["t7", "t8", "t9", "t11"]
+
+
+def test_seek_to_time_reads_from_the_first_record_at_or_after_it(kafka: KafkaSettings) -> None:
+    _labels(kafka, [f"before{i}" for i in range(20)])
+    time.sleep(0.05)
+    cut = datetime.now(UTC)
+    time.sleep(0.05)
+    _labels(kafka, [f"after{i}" for i in range(20)])
+    for at in (cut, cut.replace(tzinfo=None)):  # naive means UTC
+        with TopicReader(kafka, [Topics.LABELS]) as reader:
+            reader.seek_to_time(at)
+            assert sorted(_ids(list(reader.until_end(timeout_s=30)))) == sorted(
+                f"after{i}" for i in range(20)
+            )
+    # Later than every record: each partition is read from its end, so nothing.
+    with TopicReader(kafka, [Topics.LABELS]) as reader:
+        reader.seek_to_time(datetime.now(UTC) + timedelta(minutes=1))
+        assert list(reader.until_end(timeout_s=10)) == []
 
 
 def test_follow_reads_what_comes_and_stops_when_asked(kafka: KafkaSettings) -> None:
