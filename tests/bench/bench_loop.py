@@ -30,7 +30,8 @@ Per run, from the demo's summary and the run's topics:
 A run that does not recover within ``--timeout`` counts as such (no time). Runs take 5 to
 15 minutes each on a 2-core machine (the bootstrap about 2); the figures move with whatever
 else runs. A measurement, not a test: it exits 0 whatever the figures. Figures go to
-``var/bench/loop.json``; what each run printed to ``var/bench/loop/<run>/``.
+``var/bench/loop.json``; what each run printed, and each window's estimate and accuracy
+(``windows.json``), to ``var/bench/loop/<run>/``.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from shared.kafka_admin import KafkaAdmin
 from shared.settings import KafkaSettings
 from shared.topics import Topics
 from tests.bench.lib.control import delete_groups, delete_redis_keys, delete_topics
-from tests.bench.lib.loop import estimate_mae, with_coverage
+from tests.bench.lib.loop import estimate_mae, window_rows, with_coverage
 from tests.bench.lib.procs import load_average
 from tests.bench.lib.report import bench_dir, write_figures
 from tests.integration.helpers import DEMO_GROUPS, demo_env, read_all
@@ -99,7 +100,7 @@ def run_once(
         )  # fmt: skip
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     try:
-        figures = figures_of(summary, prefix)
+        figures = figures_of(summary, prefix, home)
     finally:
         settings = KafkaSettings()
         delete_topics(
@@ -128,8 +129,9 @@ def _topics(settings: KafkaSettings) -> list[str]:
         return list(admin.list_topics())
 
 
-def figures_of(summary: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """What one run measured: the summary's times and the topics' labels and windows."""
+def figures_of(summary: dict[str, Any], prefix: str, home: Path) -> dict[str, Any]:
+    """What one run measured: the summary's times and the topics' labels and windows; every
+    window's estimate and accuracy to ``home``/windows.json."""
     onset = datetime.fromisoformat(summary["onset"]) if summary.get("onset") else None
     recovery = summary.get("drift_to_recovery_s") if summary.get("recovered") else None
     out: dict[str, Any] = {
@@ -144,6 +146,7 @@ def figures_of(summary: dict[str, Any], prefix: str) -> dict[str, Any]:
     metrics = _events(settings, prefix + Topics.METRICS)
     windows = [w for w in metrics if isinstance(w, WindowMetrics)]
     out["estimate_mae"] = estimate_mae([w for w in windows if not w.shadow])
+    (home / "windows.json").write_text(json.dumps(window_rows(windows), indent=1))
     if onset is not None and recovery is not None:
         end = onset + timedelta(seconds=recovery)
         labels = [e for e in _events(settings, prefix + Topics.LABELS) if isinstance(e, Label)]

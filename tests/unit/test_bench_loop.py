@@ -10,7 +10,7 @@ import pytest
 
 from services.simulator.scenario import load as load_scenario
 from shared.events import AccuracyEstimate, WindowMetrics
-from tests.bench.lib.loop import estimate_mae, with_coverage
+from tests.bench.lib.loop import estimate_mae, window_rows, with_coverage
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -57,3 +57,17 @@ def test_random_labels_at_another_coverage_play_the_same_scenario(tmp_path: Path
     assert played.model_copy(update={"labels": builtin.labels}) == builtin
     with pytest.raises(FileNotFoundError):
         with_coverage("no-such-scenario", 0.4, tmp_path)
+
+
+def test_each_window_is_a_row_with_its_conditions_estimate_and_error() -> None:
+    rows = window_rows([
+        window({"condition=day": 0.9, "condition=night": 0.2}, accuracy=0.55, estimated=0.3),
+        window({"condition=night": 0.2}, accuracy=0.2, estimated=0.26),
+    ])  # fmt: skip
+    assert [r["conditions"] for r in rows] == [["day", "night"], ["night"]]
+    assert rows[0]["error"] == -0.25 and rows[1]["error"] == 0.06
+    assert rows[1] | {"start": None} == {
+        "window": "v1:live:1", "shadow": False, "start": None, "conditions": ["night"],
+        "frames": 300, "labelled": 100, "accuracy": 0.2, "estimate": 0.26,
+        "method": "confidence", "error": 0.06,
+    }  # fmt: skip

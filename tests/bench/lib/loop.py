@@ -11,7 +11,7 @@ from services.simulator.scenario import BUILTIN_DIR
 from services.simulator.scenario import load as load_scenario
 from shared.events import WindowMetrics
 
-__all__ = ["estimate_mae", "with_coverage"]
+__all__ = ["estimate_mae", "window_rows", "with_coverage"]
 
 
 def estimate_mae(windows: list[WindowMetrics]) -> dict[str, dict[str, float]]:
@@ -30,6 +30,29 @@ def estimate_mae(windows: list[WindowMetrics]) -> dict[str, dict[str, float]]:
         c: {"mae": round(statistics.fmean(e), 4), "windows": len(e), "first": round(e[0], 4)}
         for c, e in sorted(errors.items())
     }
+
+
+def window_rows(windows: list[WindowMetrics]) -> list[dict[str, object]]:
+    """One row per window, in ``windows``' order: what the estimate said beside what the
+    labels said, and the conditions of those labels (the run's ``windows.json``)."""
+    rows: list[dict[str, object]] = []
+    for w in windows:
+        e = w.estimate
+        rows.append({
+            "window": w.window_id,
+            "shadow": w.shadow,
+            "start": w.window_start.isoformat(),
+            "conditions": sorted(
+                k.split("=", 1)[1] for k in w.per_slice_accuracy if k.startswith("condition=")
+            ),
+            "frames": w.sample_count,
+            "labelled": w.labelled_count,
+            "accuracy": None if w.accuracy is None else round(w.accuracy, 4),
+            "estimate": None if e is None else round(e.value, 4),
+            "method": None if e is None else e.method,
+            "error": None if w.estimate_error is None else round(w.estimate_error, 4),
+        })  # fmt: skip
+    return rows
 
 
 def with_coverage(scenario: str, coverage: float, home: Path) -> Path:
