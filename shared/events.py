@@ -187,6 +187,11 @@ class Label(Event):
     camera_id: str | None = None
     annotator: str = "unknown"
     labelled_at: datetime = Field(default_factory=utcnow)
+    requested: bool = False
+    """The label answers a label request (``labels.requests``): the frame was chosen, not
+    one of those labelled at random. The monitor measures accuracy for the estimate's error,
+    and fits the estimate's corrections, on the others only (chosen frames are the ones the
+    model is least sure of)."""
 
 
 class LabelRequest(Event):
@@ -289,6 +294,11 @@ class WindowMetrics(Event):
     labelled_count: int
     label_coverage: float
     accuracy: float | None = None
+    sampled_accuracy: float | None = None
+    """Accuracy over the labels nobody asked for (``sampled_count`` of them): a random sample
+    of the frames, where ``accuracy`` also counts the labels the monitor or a person asked
+    for, which lean to frames the model is unsure of."""
+    sampled_count: int = 0
     macro_f1: float | None = None
     per_class: dict[str, ClassMetrics] = Field(default_factory=dict)
     per_slice_accuracy: dict[str, float] = Field(default_factory=dict)
@@ -299,9 +309,10 @@ class WindowMetrics(Event):
     """Accuracy estimated from the window's predictions without their labels."""
     per_camera_estimate: dict[str, AccuracyEstimate] = Field(default_factory=dict)
     estimate_error: float | None = None
-    """``estimate.value - accuracy`` when both are known. The labels counted in a window
-    are of predictions a little older than the window's own (labels come late), so the two
-    describe nearly, not exactly, the same frames."""
+    """``estimate.value - sampled_accuracy`` (``- accuracy`` while fewer than
+    ``error_min_labels`` labels were not asked for, 30 by default) when both are known. The
+    labels counted in a window are of predictions a little older than the window's own
+    (labels come late), so the two describe nearly, not exactly, the same frames."""
 
 
 class LiveComparison(Event):

@@ -200,14 +200,17 @@ class LabelPublisher(_Publisher):
         *,
         camera_id: str | None = None,
         annotator: str | None = None,
+        requested: bool = False,
     ) -> str:
         """Publish the class of ``frame_id``; returns the label event's id. A later label for
-        the same frame replaces this one."""
+        the same frame replaces this one. ``requested``: the label answers a label request
+        (``Label.requested``)."""
         event = Label(
             frame_id=frame_id,
             label=label,
             camera_id=camera_id,
             annotator=annotator or self.annotator,
+            requested=requested,
             source=annotator or self.annotator,
         )
         self._producer.publish(

@@ -156,6 +156,7 @@ def read_annotation(
         label=picked[0],
         camera_id=camera if isinstance(camera, str) else None,
         annotator=ANNOTATOR_PREFIX + who,
+        requested=True,  # the project's tasks are the bridge's, one per label request
         source="labelstudio",
     )
 

@@ -97,6 +97,10 @@ class EstimatePolicy(BaseModel):
     bias_camera_prior_labels: float = Field(default=3.0, ge=0.0)
     """Pseudo-labels of the version's correction behind a camera's."""
 
+    error_min_labels: int = Field(default=30, ge=1)
+    """Labels nobody asked for that a window needs for its estimate's error to be measured
+    on them alone (``WindowMetrics.estimate_error``); with fewer, on all its labels."""
+
 
 def normal_quantile(p: float) -> float:
     """The standard normal quantile (Acklam's rational approximation, error < 1.2e-9 after

@@ -89,7 +89,9 @@ def _prediction_json(p: Prediction, calibrated: float | None) -> dict[str, Any]:
     }
 
 
-def _observation(frame_id: str, pred: dict[str, Any], label: str | None) -> Observation:
+def _observation(
+    frame_id: str, pred: dict[str, Any], label: str | None, requested: bool = False
+) -> Observation:
     return Observation(
         frame_id=frame_id,
         camera_id=str(pred["camera_id"]),
@@ -99,6 +101,7 @@ def _observation(frame_id: str, pred: dict[str, Any], label: str | None) -> Obse
         served_at=datetime.fromisoformat(pred["served_at"]),
         label=label,
         calibrated=pred.get("calibrated"),
+        requested=requested,
     )
 
 
@@ -164,6 +167,8 @@ class FrameJoin:
         if e.get("label") is not None:
             return e, []
         e["label"] = label.label
+        if label.requested:
+            e["requested"] = True
         return e, self._complete(label.frame_id, e)
 
     def _complete(self, frame_id: str, e: Entry) -> list[Joined]:
@@ -171,6 +176,7 @@ class FrameJoin:
         if label is None:
             return []
         sent: list[str] = list(e.get("sent", []))
+        requested = bool(e.get("requested", False))
         out = []
         streams: tuple[Literal["live", "shadow"], ...] = ("live", "shadow")
         for stream in streams:
@@ -181,7 +187,7 @@ class FrameJoin:
                     Joined(
                         "label",
                         str(pred["model_name"]),
-                        _observation(frame_id, pred, label),
+                        _observation(frame_id, pred, label, requested),
                         str(pred["version"]),
                         stream,
                     )
@@ -193,7 +199,7 @@ class FrameJoin:
                 Joined(
                     "pair",
                     str(live["model_name"]),
-                    _observation(frame_id, live, label),
+                    _observation(frame_id, live, label, requested),
                     str(live["version"]),
                     "live",
                     challenger=str(shadow["version"]),

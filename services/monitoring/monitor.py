@@ -267,7 +267,8 @@ class Monitor:
         _, book = self._book(version, stream)
         out = Outputs()
         if stream == "live" and obs.label is not None:
-            self.prior.add(obs.label, self.policy.window.estimate.prior_half_life)
+            if not obs.requested:  # the class prior needs a random sample of the frames
+                self.prior.add(obs.label, self.policy.window.estimate.prior_half_life)
             judgement = self.trigger.observe_label(
                 version,
                 obs.served_at,

@@ -98,6 +98,10 @@ class Observation:
     calibrated: float | None = None
     """The calibrated confidence (the version's temperature applied); None when unknown,
     and the raw confidence stands in."""
+    requested: bool = False
+    """Its label answers a label request (``Label.requested``): the frame was chosen, not
+    sampled at random, so it stays out of what needs a random sample of the frames
+    (``WindowMetrics.sampled_accuracy``, the estimate's corrections and class prior)."""
 
     @property
     def chance_correct(self) -> float:
@@ -113,6 +117,7 @@ class Observation:
             "served_at": self.served_at.isoformat(),
             "label": self.label,
             "calibrated": self.calibrated,
+            "requested": self.requested,
         }
 
     @classmethod
@@ -126,6 +131,7 @@ class Observation:
             served_at=datetime.fromisoformat(data["served_at"]),
             label=data.get("label"),
             calibrated=data.get("calibrated"),
+            requested=bool(data.get("requested", False)),
         )
 
 
@@ -141,6 +147,8 @@ class WindowAccumulator(BaseModel):
     """True class -> predicted class -> labelled predictions."""
     slices: dict[str, list[int]] = Field(default_factory=dict)
     """``camera=…`` / ``condition=…`` -> [correct, labelled]."""
+    sampled: list[int] = Field(default_factory=lambda: [0, 0])
+    """[correct, labelled] of the labels nobody asked for (``Observation.requested``)."""
     cameras: dict[str, list[float]] = Field(default_factory=dict)
     """Camera -> [predictions, confidence sum]."""
     uncertain: dict[str, list[tuple[float, str]]] = Field(default_factory=dict)
@@ -196,6 +204,9 @@ class WindowAccumulator(BaseModel):
         row = self.confusion.setdefault(obs.label, {})
         row[obs.predicted] = row.get(obs.predicted, 0) + 1
         hit = int(obs.predicted == obs.label)
+        if not obs.requested:
+            self.sampled[0] += hit
+            self.sampled[1] += 1
         for key in (f"camera={obs.camera_id}", f"condition={obs.condition or 'unknown'}"):
             cell = self.slices.setdefault(key, [0, 0])
             cell[0] += hit
@@ -246,8 +257,14 @@ class WindowAccumulator(BaseModel):
         at = self.first_at or self.opened_at
         assert at is not None, "an empty window has no metrics"
         accuracy = correct / self.labelled if self.labelled else None
+        hits, sampled = self.sampled
+        sampled_accuracy = hits / sampled if sampled else None
         ep = estimate_policy or EstimatePolicy()
         estimate = self.estimate.estimate(classes, prior, ep)
+        # The estimate is of every frame; asked-for labels are the least confident frames or
+        # disagreements, whose accuracy is lower than the window's. Its error is measured on
+        # the labels nobody asked for (a random sample), all labels while those are too few.
+        truth = sampled_accuracy if sampled >= ep.error_min_labels else accuracy
         return WindowMetrics(
             source="monitoring",
             model_name=model_name,
@@ -261,6 +278,8 @@ class WindowAccumulator(BaseModel):
             labelled_count=self.labelled,
             label_coverage=min(1.0, self.labelled / self.samples) if self.samples else 0.0,
             accuracy=accuracy,
+            sampled_accuracy=sampled_accuracy,
+            sampled_count=sampled,
             macro_f1=sum(f1s) / len(f1s) if f1s else None,
             per_class=per_class,
             per_slice_accuracy={k: c / n for k, (c, n) in sorted(self.slices.items()) if n},
@@ -275,8 +294,8 @@ class WindowAccumulator(BaseModel):
                 for cam, acc in sorted(self.camera_estimates.items())
                 if (e := acc.estimate(classes, prior, ep, camera=True)) is not None
             },
-            estimate_error=estimate.value - accuracy
-            if estimate is not None and accuracy is not None
+            estimate_error=estimate.value - truth
+            if estimate is not None and truth is not None
             else None,
         )
 
@@ -407,7 +426,9 @@ class WindowBook(BaseModel):
     ) -> Closed | None:
         """Count one labelled prediction; the window it closed, if any."""
         self.open.add_label(obs, now)
-        if obs.label is not None:
+        # The corrections are a mean over the frames: asked-for labels would lean them to
+        # the frames the model is least sure of.
+        if obs.label is not None and not obs.requested:
             self.bias.add(
                 obs.camera_id, obs.chance_correct, obs.predicted == obs.label, policy.estimate
             )

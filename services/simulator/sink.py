@@ -46,6 +46,7 @@ class KafkaSink:
             label=label.label,
             camera_id=label.camera_id,
             annotator="simulator",
+            requested=label.requested,
             source="simulator",
         )
         self._producer.publish(Topics.LABELS, event, key=label.frame_id)

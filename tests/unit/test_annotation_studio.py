@@ -73,6 +73,7 @@ def test_an_annotation_gives_the_frames_label_with_who_made_it() -> None:
     assert isinstance(label, Label)
     assert (label.frame_id, label.label, label.camera_id) == ("f-1", "bus", "cam-2")
     assert label.annotator == "labelstudio:ann@example.org"
+    assert label.requested  # a task is made of a label request only
     again = read_annotation(annotation("bus"), TASK, CLASSES, annotator="ann@example.org")
     assert isinstance(again, Label) and again.event_id == label.event_id
     updated = read_annotation(annotation("car", updated_at="2026-12-04T10:05:00Z"), TASK, CLASSES)

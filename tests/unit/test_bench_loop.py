@@ -68,6 +68,7 @@ def test_each_window_is_a_row_with_its_conditions_estimate_and_error() -> None:
     assert rows[0]["error"] == -0.25 and rows[1]["error"] == 0.06
     assert rows[1] | {"start": None} == {
         "window": "v1:live:1", "shadow": False, "start": None, "conditions": ["night"],
-        "frames": 300, "labelled": 100, "accuracy": 0.2, "estimate": 0.26,
+        "frames": 300, "labelled": 100, "accuracy": 0.2, "sampled": 0, "sampled_accuracy": None,
+        "estimate": 0.26,
         "method": "confidence", "error": 0.06,
     }  # fmt: skip

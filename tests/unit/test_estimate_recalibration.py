@@ -176,3 +176,49 @@ def test_a_version_promoted_from_shadow_starts_live_with_its_shadow_corrections(
     assert monitor.books["v2:live"].open.estimate.p_sum > 0.95
     monitor.on_prediction(replace(o, frame_id="l1"), "v3", "live", T0)
     assert monitor.books["v3:live"].open.estimate.p_sum == pytest.approx(0.8)
+
+
+def test_labels_that_answer_requests_count_in_accuracy_but_not_in_the_estimates_error() -> None:
+    """Asked-for frames are the ones the model is least sure of: the window's accuracy counts
+    them, but the estimate is of every frame, so its error is measured on the labels nobody
+    asked for, and its corrections and class prior learn from those only."""
+    policy = WindowPolicy(labelled_per_window=100)
+    monitor = Monitor("m", CLASSES, MonitorPolicy(window=policy))
+    o = night_car(0.9)
+    for i in range(200):
+        monitor.on_prediction(replace(o, frame_id=f"p{i}"), "v1", "live", T0)
+    out = []
+    for i in range(100):  # 70 at random, right 63 times (0.9); 30 asked for, all wrong
+        asked = i >= 70
+        right = not asked and i % 10 != 0
+        obs = replace(o, frame_id=f"p{i}", label="car" if right else "bus", requested=asked)
+        out += monitor.on_label(obs, "v1", "live", T0).windows
+    (m,) = out
+    assert m.accuracy == pytest.approx(0.63) and m.labelled_count == 100
+    assert m.sampled_accuracy == pytest.approx(0.9) and m.sampled_count == 70
+    assert m.estimate is not None and m.estimate.value == pytest.approx(0.9)
+    assert m.estimate_error == pytest.approx(0.0)  # against all 100 labels it would be +0.27
+    book = monitor.books["v1:live"]
+    assert book.bias.labels == 70
+    # 63 right and 7 wrong at 0.9 say the chances were right (all 100 would say 0.27 less).
+    assert abs(book.bias.correction("cam-1", policy.estimate).p) < 0.02
+    assert sum(monitor.prior.counts.values()) == pytest.approx(70, abs=2)  # decayed a little
+    assert set(monitor.prior.counts) == {"car", "bus"}
+
+
+def test_with_too_few_labels_at_random_the_error_is_measured_on_all_of_them() -> None:
+    policy = WindowPolicy(labelled_per_window=100)
+    book = WindowBook(model_name="m", model_version="v1", stream="live")
+    o = night_car(0.9)
+    for i in range(60):
+        book.add_prediction(replace(o, frame_id=f"p{i}"), T0, policy)
+    closed = None
+    for i in range(100):  # 20 at random, all right; 80 asked for, half right
+        obs = replace(o, frame_id=f"g{i}", label="car" if i < 60 else "bus", requested=i >= 20)
+        closed = book.add_label(obs, T0, policy, CLASSES) or closed
+    assert closed is not None
+    m = closed.metrics
+    assert (m.sampled_count, m.sampled_accuracy, m.accuracy) == (20, 1.0, 0.6)
+    assert policy.estimate.error_min_labels > 20
+    assert m.estimate is not None and m.estimate.value == pytest.approx(0.9)
+    assert m.estimate_error == pytest.approx(0.9 - 0.6)

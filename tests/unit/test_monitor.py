@@ -69,6 +69,22 @@ def test_a_label_that_comes_first_waits_for_its_prediction() -> None:
     ]
 
 
+def test_a_label_that_answers_a_request_is_passed_on_as_requested_to_both_streams() -> None:
+    join = FrameJoin(ttl_s=60)
+    e, _ = join.on_prediction(None, prediction("f3"), T0)
+    e, _ = join.on_label(e, Label(frame_id="f3", label="car", requested=True), T0)
+    _, out = join.on_prediction(e, prediction("f3", "v2", shadow=True), T0)
+    assert [(j.kind, j.observation.requested) for j in out] == [
+        ("prediction", False),
+        ("label", True),
+        ("pair", True),
+    ]
+    restored = Observation.from_json(out[1].observation.to_json())
+    assert restored.requested
+    _, out = join.on_label(join.on_prediction(None, prediction("f4"), T0)[0], label("f4"), T0)
+    assert [j.observation.requested for j in out] == [False]
+
+
 POLICY = MonitorPolicy(
     # The first window is the drift reference (a growing one: tests/unit/test_monitoring.py).
     window=WindowPolicy(labelled_per_window=50, uncertain_per_camera=5, reference_samples=1),

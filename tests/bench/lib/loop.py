@@ -48,6 +48,10 @@ def window_rows(windows: list[WindowMetrics]) -> list[dict[str, object]]:
             "frames": w.sample_count,
             "labelled": w.labelled_count,
             "accuracy": None if w.accuracy is None else round(w.accuracy, 4),
+            "sampled": w.sampled_count,
+            "sampled_accuracy": None
+            if w.sampled_accuracy is None
+            else round(w.sampled_accuracy, 4),
             "estimate": None if e is None else round(e.value, 4),
             "method": None if e is None else e.method,
             "error": None if w.estimate_error is None else round(w.estimate_error, 4),
