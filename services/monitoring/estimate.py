@@ -25,7 +25,9 @@ Two label-free facts about a set of predictions, and the estimate is the lower o
    sure of itself than it is right, and no label-free fact says by how much. Labels arrive
    late but they do arrive: each camera keeps how far the chances it counted were from the
    outcomes of its recent labelled predictions (an exponentially weighted mean of
-   ``correct - chance``, shrunk towards the version's while few labels stand behind it),
+   ``correct - chance``, shrunk towards the version's while few labels stand behind it;
+   labels that answer a request are left out, being of the frames the model is least sure
+   of, as they are from the class prior of point 2),
    and a prediction counts its chance plus its camera's correction. A window counts the
    corrections as they were when the window before it closed, so its estimate never uses
    the labels the window itself counts (``WindowBook.window_bias``); the trigger's estimate
