@@ -33,3 +33,21 @@ def test_importing_the_package_loads_no_kafka_client() -> None:
     code = "import sys, streamloop; print('kafka' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_label_published_in_answer_to_a_request_says_so() -> None:
+    from shared.events import Label
+    from shared.sdk import LabelPublisher
+    from shared.topics import Topics
+    from tests.unit.test_serving import FakeProducer
+
+    producer = FakeProducer()
+    with LabelPublisher(producer=producer, annotator="alice") as labels:  # type: ignore[arg-type]
+        labels.publish("f-1", "car")
+        labels.publish("f-2", "bus", requested=True)
+    sent = producer.of(Topics.LABELS)
+    assert all(isinstance(e, Label) for e in sent)
+    assert [(e.frame_id, e.requested, e.annotator) for e in sent] == [
+        ("f-1", False, "alice"),
+        ("f-2", True, "alice"),
+    ]
