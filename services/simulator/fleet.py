@@ -119,6 +119,12 @@ class Fleet:
         )
 
 
+COVERAGE_STREAM = 3
+"""The annotators' coverage draw of a frame comes from ``[seed, index, COVERAGE_STREAM]``;
+its label's delay and noise from ``[seed, index, 1]`` (unasked) or ``[seed, index, 2]``
+(asked for); the frame itself from ``[seed, index]``."""
+
+
 class Annotators:
     """Plans labels and hands them out when due. Thread-safe (requests come from a consumer
     thread)."""
@@ -165,7 +171,9 @@ class Annotators:
     def observe(self, frame: SimFrame, now: float) -> bool:
         """Record a published frame; plan its label when it falls in the coverage. True
         when a label was planned."""
-        rng = np.random.default_rng([self.seed, frame.index, 0])
+        # Not [seed, index, 0]: numpy seeds [seed, index, 0] as it seeds [seed, index], the
+        # frame's own generator, and the coverage draw would follow the frame's class draw.
+        rng = np.random.default_rng([self.seed, frame.index, COVERAGE_STREAM])
         labelled = bool(rng.random() < self.policy.coverage)
         light = SimFrame(
             frame.index,

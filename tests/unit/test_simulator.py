@@ -215,3 +215,16 @@ def test_a_ramp_can_run_either_way_and_has_no_fixed_condition_weights(tmp_path: 
     with pytest.raises(ValueError, match="no fixed condition weights"):
         entry.weights()
     assert ScheduleEntry(at_s=0, condition="fog").darkness_at(10) is None
+
+
+def test_the_frames_labelled_unasked_have_the_class_mix_of_all_frames_under_a_ramp() -> None:
+    """The coverage draw is independent of the frame's own draws, in the dusk's ramp (where
+    the class is the frame generator's first draw) as in a schedule of conditions."""
+    scenario = load("gradual-dusk")
+    fleet = Fleet(scenario, CLASSES, run_id="r")
+    for start in (0, 9600):  # day, then the middle of the ramp
+        ann = Annotators(scenario.labels, CLASSES, seed=scenario.seed)
+        labelled = [f for f in map(fleet.frame, range(start, start + 2000)) if ann.observe(f, 0.0)]
+        cars = sum(f.label == "car" for f in labelled) / len(labelled)
+        assert 0.26 < len(labelled) / 2000 < 0.34
+        assert 0.48 < cars < 0.63, f"{cars:.2f} of the labelled frames are cars (5 in 9 drawn)"
