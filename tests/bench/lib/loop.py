@@ -14,6 +14,11 @@ from shared.events import WindowMetrics
 __all__ = ["estimate_mae", "window_rows", "with_coverage"]
 
 
+def _conditions(w: WindowMetrics) -> list[str]:
+    """The conditions of the labels a window counted."""
+    return [k.split("=", 1)[1] for k in w.per_slice_accuracy if k.startswith("condition=")]
+
+
 def estimate_mae(windows: list[WindowMetrics]) -> dict[str, dict[str, float]]:
     """Mean absolute error of the estimate over windows whose labels are all of one
     condition, per condition, with the number of windows and the error of the first (in
@@ -21,9 +26,7 @@ def estimate_mae(windows: list[WindowMetrics]) -> dict[str, dict[str, float]]:
     new condition to correct it yet."""
     errors: dict[str, list[float]] = defaultdict(list)
     for w in windows:
-        conditions = [
-            k.split("=", 1)[1] for k in w.per_slice_accuracy if k.startswith("condition=")
-        ]
+        conditions = _conditions(w)
         if len(conditions) == 1 and w.estimate_error is not None:
             errors[conditions[0]].append(abs(w.estimate_error))
     return {
@@ -42,9 +45,7 @@ def window_rows(windows: list[WindowMetrics]) -> list[dict[str, object]]:
             "window": w.window_id,
             "shadow": w.shadow,
             "start": w.window_start.isoformat(),
-            "conditions": sorted(
-                k.split("=", 1)[1] for k in w.per_slice_accuracy if k.startswith("condition=")
-            ),
+            "conditions": sorted(_conditions(w)),
             "frames": w.sample_count,
             "labelled": w.labelled_count,
             "accuracy": None if w.accuracy is None else round(w.accuracy, 4),
