@@ -26,12 +26,16 @@ Tracing: each window is published under its own span; a retrain request's span l
 spans of the windows that caused it (many to one), and training, evaluation, the registry
 and serving continue that trace from the request's headers.
 
-At-least-once, as in labelling: faust flushes its producer before committing, and no
-exception escapes an agent; what cannot be handled goes to the dead-letter topic.
+Inputs are read at least once, as in labelling: faust flushes its producer before
+committing, and no exception escapes an agent; what cannot be handled goes to the dead-letter
+topic. Outputs other than label requests are published once across a kill: a fold that has
+any keeps them in ``state`` as its outbox, on the changelog before they are published, and a
+restarted worker publishes what of it the topics lack (``services.monitoring.outbox``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import OrderedDict
@@ -47,6 +51,7 @@ from prometheus_client import Counter, Gauge
 from services.monitoring.calibrations import Temperatures
 from services.monitoring.join import FrameJoin, Joined
 from services.monitoring.monitor import Monitor, Outputs
+from services.monitoring.outbox import EMPTY, OUTBOX, Outbox, PublishedIds, event_ids_since
 from services.monitoring.settings import MonitoringSettings
 from shared.events import (
     DecodeError,
@@ -121,8 +126,10 @@ class MonitorApp:
         tracer: trace.Tracer | None = None,
         clock: Callable[[], datetime] = utcnow,
         registry: RegistryReader | None = None,
+        published: PublishedIds | None = None,
     ) -> None:
         self.settings = settings
+        self.published = published or event_ids_since(settings.kafka)
         self.temperatures = Temperatures(registry, settings.model_name)
         self.tracer = tracer or trace.get_tracer("streamloop.monitoring")
         self.clock = clock
@@ -135,6 +142,8 @@ class MonitorApp:
         self._loaded = False
         self._folded = -1
         """Offset of the last ``observations`` record folded into the ``state`` table."""
+        self._boxed = False
+        """Whether the ``state`` table's outbox holds outputs (emptied by the next fold)."""
         self._window_spans: OrderedDict[str, SpanContext] = OrderedDict()
         self.dead_letters = FaustDeadLetters(app, prefix, group=app_id, tracer=self.tracer)
 
@@ -302,10 +311,7 @@ class MonitorApp:
         """Feed one joined observation (or a tick) to the monitor and publish its answer."""
         now = self.clock()
         if not self._loaded:
-            docs = {k: self.state[k] for k in list(self.state)}
-            self._folded = int(docs.pop(FOLDED, {}).get("offset", -1))
-            self.monitor.load(docs.items())
-            self._loaded = True
+            await self._load()
         if event.message.offset <= self._folded:
             # Folded before a crash; its effects (windows published, requests sent) stand.
             RECORDS.labels("observation", "replayed").inc()
@@ -324,12 +330,42 @@ class MonitorApp:
             return
         for key, doc in self.monitor.take_dirty().items():
             self.state[key] = doc
+        box = Outbox.of(out, now)
+        if box is not None:
+            self.state[OUTBOX] = box.dump()
+            self._boxed = True
+        elif self._boxed:
+            self.state[OUTBOX] = EMPTY
+            self._boxed = False
         # Last, after the documents it covers: a record read again after a crash (its offset
         # was not committed yet) is recognised and not folded a second time.
         self.state[FOLDED] = {"offset": event.message.offset}
         self._folded = event.message.offset
+        if box is not None:
+            # The fold, its offset and its outbox on the broker before any of it is published:
+            # a kill from here on leaves the outbox for the next worker to finish.
+            await self.app.producer.flush()
         if out:
             await self.publish(out)
+
+    async def _load(self) -> None:
+        """Continue from the ``state`` table; publish what a stopped worker's outbox holds
+        and its topics do not."""
+        docs = {k: self.state[k] for k in list(self.state)}
+        self._folded = int(docs.pop(FOLDED, {}).get("offset", -1))
+        box = Outbox.load(docs.pop(OUTBOX, EMPTY))
+        self.monitor.load(docs.items())
+        self._loaded = True
+        if box is None:
+            return
+        loop = asyncio.get_running_loop()
+        missing = await loop.run_in_executor(None, box.unpublished, self.published)
+        if missing:
+            n = len(missing.windows) + len(missing.comparisons)
+            n += len(missing.retrains) + len(missing.alerts)
+            log.warning("publishing what a stopped worker left unsent", extra={"count": n})
+            await self.publish(missing)
+        self.state[OUTBOX] = EMPTY
 
     def observe(self, j: Joined, now: datetime) -> Outputs:
         m = self.monitor
@@ -451,7 +487,9 @@ def build_app(
     tracer: trace.Tracer | None = None,
     clock: Callable[[], datetime] = utcnow,
     registry: RegistryReader | None = None,
+    published: PublishedIds | None = None,
 ) -> MonitorApp:
     """The configured monitoring app (not started); ``registry`` gives each version's
-    temperature (without it, confidences count uncalibrated)."""
-    return MonitorApp(settings, tracer, clock, registry)
+    temperature (without it, confidences count uncalibrated); ``published`` reads back the
+    output topics after a restart (the broker's, by default)."""
+    return MonitorApp(settings, tracer, clock, registry, published)

@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 import random
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 
+from services.monitoring.outbox import OUTBOX, Outbox
 from shared.bus import DlqHeaders, EventProducer
-from shared.events import Label, Prediction
+from shared.events import Alert, Label, Prediction, WindowMetrics
+from shared.kafka_admin import KafkaAdmin
 from shared.settings import KafkaSettings
 from shared.topics import Topics
 from tests.conftest import provision_prefixed
@@ -365,3 +368,60 @@ def test_sigusr1_prints_every_task_and_the_worker_goes_on_counting(
     finally:
         proc.kill()
         producer.close()
+
+
+def test_a_restarted_monitor_publishes_what_its_outbox_holds_and_its_topics_do_not(
+    env: dict[str, str], kafka_settings: KafkaSettings, prefix: str
+) -> None:
+    now = datetime.now(UTC)
+
+    def window(n: int) -> WindowMetrics:
+        return WindowMetrics(
+            model_name="vehicle-classifier", model_version="v1", window_id=f"v1:live:{n}",
+            window_kind="count", window_start=now, window_end=now, sample_count=40,
+            labelled_count=20, label_coverage=0.5, accuracy=0.5,
+        )  # fmt: skip
+
+    sent, unsent = window(1), window(2)
+    alert = Alert(severity="warning", kind="accuracy_drop", message="v1 dropped")
+    prefixed = KafkaSettings(topic_prefix=prefix)
+    # What a worker killed in the middle of its publish leaves: the first window on the broker,
+    # and all three in the outbox of its state table's changelog.
+    with EventProducer(prefixed) as producer:
+        producer.publish(Topics.METRICS, sent, key="v1")
+    changelog = f"{prefix}streamloop-monitoring-state-changelog"
+    with KafkaAdmin(kafka_settings) as admin:
+        admin.create_topics(
+            [(changelog, 1, {"cleanup.policy": "compact"})],
+            kafka_settings.replication_factor,
+            timeout_s=30,
+        )
+    raw = bare_producer(kafka_settings)
+    box = Outbox(now, (sent, unsent, alert))
+    raw.send(changelog, key=OUTBOX.encode(), value=json.dumps(box.dump()).encode())
+    raw.flush()
+    raw.close()
+
+    def published() -> tuple[list[str], list[str]]:
+        ws = [json.loads(r.value) for r in read_all(kafka_settings, prefix + Topics.METRICS, 99, 2)]
+        al = [json.loads(r.value) for r in read_all(kafka_settings, prefix + Topics.ALERTS, 99, 2)]
+        return [w["event_id"] for w in ws], [a["event_id"] for a in al]
+
+    proc = start(env)  # its first tick loads the state and finds the outbox
+    try:
+        wait_for(lambda: len(published()[0]) >= 2, 60, what="the unsent window")
+        said = [json.loads(ln[ln.index("{") :]) for ln in proc.lines if "left unsent" in ln]
+        assert [s["count"] for s in said] == [2], proc.lines[-40:]
+    finally:
+        proc.p.send_signal(signal.SIGTERM)
+        proc.p.wait(60)
+    # Each once, the same events: the window already sent was not sent again.
+    assert published() == ([sent.event_id, unsent.event_id], [alert.event_id])
+    # The outbox was emptied: a second restart publishes nothing.
+    again = start(env)
+    try:
+        time.sleep(12)  # two ticks after it is ready: its state is loaded
+    finally:
+        again.kill()
+    assert published() == ([sent.event_id, unsent.event_id], [alert.event_id])
+    assert not any("left unsent" in ln for ln in again.lines)
