@@ -44,6 +44,7 @@ from datetime import datetime
 from typing import Any
 
 import faust
+from kafka.errors import KafkaError
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, SpanKind
 from prometheus_client import Counter, Gauge
@@ -359,7 +360,14 @@ class MonitorApp:
         if box is None:
             return
         loop = asyncio.get_running_loop()
-        missing = await loop.run_in_executor(None, box.unpublished, self.published)
+        try:
+            missing = await loop.run_in_executor(None, box.unpublished, self.published)
+        except (KafkaError, TimeoutError, OSError) as exc:  # rather twice than never
+            log.warning(
+                "could not read the output topics back; publishing the whole outbox",
+                extra={"error": f"{type(exc).__name__}: {exc}"},
+            )
+            missing = box.unpublished(lambda _topics, _since: set())
         if missing:
             n = len(missing.windows) + len(missing.comparisons)
             n += len(missing.retrains) + len(missing.alerts)
