@@ -17,7 +17,9 @@ monitor carries on where it was: the same window ids, the same trigger state, an
 that already fired never fires again. What a restart reads again is not counted again: the
 join remembers what each frame has sent, and ``state`` holds the offset of the last
 observation folded in (written after the documents it covers), so ``watch`` skips the
-observations read again from the last committed offset.
+observations read again from the last committed offset. After every rebalance the monitor is
+read again from ``state`` before its next observation: another worker may have folded
+observations into the table while this one did not own the partition.
 
 Timers send ticks through the same topics: each join partition sweeps its expired entries,
 and the observations partition closes quiet windows by time.
@@ -139,7 +141,7 @@ class MonitorApp:
         self.app_id = app_id = prefix + settings.app_id
         self.app = app = new_app(app_id, kafka, partitions=settings.partitions)
         self.join_rules = FrameJoin(settings.join_ttl_s)
-        self.monitor = Monitor(settings.model_name, settings.task.classes, settings.policy())
+        self.monitor = self._new_monitor()
         self._loaded = False
         self._folded = -1
         """Offset of the last ``observations`` record folded into the ``state`` table."""
@@ -191,17 +193,28 @@ class MonitorApp:
             # Entries came back from the changelog: the next sweep of each partition reads it.
             self.due.forget()
 
-        self.state = BytesKeyed(
-            app.Table(
-                "state",
-                default=None,
-                partitions=1,
-                key_type=bytes,
-                value_type=bytes,
-                help="the monitor's state documents (windows, trigger, comparisons) as JSON",
-            )
+        state = app.Table(
+            "state",
+            default=None,
+            partitions=1,
+            key_type=bytes,
+            value_type=bytes,
+            help="the monitor's state documents (windows, trigger, comparisons) as JSON",
         )
+        self.state = BytesKeyed(state)
+
+        @state.on_recover
+        async def reload() -> None:
+            # After every rebalance: the observations may have been folded by another worker
+            # while this one did not own them, so the monitor is read again from the table
+            # before its next observation, never continued from what this worker held.
+            self._loaded = False
+
         self._wire()
+
+    def _new_monitor(self) -> Monitor:
+        s = self.settings
+        return Monitor(s.model_name, s.task.classes, s.policy())
 
     # --- agents ---------------------------------------------------------------------------
 
@@ -353,10 +366,17 @@ class MonitorApp:
         """Continue from the ``state`` table; publish what a stopped worker's outbox holds
         and its topics do not."""
         docs = {k: self.state[k] for k in list(self.state)}
-        self._folded = int(docs.pop(FOLDED, {}).get("offset", -1))
+        held, self._folded = self._folded, int(docs.pop(FOLDED, {}).get("offset", -1))
+        if held >= 0 and held != self._folded:
+            log.info(
+                "another worker folded observations since this one last did",
+                extra={"held": held, "folded": self._folded},
+            )
         box = Outbox.load(docs.pop(OUTBOX, EMPTY))
+        self.monitor = self._new_monitor()
         self.monitor.load(docs.items())
         self._loaded = True
+        self._boxed = False
         if box is None:
             return
         loop = asyncio.get_running_loop()
