@@ -26,6 +26,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from shared.errors import poll_through_outage
+from shared.fetch import AT_REST_AFTER_S, AT_REST_WAIT_MS, FetchPacing
 from shared.settings import KafkaSettings
 
 __all__ = ["ConsumerRecord", "RecordCounter", "Start", "TopicReader", "offsets_at"]
@@ -76,6 +77,12 @@ class TopicReader:
             # fence) is not read, nor what an open one wrote until it commits.
             isolation_level="read_committed",
             **{**settings.client_kwargs(), **consumer_kwargs},
+        )
+        config = self._consumer.config
+        # A reader that follows a topic (``poll``, ``follow``) waits at rest as the consumer
+        # loops do: after a quiet spell the broker holds its fetch and a poll waits longer.
+        self._pacing = FetchPacing(
+            config["fetch_min_bytes"], config["fetch_max_wait_ms"], AT_REST_AFTER_S, AT_REST_WAIT_MS
         )
         self._assigned: list[TopicPartition] = []
         try:
@@ -189,12 +196,16 @@ class TopicReader:
     # --- records -------------------------------------------------------------------------
 
     def poll(self, timeout_ms: int = 500, max_records: int | None = None) -> list[ConsumerRecord]:
-        """One poll's records, in partition order."""
+        """One poll's records, in partition order. After ``shared.fetch.AT_REST_AFTER_S``
+        without a record it waits up to ``AT_REST_POLL_MS`` instead of ``timeout_ms`` (it
+        returns at the first record either way)."""
         if not self._assigned:
             time.sleep(timeout_ms / 1000)
             return []
-        polled = self._poll(timeout_ms, max_records)
-        return [rec for batch in polled.values() for rec in batch]
+        polled = self._poll(self._pacing.poll_timeout_ms(timeout_ms), max_records)
+        records = [rec for batch in polled.values() for rec in batch]
+        self._pacing.observe(self._consumer, len(records), time.monotonic())
+        return records
 
     def _poll(self, timeout_ms: int, max_records: int | None = None) -> dict[Any, list[Any]]:
         return poll_through_outage(

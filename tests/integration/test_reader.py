@@ -11,6 +11,7 @@ import pytest
 
 from shared.bus import EventProducer
 from shared.events import Label
+from shared.fetch import AT_REST_AFTER_S, AT_REST_POLL_MS, AT_REST_WAIT_MS
 from shared.reader import RecordCounter, TopicReader
 from shared.settings import KafkaSettings
 from shared.topics import Topics
@@ -114,6 +115,35 @@ def test_follow_reads_what_comes_and_stops_when_asked(kafka: KafkaSettings) -> N
     ):
         for _ in reader.follow(timeout_s=1, poll_ms=100):
             pass
+
+
+def test_a_reader_at_rest_waits_longer_and_still_returns_a_record_at_once(
+    kafka: KafkaSettings,
+) -> None:
+    with TopicReader(kafka, [Topics.LABELS], start="end") as reader:
+        fetcher = reader._consumer._fetcher.config  # type: ignore[attr-defined]
+        assert fetcher["fetch_max_wait_ms"] == 500  # kafka-python's, while records may flow
+        quiet_until = time.monotonic() + AT_REST_AFTER_S + 0.5
+        while time.monotonic() < quiet_until:
+            assert reader.poll(100) == []
+        # At rest: the broker holds an empty fetch for 5 s, a poll waits up to a second.
+        assert fetcher["fetch_max_wait_ms"] == AT_REST_WAIT_MS
+        started = time.monotonic()
+        assert reader.poll(100) == []
+        assert time.monotonic() - started >= 0.8 * AT_REST_POLL_MS / 1000
+
+        def publish_later() -> None:
+            time.sleep(0.3)
+            _labels(kafka, ["woken"])
+
+        threading.Thread(target=publish_later).start()
+        started = time.monotonic()
+        got: list[str] = []
+        while not got and time.monotonic() - started < 10:
+            got = _ids(reader.poll(100))
+        # The held fetch returns with the record, not at the end of its 5 s.
+        assert got == ["woken"] and time.monotonic() - started < 3
+        assert fetcher["fetch_max_wait_ms"] == 500  # busy again
 
 
 def test_a_topic_that_appears_later_is_read_after_refresh(
