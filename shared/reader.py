@@ -78,11 +78,14 @@ class TopicReader:
             isolation_level="read_committed",
             **{**settings.client_kwargs(), **consumer_kwargs},
         )
-        config = self._consumer.config
+        config = getattr(self._consumer, "config", {})
         # A reader that follows a topic (``poll``, ``follow``) waits at rest as the consumer
         # loops do: after a quiet spell the broker holds its fetch and a poll waits longer.
         self._pacing = FetchPacing(
-            config["fetch_min_bytes"], config["fetch_max_wait_ms"], AT_REST_AFTER_S, AT_REST_WAIT_MS
+            config.get("fetch_min_bytes", 1),
+            config.get("fetch_max_wait_ms", 500),
+            AT_REST_AFTER_S,
+            AT_REST_WAIT_MS,
         )
         self._assigned: list[TopicPartition] = []
         try:
