@@ -118,6 +118,9 @@ TICK = b'{"event_type":"monitoring.tick"}'
 FOLDED = "folded/observations"
 """The ``state`` document holding the offset of the last observation folded in."""
 KEEP_WINDOW_SPANS = 500
+OUTBOX_FLUSH_S = 30.0
+"""How long a fold that yields outputs waits for its outbox to reach the broker before it
+publishes anyway (once twice rather than held back for ever)."""
 
 
 class MonitorApp:
@@ -358,9 +361,23 @@ class MonitorApp:
         if box is not None:
             # The fold, its offset and its outbox on the broker before any of it is published:
             # a kill from here on leaves the outbox for the next worker to finish.
-            await self.app.producer.flush()
+            await self._flush_outbox()
         if out:
             await self.publish(out)
+
+    async def _flush_outbox(self) -> None:
+        started = asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait_for(self.app.producer.flush(), OUTBOX_FLUSH_S)
+        except TimeoutError:
+            log.warning(
+                "the outbox did not reach the broker in time; publishing anyway",
+                extra={"waited_s": OUTBOX_FLUSH_S},
+            )
+            return
+        waited = asyncio.get_running_loop().time() - started
+        if waited > 5:
+            log.warning("the outbox took long to reach the broker", extra={"waited_s": waited})
 
     async def _load(self) -> None:
         """Continue from the ``state`` table; publish what a stopped worker's outbox holds

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
+import pytest
+
+import services.monitoring.app as monitoring_app
+from services.monitoring.app import MonitorApp
 from services.monitoring.monitor import Outputs
 from services.monitoring.outbox import EMPTY, SLACK, Outbox
+from services.monitoring.settings import MonitoringSettings
 from shared.events import (
     Alert,
     LabelRequest,
@@ -107,3 +115,22 @@ def test_an_outbox_wholly_published_leaves_nothing_to_publish() -> None:
     assert box is not None
     assert not box.unpublished(Topic({e.event_id for e in box.events}))
     assert box.unpublished(Topic(set()))  # and everything when the topics hold none of it
+
+
+def test_an_outbox_flush_that_never_ends_is_given_up_and_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    flushes: list[str] = []
+
+    async def hangs() -> None:
+        flushes.append("started")
+        await asyncio.sleep(3600)
+        flushes.append("ended")
+
+    monkeypatch.setattr(monitoring_app, "OUTBOX_FLUSH_S", 0.2)
+    app = MonitorApp(MonitoringSettings(), published=lambda topics, since: set())
+    app.app.producer = SimpleNamespace(flush=hangs)  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING, logger=monitoring_app.log.name):
+        asyncio.run(asyncio.wait_for(app._flush_outbox(), 5))
+    assert flushes == ["started"]
+    assert "did not reach the broker in time" in caplog.text
