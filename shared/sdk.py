@@ -73,10 +73,11 @@ class _Publisher:
         producer: EventProducer | None,
         client_id: str,
         tracer: trace.Tracer | None,
+        **producer_overrides: Any,
     ) -> None:
         self._own = producer is None
         self._producer = producer or EventProducer(
-            settings or KafkaSettings(), client_id=client_id, tracer=tracer
+            settings or KafkaSettings(), client_id=client_id, tracer=tracer, **producer_overrides
         )
 
     def flush(self, timeout_s: float | None = None) -> None:
@@ -121,6 +122,12 @@ def encode_for_wire(
     return encode_image(to_rgb_array(image), content_type), content_type
 
 
+FRAME_LINGER_MS = 20
+"""How long a camera's frame waits for others to share its request to Kafka (the bus's
+default is 5 ms): at a paced 245 frames/s the broker and the publisher spent about half the
+CPU a frame with 20 ms (``python -m tests.bench.bench_publisher``, docs/benchmarks.md)."""
+
+
 class FramePublisher(_Publisher):
     """Publishes camera frames to ``frames.raw`` (see the README for the wire format)."""
 
@@ -133,10 +140,14 @@ class FramePublisher(_Publisher):
         source: str = "sdk",
         producer: EventProducer | None = None,
         tracer: trace.Tracer | None = None,
+        linger_ms: int = FRAME_LINGER_MS,
     ) -> None:
         """``camera_id`` is the default camera of ``publish``; ``content_type`` is how arrays
-        and PIL images are encoded."""
-        super().__init__(settings, producer, "streamloop-frame-publisher", tracer)
+        and PIL images are encoded; ``linger_ms`` is how long a frame waits for others to
+        share its request to Kafka (the publisher's own producer only)."""
+        super().__init__(
+            settings, producer, "streamloop-frame-publisher", tracer, linger_ms=linger_ms
+        )
         self.camera_id = camera_id
         self.content_type = content_type
         self.source = source

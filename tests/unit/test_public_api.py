@@ -51,3 +51,23 @@ def test_a_label_published_in_answer_to_a_request_says_so() -> None:
         ("f-1", False, "alice"),
         ("f-2", True, "alice"),
     ]
+
+
+def test_a_frame_publisher_lingers_20_ms_unless_told_and_a_label_publisher_keeps_the_bus_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shared.sdk
+    from shared.bus import PRODUCER_DEFAULTS
+
+    made: list[dict[str, object]] = []
+
+    class Producer:
+        def __init__(self, settings: object, **kwargs: object) -> None:
+            made.append(kwargs)
+
+    monkeypatch.setattr(shared.sdk, "EventProducer", Producer)
+    shared.sdk.FramePublisher(camera_id="cam-1")
+    shared.sdk.FramePublisher(camera_id="cam-1", linger_ms=0)
+    shared.sdk.LabelPublisher()
+    assert [m.get("linger_ms") for m in made] == [20, 0, None]
+    assert PRODUCER_DEFAULTS["linger_ms"] == 5
