@@ -120,7 +120,8 @@ FOLDED = "folded/observations"
 KEEP_WINDOW_SPANS = 500
 OUTBOX_FLUSH_S = 30.0
 """How long a fold that yields outputs waits for its outbox to reach the broker before it
-publishes anyway (once twice rather than held back for ever)."""
+publishes anyway: a kill in the moments after could then publish a window twice, which is
+better than never publishing it."""
 
 
 class MonitorApp:
@@ -366,6 +367,7 @@ class MonitorApp:
             await self.publish(out)
 
     async def _flush_outbox(self) -> None:
+        """Wait until faust's producer has the outbox on the broker, ``OUTBOX_FLUSH_S`` at most."""
         started = asyncio.get_running_loop().time()
         try:
             await asyncio.wait_for(self.app.producer.flush(), OUTBOX_FLUSH_S)

@@ -41,6 +41,7 @@ def frame_png(seed: int = 0) -> bytes:
 
 
 def own_cpu_s() -> float:
+    """User + system CPU seconds of this process (the producer's sender thread included)."""
     use = resource.getrusage(resource.RUSAGE_SELF)
     return use.ru_utime + use.ru_stime
 
@@ -70,7 +71,8 @@ def one_run(
     finally:
         producer.close()
         delete_topics((settings.topic_prefix + t for t in TOPICS), print, only_existing=True)
-    assert broker0 is not None and broker1 is not None, "the broker's CPU could not be read"
+    if broker0 is None or broker1 is None:
+        raise RuntimeError(f"the broker's CPU could not be read from /proc/{broker}/stat")
     return {
         "linger_ms": linger_ms,
         "frames": n,
@@ -83,7 +85,7 @@ def one_run(
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per linger, in the order first run: the median of each figure over its runs."""
+    """Per linger, in the order the settings first ran: the median of each figure over its runs."""
     rows = []
     for linger in dict.fromkeys(r["linger_ms"] for r in runs):
         mine = [r for r in runs if r["linger_ms"] == linger]
