@@ -124,8 +124,8 @@ def encode_for_wire(
 
 FRAME_LINGER_MS = 20
 """How long a camera's frame waits for others to share its request to Kafka (the bus's
-default is 5 ms): at a paced 245 frames/s the broker and the publisher spent about half the
-CPU a frame with 20 ms (``python -m tests.bench.bench_publisher``, docs/benchmarks.md)."""
+default is 5 ms): at a paced 245 frames/s the broker and the publisher spent a third to a
+half less CPU a frame with 20 ms (``python -m tests.bench.bench_publisher``, docs/benchmarks.md)."""
 
 
 class FramePublisher(_Publisher):

@@ -67,7 +67,7 @@ from shared.telemetry import JsonlSpanExporter, Telemetry, setup_telemetry
 from shared.topics import TOPICS, provision
 from tests.bench.lib.control import delete_topics, workdir
 from tests.bench.lib.fixtures import render_pool, untrained_model
-from tests.bench.lib.procs import listening_pid, load_average
+from tests.bench.lib.procs import broker_pid, listening_pid, load_average
 from tests.bench.lib.report import write_figures
 from tests.bench.lib.stages import (
     BATCH,
@@ -121,9 +121,8 @@ def tracing(work: Path, sample_ratio: float) -> Telemetry:
 
 def meter_for(kafka: KafkaSettings, telemetry: Telemetry) -> Meter:
     """A meter that also reads the CPU of the broker and Redis (the processes on their ports)."""
-    port = int(kafka.bootstrap_servers.split(",")[0].rpartition(":")[2])
     redis_port = int(RedisSettings().url.rsplit(":", 1)[1].split("/")[0])
-    return Meter(listening_pid(port), listening_pid(redis_port), telemetry.provider.force_flush)
+    return Meter(broker_pid(kafka), listening_pid(redis_port), telemetry.provider.force_flush)
 
 
 def measure(

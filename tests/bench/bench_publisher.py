@@ -4,7 +4,7 @@ by how long a frame waits for others to share its request (``linger_ms``).
     python -m tests.bench.bench_publisher [--rate R] [--seconds S] [--lingers 5,20] [--quick]
 
 A camera does not burst: its frames come one by one, and with a short linger each goes to
-the broker in a request of its own. Each setting publishes the same 64x64 PNG (eight
+the broker in a request of its own. Each setting publishes the same rendered 64x64 PNG (eight
 cameras, keyed by camera) at ``--rate`` frames/s for ``--seconds`` to a ``frames.raw`` of its
 own, then flushes; the broker's CPU (from /proc, found by its listening port) and this
 process's (the publisher's sender thread included) are divided by the frames. The broker's
@@ -20,7 +20,7 @@ import sys
 
 from shared.sdk import FRAME_LINGER_MS
 from shared.settings import KafkaSettings
-from tests.bench.lib.procs import listening_pid, load_average
+from tests.bench.lib.procs import broker_pid, load_average
 from tests.bench.lib.publisher import frame_png, mirrored, one_run, summarise, table
 from tests.bench.lib.report import write_figures
 
@@ -45,10 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rate <= 0 or args.seconds <= 0 or args.repeats < 1 or min(lingers) < 0:
         ap.error("--rate and --seconds positive, --repeats at least 1, lingers not negative")
     kafka = KafkaSettings()
-    port = int(kafka.bootstrap_servers.split(",")[0].rsplit(":", 1)[1])
-    broker = listening_pid(port)
+    broker = broker_pid(kafka)
     if broker is None:
-        print(f"bench_publisher: no broker process found on port {port}", file=sys.stderr)
+        print(f"bench_publisher: no local broker at {kafka.bootstrap_servers}", file=sys.stderr)
         return 1
     png = frame_png()
     order = mirrored(lingers, args.repeats)

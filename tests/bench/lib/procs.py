@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.settings import KafkaSettings
+
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RAY_MARKERS = ("ray::", "raylet", "gcs_server")
@@ -158,6 +160,11 @@ def cpu_s_of(pid: int | None) -> float | None:
             return _cpu_s(_after_comm(f.read()))
     except (OSError, ValueError, IndexError):
         return None
+
+
+def broker_pid(kafka: KafkaSettings) -> int | None:
+    """The process of the first bootstrap broker (local), found by its listening port."""
+    return listening_pid(int(kafka.bootstrap_servers.split(",")[0].rpartition(":")[2]))
 
 
 def listening_pid(port: int) -> int | None:

@@ -3,21 +3,18 @@
 
 from __future__ import annotations
 
-import io
-import resource
+import os
 import statistics
 import time
 import uuid
 from typing import Any
-
-import numpy as np
-from PIL import Image
 
 from shared.bus import EventProducer
 from shared.sdk import FramePublisher
 from shared.settings import KafkaSettings
 from shared.topics import TOPICS, provision
 from tests.bench.lib.control import delete_topics
+from tests.bench.lib.fixtures import render_pool
 from tests.bench.lib.procs import cpu_s_of
 
 CAMERAS = 8
@@ -33,17 +30,8 @@ def mirrored(settings: list[int], repeats: int) -> list[int]:
 
 
 def frame_png(seed: int = 0) -> bytes:
-    """A 64x64 PNG of noise (about 12 KiB, as the simulator's frames)."""
-    pixels = np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, "PNG")
-    return out.getvalue()
-
-
-def own_cpu_s() -> float:
-    """User + system CPU seconds of this process (the producer's sender thread included)."""
-    use = resource.getrusage(resource.RUSAGE_SELF)
-    return use.ru_utime + use.ru_stime
+    """One rendered 64x64 frame as PNG, as the simulator's (``render_pool``)."""
+    return render_pool(1, seed).png[0]
 
 
 def one_run(
@@ -59,7 +47,7 @@ def one_run(
                 pub.publish(png, camera_id=f"cam-{i % CAMERAS}")
             pub.flush()
             n = int(rate * seconds)
-            broker0, own0, t0 = cpu_s_of(broker), own_cpu_s(), time.monotonic()
+            broker0, own0, t0 = cpu_s_of(broker), cpu_s_of(os.getpid()), time.monotonic()
             for i in range(n):
                 wait = t0 + i / rate - time.monotonic()
                 if wait > 0:
@@ -67,12 +55,12 @@ def one_run(
                 pub.publish(png, camera_id=f"cam-{i % CAMERAS}")
             pub.flush()
             elapsed = time.monotonic() - t0
-            broker1, own1 = cpu_s_of(broker), own_cpu_s()
+            broker1, own1 = cpu_s_of(broker), cpu_s_of(os.getpid())
     finally:
         producer.close()
         delete_topics((settings.topic_prefix + t for t in TOPICS), print, only_existing=True)
-    if broker0 is None or broker1 is None:
-        raise RuntimeError(f"the broker's CPU could not be read from /proc/{broker}/stat")
+    if broker0 is None or broker1 is None or own0 is None or own1 is None:
+        raise RuntimeError(f"CPU could not be read from /proc (broker pid {broker})")
     return {
         "linger_ms": linger_ms,
         "frames": n,
