@@ -1,7 +1,7 @@
 """Benchmark: serving throughput in process, through Ray Serve and end to end; latency under load.
 
     python -m tests.bench.bench_serving [--runtime R] [--frames N] [--paced-s S]
-                                        [--sample-ratio F] [--quick]
+                                        [--warm-s W] [--sample-ratio F] [--quick]
 
 One small model is trained first (one epoch on a few hundred rendered 64x64 examples) and
 stored in a temporary artifact store, then exported for the inference runtime measured
@@ -26,15 +26,21 @@ the frames used throughout and named in the ``models.trained`` event the benchma
     to the runtime measured) run as subprocesses with their default telemetry; the model is
     announced on ``models.lifecycle`` (``registered``, its details naming the export, then
     ``alias_set champion``) and serving must report loading it with that runtime; a warm-up
-    goes through, then N PNG frames (simulator renderer, ``FramePublisher``) are published to
-    ``frames.raw`` as fast as possible. Saturation rate = predictions after the first model
+    goes through, then ``--warm-s`` seconds of frames at 200 a second while the broker
+    compiles its hot paths (the broker's CPU and the machine's printed every 15 s: a broker
+    just started spends several times its settled CPU for a minute or two, which would
+    otherwise count against StreamLoop's measures and not the peer's), then N PNG frames
+    (simulator renderer, ``FramePublisher``) are published to ``frames.raw`` as fast as
+    possible. Saturation rate = predictions after the first model
     call / seconds from the first to the last ``served_at``. Then three paced streams, one
     after the other, at 25 %, 50 % and 90 % of that rate, each for ``--paced-s`` seconds (the
     next starts once every prediction of the previous one has arrived); each frame's latency
     is taken from its ``captured_at`` (set when it is published) to its prediction: to
     ``served_at``, to the prediction record's Kafka timestamp (the target's measure), and to
     its receipt by a consumer in this process (p50, p95, p99, max). The CPU time of every
-    process involved (from /proc) is taken over each phase.
+    process involved (from /proc) is taken over each phase; "the stack" sums Kafka, Redis,
+    ingest, serving and its Ray (this process stands for the cameras and the consumers of
+    predictions), and the CPU targets are the stack's.
 
 (d) the peer (``tests.bench.lib.peer``): the same frames through a one-process Quix Streams
     pipeline a user would write by hand (``infra/peer/quix_peer.py``, in its own environment:
@@ -113,6 +119,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--frames", type=int, default=3000, help="saturation burst (default 3000)")
     ap.add_argument("--paced-s", type=float, default=20.0, help="seconds of each paced stream (20)")
     ap.add_argument("--seconds", type=float, default=5.0, help="per throughput part (5)")
+    ap.add_argument(
+        "--warm-s",
+        type=float,
+        default=90.0,
+        help="seconds of frames before (c) is measured, while the broker warms up (90)",
+    )
     ap.add_argument("--train-examples", type=int, default=400, help="model's examples (400)")
     ap.add_argument(
         "--sample-ratio",
@@ -121,13 +133,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the share of traces the services record, frames' too (default: their defaults)",
     )
     ap.add_argument(
-        "--quick", action="store_true", help="1000 frames, 5 s per paced stream, 3 s parts"
+        "--quick",
+        action="store_true",
+        help="1000 frames, 5 s per paced stream, 3 s parts, 5 s warm-up",
     )
     args = ap.parse_args(argv)
     if args.quick:
-        args.frames, args.paced_s, args.seconds = 1000, 5.0, 3.0
-    if args.frames < 2 * BATCH or args.paced_s <= 0 or args.seconds <= 0:
-        ap.error(f"--frames must be at least {2 * BATCH}; --paced-s and --seconds positive")
+        args.frames, args.paced_s, args.seconds, args.warm_s = 1000, 5.0, 3.0, 5.0
+    if args.frames < 2 * BATCH or args.paced_s <= 0 or args.seconds <= 0 or args.warm_s < 0:
+        ap.error(
+            f"--frames must be at least {2 * BATCH}; --paced-s and --seconds positive; "
+            "--warm-s at least 0"
+        )
     if args.sample_ratio is not None and not 0.0 <= args.sample_ratio <= 1.0:
         ap.error("--sample-ratio is between 0 and 1")
     return args
@@ -141,6 +158,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         "paced_s": args.paced_s,
         "load_levels": list(LOAD_LEVELS),
         "seconds": args.seconds,
+        "warm_s": args.warm_s,
         "batch": BATCH,
         "torch_threads": TORCH_THREADS,
         "replica_cpus": REPLICA_CPUS,
@@ -200,6 +218,7 @@ def measure(
                 frames=args.frames,
                 paced_s=args.paced_s,
                 sample_ratio=args.sample_ratio,
+                warm_s=args.warm_s,
             )
         except Exception as exc:  # noqa: BLE001 - report it, write what was measured
             failed = True

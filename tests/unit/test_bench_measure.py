@@ -90,6 +90,26 @@ def test_cpu_between_snapshots_is_in_seconds_per_group_and_the_rest_is_other() -
     assert out["machine"]["cores"] == 1.5
 
 
+def test_the_stack_is_what_a_deployment_runs_not_the_benchmark_nor_the_rest() -> None:
+    before = CpuSnapshot(at=0.0, groups={}, busy_s=0.0)
+    after = CpuSnapshot(
+        at=1.0,
+        groups={
+            "ingest": {(1, 1): 0.3},
+            "serving": {(2, 1): 0.2},
+            "replica": {(3, 1): 0.1},
+            "kafka": {(4, 1): 0.25},
+            "bench": {(5, 1): 0.4},
+        },
+        busy_s=1.5,
+    )
+    out = cpu_between(before, after, frames=100)
+    assert out["stack"]["cpu_s"] == 0.85
+    assert out["stack"]["ms_per_frame"] == 8.5
+    assert out["other"]["cpu_s"] == 0.25
+    assert out["machine"]["cpu_s"] == 1.5
+
+
 def test_thread_cpu_is_given_per_frame_with_unnamed_threads_summed_as_native() -> None:
     out = threads_us_per_frame(
         {1: 1.0, 2: 0.0}, {1: 1.5, 2: 0.2, 3: 0.1}, {1: "MainThread"}, frames=1000

@@ -344,6 +344,9 @@ CPU_GROUPS = {
     "redis": "Redis",
     "bench": "this benchmark (publisher, prediction reader)",
 }
+STACK = ("serving", "replica", "ray", "ingest", "kafka", "redis")
+"""The groups a deployment runs, the cameras and the consumers of predictions left out:
+what ``stack`` sums."""
 
 
 @dataclass
@@ -389,7 +392,8 @@ def cpu_snapshot(serving: int, ingest: int) -> CpuSnapshot:
 
 def cpu_between(before: CpuSnapshot, after: CpuSnapshot, frames: int) -> dict[str, Any]:
     """CPU seconds, cores and CPU ms per frame of each group between two snapshots; ``other``
-    is the rest of the machine (another run, the kernel), ``machine`` all of it."""
+    is the rest of the machine (another run, the kernel), ``stack`` the groups of ``STACK``,
+    ``machine`` all of it."""
     wall = after.at - before.at
     spent: dict[str, float] = {}
     for group, now in after.groups.items():
@@ -397,6 +401,7 @@ def cpu_between(before: CpuSnapshot, after: CpuSnapshot, frames: int) -> dict[st
         spent[group] = sum(s - then.get(key, 0.0) for key, s in now.items())
     machine = after.busy_s - before.busy_s
     spent["other"] = max(0.0, machine - sum(spent.values()))
+    spent["stack"] = sum(spent.get(group, 0.0) for group in STACK)
     spent["machine"] = machine
     out: dict[str, Any] = {"wall_s": round(wall, 2), "frames": frames}
     for group, seconds in spent.items():

@@ -205,6 +205,33 @@ def _targets(serving: dict[str, Any]) -> list[Row]:
             _p99_at(paced, targets.get("p99_load", 0.5)),
             "met" if targets.get("p99") else "missed",
         ),
+        *_cpu_targets(targets),
+    ]
+
+
+def _cpu_targets(targets: dict[str, Any]) -> list[Row]:
+    stack = targets.get("stack_cpu_ms")
+    if not stack:
+        return []
+
+    def verdict(met: bool | None) -> str:
+        return "not measured" if met is None else "met" if met else "missed"
+
+    ratio = stack.get("low_over_saturation")
+    return [
+        (
+            "target",
+            f"the stack's CPU a frame at (c)'s saturation at most {targets['cpu_ms_max']} ms",
+            f"{fmt_num(stack.get('saturation'), 2)} ms",
+            verdict(targets.get("cpu_ms")),
+        ),
+        (
+            "target",
+            f"the stack's CPU a frame at {targets['low_load']:.0%} of (c) at most "
+            f"{targets['low_over_saturation_max']} x at saturation",
+            "—" if ratio is None else f"{ratio:.2f} x",
+            verdict(targets.get("low_load_cpu")),
+        ),
     ]
 
 
