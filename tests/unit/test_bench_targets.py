@@ -1,12 +1,23 @@
-"""The CPU targets of ``bench_serving``: the stack's CPU a frame at saturation and at a
-quarter of it, as printed and as the ``make bench`` summary shows them (no broker)."""
+"""``bench_serving``'s CPU targets (the stack's CPU a frame at saturation and at a quarter of
+it, as printed and as the ``make bench`` summary shows them) and its broker warm-up (no
+broker: the warm-up's slicing and figures, over a recording stand-in for the run)."""
 
 from __future__ import annotations
 
+import io
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
+from tests.bench.lib.e2e import WARM_RATE, warm_broker
+from tests.bench.lib.procs import CpuSnapshot
 from tests.bench.lib.report import summary_rows
 from tests.bench.lib.serving import cpu_target_lines, stack_cpu_ms, targets
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def results(sat_ms: float | None, low_ms: float | None) -> dict[str, Any]:
@@ -60,3 +71,57 @@ def test_the_lines_and_the_summary_carry_both_figures_and_the_verdict() -> None:
     rows = [row for row in summary_rows(serving, {}) if row[0] == "target"]
     assert rows[-2][2:] == ("2.00 ms", "missed")
     assert rows[-1][2:] == ("1.60 x", "missed")
+
+
+class FakeEndToEnd:
+    """Records what ``warm_broker`` publishes and waits for."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, float, int]] = []
+        self.waited: list[tuple[str, int]] = []
+
+    def paced(self, pub: object, phase: str, rate: float, n: int) -> dict[str, float]:
+        self.published.append((phase, rate, n))
+        return {}
+
+    def wait(self, phase: str, n: int, timeout_s: float) -> float:
+        self.waited.append((phase, n))
+        return 0.1
+
+
+def test_the_warm_up_runs_in_slices_each_predicted_before_the_next_with_the_brokers_cpu() -> None:
+    ticks = iter(range(100))
+
+    def snapshot() -> CpuSnapshot:
+        t = float(next(ticks))
+        # the broker spends 0.3 s a second of wall time, the machine 1 s
+        return CpuSnapshot(at=15 * t, groups={"kafka": {(9, 1): 4.5 * t}}, busy_s=15 * t)
+
+    e2e = FakeEndToEnd()
+    slices = warm_broker(Console(file=io.StringIO()), e2e, object(), snapshot, 20.0)  # type: ignore[arg-type]
+    assert e2e.published == [("warmup0", WARM_RATE, 3000), ("warmup1", WARM_RATE, 1000)]
+    assert e2e.waited == [("warmup0", 3000), ("warmup1", 1000)]
+    assert [s["frames"] for s in slices] == [3000, 1000]
+    assert {s["broker_cores"] for s in slices} == {0.3}
+    assert {s["machine_cores"] for s in slices} == {1.0}
+    assert warm_broker(Console(file=io.StringIO()), e2e, object(), snapshot, 0.0) == []  # type: ignore[arg-type]
+
+
+def test_the_warm_up_is_on_by_default_shorter_when_quick_and_never_negative() -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tests.bench.bench_serving", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    usage = run("--help")
+    assert usage.returncode == 0, usage.stderr
+    text = " ".join(usage.stdout.split())
+    assert "--warm-s WARM_S" in text and "broker warms up (90)" in text
+    assert "5 s warm-up" in text
+    refused = run("--warm-s", "-1")
+    assert refused.returncode == 2
+    assert "--warm-s at least 0" in refused.stderr
