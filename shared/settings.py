@@ -274,12 +274,13 @@ class FetchSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    min_bytes: int = Field(default=131_072, ge=1)
-    """Least data a fetch waits for: about ten 64x64 frames. 1 answers with whatever is there."""
+    min_bytes: int = Field(default=262_144, ge=1)
+    """Least data a fetch waits for: about twenty 64x64 frames. 1 answers with whatever is
+    there."""
 
     max_wait_ms: int = Field(default=100, ge=0, le=60_000)
     """Longest the broker holds a fetch for ``min_bytes``: the most a frame waits at each hop
-    for others to join it (below about 100 frames/s, where 128 KiB takes longer to gather).
+    for others to join it (below about 200 frames/s, where 256 KiB takes longer to gather).
     It is also how often an idle consumer asks: at 10 ms an idle ingest cost 0.2 cores and
     the broker 0.1 answering it, at 100 ms 0.03 each."""
 

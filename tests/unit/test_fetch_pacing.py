@@ -11,9 +11,12 @@ from kafka import KafkaConsumer
 from shared.fetch import AT_REST_POLL_MS, FetchPacing
 from shared.settings import FetchSettings
 
+BUSY = (FetchSettings().min_bytes, FetchSettings().max_wait_ms)
+"""The batching settings of the frame path (256 KiB, 100 ms)."""
+
 
 def fake_consumer() -> Any:
-    config = {"fetch_min_bytes": 131_072, "fetch_max_wait_ms": 100}
+    config = {"fetch_min_bytes": BUSY[0], "fetch_max_wait_ms": BUSY[1]}
     return SimpleNamespace(_fetcher=SimpleNamespace(config=config))
 
 
@@ -27,13 +30,13 @@ def test_quiet_polls_switch_to_waiting_at_rest_and_the_first_records_switch_back
     consumer = fake_consumer()
     pacing.observe(consumer, 0, now=100.0)  # the first poll starts the clock
     pacing.observe(consumer, 0, now=104.9)
-    assert fetch(consumer) == (131_072, 100) and not pacing.idle
+    assert fetch(consumer) == BUSY and not pacing.idle
     pacing.observe(consumer, 0, now=105.0)
     assert fetch(consumer) == (1, 5000) and pacing.idle
     pacing.observe(consumer, 3, now=200.0)
-    assert fetch(consumer) == (131_072, 100) and not pacing.idle
+    assert fetch(consumer) == BUSY and not pacing.idle
     pacing.observe(consumer, 0, now=204.0)
-    assert fetch(consumer) == (131_072, 100), "records 4 s ago: still busy"
+    assert fetch(consumer) == BUSY, "records 4 s ago: still busy"
 
 
 def test_zero_keeps_the_batching_settings_and_a_new_client_starts_busy() -> None:
@@ -41,7 +44,7 @@ def test_zero_keeps_the_batching_settings_and_a_new_client_starts_busy() -> None
     consumer = fake_consumer()
     never.observe(consumer, 0, now=0.0)
     never.observe(consumer, 0, now=1e6)
-    assert fetch(consumer) == (131_072, 100)
+    assert fetch(consumer) == BUSY
     pacing = FetchSettings(idle_after_s=1.0).pacing()
     pacing.observe(consumer, 0, now=0.0)
     pacing.observe(consumer, 0, now=2.0)

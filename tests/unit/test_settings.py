@@ -103,7 +103,7 @@ def test_the_frame_path_fetches_in_batches_and_each_service_can_change_it(
     from services.serving.settings import ServingSettings
 
     assert IngestSettings().fetch.consumer_kwargs() == {
-        "fetch_min_bytes": 131_072,
+        "fetch_min_bytes": 262_144,
         "fetch_max_wait_ms": 100,
     }
     monkeypatch.setenv("STREAMLOOP_SERVING_FETCH__MAX_WAIT_MS", "3")
