@@ -55,7 +55,8 @@ RUNTIME_FELL_BACK = '"no export for the requested runtime'
 and when it has no export for it and falls back to eager."""
 
 WARM_RATE = 200.0
-"""Frames/s of the broker's warm-up: about a quarter of this machine's saturation rate."""
+"""Frames/s of the broker's warm-up: one that the path keeps up with on two cores (a sixth of
+its saturation rate there, warmed)."""
 WARM_SLICE_S = 15.0
 """The warm-up is reported in slices of this length, so that its settling shows."""
 
