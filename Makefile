@@ -15,7 +15,7 @@ LABELSTUDIO_ENV := var/envs/labelstudio
 WITH_INFRA := infra/with-infra.sh
 
 .PHONY: help setup up down status up-cluster down-cluster test test-slow test-unit test-integration \
-        test-e2e test-chaos soak bench-scale bench-baseline lint fmt bench peer-env loop-bench drift demo compose-check clean
+        test-e2e test-chaos soak bench-scale bench-fetch bench-baseline lint fmt bench peer-env loop-bench drift demo compose-check clean
 
 help: ## Show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -95,6 +95,9 @@ fmt: setup ## Format and auto-fix with ruff
 
 bench-scale: setup ## End-to-end saturation with 1/2/3 serving ingress processes and 1/2 Ray replicas (stops Ray)
 	@$(WITH_INFRA) $(BIN)/python -m tests.bench.bench_scale
+
+bench-fetch: setup ## The frame path's least fetch size: CPU a frame and latency at 128/256/512 KiB, two rounds on one broker (var/bench/fetch.json)
+	@$(WITH_INFRA) $(BIN)/python -m tests.bench.bench_fetch $(BENCH_FETCH_ARGS)
 
 bench-baseline: setup ## Re-measure the regression guard's baseline (tests/perf/baseline.json): three runs, the median
 	@$(WITH_INFRA) $(BIN)/python -m tests.perf.test_ratio_guard

@@ -1,6 +1,7 @@
 """Benchmark: what exactly-once costs on the frame path, against at-least-once, in one run.
 
     python -m tests.bench.bench_transactions [--frames N] [--rate R] [--paced-s S] [--rounds K]
+                                             [--warm-s W]
 
 Ingest and serving (Ray Serve, one replica, the runtime serving defaults to) as
 subprocesses, as in ``bench_serving`` (c), once with transactions on (each batch's outputs
@@ -9,7 +10,10 @@ and offsets in one Kafka transaction, readers ``read_committed``) and once with 
 rounds (default 2) so that drift of the machine falls on both. Per mode: the saturation
 rate (``--frames`` published at once, the faster of two bursts) and the latency from
 capture to the prediction's record at a fixed ``--rate`` frames/s (default 40, the rate of
-a few cameras), p50 and p99. The table gives each mode's best round and the ratios.
+a few cameras), p50 and p99. The table gives each mode's best round and the ratios. Frames
+at 200 a second warm the broker for ``--warm-s`` seconds before the first run (90) and for a
+third of that before each later one: a broker just started spends several times its settled
+CPU for a minute or two, which would otherwise fall on the first mode's first round.
 
 A measurement, not a test: it exits 0 whatever the figures, 1 only when a part failed.
 Figures go to ``var/bench/transactions.json``.
@@ -30,7 +34,7 @@ from rich.table import Table
 
 from services.serving.settings import ServingSettings
 from tests.bench.lib.control import preflight, workdir
-from tests.bench.lib.e2e import bench_end_to_end
+from tests.bench.lib.e2e import measured_run, warm_seconds
 from tests.bench.lib.fixtures import make_fixture
 from tests.bench.lib.procs import MemorySampler, load_average
 from tests.bench.lib.report import write_figures
@@ -43,7 +47,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rate", type=float, default=40.0, help="paced frames/s (40)")
     ap.add_argument("--paced-s", type=float, default=20.0, help="seconds of the paced stream")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of on and off (2)")
-    return ap.parse_args(argv)
+    ap.add_argument(
+        "--warm-s", type=float, default=90.0, help="seconds of frames before the first run (90)"
+    )
+    args = ap.parse_args(argv)
+    if args.warm_s < 0:
+        ap.error("--warm-s is at least 0")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,29 +76,24 @@ def main(argv: list[str] | None = None) -> int:
             root = work / "artifacts"
             fx = make_fixture(console, root, 400, f"bench-tx-{uuid.uuid4().hex[:6]}", runtime)
             for k in range(args.rounds):
-                for mode in MODES:
-                    console.rule(f"round {k + 1}: transactions {mode}")
-                    out: dict[str, Any] = {}
-                    try:
-                        bench_end_to_end(
-                            console,
-                            fx,
-                            root,
-                            work,
-                            sampler,
-                            out,
-                            frames=args.frames,
-                            paced_s=args.paced_s,
-                            sample_ratio=0.01,
-                            levels=(),
-                            rates=(args.rate,),
-                            bursts=2,
-                            env=env_of(mode),
-                        )
-                    except Exception as exc:  # noqa: BLE001 - report it and go on
-                        failed = True
-                        out["error"] = f"{type(exc).__name__}: {exc}"
-                        console.print(f"[red]failed:[/] {out['error']}")
+                for j, mode in enumerate(MODES):
+                    out = measured_run(
+                        console,
+                        f"round {k + 1}: transactions {mode}",
+                        fx,
+                        root,
+                        work,
+                        sampler,
+                        frames=args.frames,
+                        paced_s=args.paced_s,
+                        sample_ratio=0.01,
+                        levels=(),
+                        rates=(args.rate,),
+                        bursts=2,
+                        env=env_of(mode),
+                        warm_s=warm_seconds(k * len(MODES) + j, args.warm_s),
+                    )
+                    failed = failed or "error" in out
                     runs[mode].append({**figures(out), "raw": out})
     finally:
         sampler.stop()

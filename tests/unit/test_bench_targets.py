@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tests.bench.lib.e2e import WARM_RATE, warm_broker
+from tests.bench.lib.e2e import WARM_RATE, warm_broker, warm_seconds
 from tests.bench.lib.procs import CpuSnapshot
 from tests.bench.lib.report import summary_rows
 from tests.bench.lib.serving import cpu_target_lines, stack_cpu_ms, targets
@@ -105,6 +105,13 @@ def test_the_warm_up_runs_in_slices_each_predicted_before_the_next_with_the_brok
     assert {s["broker_cores"] for s in slices} == {0.3}
     assert {s["machine_cores"] for s in slices} == {1.0}
     assert warm_broker(Console(file=io.StringIO()), e2e, object(), snapshot, 0.0) == []  # type: ignore[arg-type]
+
+
+def test_only_the_first_run_on_a_broker_warms_it_for_the_whole_warm_up() -> None:
+    # bench_fetch and bench_transactions start the services again on the same broker.
+    assert warm_seconds(0, 90.0) == 90.0
+    assert warm_seconds(1, 90.0) == warm_seconds(5, 90.0) == 30.0
+    assert warm_seconds(0, 0.0) == warm_seconds(3, 0.0) == 0.0
 
 
 def test_the_warm_up_is_on_by_default_shorter_when_quick_and_never_negative() -> None:

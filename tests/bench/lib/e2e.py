@@ -59,6 +59,16 @@ WARM_RATE = 200.0
 its saturation rate there, warmed)."""
 WARM_SLICE_S = 15.0
 """The warm-up is reported in slices of this length, so that its settling shows."""
+REWARM_SHARE = 1 / 3
+"""A benchmark that starts the services several times on one broker warms the first run for
+its full warm-up and each later one for this share of it: the broker stays warm between runs,
+the services and their Ray start afresh."""
+
+
+def warm_seconds(run: int, warm_s: float) -> float:
+    """Seconds of warm-up before run ``run`` (0 for the first) on one broker."""
+    return warm_s if run == 0 else warm_s * REWARM_SHARE
+
 
 TOPIC_NAMES = (
     Topics.FRAMES_RAW,
@@ -439,6 +449,28 @@ def bench_end_to_end(
         if left:
             out["leftover_processes_ended"] = left
         cleanup_end_to_end(console, prefix, created)
+
+
+def measured_run(
+    console: Console,
+    title: str,
+    fx: Fixture,
+    root: Path,
+    work: Path,
+    sampler: MemorySampler,
+    **settings: Any,
+) -> dict[str, Any]:
+    """One ``bench_end_to_end`` of a benchmark that runs several on one broker, under a rule
+    titled ``title``; what it measured, with ``error`` when it failed (the figures taken
+    before the failure kept), so the next run goes on."""
+    console.rule(title)
+    out: dict[str, Any] = {}
+    try:
+        bench_end_to_end(console, fx, root, work, sampler, out, **settings)
+    except Exception as exc:  # noqa: BLE001 - report it, keep what was measured, go on
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        console.print(f"[red]failed:[/] {out['error']}")
+    return out
 
 
 def warm_broker(
