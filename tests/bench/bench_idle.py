@@ -10,7 +10,9 @@ the CPU time of every process is read from /proc over ``--window-s`` seconds (st
 recovering its tables, Ray deploying), then, after ``--settle-s`` seconds more, over another
 ``--window-s`` seconds (at rest). Each service's row is its own process; "<service> children"
 is what it started (serving: Ray's processes); Kafka and Redis are the broker and the Redis
-server, which other clients may also use. Cores = CPU seconds / wall seconds.
+server, which other clients may also use. Cores = CPU seconds / wall seconds. The broker's
+share at rest is also broken down by thread name (its JVM names its threads by pool: network,
+request handlers, the metadata log, the JIT compilers...).
 
 A measurement, not a test: it exits 0 whatever the figures, 1 when the stack did not start.
 The services are stopped and the run's topics deleted at the end. Figures go to
@@ -33,11 +35,20 @@ from shared.settings import KafkaSettings
 from shared.topics import TOPICS, provision
 from tests.bench.lib.control import BenchError, Service, delete_topics, end_processes, workdir
 from tests.bench.lib.idle import start_stack, table, wait_ready, window
-from tests.bench.lib.procs import descendants, load_average, scan_procs
+from tests.bench.lib.procs import (
+    broker_pid,
+    descendants,
+    load_average,
+    scan_procs,
+    thread_cores,
+    threads_by_name,
+)
 from tests.bench.lib.report import write_figures
 
 GOAL_CORES = 0.05
 """The whole stack at rest: at most 5 % of one core."""
+BROKER_THREADS = 8
+"""The broker's busiest thread names reported at rest."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -71,11 +82,23 @@ def main(argv: list[str] | None = None) -> int:
             windows = {"from ready": window(pids, args.window_s)}
             console.print(f"  from ready: {windows['from ready']['total']:.2f} cores")
             time.sleep(args.settle_s)
+            broker = broker_pid(kafka)
+            threads0 = threads_by_name(broker) if broker else {}
             windows["at rest"] = window(pids, args.window_s)
+            if broker:
+                # Where the broker's share goes, by thread (its JVM names them by pool).
+                results["broker_threads"] = thread_cores(
+                    threads0, threads_by_name(broker), args.window_s, BROKER_THREADS
+                )
             for s in services:
                 s.check("while idle")
             results["windows"] = windows
             console.print(table(windows))
+            if results.get("broker_threads"):
+                console.print(
+                    "the broker at rest by thread, cores: "
+                    + ", ".join(f"{n} {c:.4f}" for n, c in results["broker_threads"].items())
+                )
             rest = windows["at rest"]["total"]
             console.print(
                 f"goal: the stack at rest <= {GOAL_CORES:.0%} of one core: "

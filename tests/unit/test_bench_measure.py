@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,6 +22,8 @@ from tests.bench.lib.procs import (
     descendants,
     scan_procs,
     status_kib,
+    thread_cores,
+    threads_by_name,
     threads_us_per_frame,
 )
 
@@ -115,6 +118,21 @@ def test_thread_cpu_is_given_per_frame_with_unnamed_threads_summed_as_native() -
         {1: 1.0, 2: 0.0}, {1: 1.5, 2: 0.2, 3: 0.1}, {1: "MainThread"}, frames=1000
     )
     assert out == {"MainThread": 500.0, "native threads": 300.0}
+
+
+def test_another_process_is_read_by_thread_name_and_the_rest_summed() -> None:
+    with open("/proc/self/comm", encoding="utf-8") as f:
+        main = f.read().strip()
+    before = threads_by_name(os.getpid())
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:  # this thread, the main one, busy for 0.2 s
+        pass
+    after = threads_by_name(os.getpid())
+    assert after[main] - before.get(main, 0.0) >= 0.15
+    assert threads_by_name(2**22 + 1) == {}  # no such process
+
+    cores = thread_cores({"a": 1.0, "b": 1.0}, {"a": 4.0, "b": 1.5, "c": 0.5, "d": 0.2}, 10.0, 2)
+    assert cores == {"a": 0.3, "b": 0.05, "other threads": 0.07}
 
 
 def test_this_process_is_read_from_proc_in_seconds_and_bytes() -> None:

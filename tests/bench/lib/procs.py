@@ -213,6 +213,40 @@ def thread_cpu_s() -> dict[int, float]:
     return out
 
 
+def threads_by_name(pid: int) -> dict[str, float]:
+    """CPU seconds so far of the threads of process ``pid``, summed by thread name (the
+    kernel's ``comm``, at most 15 characters: a JVM's pools share one, e.g. ``data-plane-kafk``
+    for the broker's network threads). Empty when the process is gone."""
+    out: dict[str, float] = {}
+    try:
+        entries = list(os.scandir(f"/proc/{pid}/task"))
+    except OSError:
+        return out
+    for entry in entries:
+        try:
+            with open(f"{entry.path}/stat", encoding="utf-8") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        out[name] = out.get(name, 0.0) + _cpu_s(_after_comm(stat))
+    return out
+
+
+def thread_cores(
+    before: dict[str, float], after: dict[str, float], seconds: float, top: int
+) -> dict[str, float]:
+    """Cores of each thread name between two ``threads_by_name`` over ``seconds``: the ``top``
+    busiest, the others summed as ``other threads``."""
+    spent = {n: after[n] - before.get(n, 0.0) for n in after}
+    ranked = sorted((kv for kv in spent.items() if kv[1] > 0), key=lambda kv: -kv[1])
+    out = {n: round(c / seconds, 4) for n, c in ranked[:top]}
+    rest = sum(c for _, c in ranked[top:])
+    if rest > 0:
+        out["other threads"] = round(rest / seconds, 4)
+    return out
+
+
 def thread_names() -> dict[int, str]:
     return {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
 
