@@ -133,7 +133,7 @@ def stack(studio: Studio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             "STREAMLOOP_ANNOTATION_PUBLIC_URL": f"http://127.0.0.1:{port}",
             "STREAMLOOP_ANNOTATION_PORT": str(port),
             "STREAMLOOP_ANNOTATION_METRICS_PORT": str(metrics_port),
-            "STREAMLOOP_ANNOTATION_POLL_INTERVAL_S": "3",
+            "STREAMLOOP_ANNOTATION_POLL_INTERVAL_S": "15",  # the webhook comes first
             "STREAMLOOP_ANNOTATION_HTTP_AUTH__READ_TOKEN": READ_TOKEN,
         },
     )
@@ -281,7 +281,10 @@ def test_an_annotation_reaches_labels_and_examples_and_an_update_replaces_it(
     by_webhook = (
         'streamloop_annotation_answers_total{outcome="published",reason="",source="webhook"}'
     )
-    assert metric(stack.metrics_port, by_webhook) == 1  # the webhook brought it, not the poll
+    # The webhook brought it, not the poll (the counter follows the publish by a moment).
+    wait_for(lambda: metric(stack.metrics_port, by_webhook) == 1, 30, what="the webhook counted")
+    by_poll = 'streamloop_annotation_answers_total{outcome="published",reason="",source="poll"}'
+    assert metric(stack.metrics_port, by_poll) == 0
 
     studio.client.update_annotation(int(made["id"]), choice("truck"))
     labels = labels_of(stack, 2)
@@ -305,10 +308,13 @@ def test_the_poll_brings_an_annotation_the_webhook_did_not(studio: Studio, stack
     for hook in studio.client.request("GET", "/api/webhooks/", query={"project": stack.project}):
         studio.client.request("DELETE", f"/api/webhooks/{hook['id']}/")
     task = next(t for t in tasks_of(studio, stack.project) if t["data"]["frame_id"] == F2)
+    before = len(labels_of(stack, 1_000, timeout_s=3))
     studio.client.annotate(int(task["id"]), choice("car"))
-    labels = labels_of(stack, 3)
-    assert len(labels) == 3
-    assert (labels[2]["frame_id"], labels[2]["label"]) == (F2, "car")
+    labels = labels_of(stack, before + 1)
+    assert len(labels) == before + 1
+    assert (labels[-1]["frame_id"], labels[-1]["label"]) == (F2, "car")
+    by_poll = 'streamloop_annotation_answers_total{outcome="published",reason="",source="poll"}'
+    wait_for(lambda: metric(stack.metrics_port, by_poll) >= 1, 30, what="the poll counted")
 
 
 def test_a_request_for_a_frame_never_seen_is_dead_lettered(stack: Stack) -> None:
