@@ -153,7 +153,9 @@ stop_node() { # mode node signal
 cmd_stop() {
   local mode=${1:-single}; shift || true
   local ns=("$@"); [ ${#ns[@]} -gt 0 ] || read -r -a ns <<< "$(nodes_of "$mode")"
-  local n; for n in "${ns[@]}"; do stop_node "$mode" "$n" TERM; done
+  # All at once: stopped one by one, the last node waits for a controller quorum that left.
+  local n; for n in "${ns[@]}"; do stop_node "$mode" "$n" TERM & done
+  wait
 }
 
 cmd_kill() {

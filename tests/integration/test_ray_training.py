@@ -54,10 +54,9 @@ def data() -> tuple[np.ndarray, np.ndarray]:
 def ray_fit(
     tmp_path: Path,
     data: tuple[np.ndarray, np.ndarray],
-    workers: int = 2,
     on_epoch: object = None,
 ) -> FitResult:
-    fitter = RayFitter(RayTrainSettings(workers=workers, gpu="off"), str(tmp_path / "ray-train"))
+    fitter = RayFitter(RayTrainSettings(workers=2, gpu="off"), str(tmp_path / "ray-train"))
     return fitter(
         SPEC,
         *data,
@@ -99,9 +98,7 @@ def test_two_workers_learn_and_a_rerun_gives_the_same_weights(
     assert not checkpoints.exists() or not any(checkpoints.iterdir())
     second = ray_fit(tmp_path / "b", data)
     assert same_weights(first, second)
-    # Another worker count shards and batches otherwise; so does the local fit.
-    one = ray_fit(tmp_path / "c", data, workers=1)
-    assert not same_weights(first, one)
+    # The local fit shards and batches otherwise (so the comparison above could fail).
     local = fit(SPEC, *data, HP, seed=3, time_budget_s=600, threads=1)
     assert not same_weights(first, local)
     assert abs(local.final.accuracy - first.final.accuracy) < 0.25

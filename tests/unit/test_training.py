@@ -67,6 +67,11 @@ def make_trainer(
 ) -> tuple[Trainer, FakePublisher, ArtifactStore]:
     pub = FakePublisher()
     store = ArtifactStore(tmp_path / "artifacts")
+    now = [0.0]  # a wait for a held key passes at once
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
     trainer = Trainer(
         settings(tmp_path, **kw),
         load_examples=lambda: table,
@@ -76,7 +81,8 @@ def make_trainer(
         publisher=pub,
         owner="w1",
         code_version="test",
-        sleep=lambda s: None,
+        clock=lambda: now[0],
+        sleep=sleep,
     )
     return trainer, pub, store
 
