@@ -44,6 +44,7 @@ from tests.bench.lib.fetch import (
     figures,
     median_of,
     paced_rates,
+    parse_sizes,
     round_order,
     table,
 )
@@ -73,11 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.rounds, args.frames, args.paced_s, args.warm_s = 1, 1000, 5.0, 5.0
     try:
-        args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    except ValueError:
-        ap.error("--sizes is a comma-separated list of whole KiB, e.g. 128,256,512")
-    if not args.sizes or min(args.sizes) < 1 or len(set(args.sizes)) < len(args.sizes):
-        ap.error("--sizes needs one or more different sizes of at least 1 KiB")
+        args.sizes = parse_sizes(args.sizes)
+    except ValueError as exc:
+        ap.error(str(exc))
     if args.rounds < 1 or args.frames < 100 or args.paced_s <= 0 or args.warm_s < 0:
         ap.error("--rounds at least 1, --frames at least 100, --paced-s positive, --warm-s >= 0")
     return args
@@ -101,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     raw: dict[int, list[dict[str, Any]]] = {s: [] for s in args.sizes}
     rates: tuple[float, ...] = ()
     failed = False
-    n = 0
     try:
         with workdir() as work:
             root = work / "artifacts"
@@ -115,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 pool=POOL,
             )
             for k in range(args.rounds):
-                for kib in round_order(args.sizes, k):
+                for j, kib in enumerate(round_order(args.sizes, k)):
                     out = measured_run(
                         console,
                         f"round {k + 1}: fetches of at least {kib} KiB",
@@ -130,13 +128,12 @@ def main(argv: list[str] | None = None) -> int:
                         levels=() if rates else LEVELS,
                         rates=rates,
                         env=env_of(kib),
-                        warm_s=warm_seconds(n, args.warm_s),
+                        warm_s=warm_seconds(k * len(args.sizes) + j, args.warm_s),
                     )
                     failed = failed or "error" in out
                     rates = rates or paced_rates(out)
                     runs[kib].append(figures(out))
                     raw[kib].append(out)
-                    n += 1
     finally:
         sampler.stop()
     summary = {kib: median_of(rs) for kib, rs in runs.items()}

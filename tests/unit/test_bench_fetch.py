@@ -5,11 +5,13 @@ the whole stack)."""
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from rich.console import Console
 
 from shared.settings import FetchSettings
@@ -19,6 +21,7 @@ from tests.bench.lib.fetch import (
     figures,
     median_of,
     paced_rates,
+    parse_sizes,
     round_order,
     table,
 )
@@ -105,7 +108,25 @@ def test_the_table_has_a_row_per_size_the_default_in_bold_with_every_rate() -> N
     assert "| 2.70 | 2.10 | 1.50 | 1.80 x | 60 / 120 ms | 75 / 150 ms | 1,300 |" in lines[3]
 
 
-def test_the_sizes_are_checked_before_anything_starts() -> None:
+def test_a_size_whose_runs_stopped_before_a_rate_keeps_the_columns() -> None:
+    summary = {
+        128: median_of([figures(run_of(1.5, [(330.0, 3.2, 90.0)]))]),
+        256: median_of([figures(run_of(1.5, [(330.0, 2.7, 120.0), (660.0, 2.1, 150.0)]))]),
+    }
+    head, _, short, full = table(summary, default_kib=256)
+    assert "p50 / p99 at 660/s" in head
+    assert len(re.findall(r" \| ", short)) == len(re.findall(r" \| ", full))
+    assert "| 3.20 | — | 1.50 | 2.13 x | 45 / 90 ms | — | 1,300 |" in short
+
+
+def test_the_sizes_are_whole_different_kib() -> None:
+    assert parse_sizes("128, 256,512") == [128, 256, 512]
+    for bad, says in (("128,x", "whole KiB"), ("0,256", "at least 1"), ("256,256", "different")):
+        with pytest.raises(ValueError, match=says):
+            parse_sizes(bad)
+
+
+def test_bad_sizes_are_refused_before_anything_starts() -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "tests.bench.bench_fetch", *args],
@@ -115,9 +136,8 @@ def test_the_sizes_are_checked_before_anything_starts() -> None:
         )
 
     assert "--sizes" in run("--help").stdout
-    for bad in ("128,x", "0,256", "256,256"):
-        refused = run("--sizes", bad)
-        assert refused.returncode == 2 and "--sizes" in refused.stderr, bad
+    refused = run("--sizes", "256,256")
+    assert refused.returncode == 2 and "--sizes needs" in refused.stderr
 
 
 def test_a_run_that_fails_keeps_what_it_measured_and_says_why(monkeypatch: Any) -> None:

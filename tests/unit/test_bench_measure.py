@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +24,7 @@ from tests.bench.lib.procs import (
     scan_procs,
     status_kib,
     thread_cores,
+    thread_cpu_s,
     threads_by_name,
     threads_us_per_frame,
 )
@@ -120,15 +122,17 @@ def test_thread_cpu_is_given_per_frame_with_unnamed_threads_summed_as_native() -
     assert out == {"MainThread": 500.0, "native threads": 300.0}
 
 
-def test_another_process_is_read_by_thread_name_and_the_rest_summed() -> None:
+def test_a_process_is_read_by_thread_name_or_id_and_the_rest_summed() -> None:
     with open("/proc/self/comm", encoding="utf-8") as f:
         main = f.read().strip()
-    before = threads_by_name(os.getpid())
+    before, mine = threads_by_name(os.getpid()), thread_cpu_s()
     deadline = time.process_time() + 0.2
     while time.process_time() < deadline:  # this thread, the main one, busy for 0.2 s
         pass
-    after = threads_by_name(os.getpid())
+    after, mine_after = threads_by_name(os.getpid()), thread_cpu_s()
     assert after[main] - before.get(main, 0.0) >= 0.15
+    me = threading.get_native_id()
+    assert mine_after[me] - mine[me] >= 0.15  # the same reader, this process by thread id
     assert threads_by_name(2**22 + 1) == {}  # no such process
 
     cores = thread_cores({"a": 1.0, "b": 1.0}, {"a": 4.0, "b": 1.5, "c": 0.5, "d": 0.2}, 10.0, 2)

@@ -7,10 +7,26 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from tests.bench.lib.report import fmt_num
+
 KIB = 1024
 LEVELS = (0.25, 0.5)
 """The paced rates, as shares of the first run's saturation rate; every size is paced at the
 same rates, so that its CPU and latency compare at one load."""
+
+
+def parse_sizes(text: str) -> list[int]:
+    """``--sizes``: different whole KiB of at least 1, comma-separated. Raises ValueError
+    saying what is wrong."""
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(
+            "--sizes is a comma-separated list of whole KiB, e.g. 128,256,512"
+        ) from None
+    if not sizes or min(sizes) < 1 or len(set(sizes)) < len(sizes):
+        raise ValueError("--sizes needs one or more different sizes of at least 1 KiB")
+    return sizes
 
 
 def round_order(sizes: list[int], round_k: int) -> list[int]:
@@ -94,14 +110,15 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _cell(value: float | None, digits: int, unit: str = "") -> str:
-    return "-" if value is None else f"{value:,.{digits}f}{unit}"
+    return fmt_num(value, digits) + ("" if value is None else unit)
 
 
 def table(summary: dict[int, dict[str, Any]], default_kib: int) -> list[str]:
     """A Markdown table, one row per size (the default in bold): the stack's CPU ms a frame
     at each paced rate and at saturation, the lowest rate's over saturation's, p50 and p99
-    at each rate, the saturation rate."""
-    rates: list[dict[str, Any]] = next((r["paced"] for r in summary.values() if r["paced"]), [])
+    at each rate, the saturation rate. A size whose runs stopped before a rate has an empty
+    cell there."""
+    rates: list[dict[str, Any]] = max((r["paced"] for r in summary.values()), key=len, default=[])
     at = [f"{p['rate_per_s']:,.0f}/s" for p in rates]
     head = (
         ["min bytes", "runs"]
@@ -113,10 +130,14 @@ def table(summary: dict[int, dict[str, Any]], default_kib: int) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|:---|" + "---:|" * (len(head) - 1)]
     for kib, row in summary.items():
         name = f"**{kib} KiB**" if kib == default_kib else f"{kib} KiB"
+        paced = row["paced"] + [{}] * (len(rates) - len(row["paced"]))
         cells = [name, str(row["runs"])]
-        cells += [_cell(p["stack_ms"], 2) for p in row["paced"]]
+        cells += [_cell(p.get("stack_ms"), 2) for p in paced]
         cells += [_cell(row["sat_stack_ms"], 2), _cell(row["low_over_sat"], 2, " x")]
-        cells += [f"{_cell(p['p50_ms'], 0)} / {_cell(p['p99_ms'], 0)} ms" for p in row["paced"]]
+        cells += [
+            f"{_cell(p.get('p50_ms'), 0)} / {_cell(p.get('p99_ms'), 0)} ms" if p else _cell(None, 0)
+            for p in paced
+        ]
         cells.append(_cell(row["frames_per_s"], 0))
         lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,16 +202,27 @@ def listening_pid(port: int) -> int | None:
 # --- threads of this process --------------------------------------------------------------
 
 
-def thread_cpu_s() -> dict[int, float]:
-    """User + system CPU seconds of each thread of this process so far, by native id."""
-    out: dict[int, float] = {}
-    for entry in os.scandir("/proc/self/task"):
+def _thread_stats(pid: int | str) -> Iterator[tuple[int, str, float]]:
+    """(native id, name, user + system CPU seconds so far) of each thread of process ``pid``
+    (``self`` for this one); nothing when the process is gone."""
+    try:
+        entries = list(os.scandir(f"/proc/{pid}/task"))
+    except OSError:
+        return
+    for entry in entries:
         try:
-            with open(f"/proc/self/task/{entry.name}/stat", encoding="utf-8") as f:
-                out[int(entry.name)] = _cpu_s(_after_comm(f.read()))
+            with open(f"{entry.path}/stat", encoding="utf-8") as f:
+                stat = f.read()
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            cpu_s = _cpu_s(_after_comm(stat))
         except (OSError, ValueError, IndexError):
             continue
-    return out
+        yield int(entry.name), name, cpu_s
+
+
+def thread_cpu_s() -> dict[int, float]:
+    """User + system CPU seconds of each thread of this process so far, by native id."""
+    return {tid: cpu_s for tid, _, cpu_s in _thread_stats("self")}
 
 
 def threads_by_name(pid: int) -> dict[str, float]:
@@ -218,18 +230,8 @@ def threads_by_name(pid: int) -> dict[str, float]:
     kernel's ``comm``, at most 15 characters: a JVM's pools share one, e.g. ``data-plane-kafk``
     for the broker's network threads). Empty when the process is gone."""
     out: dict[str, float] = {}
-    try:
-        entries = list(os.scandir(f"/proc/{pid}/task"))
-    except OSError:
-        return out
-    for entry in entries:
-        try:
-            with open(f"{entry.path}/stat", encoding="utf-8") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        out[name] = out.get(name, 0.0) + _cpu_s(_after_comm(stat))
+    for _, name, cpu_s in _thread_stats(pid):
+        out[name] = out.get(name, 0.0) + cpu_s
     return out
 
 
