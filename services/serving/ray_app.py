@@ -290,6 +290,13 @@ process, so a local Ray inherits them; a head started by ``make up`` is started 
 (infra/ray/ray.sh). Either may be overridden from the environment."""
 
 
+def serve_options(settings: ServingSettings) -> dict[str, Any]:
+    """``serve.start``'s options: the HTTP proxy on ``http_host:http_port``, or none."""
+    if not settings.http_proxy:
+        return {"proxy_location": "Disabled"}
+    return {"http_options": {"host": settings.http_host, "port": settings.http_port}}
+
+
 def start_ray_backend(settings: ServingSettings) -> RayBackend:
     """Join the Ray cluster at ``ray_address`` (a local one started in this process when none
     is given, or, with ``ray_fallback_local``, when none answers there), start Ray Serve, and
@@ -305,7 +312,7 @@ def start_ray_backend(settings: ServingSettings) -> RayBackend:
     joined = _init_ray(settings)
     for attempt in range(1, 4):
         try:
-            serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+            serve.start(**serve_options(settings))
             break
         except (ray.exceptions.RayError, TimeoutError) as exc:
             # The controller stays up and starts another proxy; connecting again finds it.
@@ -320,12 +327,10 @@ def start_ray_backend(settings: ServingSettings) -> RayBackend:
     handle = _running_app(fingerprint) if joined else None
     if handle is None:
         handle = serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+        url = f"http://{settings.http_host}:{settings.http_port}/predict"
         log.info(
             "ray serve application deployed",
-            extra={
-                "url": f"http://{settings.http_host}:{settings.http_port}/predict",
-                "fingerprint": fingerprint[:12],
-            },
+            extra={"url": url if settings.http_proxy else None, "fingerprint": fingerprint[:12]},
         )
     return RayBackend(handle, settings.call_timeout_s, owns_cluster=not joined)
 

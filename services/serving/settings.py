@@ -72,6 +72,12 @@ class ServingSettings(ServiceSettings):
     http_port: int = Field(default=8000, ge=0, le=65535)
     """Port of ``POST /predict`` (Ray Serve's HTTP proxy)."""
 
+    http_proxy: bool = True
+    """Start Ray Serve's HTTP proxy, which answers ``POST /predict``. ``false`` where nobody
+    posts images (the frame path calls the deployment through its handle, not the proxy):
+    one Ray process fewer, with its memory and its CPU at rest. Applies when this ingress
+    starts Serve; a Serve already running on a joined cluster keeps its proxies."""
+
     http_auth: HttpAuthSettings = Field(default_factory=HttpAuthSettings)
     """Token and body limit of ``POST /predict`` (shared ``STREAMLOOP_HTTP_*``; this service
     only: ``STREAMLOOP_SERVING_HTTP_AUTH__*``). A prediction is a read: it needs the read

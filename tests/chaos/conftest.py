@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -255,17 +256,23 @@ class Pipeline:
         return proc
 
     def serve_on_ray(self) -> Proc:
-        """A champion, ingest, and serving on Ray Serve with one replica, as deployed."""
+        """A champion, ingest, and serving on Ray Serve with one replica, as deployed where
+        nobody posts images: without Serve's HTTP proxy (the frame path never uses it)."""
         self.champion()
         self.start("ingest")
-        return self.start(
+        port = free_port()
+        proc = self.start(
             "serving",
             ready='"champion adopted"',
             STREAMLOOP_SERVING_BACKEND="ray",
             STREAMLOOP_SERVING_MIN_REPLICAS="1",
             STREAMLOOP_SERVING_MAX_REPLICAS="1",
-            STREAMLOOP_SERVING_HTTP_PORT=str(free_port()),
+            STREAMLOOP_SERVING_HTTP_PORT=str(port),
+            STREAMLOOP_SERVING_HTTP_PROXY="false",
         )
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, "no proxy, nothing listens"
+        return proc
 
     def serve_frames(self) -> None:
         """A champion, and ingest and serving (model in process) following it."""

@@ -46,6 +46,18 @@ def test_the_fingerprint_follows_the_settings_a_replica_is_built_from() -> None:
         assert ray_app.app_fingerprint(settings(**changed)) != base, changed
 
 
+def test_the_http_proxy_listens_where_the_settings_say_or_is_left_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    on = ray_app.serve_options(settings(http_host="0.0.0.0", http_port="8123"))
+    assert on == {"http_options": {"host": "0.0.0.0", "port": 8123}}
+    assert ray_app.serve_options(settings(http_proxy="false")) == {"proxy_location": "Disabled"}
+    monkeypatch.setenv("STREAMLOOP_SERVING_HTTP_PROXY", "false")
+    assert not ServingSettings().http_proxy  # the environment variable users set
+    # The proxy is the ingress's concern, not the replicas': no redeploy.
+    assert ray_app.app_fingerprint(ServingSettings()) == ray_app.app_fingerprint(settings())
+
+
 def test_a_changed_token_changes_the_fingerprint_without_showing_in_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
