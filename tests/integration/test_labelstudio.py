@@ -377,16 +377,20 @@ def test_a_person_sees_the_task_with_the_frame_and_the_pre_selected_class(
         browser.call(
             "Page.navigate", url=f"{studio.url}/projects/{stack.project}/data?task={task['id']}"
         )
+        # The list's thumbnail comes from the bridge's URL; the labelling panel draws the
+        # same image, fetched into a blob, at the panel's width.
         browser.wait_for(
-            "(() => { const i = [...document.images].find(i => i.src.includes('/frames/'));"
-            " return !!i && i.complete && i.naturalWidth === 64; })()",
+            "(() => { const frame = i => i.complete && i.naturalWidth === 64;"
+            " const imgs = [...document.images].filter(frame);"
+            " return imgs.some(i => i.src.includes('/frames/'))"
+            " && imgs.some(i => i.getBoundingClientRect().width > 200); })()",
             90,
             what="the frame drawn on the task's page",
         )
         checked = browser.wait_for(
             "(() => { const c = [...document.querySelectorAll('input:checked')]"
-            ".map(i => (i.closest('label') || i.parentElement).innerText.trim());"
-            " return c.length ? c : null; })()",
+            ".map(i => (i.closest('label') || i.parentElement).innerText.trim())"
+            ".filter(t => t); return c.length ? c : null; })()",
             30,
             what="a class selected",
         )
