@@ -52,10 +52,11 @@ def test_the_http_proxy_listens_where_the_settings_say_or_is_left_out(
     on = ray_app.serve_options(settings(http_host="0.0.0.0", http_port="8123"))
     assert on == {"http_options": {"host": "0.0.0.0", "port": 8123}}
     assert ray_app.serve_options(settings(http_proxy="false")) == {"proxy_location": "Disabled"}
+    # The proxy is the ingress's concern, not the replicas': no redeploy.
+    without = ray_app.app_fingerprint(settings(http_proxy="false"))
+    assert without == ray_app.app_fingerprint(settings(http_proxy="true"))
     monkeypatch.setenv("STREAMLOOP_SERVING_HTTP_PROXY", "false")
     assert not ServingSettings().http_proxy  # the environment variable users set
-    # The proxy is the ingress's concern, not the replicas': no redeploy.
-    assert ray_app.app_fingerprint(ServingSettings()) == ray_app.app_fingerprint(settings())
 
 
 def test_a_changed_token_changes_the_fingerprint_without_showing_in_it(
