@@ -1,6 +1,6 @@
 """Benchmark: serving throughput in process, through Ray Serve and end to end; latency under load.
 
-    python -m tests.bench.bench_serving [--runtime R] [--frames N] [--paced-s S]
+    python -m tests.bench.bench_serving [--runtime R] [--backend B] [--frames N] [--paced-s S]
                                         [--warm-s W] [--sample-ratio F] [--quick]
 
 One small model is trained first (one epoch on a few hundred rendered 64x64 examples) and
@@ -22,8 +22,9 @@ the frames used throughout and named in the ``models.trained`` event the benchma
     ingress does), then with two calls in flight; Ray is shut down afterwards. The replica's
     first answer is compared with the in-process runtime's and with eager's;
 (c) end to end, on topics of the run's own (``bench<hex>.``): the ingest service and the
-    serving service (Ray backend, same replica settings, ``STREAMLOOP_SERVING_RUNTIME`` set
-    to the runtime measured) run as subprocesses with their default telemetry; the model is
+    serving service (``--backend``: by default ``ray``, with the same replica settings;
+    ``local`` runs the model in the serving process, without Ray; ``STREAMLOOP_SERVING_RUNTIME``
+    set to the runtime measured) run as subprocesses with their default telemetry; the model is
     announced on ``models.lifecycle`` (``registered``, its details naming the export, then
     ``alias_set champion``) and serving must report loading it with that runtime; a warm-up
     goes through, then ``--warm-s`` seconds of frames at 200 a second while the broker
@@ -116,6 +117,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=default_runtime,
         help=f"inference runtime measured (default: serving's, {default_runtime})",
     )
+    ap.add_argument(
+        "--backend",
+        choices=("ray", "local"),
+        default="ray",
+        help="serving's backend in (c): Ray Serve (default) or the model in its own process",
+    )
     ap.add_argument("--frames", type=int, default=3000, help="saturation burst (default 3000)")
     ap.add_argument("--paced-s", type=float, default=20.0, help="seconds of each paced stream (20)")
     ap.add_argument("--seconds", type=float, default=5.0, help="per throughput part (5)")
@@ -154,6 +161,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     ratio, defaults = args.sample_ratio, TelemetrySettings()
     return {
         "runtime": args.runtime,
+        "backend": args.backend,
         "frames": args.frames,
         "paced_s": args.paced_s,
         "load_levels": list(LOAD_LEVELS),
@@ -219,6 +227,7 @@ def measure(
                 paced_s=args.paced_s,
                 sample_ratio=args.sample_ratio,
                 warm_s=args.warm_s,
+                backend=args.backend,
             )
         except Exception as exc:  # noqa: BLE001 - report it, write what was measured
             failed = True

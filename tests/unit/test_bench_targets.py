@@ -8,10 +8,12 @@ import io
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from rich.console import Console
 
+from tests.bench.lib import e2e
 from tests.bench.lib.e2e import WARM_RATE, warm_broker, warm_seconds
 from tests.bench.lib.procs import CpuSnapshot
 from tests.bench.lib.report import summary_rows
@@ -132,3 +134,23 @@ def test_the_warm_up_is_on_by_default_shorter_when_quick_and_never_negative() ->
     refused = run("--warm-s", "-1")
     assert refused.returncode == 2
     assert "--warm-s at least 0" in refused.stderr
+    assert "--backend {ray,local}" in text
+    assert run("--backend", "remote").returncode == 2
+
+
+def test_serving_starts_with_the_backend_the_run_asks_for(monkeypatch: Any) -> None:
+    started: list[tuple[str, dict[str, str]]] = []
+
+    def record(name: str, module: str, env: dict[str, str], *_: object) -> tuple[str, str]:
+        started.append((name, env))
+        return (name, module)
+
+    monkeypatch.setattr(e2e, "Service", record)
+    monkeypatch.setattr(e2e, "start_ingest", lambda prefix, common: ("ingest", prefix))
+    fx = SimpleNamespace(ref=SimpleNamespace(model_name="m"), runtime="onnx")
+    services: list[Any] = []
+    for backend in ("ray", "local"):
+        e2e.start_services(fx, "p.", {"A": "1"}, services, backend)  # type: ignore[arg-type]
+    assert [env["STREAMLOOP_SERVING_BACKEND"] for _, env in started] == ["ray", "local"]
+    assert all(env["A"] == "1" for _, env in started)
+    assert len(services) == 4  # ingest and serving, each time

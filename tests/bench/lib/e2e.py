@@ -274,10 +274,15 @@ def start_ingest(prefix: str, common: dict[str, str]) -> Service:
 
 
 def start_services(
-    fx: Fixture, prefix: str, common: dict[str, str], services: list[Service]
+    fx: Fixture,
+    prefix: str,
+    common: dict[str, str],
+    services: list[Service],
+    backend: str = "ray",
 ) -> tuple[Service, Service]:
-    """Ingest and serving (Ray backend, one replica, the fixture's runtime), appended to
-    ``services`` as each starts (so that the caller stops what did)."""
+    """Ingest and serving (``backend``: ``ray``, one replica; ``local``, the model in the
+    serving process; the fixture's runtime), appended to ``services`` as each starts (so that
+    the caller stops what did)."""
     ingest = start_ingest(prefix, common)
     services.append(ingest)
     serving = Service(
@@ -288,7 +293,7 @@ def start_services(
             "STREAMLOOP_SERVING_PROVISION_TOPICS": "false",
             "STREAMLOOP_SERVING_MODEL_NAME": fx.ref.model_name,
             "STREAMLOOP_SERVING_GROUP_ID": f"{prefix}serving",
-            "STREAMLOOP_SERVING_BACKEND": "ray",
+            "STREAMLOOP_SERVING_BACKEND": backend,
             "STREAMLOOP_SERVING_HTTP_PORT": str(free_port()),
             "STREAMLOOP_SERVING_MIN_REPLICAS": "1",
             "STREAMLOOP_SERVING_MAX_REPLICAS": "1",
@@ -365,6 +370,7 @@ def bench_end_to_end(
     bursts: int = 1,
     env: dict[str, str] | None = None,
     warm_s: float = 0.0,
+    backend: str = "ray",
 ) -> None:
     """Fills ``out`` as it goes, so what was measured before a failure is kept. ``warm_s``:
     seconds of frames at ``WARM_RATE`` before anything is measured (``warm_broker``);
@@ -372,13 +378,13 @@ def bench_end_to_end(
     ``rates``: more paced streams, in frames/s; ``bursts``: saturation bursts one after the
     other, the fastest is the saturation rate; ``env``: settings both services start with;
     ``sample_ratio``: the share of every kind of trace the services record, frames' too
-    (None: their defaults)."""
+    (None: their defaults); ``backend``: serving's (``STREAMLOOP_SERVING_BACKEND``)."""
     prefix = f"bench{uuid.uuid4().hex[:10]}."
     kafka = KafkaSettings(topic_prefix=prefix)
     out["prefix"] = prefix
     console.print(
-        f"(c) end to end on topics {prefix}*: ingest and serving (Ray, runtime {fx.runtime}) "
-        f"as subprocesses"
+        f"(c) end to end on topics {prefix}*: ingest and serving (backend {backend}, runtime "
+        f"{fx.runtime}) as subprocesses"
     )
     created = [prefix + n for n in TOPIC_NAMES]
     services: list[Service] = []
@@ -397,7 +403,7 @@ def bench_end_to_end(
         common = {**service_env(prefix, root, work), **ratios, **(env or {})}
         sampler.phase = "c"
         start = time.perf_counter()
-        ingest, serving = start_services(fx, prefix, common, services)
+        ingest, serving = start_services(fx, prefix, common, services, backend)
         sampler.watch = {"ingest": ingest.p.pid, "serving": serving.p.pid}
         sampler.driver = serving.p.pid
         wait_ready(ingest, serving)

@@ -58,6 +58,9 @@ TOPIC_NAMES = (
 CONSUMER_OVERRIDES: dict[str, Any] = {"metadata_max_age_ms": 5_000}
 """A fresh group's first assignment can miss a topic's metadata on a loaded machine (seen:
 no partitions for 5 minutes, the default refresh); a short refresh lets the group recover."""
+REJOIN_S = 30.0
+"""And a member that has had no record for this long (seen: none for 120 s on a broker started
+a minute before, the group's member then unknown to it) is replaced by another."""
 
 
 @dataclass
@@ -185,14 +188,21 @@ def consume(
     meter: Meter, name: str, loop: ConsumerLoop[Any], poll: int, expected: int
 ) -> list[list[Any]]:
     """Poll (and commit, as the loop does) until ``expected`` records; the group join and the
-    first batch are not measured. Returns the records by poll."""
+    first batch are not measured (a consumer that has had nothing for ``REJOIN_S`` is closed
+    and another joins). Returns the records by poll."""
     consumer = loop._new_consumer()
     batches: list[list[Any]] = []
     deadline = time.monotonic() + 120
+    rejoin = time.monotonic() + REJOIN_S
     try:
         while not batches:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{name}: no records after 120 s")
+                raise TimeoutError(
+                    f"{name}: no records after 120 s (assigned: {sorted(consumer.assignment())})"
+                )
+            if time.monotonic() > rejoin:
+                consumer.close(autocommit=False)
+                consumer, rejoin = loop._new_consumer(), time.monotonic() + REJOIN_S
             recs = [r for b in consumer.poll(timeout_ms=200, max_records=poll).values() for r in b]
             if recs:
                 batches.append(recs)
