@@ -54,9 +54,17 @@ cmd_start() {
   log "started (session $starter); services join with RAY_ADDRESS=127.0.0.1:$PORT"
 }
 
+# `ray start` names its head in Ray's address file, where anything that looks for "the" Ray
+# on this machine reads it (Ray Train's placement-group cleaner, through Ray's state API, waits
+# 12 s a fit on a head that has gone); `ray stop` removes it, and so does our stop.
+ADDRESS_FILE="${RAY_TMPDIR:-${TMPDIR:-/tmp}}/ray/ray_current_cluster"
+forget_address() {
+  if [ -f "$ADDRESS_FILE" ] && grep -q ":$PORT\$" "$ADDRESS_FILE"; then rm -f "$ADDRESS_FILE"; fi
+}
+
 cmd_stop() {
   local pids
-  pids=$(members) || { rm -f "$SIDFILE"; return 0; }
+  pids=$(members) || { rm -f "$SIDFILE"; forget_address; return 0; }
   if [ -n "$pids" ]; then
     # shellcheck disable=SC2086
     kill -TERM $pids 2>/dev/null || true
@@ -66,6 +74,7 @@ cmd_stop() {
     [ -z "$pids" ] || { log "SIGKILL after 5 s"; kill -KILL $pids 2>/dev/null || true; }
   fi
   rm -f "$SIDFILE"
+  forget_address
   log "stopped (port $PORT)"
 }
 

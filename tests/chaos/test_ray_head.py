@@ -153,3 +153,16 @@ def test_starting_the_running_head_is_a_no_op(head: Head) -> None:
     assert head.sid_file.read_text() == session
     running = subprocess.run([str(RAY_SH), "running"], env=head.env, check=False)
     assert running.returncode == 0
+
+
+def test_a_stopped_head_is_no_longer_named_in_rays_address_file(head: Head) -> None:
+    # Anything that looks for "the" Ray on this machine reads this file (Ray Train's
+    # placement-group cleaner does, through Ray's state API), as `ray stop` would leave it.
+    tmp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    address_file = Path(tmp) / "ray" / "ray_current_cluster"
+    assert address_file.read_text().strip().endswith(f":{head.port}")
+    head.script("stop")
+    assert not head.sid_file.exists()
+    assert not address_file.exists() or not address_file.read_text().strip().endswith(
+        f":{head.port}"
+    )
