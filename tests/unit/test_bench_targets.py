@@ -17,7 +17,7 @@ from tests.bench.lib import e2e
 from tests.bench.lib.e2e import WARM_RATE, warm_broker, warm_seconds
 from tests.bench.lib.procs import CpuSnapshot
 from tests.bench.lib.report import summary_rows
-from tests.bench.lib.serving import cpu_target_lines, stack_cpu_ms, targets
+from tests.bench.lib.serving import cpu_rows, cpu_target_lines, stack_cpu_ms, targets
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -154,3 +154,20 @@ def test_serving_starts_with_the_backend_the_run_asks_for(monkeypatch: Any) -> N
     assert [env["STREAMLOOP_SERVING_BACKEND"] for _, env in started] == ["ray", "local"]
     assert all(env["A"] == "1" for _, env in started)
     assert len(services) == 4  # ingest and serving, each time
+
+
+def test_the_cpu_table_leaves_out_rays_rows_only_when_nothing_of_ray_ran() -> None:
+    def part(replica_s: float) -> dict[str, Any]:
+        row = {"cpu_s": 1.0, "cores": 0.5, "ms_per_frame": 0.4}
+        return {
+            "wall_s": 2.0,
+            **{g: row for g in ("serving", "ingest", "kafka", "stack", "machine")},
+            "replica": {"cpu_s": replica_s, "cores": replica_s / 2, "ms_per_frame": 0.1},
+            "ray": {"cpu_s": 0, "cores": 0.0, "ms_per_frame": 0.0},
+        }
+
+    local = "\n".join(cpu_rows({"saturation": part(0.0), "pace25": part(0.0)}))
+    assert "Ray Serve replica" not in local and "Ray's other processes" not in local
+    assert "serving process" in local and "**the stack**" in local
+    on_ray = "\n".join(cpu_rows({"saturation": part(0.8), "pace25": part(0.0)}))
+    assert "Ray Serve replica" in on_ray and "Ray's other processes" not in on_ray

@@ -403,6 +403,10 @@ def latency_rows(paced: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
+RAY_GROUPS = ("replica", "ray")
+"""Rows left out of the CPU table when no process of theirs ran (serving's ``local`` backend)."""
+
+
 def cpu_rows(cpu: dict[str, Any]) -> list[str]:
     parts = list(cpu.items())
     header = "| process |"
@@ -416,6 +420,8 @@ def cpu_rows(cpu: dict[str, Any]) -> list[str]:
         "machine": "**whole machine**",
     }
     for group, label in labels.items():
+        if group in RAY_GROUPS and not any((p.get(group) or {}).get("cpu_s") for _, p in parts):
+            continue
         cells = []
         for _, part in parts:
             g = part.get(group) or {}
