@@ -1,6 +1,7 @@
 """``bench_serving``'s CPU targets (the stack's CPU a frame at saturation and at a quarter of
-it, as printed and as the ``make bench`` summary shows them) and its broker warm-up (no
-broker: the warm-up's slicing and figures, over a recording stand-in for the run)."""
+it, as printed and as the ``make bench`` summary shows them), its CPU table, its broker
+warm-up (no broker: the warm-up's slicing and figures, over a recording stand-in for the run)
+and its options (the warm-up's, serving's backend)."""
 
 from __future__ import annotations
 
