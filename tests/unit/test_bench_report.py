@@ -11,6 +11,7 @@ from tests.bench.lib.architectures import HALF, headline
 from tests.bench.lib.report import (
     FiguresError,
     architecture_table,
+    floor_us,
     ratios_to,
     summary,
     summary_rows,
@@ -77,6 +78,26 @@ def test_the_table_gives_every_rate_as_a_share_of_the_ceiling_and_each_stage_of_
     assert "p99 120.0 ms" in latency[0]
     assert rows[("target", "p99 at 50% of (c) at most 100 ms")] == ("120.0 ms", "missed")
     assert rows[("peak memory", "serving ingress")] == ("800 MiB RSS", "")
+
+
+def test_the_floor_sums_the_model_the_image_decode_and_the_broker() -> None:
+    profile = {
+        **PROFILE,
+        "table": [
+            *PROFILE["table"],  # type: ignore[misc]
+            {"stage": "validate: image decode + checks", "side": "ingest", "cpu_us_per_frame": 200},
+            {"stage": "validate: sha256 of the image", "side": "ingest", "cpu_us_per_frame": 7.0},
+            {"stage": "broker: frames.raw in", "side": "broker", "cpu_us_per_frame": 40.0},
+            {"stage": "broker: predictions in", "side": "broker", "cpu_us_per_frame": 10.0},
+            {"stage": "(not in total) model eager", "side": "serving*", "cpu_us_per_frame": 900.0},
+        ],
+    }
+    assert floor_us(profile) == 400.0
+    floor = "the floor: the model, the PNG decode and the broker (stages above)"
+    rows = {(r[0], r[1]): r[2:] for r in summary_rows(SERVING, profile)}
+    assert rows[("CPU per frame", floor)] == ("400.0 µs", "")
+    assert floor_us({"table": []}) is None
+    assert ("CPU per frame", floor) not in {(r[0], r[1]) for r in summary_rows(SERVING, {})}
 
 
 def test_each_architecture_is_a_row_with_its_ratios_to_the_baseline_of_the_run() -> None:
