@@ -42,6 +42,7 @@ import pytest
 from shared.settings import KafkaSettings
 from shared.topics import TOPICS, Topics
 from tests.conftest import new_prefix, provision_prefixed
+from tests.docs import doc_files
 from tests.integration.helpers import Proc, free_port
 
 pytestmark = pytest.mark.timeout(240)
@@ -66,10 +67,6 @@ class Snippet:
     @property
     def where(self) -> str:
         return f"{self.path}:{self.line}"
-
-
-def doc_files() -> list[Path]:
-    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def extract(path: Path) -> list[Snippet]:

@@ -11,7 +11,6 @@ from tests.bench.lib.architectures import HALF, headline
 from tests.bench.lib.report import (
     FiguresError,
     architecture_table,
-    floor_us,
     ratios_to,
     summary,
     summary_rows,
@@ -80,24 +79,13 @@ def test_the_table_gives_every_rate_as_a_share_of_the_ceiling_and_each_stage_of_
     assert rows[("peak memory", "serving ingress")] == ("800 MiB RSS", "")
 
 
-def test_the_floor_sums_the_model_the_image_decode_and_the_broker() -> None:
-    profile = {
-        **PROFILE,
-        "table": [
-            *PROFILE["table"],  # type: ignore[misc]
-            {"stage": "validate: image decode + checks", "side": "ingest", "cpu_us_per_frame": 200},
-            {"stage": "validate: sha256 of the image", "side": "ingest", "cpu_us_per_frame": 7.0},
-            {"stage": "broker: frames.raw in", "side": "broker", "cpu_us_per_frame": 40.0},
-            {"stage": "broker: predictions in", "side": "broker", "cpu_us_per_frame": 10.0},
-            {"stage": "(not in total) model eager", "side": "serving*", "cpu_us_per_frame": 900.0},
-        ],
+def test_the_floor_from_the_profile_is_a_row_of_its_own_when_measured() -> None:
+    floor = "the floor: the model, the image decode and the broker (stages above)"
+    rows = {
+        (r[0], r[1]): r[2:] for r in summary_rows(SERVING, {**PROFILE, "floor_us_per_frame": 400})
     }
-    assert floor_us(profile) == 400.0
-    floor = "the floor: the model, the PNG decode and the broker (stages above)"
-    rows = {(r[0], r[1]): r[2:] for r in summary_rows(SERVING, profile)}
     assert rows[("CPU per frame", floor)] == ("400.0 µs", "")
-    assert floor_us({"table": []}) is None
-    assert ("CPU per frame", floor) not in {(r[0], r[1]) for r in summary_rows(SERVING, {})}
+    assert ("CPU per frame", floor) not in {(r[0], r[1]) for r in summary_rows(SERVING, PROFILE)}
 
 
 def test_each_architecture_is_a_row_with_its_ratios_to_the_baseline_of_the_run() -> None:

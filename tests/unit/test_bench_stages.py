@@ -1,5 +1,5 @@
 """``bench_profile``'s consume stage: a group member that gets no record is replaced by
-another (no broker: a stand-in loop whose consumers are scripted)."""
+another (no broker: a stand-in loop whose consumers are scripted); its table's floor."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.bench.lib import stages
-from tests.bench.lib.stages import Meter, consume
+from tests.bench.lib.stages import IMAGE_DECODE, Meter, consume, markdown
 
 
 class ScriptedConsumer:
@@ -66,3 +66,18 @@ def test_a_member_that_reads_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     batches = consume(meter(), "stage", loop, 4, 6)  # type: ignore[arg-type]
     assert [len(b) for b in batches] == [4, 2]
     assert len(loop.made) == 1
+
+
+def test_the_floor_sums_the_model_the_image_decode_and_the_broker() -> None:
+    rows = [
+        ("MODEL: onnx, batch 128", "serving", 150.0),
+        (f"validate: {IMAGE_DECODE}", "ingest", 200.0),
+        ("validate: sha256 of the image", "ingest", 7.0),
+        ("broker: frames.raw in", "broker", 40.0),
+        ("broker: predictions in", "broker", 10.0),
+        ("(not in total) model eager", "serving*", 900.0),
+    ]
+    table, summary = markdown(rows, "onnx")
+    assert summary["floor_us_per_frame"] == 400.0
+    assert summary["total_us_per_frame"] == 407.0
+    assert "| **floor** (the model, the image decode, the broker) | all | 400.0 |" in table

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from streamloop.cli import build_parser
+from tests.docs import doc_files
 
 ROOT = Path(__file__).resolve().parents[2]
 _SPAN = re.compile(r"`(streamloop [^`]+)`")
@@ -30,7 +31,7 @@ _BENCH = re.compile(r"python -m (tests\.bench\.\w+)(.*)", re.S)
 
 def _spans(pattern: re.Pattern[str] = _SPAN) -> list[tuple[str, str]]:
     out = set()
-    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+    for path in doc_files():
         for span in pattern.findall(path.read_text()):
             out.add((str(path.relative_to(ROOT)), " ".join(span.split())))
     return sorted(out)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+from tests.docs import ROOT, doc_files
+
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
 _HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
@@ -40,7 +40,7 @@ def anchors(page: Path) -> set[str]:
 
 def links() -> list[tuple[str, str]]:
     out = []
-    for page in PAGES:
+    for page in doc_files():
         for target in _LINK.findall(page.read_text()):
             if not re.match(r"[a-z]+:", target):  # http:, https:, mailto:
                 out.append((str(page.relative_to(ROOT)), target))

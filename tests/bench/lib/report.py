@@ -151,13 +151,12 @@ def _cpu(serving: dict[str, Any], profile: dict[str, Any]) -> list[Row]:
         out.append((f"CPU per frame: {row['side']}", row["stage"], f"{us:,.1f} µs", share))
     if total:
         out.append(("CPU per frame", "the whole path (sum of the stages)", f"{total:,.1f} µs", ""))
-    least = floor_us(profile)
-    if least is not None:
+    if profile.get("floor_us_per_frame") is not None:
         out.append(
             (
                 "CPU per frame",
-                "the floor: the model, the PNG decode and the broker (stages above)",
-                f"{least:,.1f} µs",
+                "the floor: the model, the image decode and the broker (stages above)",
+                f"{profile['floor_us_per_frame']:,.1f} µs",
                 "",
             )
         )
@@ -173,22 +172,6 @@ def _cpu(serving: dict[str, Any], profile: dict[str, Any]) -> list[Row]:
                 )
             )
     return out
-
-
-FLOOR_STAGES = ("MODEL:", "validate: image decode")
-"""The stages of ``bench_profile`` no design of the frame path leaves out, with every stage of
-the broker's: the model's arithmetic, decoding the camera's image, the broker's work on the
-records (docs/benchmarks.md, "The floor on two cores")."""
-
-
-def floor_us(profile: dict[str, Any]) -> float | None:
-    """CPU µs a frame of ``FLOOR_STAGES`` and the broker; None when the profile has none."""
-    rows = [
-        float(row["cpu_us_per_frame"])
-        for row in profile.get("table", [])
-        if row["side"] == "broker" or row["stage"].startswith(FLOOR_STAGES)
-    ]
-    return round(sum(rows), 1) if rows else None
 
 
 def _peak_memory(serving: dict[str, Any]) -> list[Row]:

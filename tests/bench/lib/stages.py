@@ -667,13 +667,18 @@ def _span_export_us(meter: Meter, side: str) -> float:
     )
 
 
+IMAGE_DECODE = "image decode + checks"
+"""Ingest's decoding of the camera's image (``validate: <this>`` in the table): with the model
+and the broker, the floor of the frame path (docs/benchmarks.md, "The floor on two cores")."""
+
+
 def _ingest_rows(meter: Meter) -> list[StageRow]:
     u = meter.us
     i = "ingest: "
     rows: list[StageRow] = []
     validate_parts = [
         "base64 decode image_b64",
-        "image decode + checks",
+        IMAGE_DECODE,
         "pixels to bytes",
         "sha256 of the image",
         "FrameValid construction",
@@ -784,6 +789,9 @@ def markdown(rows: list[StageRow], model_label: str) -> tuple[str, dict[str, Any
     total = sum(r[2] for r in counted)
     in_process = sum(r[2] for r in counted if r[1] in ("ingest", "serving"))
     model = sum(r[2] for r in counted if r[0].startswith("MODEL"))
+    floor = model + sum(
+        r[2] for r in counted if r[1] == "broker" or r[0] == f"validate: {IMAGE_DECODE}"
+    )
     alt = next((r[2] for r in rows if r[1].endswith("*")), 0.0)
     lines = ["| stage | side | CPU µs/frame | share |", "|:---|:---|---:|---:|"]
     for stage, side, us in rows:
@@ -800,6 +808,10 @@ def markdown(rows: list[StageRow], model_label: str) -> tuple[str, dict[str, Any
         f"| **model share** ({model_label}) | serving | {model:,.1f} | "
         f"**{fmt_share(model, total)}** (of this process alone: {fmt_share(model, in_process)}) |"
     )
+    lines.append(
+        f"| **floor** (the model, the image decode, the broker) | all | {floor:,.1f} | "
+        f"{fmt_share(floor, total)} |"
+    )
     with_eager = total - model + alt
     lines.append(
         f"| model share with eager instead | serving | {alt:,.1f} | {fmt_share(alt, with_eager)} |"
@@ -809,6 +821,7 @@ def markdown(rows: list[StageRow], model_label: str) -> tuple[str, dict[str, Any
         "this_process_us_per_frame": round(in_process, 1),
         "by_side_us_per_frame": {k: round(v, 1) for k, v in by_side.items()},
         "model_us_per_frame": round(model, 1),
+        "floor_us_per_frame": round(floor, 1),
         "model_share": round(model / total, 4) if total else None,
         "model_share_of_this_process": round(model / in_process, 4) if in_process else None,
         "eager_model_us_per_frame": round(alt, 1),
